@@ -1,0 +1,301 @@
+"""The data map: every system that holds personal data, every field's category, and what
+erasure does to it. Validated in full at load; an error names the file and the dotted path
+of the field (`systems.userdb.tables.orders.columns.email.category: unknown category ...`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from dsrflow.identities import IdentityType
+from dsrflow.model import POLICY_CATEGORIES
+
+NON_PERSONAL = "non_personal"
+_IDENTIFIER_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+Identifier = Annotated[str, Field(pattern=_IDENTIFIER_RE, max_length=63)]
+
+
+class Action(StrEnum):
+    DELETE = "delete"  # delete the whole row
+    NULL = "null"
+    PSEUDONYMIZE = "pseudonymize"  # keyed HMAC under the request's key
+    REDACT = "redact"  # replace with a fixed marker
+    GENERALIZE = "generalize"  # coarsen: birthday -> year, coordinates -> grid, IP -> /24
+    RETAIN = "retain"  # kept on purpose, with a reason (a legal obligation, ...)
+    KEEP = "keep"  # not personal data; only for category `non_personal`
+
+
+class Generalization(StrEnum):
+    YEAR = "year"  # a date becomes 1 January of its year
+    MONTH = "month"  # a date becomes the 1st of its month
+    GRID_1 = "grid_1"  # a coordinate rounded to 0.1 degree (~11 km)
+    GRID_2 = "grid_2"  # a coordinate rounded to 0.01 degree (~1 km)
+    IPV4_24 = "ipv4_24"  # 203.0.113.7 -> 203.0.113.0
+
+
+ERASING_ACTIONS = frozenset(
+    {Action.NULL, Action.PSEUDONYMIZE, Action.REDACT, Action.GENERALIZE}
+)
+
+
+class DataMapError(ValueError):
+    def __init__(self, source: str, path: str, message: str) -> None:
+        super().__init__(f"{source}: {path}: {message}" if path else f"{source}: {message}")
+        self.source = source
+        self.path = path
+        self.message = message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Column(_Strict):
+    category: str
+    action: Action
+    reason: str | None = Field(default=None, description="why a retained column is kept")
+    generalize: Generalization | None = None
+    redact_with: str = "[REDACTED]"
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str, info: ValidationInfo) -> str:
+        known = (info.context or {}).get("categories", POLICY_CATEGORIES | {NON_PERSONAL})
+        if value not in known:
+            raise ValueError(f"unknown category {value!r}; known: {', '.join(sorted(known))}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Column:
+        if self.action is Action.RETAIN and not self.reason:
+            raise ValueError("action 'retain' needs a reason")
+        if self.action is Action.GENERALIZE and self.generalize is None:
+            raise ValueError(
+                "action 'generalize' needs `generalize:` one of "
+                + ", ".join(g.value for g in Generalization)
+            )
+        if (self.action is Action.KEEP) != (self.category == NON_PERSONAL):
+            raise ValueError(
+                "action 'keep' is only for category 'non_personal', and such a column "
+                "can only be kept"
+                if self.action is Action.KEEP
+                else "a 'non_personal' column can only be kept (action: keep)"
+            )
+        return self
+
+
+class IdentityColumn(_Strict):
+    type: IdentityType
+    column: Identifier
+    provider_column: Identifier | None = Field(
+        default=None, description="for third_party: the column naming the provider"
+    )
+
+    @model_validator(mode="after")
+    def _provider(self) -> IdentityColumn:
+        if (self.type is IdentityType.THIRD_PARTY) != (self.provider_column is not None):
+            raise ValueError("provider_column is required for third_party identities only")
+        return self
+
+
+class Reference(_Strict):
+    """`columns` of this table point at `to_columns` (default: primary key) of `table`.
+    Rows of this table belong to whoever owns the row they point at."""
+
+    columns: list[Identifier] = Field(min_length=1)
+    table: Identifier
+    to_columns: list[Identifier] | None = None
+
+
+class Table(_Strict):
+    primary_key: list[Identifier] = Field(min_length=1)
+    identities: list[IdentityColumn] = []
+    references: list[Reference] = []
+    columns: dict[Identifier, Column] = Field(min_length=1)
+    restriction_column: Identifier | None = Field(
+        default=None, description="a timestamp column set when processing is restricted"
+    )
+
+    @model_validator(mode="after")
+    def _columns_exist(self) -> Table:
+        named = list(self.primary_key)
+        named += [i.column for i in self.identities]
+        named += [i.provider_column for i in self.identities if i.provider_column]
+        named += [c for r in self.references for c in r.columns]
+        if self.restriction_column:
+            named.append(self.restriction_column)
+        missing = sorted({c for c in named if c not in self.columns})
+        if missing:
+            raise ValueError(f"columns used but not mapped: {', '.join(missing)}")
+        actions = {c.action for c in self.columns.values()}
+        if Action.DELETE in actions and Action.RETAIN in actions:
+            retained = [n for n, c in self.columns.items() if c.action is Action.RETAIN]
+            raise ValueError(
+                f"rows are deleted but {', '.join(retained)} is retained: a row cannot be both; "
+                "retain the row's other columns or pseudonymize instead of deleting"
+            )
+        return self
+
+    def deletes_rows(self, categories: frozenset[str] | None) -> bool:
+        """Whether erasure in scope `categories` (None: all) deletes this table's rows."""
+        return any(
+            c.action is Action.DELETE and (categories is None or c.category in categories)
+            for c in self.columns.values()
+        )
+
+    def erasable_columns(self, categories: frozenset[str] | None) -> dict[str, Column]:
+        return {
+            name: col
+            for name, col in self.columns.items()
+            if col.action in ERASING_ACTIONS and (categories is None or col.category in categories)
+        }
+
+    def retained_columns(self, categories: frozenset[str] | None) -> dict[str, Column]:
+        return {
+            name: col
+            for name, col in self.columns.items()
+            if col.action is Action.RETAIN and (categories is None or col.category in categories)
+        }
+
+    @property
+    def categories(self) -> frozenset[str]:
+        return frozenset(c.category for c in self.columns.values()) - {NON_PERSONAL}
+
+
+class SqlSystem(_Strict):
+    kind: Literal["sql"]
+    url: str | None = Field(default=None, description="a URL without a password")
+    url_env: str | None = Field(default=None, description="environment variable holding the URL")
+    tables: dict[Identifier, Table] = Field(min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            parsed = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {exc}") from exc
+        if parsed.password:
+            raise ValueError("the URL holds a password: use url_env instead")
+        return value
+
+    @model_validator(mode="after")
+    def _graph(self) -> SqlSystem:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url or url_env")
+        for name, table in self.tables.items():
+            for ref in table.references:
+                parent = self.tables.get(ref.table)
+                if parent is None:
+                    raise ValueError(f"tables.{name}.references: unknown table {ref.table!r}")
+                target = ref.to_columns or parent.primary_key
+                if len(target) != len(ref.columns):
+                    raise ValueError(
+                        f"tables.{name}.references: {len(ref.columns)} columns point at "
+                        f"{len(target)} columns of {ref.table}"
+                    )
+                missing = [c for c in target if c not in parent.columns]
+                if missing:
+                    raise ValueError(
+                        f"tables.{name}.references: {ref.table} has no column {missing[0]!r}"
+                    )
+        unreachable = sorted(set(self.tables) - self.reachable_tables())
+        if unreachable:
+            raise ValueError(
+                f"tables {', '.join(unreachable)} cannot be reached from any identity column: "
+                "declare identities or references so erasure can find their rows"
+            )
+        return self
+
+    def reachable_tables(self) -> set[str]:
+        seen = {name for name, t in self.tables.items() if t.identities}
+        changed = True
+        while changed:
+            changed = False
+            for name, table in self.tables.items():
+                if name not in seen and any(r.table in seen for r in table.references):
+                    seen.add(name)
+                    changed = True
+        return seen
+
+
+System = Annotated[SqlSystem, Field(discriminator="kind")]
+
+
+class DataMap(_Strict):
+    version: str = Field(min_length=1, description="recorded with every request it governs")
+    policy_version: str = Field(min_length=1, description="the privacy policy version")
+    categories: list[Identifier] = Field(default=[], description="categories beyond the policy's")
+    systems: dict[Identifier, System] = Field(min_length=1)
+
+    def sql_systems(self) -> Iterator[tuple[str, SqlSystem]]:
+        for name, system in self.systems.items():
+            if isinstance(system, SqlSystem):
+                yield name, system
+
+    def all_categories(self) -> frozenset[str]:
+        return POLICY_CATEGORIES | set(self.categories) | {NON_PERSONAL}
+
+
+def parse_datamap(data: Any, source: str = "<data map>") -> DataMap:
+    if not isinstance(data, dict):
+        raise DataMapError(source, "", "expected a mapping at the top level")
+    extra = data.get("categories") or []
+    categories = POLICY_CATEGORIES | {NON_PERSONAL}
+    if isinstance(extra, list):
+        categories |= {str(c) for c in extra}
+    try:
+        return DataMap.model_validate(data, context={"categories": categories})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DataMapError(source, _dotted(err["loc"], data), _message(err)) from None
+
+
+def load_datamap(path: Path) -> DataMap:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DataMapError(str(path), "", "file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DataMapError(str(path), "", f"not valid YAML: {exc}") from None
+    return parse_datamap(data, str(path))
+
+
+def _dotted(loc: tuple[int | str, ...], data: Any) -> str:
+    """The dotted path as the user wrote it: pydantic puts the union tag (`sql`) into the
+    location of a discriminated union's errors; drop it."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(node, dict) and item not in node and node.get("kind") == item:
+            continue  # a union tag, not a key of the document
+        parts.append(str(item))
+        node = node.get(item) if isinstance(node, dict) else (
+            node[item] if isinstance(node, list) and isinstance(item, int) else None
+        )
+    return ".".join(parts)
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")

@@ -1,0 +1,110 @@
+"""The ledger's tables. The migrations under `migrations/` create them; this module is the
+one description the code queries through."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData()
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("ticket_id", String(128)),
+    Column("type", String(32)),
+    Column("regime", String(16)),
+    Column("channel", String(64)),
+    Column("scope", JSON),
+    Column("status", String(32), nullable=False),
+    Column("reason", Text),
+    Column("verification_method", String(64)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("verified_at", DateTime(timezone=True)),
+    Column("due_at", DateTime(timezone=True)),
+    Column("deadline_error", Text),
+    Column("completed_at", DateTime(timezone=True)),
+    # Identities and corrections, AES-GCM under the installation key; dropped on close.
+    Column("subject_enc", LargeBinary),
+    # The per-request pseudonym key, encrypted; destroyed on close so pseudonyms become
+    # irreversible.
+    Column("pseudonym_key_enc", LargeBinary),
+    Column("datamap_version", String(64)),
+    Column("policy_version", String(64)),
+    Column("flow_run_id", String(36)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(
+        "uq_requests_ticket",
+        "ticket_id",
+        unique=True,
+        sqlite_where=text("status != 'rejected'"),
+        postgresql_where=text("status != 'rejected'"),
+    ),
+    Index("ix_requests_status", "status"),
+)
+
+identity_tokens = Table(
+    "identity_tokens",
+    metadata,
+    Column("request_id", String(36), ForeignKey("requests.id"), primary_key=True),
+    Column("type", String(32), primary_key=True),
+    Column("token", String(64), primary_key=True),
+    Index("ix_identity_tokens_token", "token"),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(36), ForeignKey("requests.id"), nullable=False),
+    Column("system", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("found", Integer),
+    Column("deleted", Integer),
+    Column("anonymized", Integer),
+    Column("retained", Integer),
+    Column("remaining", Integer),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("details", JSON),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    UniqueConstraint("request_id", "system", "action", name="uq_steps_request_system_action"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("request_id", String(36)),
+    Column("event", String(64), nullable=False),
+    Column("detail", JSON),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# One row: the hash at the head of the audit chain. Writers lock it, so the chain never forks.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("hash", String(64), nullable=False),
+)

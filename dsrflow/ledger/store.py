@@ -1,0 +1,464 @@
+"""The ledger: the system of record for requests, their steps and the audit trail.
+
+Identities are kept encrypted and only while a request is open; look-ups go through keyed
+tokens, which are all that remain once the request is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+
+from dsrflow.crypto import Keyring, Pseudonymizer, keyed_digest, new_key
+from dsrflow.deadlines import CalendarUnavailable, Deadlines
+from dsrflow.identities import Identity, Subject
+from dsrflow.ledger.schema import audit_events, audit_head, identity_tokens, requests, steps
+from dsrflow.model import Regime, RequestType, Status, StepStatus, check_transition
+from dsrflow.tickets import Rejection, Ticket
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+GENESIS = "0" * 64
+
+
+class UnknownRequest(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """A request as the rest of the pipeline sees it: no identities."""
+
+    id: str
+    ticket_id: str | None
+    type: RequestType | None
+    regime: Regime | None
+    channel: str | None
+    scope: frozenset[str] | None
+    status: Status
+    reason: str | None
+    received_at: datetime
+    verified_at: datetime | None
+    due_at: datetime | None
+    deadline_error: str | None
+    completed_at: datetime | None
+    datamap_version: str | None
+    policy_version: str | None
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    found: int = 0
+    deleted: int = 0
+    anonymized: int = 0
+    retained: int = 0
+    remaining: int | None = None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time in the ledger is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    database = parsed.database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    # pysqlite's own transaction handling defers locking until the first write, so two
+    # writers that both read first deadlock on the upgrade. Take the write lock at BEGIN
+    # (SQLAlchemy's documented recipe), and use WAL so readers never wait.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _: Any) -> None:
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Ledger:
+    def __init__(self, url: str, keyring: Keyring, deadlines: Deadlines | None = None) -> None:
+        self.engine = make_engine(url)
+        self.keyring = keyring
+        self.deadlines = deadlines or Deadlines()
+
+    # -- schema -----------------------------------------------------------------------
+    def migrate(self) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- intake -----------------------------------------------------------------------
+    def accept(
+        self, ticket: Ticket, datamap_version: str, policy_version: str
+    ) -> tuple[str, bool]:
+        """Record a valid ticket as a request, once per ticket id. Returns the request id
+        and whether it was new (a redelivered ticket returns the existing id)."""
+        existing = self.find_by_ticket(ticket.ticket_id)
+        if existing is not None:
+            return existing, False
+        request_id = str(uuid.uuid4())
+        received = ticket.received_at.astimezone(UTC)
+        due: datetime | None = None
+        deadline_error: str | None = None
+        try:
+            due = self.deadlines.due(ticket.regime, received)
+        except CalendarUnavailable as exc:
+            # Accept the request anyway (losing it would be worse) and flag it loudly.
+            deadline_error = str(exc)
+        status = Status.VERIFIED if ticket.verified else Status.AWAITING_VERIFICATION
+        secret = {
+            "identities": [i.model_dump(mode="json") for i in ticket.identities],
+            "corrections": ticket.corrections or {},
+        }
+        stamp = now()
+        row = {
+            "id": request_id,
+            "ticket_id": ticket.ticket_id,
+            "type": ticket.type.value,
+            "regime": ticket.regime.value,
+            "channel": ticket.channel,
+            "scope": sorted(ticket.scope) if ticket.scope else None,
+            "status": status.value,
+            "verification_method": ticket.verification.method if ticket.verification else None,
+            "received_at": received,
+            "verified_at": ticket.verification.verified_at if ticket.verified else None,  # type: ignore[union-attr]
+            "due_at": due,
+            "deadline_error": deadline_error,
+            "subject_enc": self.keyring.encrypt(json.dumps(secret).encode(), request_id),
+            "datamap_version": datamap_version,
+            "policy_version": policy_version,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        tokens = {
+            (i.type.value, self.keyring.token(i.type.value, i.value)) for i in ticket.identities
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(requests).values(row))
+                conn.execute(
+                    insert(identity_tokens),
+                    [{"request_id": request_id, "type": t, "token": v} for t, v in tokens],
+                )
+                self._audit(
+                    conn,
+                    "request.received",
+                    request_id,
+                    {"ticket_id": ticket.ticket_id, "type": ticket.type.value,
+                     "status": status.value},
+                )
+        except IntegrityError:
+            # Another intake won the race for this ticket id.
+            found = self.find_by_ticket(ticket.ticket_id)
+            if found is None:
+                raise
+            return found, False
+        return request_id, True
+
+    def reject(self, rejection: Rejection, received_at: datetime | None = None) -> str:
+        """Keep an invalid ticket on record, with its reason, so the report lists every
+        ticket ever received."""
+        request_id = str(uuid.uuid4())
+        stamp = now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(requests).values(
+                    id=request_id,
+                    ticket_id=rejection.ticket_id,
+                    type=rejection.type,
+                    regime=rejection.regime,
+                    channel=rejection.channel,
+                    status=Status.REJECTED.value,
+                    reason=rejection.reason,
+                    received_at=received_at or stamp,
+                    created_at=stamp,
+                    updated_at=stamp,
+                )
+            )
+            self._audit(
+                conn, "ticket.rejected", request_id,
+                {"ticket_id": rejection.ticket_id, "reason": rejection.reason},
+            )
+        return request_id
+
+    def find_by_ticket(self, ticket_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(requests.c.id).where(
+                    requests.c.ticket_id == ticket_id, requests.c.status != Status.REJECTED.value
+                )
+            ).scalar_one_or_none()
+
+    def find_by_identity(self, identity: Identity) -> list[str]:
+        token = self.keyring.token(identity.type.value, identity.value)
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(identity_tokens.c.request_id).where(identity_tokens.c.token == token)
+                ).scalars()
+            )
+
+    # -- reading ----------------------------------------------------------------------
+    def get(self, request_id: str) -> RequestRecord:
+        records = self.get_many([request_id])
+        if not records:
+            raise UnknownRequest(f"no request {request_id}")
+        return records[0]
+
+    def get_many(self, request_ids: Sequence[str]) -> list[RequestRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(requests).where(requests.c.id.in_(list(request_ids))))
+            by_id = {row.id: _record(row._mapping) for row in rows}
+        return [by_id[i] for i in request_ids if i in by_id]
+
+    def all(self) -> list[RequestRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(requests).order_by(requests.c.received_at, requests.c.id))
+            return [_record(row._mapping) for row in rows]
+
+    def runnable(self) -> list[str]:
+        """Requests that a run would pick up: verified, or left unfinished."""
+        wanted = [Status.VERIFIED, Status.IN_PROGRESS, Status.FAILED, Status.PARTIALLY_COMPLETED]
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(requests.c.id)
+                    .where(requests.c.status.in_([s.value for s in wanted]))
+                    .order_by(requests.c.received_at, requests.c.id)
+                ).scalars()
+            )
+
+    def subjects(self, request_ids: Iterable[str]) -> list[Subject]:
+        """Decrypt the identities of open requests. Only tasks call this, and only for the
+        duration of a connector call."""
+        return [
+            Subject(request_id=rid, identities=tuple(Identity(**i) for i in secret["identities"]))
+            for rid, secret in self._secrets(request_ids)
+        ]
+
+    def corrections(self, request_id: str) -> dict[str, str]:
+        for _, secret in self._secrets([request_id]):
+            return dict(secret.get("corrections") or {})
+        return {}
+
+    def _secrets(self, request_ids: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        ids = list(request_ids)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(requests.c.id, requests.c.subject_enc).where(requests.c.id.in_(ids))
+            ).all()
+        for row in sorted(rows, key=lambda r: ids.index(r.id)):
+            if row.subject_enc is None:
+                continue  # closed: the identities are gone, by design
+            yield row.id, json.loads(self.keyring.decrypt(row.subject_enc, row.id))
+
+    def pseudonymizer(self, request_id: str) -> Pseudonymizer:
+        """The request's pseudonym key, made on first use and kept (encrypted) until the
+        request closes, so a retried step writes the same pseudonyms."""
+        with self.engine.begin() as conn:
+            blob = conn.execute(
+                select(requests.c.pseudonym_key_enc).where(requests.c.id == request_id)
+            ).scalar_one()
+            if blob is None:
+                key = new_key()
+                conn.execute(
+                    update(requests)
+                    .where(requests.c.id == request_id)
+                    .values(pseudonym_key_enc=self.keyring.encrypt(key, request_id + ":pn"))
+                )
+                return Pseudonymizer(key)
+        return Pseudonymizer(self.keyring.decrypt(blob, request_id + ":pn"))
+
+    # -- status -----------------------------------------------------------------------
+    def transition(
+        self, request_id: str, target: Status, reason: str | None = None, **values: Any
+    ) -> None:
+        with self.engine.begin() as conn:
+            current = Status(
+                conn.execute(
+                    select(requests.c.status).where(requests.c.id == request_id)
+                ).scalar_one()
+            )
+            if current is target:
+                return  # idempotent: a retried step may set the same status again
+            check_transition(current, target)
+            stamp = now()
+            changes: dict[str, Any] = {"status": target.value, "updated_at": stamp, **values}
+            if reason is not None:
+                changes["reason"] = reason
+            if target in (Status.COMPLETED, Status.PARTIALLY_COMPLETED, Status.REFUSED):
+                changes["completed_at"] = stamp
+            if target in (Status.COMPLETED, Status.REFUSED):
+                # Closed: drop the identities and destroy the pseudonym key.
+                changes["subject_enc"] = None
+                changes["pseudonym_key_enc"] = None
+            conn.execute(update(requests).where(requests.c.id == request_id).values(changes))
+            self._audit(
+                conn, "request.status", request_id,
+                {"from": current.value, "to": target.value, "reason": reason},
+            )
+
+    # -- steps ------------------------------------------------------------------------
+    def record_step(
+        self,
+        request_id: str,
+        system: str,
+        kind: str,
+        action: str,
+        status: StepStatus,
+        counts: StepCounts | None = None,
+        error: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        stamp = now()
+        values: dict[str, Any] = {
+            "kind": kind,
+            "status": status.value,
+            "error": error,
+            "details": details,
+            "finished_at": stamp if status is not StepStatus.RUNNING else None,
+        }
+        if counts is not None:
+            values.update(
+                found=counts.found,
+                deleted=counts.deleted,
+                anonymized=counts.anonymized,
+                retained=counts.retained,
+                remaining=counts.remaining,
+            )
+        key = (
+            (steps.c.request_id == request_id)
+            & (steps.c.system == system)
+            & (steps.c.action == action)
+        )
+        with self.engine.begin() as conn:
+            exists = conn.execute(select(steps.c.id).where(key)).scalar_one_or_none()
+            if status is StepStatus.RUNNING:
+                values.update(started_at=stamp, attempts=steps.c.attempts + 1)
+            if exists is None:
+                if status is StepStatus.RUNNING:
+                    values["attempts"] = 1
+                conn.execute(
+                    insert(steps).values(
+                        request_id=request_id, system=system, action=action, **values
+                    )
+                )
+            else:
+                conn.execute(update(steps).where(key).values(values))
+            self._audit(
+                conn, f"step.{status.value}", request_id,
+                {"system": system, "action": action, "error": error,
+                 "counts": counts.__dict__ if counts else None},
+            )
+
+    def steps(self, request_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        query = select(steps).order_by(steps.c.request_id, steps.c.system, steps.c.id)
+        if request_ids is not None:
+            query = query.where(steps.c.request_id.in_(list(request_ids)))
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    # -- audit ------------------------------------------------------------------------
+    def audit(self, event_name: str, request_id: str | None, detail: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            self._audit(conn, event_name, request_id, detail)
+
+    def _audit(
+        self, conn: Connection, event_name: str, request_id: str | None, detail: dict[str, Any]
+    ) -> None:
+        """Append to the hash chain. The head row is locked for the transaction, so
+        concurrent writers line up instead of forking the chain."""
+        prev = conn.execute(
+            select(audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+        ).scalar_one()
+        at = now()
+        digest = self._chain_hash(prev, at, request_id, event_name, detail)
+        conn.execute(
+            insert(audit_events).values(
+                at=at, request_id=request_id, event=event_name, detail=detail,
+                prev_hash=prev, hash=digest,
+            )
+        )
+        conn.execute(update(audit_head).where(audit_head.c.id == 1).values(hash=digest))
+
+    def _chain_hash(
+        self, prev: str, at: datetime, request_id: str | None, event_name: str,
+        detail: dict[str, Any],
+    ) -> str:
+        body = json.dumps(
+            [prev, at.astimezone(UTC).isoformat(), request_id, event_name, detail],
+            sort_keys=True, default=str,
+        )
+        # Keyed, so someone with write access to the database alone cannot re-chain edits.
+        return keyed_digest(self.keyring.token_key, body)
+
+    def verify_audit_chain(self) -> int | None:
+        """The id of the first event that does not chain, or None when the chain is whole."""
+        prev = GENESIS
+        with self.engine.connect() as conn:
+            for row in conn.execute(select(audit_events).order_by(audit_events.c.id)):
+                at = _utc(row.at)
+                assert at is not None
+                expected = self._chain_hash(prev, at, row.request_id, row.event, row.detail)
+                if row.prev_hash != prev or row.hash != expected:
+                    return int(row.id)
+                prev = row.hash
+            head = conn.execute(select(audit_head.c.hash)).scalar_one()
+            if head != prev:
+                return -1
+        return None
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(requests)).scalar_one())
+
+
+def _record(row: Any) -> RequestRecord:
+    return RequestRecord(
+        id=row["id"],
+        ticket_id=row["ticket_id"],
+        type=RequestType(row["type"]) if row["type"] else None,
+        regime=Regime(row["regime"]) if row["regime"] else None,
+        channel=row["channel"],
+        scope=frozenset(row["scope"]) if row["scope"] else None,
+        status=Status(row["status"]),
+        reason=row["reason"],
+        received_at=_utc(row["received_at"]),  # type: ignore[arg-type]
+        verified_at=_utc(row["verified_at"]),
+        due_at=_utc(row["due_at"]),
+        deadline_error=row["deadline_error"],
+        completed_at=_utc(row["completed_at"]),
+        datamap_version=row["datamap_version"],
+        policy_version=row["policy_version"],
+    )

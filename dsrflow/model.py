@@ -1,0 +1,124 @@
+"""The domain model: request types, regimes, statuses and the status machine."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RequestType(StrEnum):
+    ACCESS = "access"
+    PORTABILITY = "portability"
+    ERASURE = "erasure"
+    RECTIFICATION = "rectification"
+    CONSENT_WITHDRAWAL = "consent_withdrawal"
+    ACCOUNT_CANCELLATION = "account_cancellation"
+    RESTRICTION = "restriction"
+
+    @property
+    def erases(self) -> bool:
+        """Whether the request removes data (and so needs verification and a certificate)."""
+        return self in ERASING_TYPES
+
+    @property
+    def collects(self) -> bool:
+        return self in (RequestType.ACCESS, RequestType.PORTABILITY)
+
+
+ERASING_TYPES = frozenset(
+    {RequestType.ERASURE, RequestType.CONSENT_WITHDRAWAL, RequestType.ACCOUNT_CANCELLATION}
+)
+
+
+class Regime(StrEnum):
+    PIPL = "pipl"
+    GDPR = "gdpr"
+    CCPA = "ccpa"
+
+
+class Status(StrEnum):
+    RECEIVED = "received"
+    AWAITING_VERIFICATION = "awaiting_verification"
+    VERIFIED = "verified"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    PARTIALLY_COMPLETED = "partially_completed"
+    REFUSED = "refused"
+    FAILED = "failed"
+    REJECTED = "rejected"  # the ticket itself was invalid; it never became a request
+
+    @property
+    def is_open(self) -> bool:
+        return self in OPEN_STATUSES
+
+
+OPEN_STATUSES = frozenset(
+    {Status.RECEIVED, Status.AWAITING_VERIFICATION, Status.VERIFIED, Status.IN_PROGRESS}
+)
+
+# Re-running a failed or partial request is allowed (every step is idempotent); a
+# completed, refused or rejected one is final.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.RECEIVED: frozenset({Status.AWAITING_VERIFICATION, Status.VERIFIED, Status.REFUSED}),
+    Status.AWAITING_VERIFICATION: frozenset({Status.VERIFIED, Status.REFUSED}),
+    Status.VERIFIED: frozenset({Status.IN_PROGRESS, Status.REFUSED}),
+    Status.IN_PROGRESS: frozenset(
+        {Status.COMPLETED, Status.PARTIALLY_COMPLETED, Status.FAILED, Status.REFUSED}
+    ),
+    Status.PARTIALLY_COMPLETED: frozenset({Status.IN_PROGRESS}),
+    Status.FAILED: frozenset({Status.IN_PROGRESS}),
+    Status.COMPLETED: frozenset(),
+    Status.REFUSED: frozenset(),
+    Status.REJECTED: frozenset(),
+}
+
+
+class InvalidTransition(ValueError):
+    def __init__(self, current: Status, target: Status) -> None:
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "none (final)"
+        super().__init__(f"a request cannot go from {current} to {target}; allowed: {allowed}")
+        self.current = current
+        self.target = target
+
+
+def check_transition(current: Status, target: Status) -> None:
+    if target not in TRANSITIONS[current]:
+        raise InvalidTransition(current, target)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NOT_APPLICABLE = "not_applicable"
+
+
+class StepAction(StrEnum):
+    COLLECT = "collect"
+    ERASE = "erase"
+    VERIFY = "verify"
+    RECTIFY = "rectify"
+    RESTRICT = "restrict"
+
+
+# Categories named in the privacy policy (2.x); a data map may add its own.
+POLICY_CATEGORIES = frozenset(
+    {
+        "account",
+        "contact",
+        "security",
+        "device",
+        "location",
+        "contacts",
+        "biometric",
+        "media",
+        "third_party_login",
+        "profile",
+        "content",
+        "behaviour",
+        "transaction",
+        "logs",
+        "minors",
+        "identifier",
+    }
+)

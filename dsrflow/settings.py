@@ -1,0 +1,154 @@
+"""Settings: one `dsrflow.yaml` plus `DSRFLOW_*` environment variables (which win).
+
+Secrets never live in the YAML: the token and encryption keys come from the environment
+(`DSRFLOW_TOKEN_KEY`, `DSRFLOW_ENCRYPTION_KEY`) or from a key file the YAML points to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dsrflow.crypto import KeyMaterialError, Keyring, decode_key, encode_key, new_key
+
+CONFIG_ENV = "DSRFLOW_CONFIG"
+SECRET_FIELDS = ("token_key", "encryption_key")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DSRFLOW_", extra="forbid")
+
+    base_dir: Path = Field(default_factory=Path.cwd, description="where relative paths start")
+    ledger_url: str = "sqlite:///.dsrflow/ledger.db"
+    datamap: Path = Path("datamap.yaml")
+    exports_dir: Path = Path(".dsrflow/exports")
+    key_file: Path | None = None
+    token_key: SecretStr | None = None
+    encryption_key: SecretStr | None = None
+    phone_region: str = "CN"
+    at_risk_days: int = Field(default=3, ge=0)
+    calendar_overrides: Path | None = None
+    task_retries: int = Field(default=3, ge=0)
+    task_retry_delays: list[float] = Field(default_factory=lambda: [2.0, 10.0, 30.0])
+
+    @field_validator("phone_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        import phonenumbers
+
+        if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown phone region {value!r}")
+        return value.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings
+
+    def path(self, value: Path) -> Path:
+        return value if value.is_absolute() else self.base_dir / value
+
+    @property
+    def datamap_path(self) -> Path:
+        return self.path(self.datamap)
+
+    @property
+    def exports_path(self) -> Path:
+        return self.path(self.exports_dir)
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        """SQLite paths in the YAML are relative to the config file, not the shell."""
+        prefix = "sqlite:///"
+        if self.ledger_url.startswith(prefix) and not self.ledger_url.startswith(prefix + "/"):
+            rest = self.ledger_url[len(prefix) :]
+            if rest and rest != ":memory:":
+                return prefix + str(self.path(Path(rest)))
+        return self.ledger_url
+
+    def keyring(self) -> Keyring:
+        token = self.token_key.get_secret_value() if self.token_key else None
+        enc = self.encryption_key.get_secret_value() if self.encryption_key else None
+        if (token is None or enc is None) and self.key_file is not None:
+            stored = read_key_file(self.path(self.key_file))
+            token = token or stored.get("token_key")
+            enc = enc or stored.get("encryption_key")
+        if token is None or enc is None:
+            raise ConfigError(
+                "no keys: set DSRFLOW_TOKEN_KEY and DSRFLOW_ENCRYPTION_KEY, or key_file in "
+                "dsrflow.yaml (create one with `dsrflow keys new FILE`)"
+            )
+        try:
+            return Keyring(
+                token_key=decode_key(token, "token_key"),
+                encryption_key=decode_key(enc, "encryption_key"),
+            )
+        except KeyMaterialError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def read_key_file(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: key file not found") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: key file is not JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: key file must hold a JSON object")
+    return {k: str(v) for k, v in data.items() if k in SECRET_FIELDS}
+
+
+def write_key_file(path: Path) -> None:
+    """A fresh pair of keys, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({name: encode_key(new_key()) for name in SECRET_FIELDS}, fh, indent=2)
+
+
+def load_settings(config: Path | str | None = None) -> Settings:
+    """Settings from `config`, else `$DSRFLOW_CONFIG`, else `./dsrflow.yaml` if present,
+    else defaults and the environment."""
+    chosen = config or os.environ.get(CONFIG_ENV)
+    path = Path(chosen) if chosen else Path("dsrflow.yaml")
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        leaked = [k for k in SECRET_FIELDS if k in loaded]
+        if leaked:
+            raise ConfigError(
+                f"{path}: {', '.join(leaked)} must not be in the YAML; use the environment "
+                "or key_file"
+            )
+        data = loaded
+        data.setdefault("base_dir", path.resolve().parent)
+    elif chosen:
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc

@@ -1,0 +1,133 @@
+"""The ticket schema (docs/tickets.md) and its parser.
+
+A ticket that fails validation is not an exception to the caller: it becomes a `Rejection`
+that names the field and keeps whatever of the ticket could be read, so it can be recorded
+and reported. Rejection reasons never quote the input (it may be personal data).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dsrflow.identities import Identity
+from dsrflow.model import Regime, RequestType
+
+MAX_TICKET_BYTES = 64 * 1024
+TicketId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+Category = Annotated[str, Field(pattern=r"^[a-z_]{1,64}$")]
+CorrectionTarget = Annotated[
+    str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+]
+
+
+class Verification(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Annotated[str, Field(min_length=1, max_length=64)]
+    verified_at: AwareDatetime | None = None
+
+
+class Ticket(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ticket_id: TicketId
+    type: RequestType
+    regime: Regime
+    identities: Annotated[list[Identity], Field(min_length=1, max_length=20)]
+    verification: Verification | None = None
+    scope: Annotated[list[Category], Field(min_length=1, max_length=50)] | None = None
+    corrections: Annotated[dict[CorrectionTarget, str], Field(max_length=50)] | None = Field(
+        default=None, description="rectification: 'system.table.column' -> corrected value"
+    )
+    channel: Annotated[str, Field(min_length=1, max_length=64)] = "app"
+    received_at: AwareDatetime
+
+    @field_validator("received_at")
+    @classmethod
+    def _not_in_future(cls, value: datetime) -> datetime:
+        if value > datetime.now(UTC):
+            raise ValueError("received_at is in the future")
+        return value
+
+    @model_validator(mode="after")
+    def _type_specific(self) -> Ticket:
+        if self.type is RequestType.CONSENT_WITHDRAWAL and not self.scope:
+            raise ValueError("scope: consent_withdrawal needs the categories it withdraws")
+        if self.type is RequestType.RECTIFICATION and not self.corrections:
+            raise ValueError("corrections: rectification needs at least one correction")
+        if self.corrections and self.type is not RequestType.RECTIFICATION:
+            raise ValueError("corrections: only rectification requests carry corrections")
+        return self
+
+    @property
+    def verified(self) -> bool:
+        return self.verification is not None and self.verification.verified_at is not None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    ticket_id: str | None = None
+    type: str | None = None
+    regime: str | None = None
+    channel: str | None = None
+
+
+def parse_ticket(raw: bytes | str | dict[str, Any]) -> Ticket | Rejection:
+    if isinstance(raw, bytes | str):
+        size = len(raw.encode() if isinstance(raw, str) else raw)
+        if size > MAX_TICKET_BYTES:
+            return Rejection(f"ticket is {size} bytes; the limit is {MAX_TICKET_BYTES}")
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return Rejection(f"not valid JSON: {getattr(exc, 'msg', 'undecodable bytes')}")
+    else:
+        data = raw
+    if not isinstance(data, dict):
+        return Rejection("a ticket must be a JSON object")
+    try:
+        return Ticket.model_validate(data)
+    except ValidationError as exc:
+        return Rejection(_reason(exc), **_readable(data))
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "ticket"
+        parts.append(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _readable(data: dict[str, Any]) -> dict[str, str | None]:
+    """The non-personal fields that pass their own validation, for the rejection record."""
+    out: dict[str, str | None] = {}
+    field_checks: dict[str, Any] = {
+        "ticket_id": TicketId,
+        "type": RequestType,
+        "regime": Regime,
+        "channel": Annotated[str, Field(min_length=1, max_length=64)],
+    }
+    from pydantic import TypeAdapter
+
+    for name, annotation in field_checks.items():
+        try:
+            value = TypeAdapter(annotation).validate_python(data.get(name))
+        except ValidationError:
+            continue
+        out[name] = str(value)
+    return out
