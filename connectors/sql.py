@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    ClauseElement,
+    ColumnElement,
     Connection,
     Engine,
     MetaData,
@@ -39,13 +39,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.sql.elements import Tuple
 
 from connectors.base import Outcome, Records, Scope
 from dsrflow.anonymize import is_erased, transform
 from dsrflow.crypto import Pseudonymizer
-from dsrflow.datamap import SqlSystem
+from dsrflow.datamap import Action, SqlSystem
 from dsrflow.datamap import Table as TableMap
-from dsrflow.identities import IdentityType, Subject, phone_variants
+from dsrflow.identities import Identity, IdentityType, Subject, phone_variants
 
 CHUNK = 500  # bound parameters per IN list: far below SQLite's and PostgreSQL's limits
 
@@ -76,7 +77,12 @@ class SqlConnector:
         self.system = system
         self.engine = engine or create_engine(resolve_url(name, system), pool_pre_ping=True)
         self.tables = self._reflect()
-        self._order = erase_order(system)
+        self._broken = frozenset(
+            (child, ref.table)
+            for child, ref in cyclic_references(system)
+            if all(self.tables[child].c[c].nullable for c in ref.columns)
+        )
+        self._order = erase_order(system, self._broken)
 
     # -- set-up -------------------------------------------------------------------------
     def _reflect(self) -> dict[str, Table]:
@@ -132,6 +138,7 @@ class SqlConnector:
                 for name, mapped in self.system.tables.items():
                     if _in_scope(mapped, scope):
                         outcome.part(name).found = len(located.rows_of(name, rid))
+            self._discover(conn, located, outcomes)
             self._break_cycles(conn, located, scope)
             for name in self._order:
                 mapped = self.system.tables[name]
@@ -215,6 +222,28 @@ class SqlConnector:
                     part.retain_reasons = ["processing restricted at the subject's request"]
         return outcomes
 
+    def _discover(
+        self, conn: Connection, located: Located, outcomes: dict[str, Outcome]
+    ) -> None:
+        """Identity values in the subjects' rows whose columns erasure leaves in place."""
+        for name, mapped in self.system.tables.items():
+            lasting = [
+                i for i in mapped.identities
+                if mapped.columns[i.column].action in (Action.RETAIN, Action.KEEP)
+                and i.type in (IdentityType.USER_ID, IdentityType.DEVICE_ID)
+            ]
+            keys = list(located.owners[name])
+            if not lasting or not keys:
+                continue
+            rows = self._fetch(conn, name, keys, [i.column for i in lasting])
+            for key, row in rows.items():
+                for ident in lasting:
+                    if row[ident.column] is None:
+                        continue
+                    found = Identity(type=ident.type, value=str(row[ident.column]))
+                    for rid in located.owners[name][key]:
+                        outcomes[rid].discovered.add(found)
+
     # -- locating -----------------------------------------------------------------------
     def locate(self, conn: Connection, subjects: Sequence[Subject]) -> Located:
         located = Located()
@@ -227,7 +256,7 @@ class SqlConnector:
         while frontier:
             parent, keys = frontier.popitem()
             for child, child_cols, parent_cols in children.get(parent, []):
-                anchors = defaultdict(set)
+                anchors: dict[Key, set[str]] = defaultdict(set)
                 for key in keys:
                     anchor = self._anchor(conn, located, parent, key, parent_cols)
                     if None not in anchor:
@@ -243,6 +272,8 @@ class SqlConnector:
         self, located: Located, conn: Connection, table: str, key: Key, owners: set[str]
     ) -> bool:
         """Record owners of a row; True if that is news (the row must be propagated)."""
+        if not owners:
+            return False
         current = located.owners[table].setdefault(key, set())
         if owners <= current:
             return False
@@ -272,14 +303,14 @@ class SqlConnector:
         table = self.tables[name]
         pk_cols = [table.c[c] for c in mapped.primary_key]
         for ident in mapped.identities:
+            column = table.c[ident.column]
             wanted: dict[Any, set[str]] = defaultdict(set)
             for subject in subjects:
                 for value in subject.values(ident.type):
-                    for variant in _lookup_values(ident.type, value):
+                    for variant in _lookup_values(ident.type, value, column):
                         wanted[variant].add(subject.request_id)
             if not wanted:
                 continue
-            column = table.c[ident.column]
             if ident.type is IdentityType.EMAIL:
                 probe: Any = func.lower(func.trim(column))
             elif ident.type is IdentityType.THIRD_PARTY:
@@ -293,8 +324,8 @@ class SqlConnector:
                 width = len(pk_cols)
                 for row in rows:
                     matched = tuple(row[width:])
-                    value = matched[0] if len(matched) == 1 else matched
-                    yield tuple(row[:width]), set(wanted.get(value, set()))
+                    probed: Any = matched[0] if len(matched) == 1 else matched
+                    yield tuple(row[:width]), set(wanted.get(probed, set()))
 
     def _rows_pointing_at(
         self, conn: Connection, child: str, columns: list[str], anchors: list[Key]
@@ -371,12 +402,16 @@ class SqlConnector:
 
     def _break_cycles(self, conn: Connection, located: Located, scope: Scope) -> None:
         """Rows about to be deleted that point at each other around a reference cycle
-        cannot be deleted in any order while the keys are set: null them first."""
+        cannot be deleted in any order while the keys are set: null the nullable ones
+        first. (A cycle of NOT NULL keys needs deferrable constraints; the database's
+        error is then recorded against the step.)"""
         for child, ref in cyclic_references(self.system):
             mapped = self.system.tables[child]
             keys = list(located.owners[child])
             if not keys or not mapped.deletes_rows(scope):
                 continue
+            if (child, ref.table) not in self._broken:
+                continue  # one nullable key per cycle is enough to break it
             table = self.tables[child]
             for chunk in _chunks(keys):
                 conn.execute(
@@ -386,7 +421,7 @@ class SqlConnector:
                 )
 
     # -- helpers ------------------------------------------------------------------------
-    def _pk_in(self, name: str, keys: Sequence[Key]) -> ClauseElement:
+    def _pk_in(self, name: str, keys: Sequence[Key]) -> ColumnElement[bool]:
         table = self.tables[name]
         pk = [table.c[c] for c in self.system.tables[name].primary_key]
         if len(pk) == 1:
@@ -422,16 +457,25 @@ def resolve_url(name: str, system: SqlSystem) -> str:
 
 
 def _probe_columns(probe: Any) -> list[Any]:
-    clauses = getattr(probe, "clauses", None)
-    return list(clauses) if clauses is not None else [probe]
+    """The columns to select to read back what a probe matched: a tuple's members, or the
+    expression itself (e.g. lower(trim(email)), so the value compares normalized)."""
+    return list(probe.clauses) if isinstance(probe, Tuple) else [probe]
 
 
-def _lookup_values(kind: IdentityType, value: str) -> list[Any]:
+def _lookup_values(kind: IdentityType, value: str, column: Any) -> list[Any]:
     if kind is IdentityType.PHONE:
         return list(phone_variants(value))
     if kind is IdentityType.THIRD_PARTY:
         provider, _, openid = value.partition(":")
         return [(provider, openid)]
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return [value]
+    if python_type is int:
+        # An id typed as text matches an integer key; one that is not a number matches
+        # nothing (rather than failing the batch).
+        return [int(value)] if value.lstrip("-").isdigit() else []
     return [value]
 
 
@@ -484,15 +528,37 @@ def _sccs(system: SqlSystem) -> list[list[str]]:
     return list(reversed(result))
 
 
-def erase_order(system: SqlSystem) -> list[str]:
-    """Tables in an order where every row is deleted before the rows it points at."""
-    return [name for component in _sccs(system) for name in component]
+def erase_order(system: SqlSystem, broken: frozenset[tuple[str, str]] = frozenset()) -> list[str]:
+    """Tables in an order where every row is deleted before the rows it points at. Inside a
+    reference cycle, the `broken` references (child, parent) — keys nulled before the
+    deletes — are ignored, which leaves an order for the rest."""
+    order: list[str] = []
+    for component in _sccs(system):
+        members = set(component)
+        before = {
+            name: {
+                r.table for r in system.tables[name].references
+                if r.table in members and r.table != name and (name, r.table) not in broken
+            }
+            for name in component
+        }
+        # Kahn: a table goes once no remaining member still has to come before it, i.e.
+        # once every table that points at it is placed.
+        placed: list[str] = []
+        pending = sorted(component)
+        while pending:
+            ready = [n for n in pending if not any(n in before[o] for o in pending if o != n)]
+            nxt = ready[0] if ready else pending[0]  # an unbreakable cycle: any order fails
+            placed.append(nxt)
+            pending.remove(nxt)
+        order += placed
+    return order
 
 
 def cyclic_references(system: SqlSystem) -> list[tuple[str, Any]]:
     """References that close a cycle (both ends in one strongly connected component)."""
     where = {name: i for i, comp in enumerate(_sccs(system)) for name in comp}
-    sizes = defaultdict(int)
+    sizes: dict[int, int] = defaultdict(int)
     for comp_id in where.values():
         sizes[comp_id] += 1
     out = []

@@ -20,7 +20,7 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 PSEUDONYM_PREFIX = "pn_"
 PSEUDONYM_HEX = 24
-_PSEUDONYM_RE = re.compile(rf"^{PSEUDONYM_PREFIX}[0-9a-f]{{{PSEUDONYM_HEX}}}$")
+_PSEUDONYM_RE = re.compile(rf"{PSEUDONYM_PREFIX}[0-9a-f]{{{PSEUDONYM_HEX}}}")
 
 
 class KeyMaterialError(ValueError):
@@ -96,4 +96,4 @@ class Pseudonymizer:
 
 
 def is_pseudonym(value: object) -> bool:
-    return isinstance(value, str) and _PSEUDONYM_RE.match(value) is not None
+    return isinstance(value, str) and _PSEUDONYM_RE.fullmatch(value) is not None

@@ -27,6 +27,7 @@ from dsrflow.identities import IdentityType
 from dsrflow.model import POLICY_CATEGORIES
 
 NON_PERSONAL = "non_personal"
+REDACTION_MARKER = "[REDACTED]"
 _IDENTIFIER_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 Identifier = Annotated[str, Field(pattern=_IDENTIFIER_RE, max_length=63)]
 
@@ -71,7 +72,13 @@ class Column(_Strict):
     action: Action
     reason: str | None = Field(default=None, description="why a retained column is kept")
     generalize: Generalization | None = None
-    redact_with: str = "[REDACTED]"
+    redact_with: str = REDACTION_MARKER
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _yaml_null(cls, value: object) -> object:
+        # `action: null` unquoted is YAML's null; the author meant the action.
+        return "null" if value is None else value
 
     @field_validator("category")
     @classmethod
@@ -193,7 +200,8 @@ class SqlSystem(_Strict):
             parsed = make_url(value)
         except ArgumentError as exc:
             raise ValueError(f"not a database URL: {exc}") from exc
-        if parsed.password:
+        secret_keys = [k for k in parsed.query if "password" in k.lower() or "secret" in k.lower()]
+        if parsed.password or secret_keys:
             raise ValueError("the URL holds a password: use url_env instead")
         return value
 

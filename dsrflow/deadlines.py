@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import holidays
 import yaml
 from holidays.countries.china import ChinaStaticHolidays
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dsrflow.model import Regime
 
@@ -37,8 +37,12 @@ class CalendarUnavailable(LookupError):
 
 
 class YearOverride(BaseModel):
+    """A year's official notice. Its holidays are required: an empty entry would silently
+    switch on the package's estimated holidays, which is the guess this file exists to
+    avoid."""
+
     model_config = ConfigDict(extra="forbid")
-    holidays: list[date] = []
+    holidays: list[date] = Field(min_length=1)
     workdays: list[date] = []
 
 
@@ -87,8 +91,7 @@ class WorkingCalendar:
                 return True
             if day in override.holidays:
                 return False
-            if override.holidays or override.workdays:
-                return day.weekday() < 5
+            return day.weekday() < 5
         return bool(self._holidays.is_working_day(day))
 
     def add_working_days(self, start: date, count: int) -> date:

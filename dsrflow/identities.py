@@ -29,8 +29,10 @@ def normalize_email(raw: str) -> str:
     local, sep, domain = value.partition("@")
     if not sep or not local or not domain or "@" in domain or "." not in domain:
         raise IdentityError("not an email address")
-    if any(c.isspace() for c in value):
-        raise IdentityError("an email address cannot contain white space")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise IdentityError("an email address cannot contain white space or control characters")
+    if len(value) > MAX_IDENTITY_LENGTH:
+        raise IdentityError(f"longer than {MAX_IDENTITY_LENGTH} characters once case-folded")
     return value
 
 
@@ -39,7 +41,8 @@ def normalize_phone(raw: str, region: str = DEFAULT_PHONE_REGION) -> str:
     try:
         parsed = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException as exc:
-        raise IdentityError(f"not a phone number ({exc.error_type.name.lower()})") from exc
+        # The library's message describes the problem, never the number.
+        raise IdentityError(f"not a phone number: {exc}") from exc
     if not phonenumbers.is_valid_number(parsed):
         raise IdentityError("not a valid phone number")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
@@ -49,9 +52,15 @@ def phone_variants(e164: str) -> list[str]:
     """The spellings a database may hold for one number: E.164, national, with and without
     the country code, as digits only."""
     parsed = phonenumbers.parse(e164, None)
-    national = str(parsed.national_number)
+    # The national significant number keeps Italy's leading zero; the national format
+    # adds a trunk prefix where the country dials one (Beijing landlines: 010…).
+    national = phonenumbers.national_significant_number(parsed)
+    trunk = "".join(
+        c for c in phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+        if c.isdigit()
+    )
     cc = str(parsed.country_code)
-    return list(dict.fromkeys([e164, national, cc + national, "00" + cc + national]))
+    return list(dict.fromkeys([e164, national, trunk, cc + national, "00" + cc + national]))
 
 
 def normalize_opaque(raw: str) -> str:

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     ledger_url: str = "sqlite:///.dsrflow/ledger.db"
     datamap: Path = Path("datamap.yaml")
     exports_dir: Path = Path(".dsrflow/exports")
+    prefect_home: Path = Field(
+        default=Path(".dsrflow/prefect"),
+        description="PREFECT_HOME for embedded runs (unless PREFECT_API_URL is set)",
+    )
     key_file: Path | None = None
     token_key: SecretStr | None = None
     encryption_key: SecretStr | None = None

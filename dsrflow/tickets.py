@@ -8,6 +8,7 @@ and reported. Rejection reasons never quote the input (it may be personal data).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -87,13 +88,20 @@ class Rejection:
 
 def parse_ticket(raw: bytes | str | dict[str, Any]) -> Ticket | Rejection:
     if isinstance(raw, bytes | str):
-        size = len(raw.encode() if isinstance(raw, str) else raw)
-        if size > MAX_TICKET_BYTES:
-            return Rejection(f"ticket is {size} bytes; the limit is {MAX_TICKET_BYTES}")
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return Rejection(f"not valid JSON: {getattr(exc, 'msg', 'undecodable bytes')}")
+            body = raw.encode("utf-8") if isinstance(raw, str) else raw
+        except UnicodeEncodeError:
+            return Rejection("not valid JSON: not UTF-8 text")
+        if len(body) > MAX_TICKET_BYTES:
+            return Rejection(f"ticket is {len(body)} bytes; the limit is {MAX_TICKET_BYTES}")
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as exc:
+            return Rejection(f"not valid JSON: {exc.msg}")
+        except UnicodeDecodeError:
+            return Rejection("not valid JSON: not UTF-8 text")
+        except RecursionError:
+            return Rejection("JSON nested too deeply")
     else:
         data = raw
     if not isinstance(data, dict):
@@ -104,10 +112,23 @@ def parse_ticket(raw: bytes | str | dict[str, Any]) -> Ticket | Rejection:
         return Rejection(_reason(exc), **_readable(data))
 
 
+# A location part that a reason may name: a list index, or a plain field-like name. Other
+# keys were chosen by the sender (an email as a correction's target, say) and may be
+# personal data, so they are not repeated.
+_NAMEABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    parts = [
+        str(p) if isinstance(p, int) or _NAMEABLE.fullmatch(p) else "<key>" for p in loc
+    ]
+    return ".".join(parts) or "ticket"
+
+
 def _reason(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "ticket"
+        where = _where(err["loc"])
         parts.append(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")

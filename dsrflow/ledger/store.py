@@ -283,6 +283,41 @@ class Ledger:
                 continue  # closed: the identities are gone, by design
             yield row.id, json.loads(self.keyring.decrypt(row.subject_enc, row.id))
 
+    def add_identities(self, request_id: str, found: Iterable[Identity]) -> None:
+        """Remember identities learnt while processing (encrypted, like the ticket's own),
+        so a later look-up still finds the subject after erasure removed the originals."""
+        with self.engine.begin() as conn:
+            blob = conn.execute(
+                select(requests.c.subject_enc).where(requests.c.id == request_id)
+            ).scalar_one()
+            if blob is None:
+                return
+            secret = json.loads(self.keyring.decrypt(blob, request_id))
+            known = {(i["type"], i["value"]) for i in secret["identities"]}
+            new = sorted({(i.type.value, i.value) for i in found} - known)
+            if not new:
+                return
+            secret["identities"] += [{"type": t, "value": v} for t, v in new]
+            conn.execute(
+                update(requests)
+                .where(requests.c.id == request_id)
+                .values(subject_enc=self.keyring.encrypt(json.dumps(secret).encode(), request_id))
+            )
+            tokens = {(t, self.keyring.token(t, v)) for t, v in new}
+            existing = set(
+                conn.execute(
+                    select(identity_tokens.c.type, identity_tokens.c.token).where(
+                        identity_tokens.c.request_id == request_id
+                    )
+                ).tuples()
+            )
+            fresh = tokens - existing
+            if fresh:
+                conn.execute(
+                    insert(identity_tokens),
+                    [{"request_id": request_id, "type": t, "token": v} for t, v in fresh],
+                )
+
     def pseudonymizer(self, request_id: str) -> Pseudonymizer:
         """The request's pseudonym key, made on first use and kept (encrypted) until the
         request closes, so a retried step writes the same pseudonyms."""

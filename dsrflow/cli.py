@@ -1,0 +1,242 @@
+"""The `dsrflow` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dsrflow.datamap import DataMapError, load_datamap
+from dsrflow.settings import ConfigError, Settings, load_settings, write_key_file
+
+app = typer.Typer(help="Data-subject requests, answered by Prefect flows.", no_args_is_help=True)
+datamap_app = typer.Typer(help="Draft and check data maps.", no_args_is_help=True)
+keys_app = typer.Typer(help="Key files.", no_args_is_help=True)
+app.add_typer(datamap_app, name="datamap")
+app.add_typer(keys_app, name="keys")
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="dsrflow.yaml (default: $DSRFLOW_CONFIG, ./dsrflow.yaml)"),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _runtime(config: Path | None) -> Any:
+    """The runtime, with Prefect's environment prepared first (see dsrflow.prefect_env)."""
+    settings = _settings(config)
+    from dsrflow.prefect_env import prepare
+
+    prepare(settings.path(settings.prefect_home))
+    from tasks.runtime import Runtime, set_runtime
+
+    runtime = Runtime(settings)
+    try:
+        runtime.datamap  # noqa: B018 - fail now, with the path, not mid-run
+        runtime.ledger  # noqa: B018
+    except (DataMapError, ConfigError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    set_runtime(runtime)
+    return runtime
+
+
+@app.command()
+def submit(
+    files: Annotated[list[Path], typer.Argument(help="ticket JSON files ('-' for stdin)")],
+    config: ConfigOption = None,
+) -> None:
+    """Record tickets in the ledger (a ticket id already on record is not recorded twice)."""
+    from dsrflow.intake import submit as submit_ticket
+
+    rt = _runtime(config)
+    table = Table("ticket", "request", "status", "note")
+    for path in files:
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        result = submit_ticket(rt.ledger, rt.datamap, raw)
+        note = result.reason or ("" if result.created else "already on record")
+        table.add_row(result.ticket_id or "?", result.request_id, result.status.value, note)
+    console.print(table)
+
+
+@app.command()
+def run(
+    request_ids: Annotated[list[str] | None, typer.Argument(help="default: every runnable")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Process requests now (one Prefect flow run for the batch)."""
+    rt = _runtime(config)
+    ids = request_ids or rt.ledger.runnable()
+    if not ids:
+        console.print("nothing to run")
+        return
+    ok = run_batch(ids)
+    _print_status(rt, ids)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def run_batch(ids: list[str]) -> bool:
+    """Run the flow; False if some request did not complete (details are in the ledger)."""
+    from flows.request import BatchIncomplete, process_requests
+
+    try:
+        process_requests(ids)
+    except BatchIncomplete as exc:
+        err.print(f"[yellow]{exc}[/yellow]")
+        return False
+    return True
+
+
+@app.command()
+def status(
+    request_id: Annotated[str | None, typer.Argument()] = None, config: ConfigOption = None
+) -> None:
+    """Requests and their deadlines (one request with its steps, given an id)."""
+    rt = _runtime(config)
+    ids = [request_id] if request_id else [r.id for r in rt.ledger.all()]
+    _print_status(rt, ids)
+    if request_id:
+        names = ["system", "action", "status", "found", "deleted", "anonymized", "retained",
+                 "remaining", "error"]
+        steps = pd.DataFrame(rt.ledger.steps([request_id]), columns=names)
+        console.print(frame_table(steps, {n: n for n in names}))
+
+
+STATUS_COLUMNS = {
+    "ticket": "ticket_id", "type": "type", "regime": "regime", "status": "status",
+    "due": "due_at", "deadline": "deadline_state", "days": "business_days_used",
+    "reason": "reason",
+}
+
+
+def _print_status(rt: Any, ids: list[str]) -> None:
+    from dsrflow.report import requests_frame
+
+    frame = requests_frame(rt.ledger, rt.deadlines, at_risk_days=rt.settings.at_risk_days)
+    console.print(frame_table(frame[frame["request_id"].isin(ids)], STATUS_COLUMNS))
+
+
+def frame_table(frame: pd.DataFrame, columns: dict[str, str], title: str | None = None) -> Table:
+    """A rich table of some of a frame's columns, headed as `columns` says."""
+    table = Table(*columns, title=title)
+    for _, row in frame.iterrows():
+        table.add_row(*[_cell(row[c]) for c in columns.values()])
+    return table
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None or pd.isna(value) else str(value)
+
+
+@app.command()
+def report(
+    fmt: Annotated[str, typer.Option("--format", help="csv, html or md")] = "csv",
+    out: Annotated[Path | None, typer.Option(help="file (csv: a directory)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """The completion report: csv (report.csv + steps.csv), html or md."""
+    from dsrflow.report import requests_frame, steps_frame, to_html, to_markdown, write_reports
+
+    rt = _runtime(config)
+    if fmt == "csv":
+        paths = write_reports(out or Path("."), rt.ledger, rt.deadlines,
+                              at_risk_days=rt.settings.at_risk_days)
+        for p in paths.values():
+            console.print(str(p))
+        return
+    requests = requests_frame(rt.ledger, rt.deadlines, at_risk_days=rt.settings.at_risk_days)
+    if fmt == "html":
+        text = to_html(requests, steps_frame(rt.ledger))
+    elif fmt == "md":
+        text = to_markdown(requests)
+    else:
+        err.print("--format must be csv, html or md")
+        raise typer.Exit(2)
+    if out:
+        out.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=10, help="random users besides the named ones")] = 200,
+    out: Annotated[Path, typer.Option(help="where the demo world goes")] = Path("demo-out"),
+) -> None:
+    """Build the demo world, submit the sample tickets, run them, write the report."""
+    from dsrflow.demo import run_demo
+
+    code = run_demo(out, users, console)
+    raise typer.Exit(code)
+
+
+@datamap_app.command("check")
+def datamap_check(file: Path) -> None:
+    """Validate a data map; errors name the field's dotted path."""
+    try:
+        dm = load_datamap(file)
+    except DataMapError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    tables = sum(len(s.tables) for _, s in dm.sql_systems())
+    console.print(f"{file}: ok ({len(dm.systems)} systems, {tables} tables, version {dm.version})")
+
+
+@datamap_app.command("draft")
+def datamap_draft(
+    db: Annotated[str, typer.Option("--db", help="SQLAlchemy URL of the database")],
+    out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
+    system: Annotated[str, typer.Option(help="the system's name in the map")] = "userdb",
+) -> None:
+    """Draft a data map from a live database, for a person to review."""
+    from connectors.sql_draft import draft, to_yaml
+
+    result = draft(db, system)
+    text = to_yaml(result)
+    if out:
+        out.write_text(text)
+        err.print(f"wrote {out} ({len(result.warnings)} warnings)")
+    else:
+        sys.stdout.write(text)
+
+
+@keys_app.command("new")
+def keys_new(file: Path) -> None:
+    """Write a new key file (mode 0600); point `key_file` in dsrflow.yaml at it."""
+    try:
+        write_key_file(file)
+    except FileExistsError:
+        err.print(f"{file} exists; refusing to overwrite keys")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {file}")
+
+
+@app.command("audit")
+def audit(config: ConfigOption = None) -> None:
+    """Check the audit trail's hash chain."""
+    rt = _runtime(config)
+    broken = rt.ledger.verify_audit_chain()
+    if broken is None:
+        console.print("audit chain intact")
+        return
+    err.print(f"[red]audit chain broken at event {broken}[/red]")
+    raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,139 @@
+"""`dsrflow demo`: the Wishe world, its sample tickets, one flow run, the report.
+
+Everything lives in one folder (default `demo-out/`): the app's SQLite database, the
+ledger, the keys, Prefect's home, the exports and the report. `DIR/dsrflow.yaml` points
+every other command at it (`dsrflow status --config demo-out/dsrflow.yaml`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from dsrflow.settings import load_settings, write_key_file
+
+MARKER = ".dsrflow-demo"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "wishe"
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def run_demo(out: Path, users: int, console: Console) -> int:
+    out = out.resolve()
+    _fresh_folder(out)
+    config = _write_world(out, users, console)
+
+    settings = load_settings(config)
+    from dsrflow.prefect_env import prepare
+
+    prepare(settings.path(settings.prefect_home))
+    # Prefect is imported only now, with its home set.
+    from dsrflow.cli import run_batch
+    from dsrflow.intake import submit
+    from dsrflow.report import write_reports
+    from tasks.runtime import Runtime, set_runtime
+
+    runtime = Runtime(settings)
+    set_runtime(runtime)
+    submitted = Table("ticket", "type", "status", "note", title="Tickets received")
+    for path in sorted((EXAMPLES / "tickets").glob("*.json")):
+        result = submit(runtime.ledger, runtime.datamap, path.read_bytes())
+        record = runtime.ledger.get(result.request_id)
+        submitted.add_row(result.ticket_id or path.name,
+                          record.type.value if record.type else "?",
+                          result.status.value, result.reason or "")
+    console.print(submitted)
+
+    ids = runtime.ledger.runnable()
+    console.print(f"Running {len(ids)} verified requests as one Prefect flow run…")
+    completed = run_batch(ids)
+
+    paths = write_reports(out, runtime.ledger, runtime.deadlines,
+                          at_risk_days=settings.at_risk_days)
+    _print_report(out, console)
+    leaks = _scan_prefect(settings.path(settings.prefect_home))
+    runtime.close()
+
+    if leaks:
+        console.print(f"[red]Prefect's files hold subject identities: {leaks}[/red]")
+        return 1
+    console.print("Prefect's database and home hold no subject identity (scanned).")
+    console.print("Reports: " + ", ".join(str(p) for p in paths.values()))
+    console.print(f"Explore: dsrflow status --config {config}")
+    return 0 if completed else 1
+
+
+def _fresh_folder(out: Path) -> None:
+    """Start from nothing, but never wipe a folder the demo did not make."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise DemoError(f"{out} exists and was not made by `dsrflow demo`; choose --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by dsrflow demo; deleted and rebuilt by the next one\n")
+
+
+def _write_world(out: Path, users: int, console: Console) -> Path:
+    from examples.wishe.generate import build_world
+
+    db_url = f"sqlite:///{out / 'wishe.db'}"
+    world = build_world(db_url, users=users)
+    console.print(
+        f"Built the Wishe world: {world.users} users, "
+        f"{sum(world.counts.values())} rows in {len(world.counts)} tables ({out / 'wishe.db'})"
+    )
+    datamap: dict[str, Any] = yaml.safe_load((EXAMPLES / "datamap.yaml").read_text())
+    system = datamap["systems"]["userdb"]
+    system.pop("url_env", None)
+    system["url"] = db_url
+    (out / "datamap.yaml").write_text(yaml.safe_dump(datamap, sort_keys=False,
+                                                     allow_unicode=True))
+    write_key_file(out / "keys.json")
+    config = out / "dsrflow.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "ledger_url": "sqlite:///ledger.db",
+                "datamap": "datamap.yaml",
+                "key_file": "keys.json",
+                "exports_dir": "exports",
+                "prefect_home": "prefect",
+            },
+            sort_keys=False,
+        )
+    )
+    return config
+
+
+def _print_report(out: Path, console: Console) -> None:
+    import pandas as pd
+
+    from dsrflow.cli import STATUS_COLUMNS, frame_table
+
+    report = pd.read_csv(out / "report.csv", dtype=str)
+    report["due_at"] = report["due_at"].str[:10]
+    console.print(frame_table(report, STATUS_COLUMNS, title="Requests"))
+    steps = pd.read_csv(out / "steps.csv", dtype=str).merge(
+        report[["request_id", "ticket_id"]], on="request_id"
+    )
+    columns = ["system", "found", "deleted", "anonymized", "retained", "remaining", "status"]
+    console.print(
+        frame_table(steps, {"ticket": "ticket_id", **{c: c for c in columns}}, "Per system")
+    )
+
+
+def _scan_prefect(home: Path) -> dict[str, int]:
+    """The demo's own privacy check: no demo subject's email or phone in Prefect's files.
+    Reports how many identities each file holds, never which."""
+    from dsrflow.leakscan import files_containing
+    from examples.wishe.subjects import SUBJECTS
+
+    needles = {v for s in SUBJECTS for v in (s.email, s.email_normalized, s.phone, s.phone_e164)}
+    return {path: len(found) for path, found in files_containing([home], needles).items()}

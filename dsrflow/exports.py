@@ -1,0 +1,35 @@
+"""Where collected records wait for delivery: one encrypted file per request and system.
+
+The access package (zip, manifest, delivery link) is built from these; until then they are
+AES-GCM under the installation key, bound to the request and system.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dsrflow.crypto import Keyring
+
+
+def export_path(root: Path, request_id: str, system: str) -> Path:
+    return root / request_id / f"{system}.json.enc"
+
+
+def write_export(
+    root: Path, keyring: Keyring, request_id: str, system: str, records: dict[str, Any]
+) -> Path:
+    path = export_path(root, request_id, system)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = keyring.encrypt(json.dumps(records, sort_keys=True).encode(), f"{request_id}/{system}")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(path)  # atomic: a crash never leaves half a file under the final name
+    return path
+
+
+def read_export(root: Path, keyring: Keyring, request_id: str, system: str) -> dict[str, Any]:
+    blob = export_path(root, request_id, system).read_bytes()
+    data: dict[str, Any] = json.loads(keyring.decrypt(blob, f"{request_id}/{system}"))
+    return data

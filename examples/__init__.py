@@ -1,0 +1,1 @@
+"""Example worlds for demos and tests."""

@@ -1,0 +1,81 @@
+"""The request flow: the business process, top to bottom.
+
+    open the batch (only verified requests pass the gate)
+    plan which systems each request concerns
+    apply to every system at once (collect, erase, rectify, restrict)
+    verify every system that erased something
+    close each request from its steps, and publish the outcome
+
+Parameters are request ids; everything else comes from the ledger inside the tasks.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.futures import wait
+from prefect.runtime import flow_run
+
+from dsrflow.model import Status
+from tasks.requests import close_requests, open_requests, plan_systems, publish_results
+from tasks.runtime import get_runtime
+from tasks.systems import apply_to_system, verify_system
+
+
+class BatchIncomplete(RuntimeError):
+    """Some requests ended failed or partial: the run is marked failed so it shows in the UI."""
+
+
+def batch_run_name() -> str:
+    ids = list(flow_run.parameters.get("request_ids") or [flow_run.parameters["request_id"]])
+    records = get_runtime().ledger.get_many(ids[:1])
+    first = records[0].ticket_id if records and records[0].ticket_id else ids[0]
+    if len(ids) == 1 and records and records[0].type is not None:
+        return f"dsr-{records[0].type.value}-{first}"
+    return f"dsr-batch-{first}-{len(ids)}"
+
+
+@flow(name="process-requests", flow_run_name=batch_run_name, persist_result=False)
+def process_requests(request_ids: list[str]) -> dict[str, str]:
+    """A micro-batch of requests, one pass per system."""
+    return _process(request_ids)
+
+
+@flow(name="process-request", flow_run_name=batch_run_name, persist_result=False)
+def process_request(request_id: str) -> dict[str, str]:
+    """One request: the batch of one."""
+    return _process([request_id])
+
+
+def _process(request_ids: list[str]) -> dict[str, str]:
+    gate = open_requests(request_ids)
+    outcome = {rid: reason for rid, reason in gate.held.items()}
+    if not gate.ready:
+        return outcome
+
+    plan = plan_systems(gate.ready)
+    settings = get_runtime().settings
+    retry = {"retries": settings.task_retries, "retry_delay_seconds": settings.task_retry_delays}
+
+    applied = [
+        apply_to_system.with_options(**retry).submit(system, ids)  # type: ignore[arg-type]
+        for system, ids in plan.apply.items()
+    ]
+    wait(applied)
+
+    # Verification runs whether or not the erasure reported success: it is the proof.
+    verified = [
+        verify_system.with_options(**retry).submit(system, ids)  # type: ignore[arg-type]
+        for system, ids in plan.verify.items()
+    ]
+    wait(verified)
+
+    final = close_requests(gate.ready)
+    publish_results(request_ids)
+
+    outcome.update({rid: status.value for rid, status in final.items()})
+    unfinished = [rid for rid, s in final.items() if s is not Status.COMPLETED]
+    if unfinished:
+        raise BatchIncomplete(
+            f"{len(unfinished)} of {len(final)} requests did not complete: {', '.join(unfinished)}"
+        )
+    return outcome

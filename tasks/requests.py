@@ -1,0 +1,105 @@
+"""Prefect tasks around the request: the gate, the plan, closing, and what the Prefect UI
+shows of it (artifacts and events, with ids and counts, never identities)."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from dsrflow.ledger import RequestRecord
+from dsrflow.model import Status
+from tasks import steps
+from tasks.runtime import get_runtime
+
+_TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="open-requests", **_TASK)  # type: ignore[call-overload]
+def open_requests(request_ids: list[str]) -> steps.Gate:
+    gate = steps.open_requests(get_runtime(), request_ids)
+    logger = get_run_logger()
+    for rid, why in gate.held.items():
+        logger.info("request %s held: %s", rid, why)
+    return gate
+
+
+@task(name="plan-systems", **_TASK)  # type: ignore[call-overload]
+def plan_systems(request_ids: list[str]) -> steps.Plan:
+    return steps.plan_systems(get_runtime(), request_ids)
+
+
+@task(name="close-requests", **_TASK)  # type: ignore[call-overload]
+def close_requests(request_ids: list[str]) -> dict[str, Status]:
+    return steps.close_requests(get_runtime(), request_ids)
+
+
+@task(name="publish-results", **_TASK)  # type: ignore[call-overload]
+def publish_results(request_ids: list[str]) -> None:
+    """A table for the batch, a summary per request, an event per closed request."""
+    rt = get_runtime()
+    records = rt.ledger.get_many(request_ids)
+    by_request: dict[str, list[dict[str, object]]] = {}
+    for step in rt.ledger.steps(request_ids):
+        by_request.setdefault(str(step["request_id"]), []).append(step)
+    create_table_artifact(
+        key="dsr-batch",
+        table=[_row(r, by_request.get(r.id, [])) for r in records],
+        description=f"{len(records)} data-subject requests",
+    )
+    for record in records:
+        create_markdown_artifact(
+            key=f"dsr-{record.id}",
+            markdown=_summary(record, by_request.get(record.id, [])),
+            description=f"Request {record.ticket_id}",
+        )
+        emit_event(
+            event=_event_name(record.status),
+            resource={
+                "prefect.resource.id": f"dsrflow.request.{record.id}",
+                "prefect.resource.name": record.ticket_id or record.id,
+            },
+            payload={
+                "type": record.type.value if record.type else None,
+                "regime": record.regime.value if record.regime else None,
+                "status": record.status.value,
+                "due_at": record.due_at.isoformat() if record.due_at else None,
+            },
+        )
+
+
+def _event_name(status: Status) -> str:
+    return "dsr.request.completed" if status is Status.COMPLETED else "dsr.request.failed"
+
+
+def _row(record: RequestRecord, steps_: list[dict[str, object]]) -> dict[str, object]:
+    return {
+        "request": record.id,
+        "ticket": record.ticket_id,
+        "type": record.type.value if record.type else "",
+        "regime": record.regime.value if record.regime else "",
+        "status": record.status.value,
+        "due": record.due_at.date().isoformat() if record.due_at else "unknown",
+        "systems": ", ".join(f"{s['system']}:{s['action']}={s['status']}" for s in steps_),
+    }
+
+
+def _summary(record: RequestRecord, steps_: list[dict[str, object]]) -> str:
+    lines = [
+        f"# {record.type.value if record.type else 'request'} {record.ticket_id}",
+        "",
+        f"- request id: `{record.id}`",
+        f"- regime: {record.regime.value if record.regime else '-'}",
+        f"- status: **{record.status.value}**" + (f" ({record.reason})" if record.reason else ""),
+        f"- received: {record.received_at.isoformat()}",
+        f"- due: {record.due_at.isoformat() if record.due_at else record.deadline_error}",
+        "",
+        "| system | action | status | found | deleted | anonymized | retained | remaining |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in steps_:
+        cells = [s["system"], s["action"], s["status"], s["found"], s["deleted"],
+                 s["anonymized"], s["retained"], s["remaining"]]
+        lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,258 @@
+"""The work of one system for a batch of requests, recorded in the ledger. Plain Python:
+the Prefect tasks in `tasks.systems` wrap these, and tests may call them directly.
+
+Requests in a batch are grouped by what they ask of the system (collect, erase in a given
+scope, rectify, restrict), and each group is one connector call: one pass over the system
+however many requests the batch holds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from connectors.base import Outcome, Scope
+from dsrflow.errors import StepFailed, safe_error
+from dsrflow.exports import write_export
+from dsrflow.ledger import RequestRecord, StepCounts
+from dsrflow.model import RequestType, Status, StepAction, StepStatus
+from tasks.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class StepResult:
+    request_id: str
+    system: str
+    action: StepAction
+    status: StepStatus
+    found: int = 0
+    deleted: int = 0
+    anonymized: int = 0
+    retained: int = 0
+    remaining: int | None = None
+    error: str | None = None
+
+
+def action_for(request_type: RequestType) -> StepAction:
+    if request_type.collects:
+        return StepAction.COLLECT
+    if request_type.erases:
+        return StepAction.ERASE
+    if request_type is RequestType.RECTIFICATION:
+        return StepAction.RECTIFY
+    return StepAction.RESTRICT
+
+
+def applies(rt: Runtime, system: str, record: RequestRecord) -> bool:
+    """Whether a request concerns a system at all: its scope (if any) meets the system's
+    categories, and a rectification names a field in it."""
+    spec = rt.datamap.systems[system]
+    if record.type is RequestType.RECTIFICATION:
+        return any(t.startswith(f"{system}.") for t in rt.ledger.corrections(record.id))
+    if record.scope is None:
+        return True
+    categories = {c for t in spec.tables.values() for c in t.categories}
+    return bool(categories & record.scope)
+
+
+def apply_to_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[StepResult]:
+    """Collect, erase, rectify or restrict, as each request asks. Raises `StepFailed` (after
+    recording every outcome) if any group failed, so the caller's retry policy applies."""
+    records = rt.ledger.get_many(request_ids)
+    groups: dict[tuple[StepAction, Scope], list[RequestRecord]] = defaultdict(list)
+    for record in records:
+        assert record.type is not None
+        groups[(action_for(record.type), record.scope)].append(record)
+    results: list[StepResult] = []
+    for (action, scope), members in sorted(groups.items(), key=lambda g: g[0][0].value):
+        work = partial(_do, rt, system, action, members, scope)
+        results += _run_group(rt, system, action, members, work)
+    _raise_if_failed(system, results)
+    return results
+
+
+def verify_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[StepResult]:
+    """Look again: what a fresh look-up still finds of each erased subject."""
+    records = [r for r in rt.ledger.get_many(request_ids) if r.type and r.type.erases]
+    by_scope: dict[Scope, list[RequestRecord]] = defaultdict(list)
+    for record in records:
+        by_scope[record.scope].append(record)
+    results: list[StepResult] = []
+    for scope, members in by_scope.items():
+        work = partial(_verify, rt, system, members, scope)
+        results += _run_group(rt, system, StepAction.VERIFY, members, work)
+    # Data left behind is recorded as a failed verification, not retried: looking again
+    # will not change it. Only a verification that could not run is worth a retry.
+    _raise_if_failed(system, [r for r in results if r.remaining is None])
+    return results
+
+
+def _verify(
+    rt: Runtime, system: str, members: list[RequestRecord], scope: Scope
+) -> dict[str, Outcome]:
+    return rt.connector(system).verify(rt.ledger.subjects(m.id for m in members), scope)
+
+
+def _do(
+    rt: Runtime, system: str, action: StepAction, members: list[RequestRecord], scope: Scope
+) -> dict[str, Outcome]:
+    connector = rt.connector(system)
+    subjects = rt.ledger.subjects(m.id for m in members)
+    if action is StepAction.ERASE:
+        keys = {s.request_id: rt.ledger.pseudonymizer(s.request_id) for s in subjects}
+        return connector.erase(subjects, scope, keys)
+    if action is StepAction.COLLECT:
+        collected = connector.collect(subjects, scope)
+        outcomes = {}
+        for rid, records in collected.items():
+            write_export(rt.settings.exports_path, rt.ledger.keyring, rid, system, records)
+            outcome = Outcome()
+            for part, rows in records.items():
+                outcome.part(part).found = len(rows)
+            outcomes[rid] = outcome
+        return outcomes
+    if action is StepAction.RECTIFY:
+        return {
+            s.request_id: connector.rectify(
+                s,
+                {
+                    target.split(".", 1)[1]: value
+                    for target, value in rt.ledger.corrections(s.request_id).items()
+                    if target.startswith(f"{system}.")
+                },
+            )
+            for s in subjects
+        }
+    return connector.restrict(subjects)
+
+
+def _run_group(
+    rt: Runtime,
+    system: str,
+    action: StepAction,
+    members: list[RequestRecord],
+    work: Callable[[], dict[str, Outcome]],
+) -> list[StepResult]:
+    kind = rt.connector(system).kind
+    for member in members:
+        rt.ledger.record_step(member.id, system, kind, action.value, StepStatus.RUNNING)
+    try:
+        outcomes = work()
+    except Exception as exc:  # recorded, then re-raised as StepFailed by the caller
+        failure = safe_error(exc)
+        for member in members:
+            rt.ledger.record_step(
+                member.id, system, kind, action.value, StepStatus.FAILED, error=failure
+            )
+        return [
+            StepResult(m.id, system, action, StepStatus.FAILED, error=failure) for m in members
+        ]
+    results = []
+    for member in members:
+        outcome = outcomes.get(member.id, Outcome())
+        if outcome.discovered:
+            rt.ledger.add_identities(member.id, outcome.discovered)
+        counts = StepCounts(
+            found=outcome.total("found"),
+            deleted=outcome.total("deleted"),
+            anonymized=outcome.total("anonymized"),
+            retained=outcome.total("retained"),
+            remaining=outcome.total("remaining") if action is StepAction.VERIFY else None,
+        )
+        status = StepStatus.SUCCEEDED
+        error: str | None = None
+        if action is StepAction.VERIFY and counts.remaining:
+            left = [n for n, p in sorted(outcome.parts.items()) if p.remaining]
+            status = StepStatus.FAILED
+            error = f"{counts.remaining} rows remain after erasure in {', '.join(left)}"
+        rt.ledger.record_step(
+            member.id, system, kind, action.value, status, counts, error, outcome.details()
+        )
+        results.append(StepResult(member.id, system, action, status, **counts.__dict__,
+                                  error=error))
+    return results
+
+
+def _raise_if_failed(system: str, results: list[StepResult]) -> None:
+    failed = [r for r in results if r.status is StepStatus.FAILED]
+    if failed:
+        raise StepFailed(
+            f"{system}: {len(failed)} of {len(results)} steps failed: {failed[0].error}"
+        )
+
+
+# -- the request around the steps ------------------------------------------------------------
+RUNNABLE = frozenset(
+    {Status.VERIFIED, Status.IN_PROGRESS, Status.FAILED, Status.PARTIALLY_COMPLETED}
+)
+
+
+@dataclass(frozen=True)
+class Gate:
+    ready: list[str]
+    held: dict[str, str]  # request id -> why it does not run now
+
+
+def open_requests(rt: Runtime, request_ids: Sequence[str]) -> Gate:
+    """Let verified (or unfinished) requests in; everything else waits, with a reason. No
+    connector runs for a request that has not been verified (policy 6.6.1)."""
+    ready, held = [], {}
+    for record in rt.ledger.get_many(request_ids):
+        if record.status in RUNNABLE:
+            rt.ledger.transition(record.id, Status.IN_PROGRESS)
+            ready.append(record.id)
+        elif record.status is Status.AWAITING_VERIFICATION:
+            held[record.id] = "identity not verified yet"
+        else:
+            held[record.id] = f"request is {record.status.value}"
+    missing = set(request_ids) - set(ready) - set(held)
+    for rid in sorted(missing):
+        held[rid] = "no such request"
+    return Gate(ready, held)
+
+
+@dataclass(frozen=True)
+class Plan:
+    apply: dict[str, list[str]]  # system -> requests it must serve
+    verify: dict[str, list[str]]  # system -> requests whose erasure it must prove
+
+
+def plan_systems(rt: Runtime, request_ids: Sequence[str]) -> Plan:
+    records = rt.ledger.get_many(request_ids)
+    apply: dict[str, list[str]] = {}
+    verify: dict[str, list[str]] = {}
+    for system in rt.datamap.systems:
+        wanted = [r for r in records if applies(rt, system, r)]
+        if wanted:
+            apply[system] = [r.id for r in wanted]
+        erasing = [r.id for r in wanted if r.type is not None and r.type.erases]
+        if erasing:
+            verify[system] = erasing
+    return Plan(apply, verify)
+
+
+def close_requests(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
+    """Each request's final status from its steps: completed when every step succeeded
+    (and verification found nothing left), partial when some did, failed when none did."""
+    steps_by_request: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for step in rt.ledger.steps(request_ids):
+        steps_by_request[str(step["request_id"])].append(step)
+    final: dict[str, Status] = {}
+    for rid in request_ids:
+        statuses = {StepStatus(str(s["status"])) for s in steps_by_request[rid]}
+        failed = [s for s in steps_by_request[rid] if s["status"] == StepStatus.FAILED.value]
+        if not failed and StepStatus.RUNNING not in statuses:
+            target, reason = Status.COMPLETED, None
+            if not steps_by_request[rid]:
+                reason = "no system holds data in the request's scope"
+        elif StepStatus.SUCCEEDED in statuses:
+            target = Status.PARTIALLY_COMPLETED
+            reason = "; ".join(f"{s['system']} {s['action']}: {s['error']}" for s in failed)
+        else:
+            target = Status.FAILED
+            reason = "; ".join(f"{s['system']} {s['action']}: {s['error']}" for s in failed)
+        rt.ledger.transition(rid, target, reason)
+        final[rid] = target
+    return final

@@ -1,0 +1,138 @@
+"""Shared fixtures: a real PostgreSQL server, a real Prefect server, keys and settings.
+
+PostgreSQL is started from the installed binaries on loopback (as the `postgres` user when
+the suite runs as root, since PostgreSQL refuses root). If it cannot start, the tests that
+need it fail with the reason; they never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+# Prefect reads its settings at import: point it at a throw-away home before anything
+# imports it, and keep a privacy product from reporting usage.
+_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="dsrflow-test-prefect-"))
+os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ.pop("PREFECT_API_URL", None)
+
+import pytest  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from dsrflow.crypto import Keyring, new_key  # noqa: E402
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+def _pg_bindir() -> Path:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
+        candidate = Path(out.stdout.strip())
+        if (candidate / "pg_ctl").exists():
+            return candidate
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "pg_ctl").exists():
+            return candidate
+    pytest.fail(
+        "PostgreSQL server binaries (pg_ctl, initdb) not found: install them "
+        "(`apt-get install postgresql`); .ci/run does this",
+        pytrace=False,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server for the session; yields an admin URL."""
+    bindir = _pg_bindir()
+    base = Path(tempfile.mkdtemp(prefix="dsrflow-pg-"))
+    as_root = os.geteuid() == 0
+    prefix: list[str] = []
+    if as_root:
+        shutil.chown(base, "postgres", "postgres")
+        base.chmod(0o700)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    data, log = base / "data", base / "log"
+
+    def run(*args: str) -> None:
+        result = subprocess.run([*prefix, *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            detail = result.stderr.strip() or result.stdout.strip()
+            if log.exists():
+                detail += "\n" + log.read_text()[-2000:]
+            pytest.fail(f"PostgreSQL could not start ({args[0]}): {detail}", pytrace=False)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+        "--encoding=UTF8", "--no-sync")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off", "start")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = postgres_server.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+# -- keys -------------------------------------------------------------------------------------
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring(token_key=new_key(), encryption_key=new_key())
+
+
+# -- Prefect ----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[list[Path]]:
+    """One real Prefect server (SQLite-backed) for the whole session. Yields the folders
+    where Prefect keeps what it is given (its database, PREFECT_HOME), which the privacy
+    tests scan for identities."""
+    import prefect.settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        db_url = prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+        db_dir = Path(str(db_url).split(":///", 1)[1]).parent
+        yield [db_dir, _PREFECT_HOME]

@@ -1,0 +1,337 @@
+"""Identity normalization: look-ups match however a value was typed, garbage is refused."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from dsrflow.identities import (
+    MAX_IDENTITY_LENGTH,
+    Identity,
+    IdentityError,
+    IdentityType,
+    Subject,
+    normalize,
+    normalize_email,
+    normalize_phone,
+    normalize_third_party,
+    phone_variants,
+)
+
+# -- email -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("alice@example.com", "alice@example.com"),
+        ("  Alice@Example.COM \n", "alice@example.com"),
+        ("\tBOB.Smith+dsr@Mail.Example.ORG", "bob.smith+dsr@mail.example.org"),
+        ("Straße@Example.de", "strasse@example.de"),  # full case folding, not lower()
+    ],
+)
+def test_email_is_trimmed_and_case_folded(raw: str, expected: str) -> None:
+    assert normalize_email(raw) == expected
+    assert Identity(type=IdentityType.EMAIL, value=raw).value == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "   ",
+        "alice",
+        "alice@",
+        "@example.com",
+        "alice@localhost",  # no dot in the domain
+        "alice@@example.com",
+        "alice@ex@ample.com",
+        "ali ce@example.com",
+        "alice@exa\tmple.com",
+        "alice@example.com\nbob@example.com",
+        "138 0013 8000",
+    ],
+)
+def test_email_garbage_is_rejected(raw: str) -> None:
+    with pytest.raises(IdentityError):
+        normalize_email(raw)
+    with pytest.raises(ValidationError):
+        Identity(type=IdentityType.EMAIL, value=raw)
+
+
+@pytest.mark.parametrize("raw", ["ali\x00ce@example.com", "alice@exam\x07ple.com", "\x1b[31m@x.cn"])
+def test_email_with_control_characters_is_rejected(raw: str) -> None:
+    # Opaque ids reject control characters; an email must not let them through either
+    # (a NUL cannot even be stored in a PostgreSQL text column).
+    with pytest.raises(IdentityError):
+        normalize(IdentityType.EMAIL, raw)
+
+
+def test_identity_longer_than_limit_is_rejected() -> None:
+    raw = "a" * (MAX_IDENTITY_LENGTH - len("@example.com") + 1) + "@example.com"
+    assert len(raw) == MAX_IDENTITY_LENGTH + 1
+    with pytest.raises(IdentityError):
+        normalize(IdentityType.EMAIL, raw)
+    with pytest.raises(ValidationError):
+        Identity(type=IdentityType.EMAIL, value=raw)
+    at_limit = raw[1:]
+    assert normalize(IdentityType.EMAIL, at_limit) == at_limit
+
+
+def test_email_normalization_is_idempotent_at_the_length_limit() -> None:
+    # 'ﬃ' case-folds to 'ffi': a value accepted at the limit comes out longer than the
+    # limit, and normalizing the result again is refused.
+    raw = "\ufb03" * 110 + "@example.com"  # 122 characters in, 342 out
+    # Refused up front, rather than accepted once and refused when normalized again.
+    with pytest.raises(IdentityError, match="case-folded"):
+        normalize(IdentityType.EMAIL, raw)
+
+
+# -- phone -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "138 0013 8000",
+        "13800138000",
+        "+86 138-0013-8000",
+        "+8613800138000",
+        "008613800138000",
+        "(+86) 138 0013 8000",
+        "１３８００１３８０００",  # full-width digits, as typed on a Chinese keyboard
+    ],
+)
+def test_cn_phone_to_e164(raw: str) -> None:
+    assert normalize_phone(raw) == "+8613800138000"
+    assert Identity(type=IdentityType.PHONE, value=raw).value == "+8613800138000"
+
+
+def test_foreign_phone_keeps_its_country_code() -> None:
+    assert normalize_phone("+44 20 7946 0958") == "+442079460958"
+    assert normalize_phone("+1 650-253-0000") == "+16502530000"
+    # A national number is read in the given region.
+    assert normalize_phone("020 7946 0958", "GB") == "+442079460958"
+
+
+@pytest.mark.parametrize("raw", ["12345", "1380013800", "+86 138 0013 800", "138001380001"])
+def test_invalid_phone_numbers_are_rejected(raw: str) -> None:
+    with pytest.raises(IdentityError):
+        normalize_phone(raw)
+    with pytest.raises(ValidationError):
+        Identity(type=IdentityType.PHONE, value=raw)
+
+
+@pytest.mark.parametrize("raw", ["call me", "", "+", "+86", "+999 1234 5678", "tel:"])
+def test_unparseable_phone_numbers_raise_identity_error(raw: str) -> None:
+    # Text that phonenumbers cannot parse at all must be an IdentityError like any other
+    # bad phone number (and a ValidationError through the model), not a crash.
+    with pytest.raises(IdentityError):
+        normalize_phone(raw)
+    with pytest.raises(ValidationError):
+        Identity(type=IdentityType.PHONE, value=raw)
+
+
+def test_phone_variants_cn_mobile() -> None:
+    assert phone_variants("+8613800138000") == [
+        "+8613800138000",
+        "13800138000",
+        "8613800138000",
+        "008613800138000",
+    ]
+    identity = Identity(type=IdentityType.PHONE, value="138 0013 8000")
+    assert identity.variants() == phone_variants("+8613800138000")
+
+
+@pytest.mark.parametrize(
+    ("e164", "expected"),
+    [
+        # Worked out by hand: E.164, national significant number, the national dialling
+        # form with its trunk prefix (if the country has one), with country code, with 00.
+        ("+8613800138000", ["+8613800138000", "13800138000", "8613800138000",
+                            "008613800138000"]),
+        ("+16502530000", ["+16502530000", "6502530000", "16502530000", "0016502530000"]),
+        ("+442079460958", ["+442079460958", "2079460958", "02079460958", "442079460958",
+                           "00442079460958"]),
+        ("+861012345678", ["+861012345678", "1012345678", "01012345678", "861012345678",
+                           "00861012345678"]),
+    ],
+)
+def test_phone_variants_are_the_spellings_of_the_same_number(
+    e164: str, expected: list[str]
+) -> None:
+    variants = phone_variants(e164)
+    assert variants[0] == e164
+    assert sorted(variants) == sorted(expected)
+
+def test_phone_variants_keep_the_italian_leading_zero() -> None:
+    # Italian numbers keep their leading 0 after the country code: +39 02 3661 8300 is
+    # written 0039 02 3661 8300. Dropping the zero spells a different number.
+    e164 = normalize_phone("+39 02 3661 8300")
+    assert e164 == "+390236618300"
+    variants = phone_variants(e164)
+    assert "390236618300" in variants
+    assert "00390236618300" in variants
+    assert "39236618300" not in variants  # +39 236 618300 is someone else's number
+
+
+def test_non_phone_identity_variants_are_the_value() -> None:
+    assert Identity(type=IdentityType.EMAIL, value="A@B.CN").variants() == ["a@b.cn"]
+
+
+# -- third party, opaque ids -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("wechat:oAbC123", "wechat:oAbC123"),
+        ("  WeChat : oAbC123 ", "wechat:oAbC123"),  # provider folded, id case kept
+        ("QQ:ABCDEF0123", "qq:ABCDEF0123"),
+        ("apple:001234.abcd:ef", "apple:001234.abcd:ef"),  # only the first colon splits
+    ],
+)
+def test_third_party_form(raw: str, expected: str) -> None:
+    assert normalize_third_party(raw) == expected
+    assert Identity(type=IdentityType.THIRD_PARTY, value=raw).value == expected
+
+
+@pytest.mark.parametrize("raw", ["oAbC123", "wechat:", ":oAbC123", " : ", "wechat:a\x01b"])
+def test_third_party_garbage_is_rejected(raw: str) -> None:
+    with pytest.raises(IdentityError):
+        normalize_third_party(raw)
+    with pytest.raises(ValidationError):
+        Identity(type=IdentityType.THIRD_PARTY, value=raw)
+
+
+def test_opaque_ids_are_trimmed_but_case_sensitive() -> None:
+    assert Identity(type=IdentityType.USER_ID, value=" U-42 ").value == "U-42"
+    assert Identity(type=IdentityType.DEVICE_ID, value="AbC").value == "AbC"
+    for bad in ["", "   ", "a\x00b"]:
+        with pytest.raises(ValidationError):
+            Identity(type=IdentityType.USER_ID, value=bad)
+
+
+def test_unknown_identity_type_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError, match="type"):
+        Identity.model_validate({"type": "fax", "value": "12345"})
+
+
+def test_identity_is_frozen_and_subject_filters_by_type() -> None:
+    email = Identity(type=IdentityType.EMAIL, value="A@B.CN")
+    with pytest.raises(ValidationError):
+        email.value = "other@b.cn"  # type: ignore[misc]
+    subject = Subject(
+        request_id="r1",
+        identities=(email, Identity(type=IdentityType.PHONE, value="13800138000")),
+    )
+    assert subject.values(IdentityType.PHONE) == ["+8613800138000"]
+    assert subject.values(IdentityType.EMAIL) == ["a@b.cn"]
+    assert subject.values(IdentityType.USER_ID) == []
+
+
+# -- properties --------------------------------------------------------------------------
+
+_local = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="@"),
+    min_size=1,
+    max_size=30,
+)
+_domain = st.from_regex(r"\A[A-Za-z0-9-]{1,15}(\.[A-Za-z0-9-]{1,10}){1,3}\Z")
+_padding = st.sampled_from(["", " ", "\t", "\n ", "  "])
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(st.emails(), st.builds(lambda a, b: f"{a}@{b}", _local, _domain)),
+    _padding,
+    _padding,
+    st.booleans(),
+)
+def test_email_normalization_is_idempotent(
+    address: str, before: str, after: str, upper: bool
+) -> None:
+    raw = before + (address.upper() if upper else address) + after
+    try:
+        once = normalize(IdentityType.EMAIL, raw)
+    except IdentityError:
+        assume(False)
+        return
+    assert normalize(IdentityType.EMAIL, once) == once
+    assert Identity(type=IdentityType.EMAIL, value=once).value == once
+    assert once == once.strip() and once == once.casefold()
+
+
+_cn_mobile = st.builds(
+    lambda prefix, rest: prefix + rest,
+    st.sampled_from(["130", "131", "135", "138", "139", "150", "158", "186", "188", "199"]),
+    st.text(alphabet="0123456789", min_size=8, max_size=8),
+)
+
+
+def _spell(digits: str, country: str, style: int) -> str:
+    if style == 0:
+        return digits
+    if style == 1:
+        return f"{digits[:3]} {digits[3:7]} {digits[7:]}"
+    if style == 2:
+        return f"+{country} {digits[:3]}-{digits[3:7]}-{digits[7:]}"
+    if style == 3:
+        return f"00{country}{digits}"
+    return f"(+{country}) {digits}"
+
+
+@settings(max_examples=300)
+@given(_cn_mobile, st.integers(min_value=0, max_value=4))
+def test_phone_normalization_is_idempotent(digits: str, style: int) -> None:
+    raw = _spell(digits, "86", style)
+    try:
+        once = normalize(IdentityType.PHONE, raw)
+    except IdentityError:
+        assume(False)
+        return
+    assert once == "+86" + digits
+    assert normalize(IdentityType.PHONE, once) == once
+    assert once in phone_variants(once)
+    assert digits in phone_variants(once)
+
+
+@settings(max_examples=200)
+@given(st.text(alphabet="0123456789 -()", min_size=7, max_size=20))
+def test_phone_normalization_is_idempotent_on_digit_soup(raw: str) -> None:
+    digits = "".join(c for c in raw if c.isdigit())
+    # Parseable national spellings only (unparseable text is covered below).
+    assume(7 <= len(digits) <= 15 and not digits.startswith("00"))
+    try:
+        once = normalize(IdentityType.PHONE, raw)
+    except IdentityError:
+        return
+    assert once.startswith("+") and once[1:].isdigit()
+    assert normalize(IdentityType.PHONE, once) == once
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_third_party_normalization_is_idempotent(provider: str, openid: str) -> None:
+    try:
+        once = normalize(IdentityType.THIRD_PARTY, f"{provider}:{openid}")
+    except IdentityError:
+        return
+    assert normalize(IdentityType.THIRD_PARTY, once) == once
+
+
+@pytest.mark.parametrize("kind", list(IdentityType))
+@settings(max_examples=200)
+@given(value=st.text(max_size=400))
+def test_arbitrary_text_fails_only_with_validation_error(kind: IdentityType, value: str) -> None:
+    try:
+        identity = Identity(type=kind, value=value)
+    except ValidationError:
+        with pytest.raises(IdentityError):
+            normalize(kind, value)
+        return
+    # Whatever was accepted is already normal.
+    assert normalize(kind, identity.value) == identity.value
+    assert 1 <= len(identity.value) <= MAX_IDENTITY_LENGTH
