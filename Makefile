@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy dsrflow connectors tasks flows deployments examples
+	$(BIN)/mypy dsrflow connectors tasks flows examples tests
 
 unit: $(STAMP)
 	$(BIN)/pytest

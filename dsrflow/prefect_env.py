@@ -19,9 +19,11 @@ PRIVACY_DEFAULTS = {
 
 
 def prepare(home: Path) -> None:
-    """Point Prefect at `home` unless an API (a real server) or a home is already chosen."""
+    """Point Prefect at `home` (settings' `prefect_home`) unless a real server is chosen
+    with PREFECT_API_URL: the embedded server's database then lives where dsrflow's
+    settings say, not wherever the shell's PREFECT_HOME happens to point."""
     for key, value in PRIVACY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if not os.environ.get("PREFECT_API_URL"):
         home.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("PREFECT_HOME", str(home))
+        os.environ["PREFECT_HOME"] = str(home)

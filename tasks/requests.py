@@ -54,8 +54,11 @@ def publish_results(request_ids: list[str]) -> None:
             markdown=_summary(record, by_request.get(record.id, [])),
             description=f"Request {record.ticket_id}",
         )
+        event = CLOSING_EVENTS.get(record.status)
+        if event is None:
+            continue  # still open (e.g. awaiting verification): nothing to announce yet
         emit_event(
-            event=_event_name(record.status),
+            event=event,
             resource={
                 "prefect.resource.id": f"dsrflow.request.{record.id}",
                 "prefect.resource.name": record.ticket_id or record.id,
@@ -69,8 +72,11 @@ def publish_results(request_ids: list[str]) -> None:
         )
 
 
-def _event_name(status: Status) -> str:
-    return "dsr.request.completed" if status is Status.COMPLETED else "dsr.request.failed"
+CLOSING_EVENTS = {
+    Status.COMPLETED: "dsr.request.completed",
+    Status.PARTIALLY_COMPLETED: "dsr.request.failed",
+    Status.FAILED: "dsr.request.failed",
+}
 
 
 def _row(record: RequestRecord, steps_: list[dict[str, object]]) -> dict[str, object]:

@@ -4,6 +4,7 @@ ledger, artifacts, failure handling, and that Prefect never receives an identity
 from __future__ import annotations
 
 import random
+from functools import partial
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,42 @@ def test_prefect_never_receives_an_identity(
     assert files_containing(prefect_server, needles) == {}
     # The scan is only worth something if Prefect did record the run: its logs are there.
     assert files_containing(prefect_server, [ids[0]]) != {}
+
+
+def test_the_ui_shows_named_runs_artifacts_and_events(
+    runtime: Runtime, world: tuple[sqlworld.World, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.events.clients import AssertingPassthroughEventsClient
+    from prefect.events.worker import EventsWorker
+
+    # Record the events on their way to the server (which stores them asynchronously).
+    AssertingPassthroughEventsClient.reset()
+    worker = EventsWorker.instance(AssertingPassthroughEventsClient)
+    monkeypatch.setattr(
+        EventsWorker, "instance",
+        partial(EventsWorker.instance, client_type=AssertingPassthroughEventsClient),
+    )
+    ids = _submit(
+        runtime,
+        ticket("UI-1", "erasure", [{"type": "user_id", "value": "2"}]),
+        ticket("UI-2", "access", [{"type": "user_id", "value": "3"}]),
+        ticket("UI-3", "erasure", [{"type": "user_id", "value": "4"}], verified=False),
+    )
+    process_requests(ids)
+    worker.drain()
+
+    events = [e for c in AssertingPassthroughEventsClient.all for e in c.events]
+    completed = {e.resource.id for e in events if e.event == "dsr.request.completed"}
+    assert completed == {f"dsrflow.request.{i}" for i in ids[:2]}
+    mine = [e for e in events if e.event.startswith("dsr.")]
+    assert {e.payload["type"] for e in mine} == {"erasure", "access"}
+
+    with get_client(sync_client=True) as client:
+        assert "dsr-batch-UI-1-3" in {r.name for r in client.read_flow_runs()}
+        summaries = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"dsr-{i}" for i in ids]))
+        )
+        assert {a.key for a in summaries} == {f"dsr-{i}" for i in ids}
+        assert all("UI-" in str(a.data) for a in summaries)

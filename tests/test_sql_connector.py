@@ -158,7 +158,9 @@ def test_rectify_changes_only_the_named_field_of_the_subject(db_url: str) -> Non
 def test_unknown_subject_finds_nothing_and_changes_nothing(db_url: str) -> None:
     connector, _ = build(db_url)
     before = sqlworld.snapshot(connector.engine)
-    ghost = Subject(request_id="g", identities=(Identity(type="email", value="nobody@x.org"),))
+    ghost = Subject(
+        request_id="g", identities=(Identity(type=IdentityType.EMAIL, value="nobody@x.org"),)
+    )
     outcome = connector.erase([ghost], None, keys_for([ghost]))
     assert outcome["g"].total("found") == 0
     assert sqlworld.snapshot(connector.engine) == before
