@@ -103,6 +103,44 @@ def run_batch(ids: list[str]) -> bool:
 
 
 @app.command()
+def verify(
+    request_id: str,
+    method: Annotated[str, typer.Option(help="how the identity was confirmed")],
+    config: ConfigOption = None,
+) -> None:
+    """Record that a waiting request's identity has been verified (it runs next time)."""
+    from datetime import UTC, datetime
+
+    from dsrflow.model import InvalidTransition
+
+    rt = _runtime(config)
+    try:
+        rt.ledger.mark_verified(request_id, method, datetime.now(UTC))
+    except InvalidTransition as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _print_status(rt, [request_id])
+
+
+@app.command()
+def refuse(
+    request_id: str,
+    reason: Annotated[str, typer.Option(help="recorded and reported; no personal data")],
+    config: ConfigOption = None,
+) -> None:
+    """Refuse a request (identity not verified, manifestly unfounded, ...)."""
+    from dsrflow.model import InvalidTransition, Status
+
+    rt = _runtime(config)
+    try:
+        rt.ledger.transition(request_id, Status.REFUSED, reason)
+    except InvalidTransition as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _print_status(rt, [request_id])
+
+
+@app.command()
 def status(
     request_id: Annotated[str | None, typer.Argument()] = None, config: ConfigOption = None
 ) -> None:

@@ -203,3 +203,56 @@ def test_the_ui_shows_named_runs_artifacts_and_events(
         )
         assert {a.key for a in summaries} == {f"dsr-{i}" for i in ids}
         assert all("UI-" in str(a.data) for a in summaries)
+
+
+def test_a_waiting_request_runs_once_verified(
+    runtime: Runtime, world: tuple[sqlworld.World, str]
+) -> None:
+    from datetime import UTC, datetime
+
+    from flows.request import process_request
+
+    w, _ = world
+    [rid] = _submit(runtime, ticket("W-1", "erasure", [{"type": "email", "value": _email(w, 3)}],
+                                    verified=False))
+    assert process_request(rid) == {rid: "identity not verified yet"}
+    assert runtime.ledger.steps([rid]) == []  # no connector ran before verification
+
+    runtime.ledger.mark_verified(rid, "video_call", datetime.now(UTC))
+    assert process_request(rid) == {rid: "completed"}
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        assert "dsr-erasure-W-1" in {r.name for r in client.read_flow_runs()}
+
+
+def test_the_flow_on_postgresql(
+    tmp_path: Path, postgres_url: str, prefect_server: list[Path]
+) -> None:
+    """Production's set-up: the user database and the ledger both on PostgreSQL."""
+    engine = sa.create_engine(postgres_url)
+    w = sqlworld.generate(random.Random(21), 6)
+    sqlworld.load(engine, w)
+    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
+    doc["systems"] = {"db": {**doc["systems"]["db"], "url": postgres_url}}
+    rt = make_runtime(tmp_path, doc, ledger_url=postgres_url)
+    previous = set_runtime(rt)
+    try:
+        ids = _submit(
+            rt,
+            ticket("PG-1", "account_cancellation", [{"type": "phone",
+                                                     "value": sqlworld.phone_for(2)}]),
+            ticket("PG-2", "portability", [{"type": "email", "value": _email(w, 4)}]),
+        )
+        before = sqlworld.snapshot(engine)
+        assert set(process_requests(ids).values()) == {"completed"}
+        after = sqlworld.snapshot(engine)
+        for table, rows in before.items():
+            others = {k for k, who in w.owners.get(table, {}).items() if 2 not in who}
+            assert {k: after[table].get(k) for k in others} == {k: rows[k] for k in others}
+        verify = next(s for s in rt.ledger.steps([ids[0]]) if s["action"] == "verify")
+        assert verify["remaining"] == 0 and verify["found"] >= 1
+    finally:
+        set_runtime(previous)
+        rt.close()
+        engine.dispose()

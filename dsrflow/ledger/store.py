@@ -364,6 +364,13 @@ class Ledger:
                 {"from": current.value, "to": target.value, "reason": reason},
             )
 
+    def mark_verified(self, request_id: str, method: str, verified_at: datetime) -> None:
+        """The subject's identity was confirmed after the ticket arrived."""
+        self.transition(
+            request_id, Status.VERIFIED, verification_method=method,
+            verified_at=verified_at.astimezone(UTC),
+        )
+
     # -- steps ------------------------------------------------------------------------
     def record_step(
         self,
