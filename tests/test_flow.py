@@ -4,8 +4,8 @@ ledger, artifacts, failure handling, and that Prefect never receives an identity
 from __future__ import annotations
 
 import random
-from functools import partial
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
