@@ -244,6 +244,22 @@ class SqlConnector:
                     for rid in located.owners[name][key]:
                         outcomes[rid].discovered.add(found)
 
+    def column_values(
+        self, subjects: Sequence[Subject], table: str, column: str
+    ) -> dict[str, list[Any]]:
+        """The values of one column in each subject's rows (e.g. the object keys an uploads
+        table lists), read before anything is erased."""
+        out: dict[str, list[Any]] = {s.request_id: [] for s in subjects}
+        with self.engine.connect() as conn:
+            located = self.locate(conn, subjects)
+            rows = self._fetch(conn, table, list(located.owners[table]), [column])
+            for key, row in rows.items():
+                if row[column] is None:
+                    continue
+                for rid in located.owners[table][key]:
+                    out[rid].append(row[column])
+        return out
+
     # -- locating -----------------------------------------------------------------------
     def locate(self, conn: Connection, subjects: Sequence[Subject]) -> Located:
         located = Located()

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -67,8 +68,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_category(value: str, info: ValidationInfo) -> str:
+    known = (info.context or {}).get("categories", POLICY_CATEGORIES | {NON_PERSONAL})
+    if value not in known:
+        raise ValueError(f"unknown category {value!r}; known: {', '.join(sorted(known))}")
+    return value
+
+
+Category = Annotated[str, AfterValidator(_check_category)]
+
+
 class Column(_Strict):
-    category: str
+    category: Category
     action: Action
     reason: str | None = Field(default=None, description="why a retained column is kept")
     generalize: Generalization | None = None
@@ -79,14 +90,6 @@ class Column(_Strict):
     def _yaml_null(cls, value: object) -> object:
         # `action: null` unquoted is YAML's null; the author meant the action.
         return "null" if value is None else value
-
-    @field_validator("category")
-    @classmethod
-    def _known_category(cls, value: str, info: ValidationInfo) -> str:
-        known = (info.context or {}).get("categories", POLICY_CATEGORIES | {NON_PERSONAL})
-        if value not in known:
-            raise ValueError(f"unknown category {value!r}; known: {', '.join(sorted(known))}")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Column:
@@ -233,6 +236,10 @@ class SqlSystem(_Strict):
             )
         return self
 
+    @property
+    def categories(self) -> frozenset[str]:
+        return frozenset(c for t in self.tables.values() for c in t.categories)
+
     def reachable_tables(self) -> set[str]:
         seen = {name for name, t in self.tables.items() if t.identities}
         changed = True
@@ -245,7 +252,133 @@ class SqlSystem(_Strict):
         return seen
 
 
-System = Annotated[SqlSystem, Field(discriminator="kind")]
+class _Endpoint(_Strict):
+    """Where an S3-compatible API is: AWS by default, or any endpoint (MinIO, moto, ...).
+    Credentials come from boto3's usual chain (environment, profile, instance role)."""
+
+    endpoint_url: str | None = None
+    endpoint_url_env: str | None = Field(default=None, description="variable holding the URL")
+    region: str = "us-east-1"
+
+    @model_validator(mode="after")
+    def _one_endpoint(self) -> _Endpoint:
+        if self.endpoint_url is not None and self.endpoint_url_env is not None:
+            raise ValueError("give at most one of endpoint_url or endpoint_url_env")
+        return self
+
+
+class ColumnRef(_Strict):
+    """A column of a SQL system that lists object keys (e.g. userdb.uploads.s3_key)."""
+
+    system: Identifier
+    table: Identifier
+    column: Identifier
+
+
+class ObjectOwnership(_Strict):
+    """How an object belongs to a subject: exactly one of
+    - `key_template`: a key or, ending in '/', a prefix, with identity placeholders
+      (`uploads/{user_id}/`, `faces/{user_id}.bin`);
+    - `tag`: an object tag whose value is the subject's `tag_identity`, among the objects
+      under `tag_prefix`;
+    - `keys_from`: keys listed in a column of a SQL system, in the subject's rows."""
+
+    key_template: str | None = None
+    tag: str | None = None
+    tag_identity: IdentityType = IdentityType.USER_ID
+    tag_prefix: str = ""
+    keys_from: ColumnRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ObjectOwnership:
+        given = [x for x in (self.key_template, self.tag, self.keys_from) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of key_template, tag or keys_from")
+        if self.key_template is not None:
+            placeholders = _placeholders(self.key_template)
+            unknown = sorted(placeholders - {t.value for t in IdentityType})
+            if not placeholders:
+                raise ValueError("key_template needs an identity placeholder, e.g. {user_id}")
+            if unknown:
+                raise ValueError(f"key_template: unknown placeholder {{{unknown[0]}}}")
+        return self
+
+
+class Bucket(_Strict):
+    category: Category
+    action: Literal[Action.DELETE, Action.RETAIN] = Action.DELETE
+    reason: str | None = None
+    ownership: list[ObjectOwnership] = Field(min_length=1)
+    collect: Literal["metadata", "presigned", "bytes"] = Field(
+        default="presigned", description="what an access request gets of each object"
+    )
+    presign_seconds: int = Field(default=3600, gt=0, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _reason(self) -> Bucket:
+        if self.action is Action.RETAIN and not self.reason:
+            raise ValueError("action 'retain' needs a reason")
+        return self
+
+
+class ObjectsSystem(_Endpoint):
+    kind: Literal["objects"]
+    buckets: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")],
+                  Bucket] = Field(min_length=1)
+
+    @property
+    def categories(self) -> frozenset[str]:
+        return frozenset(b.category for b in self.buckets.values())
+
+
+class S3Location(_Strict):
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = ""
+
+
+class LogSource(_Strict):
+    """One set of log files: a local glob (relative to dsrflow.yaml) or an S3 prefix."""
+
+    path: str | None = None
+    s3: S3Location | None = None
+    format: Literal["jsonl", "text"]
+    fields: dict[str, IdentityType] = Field(
+        default={}, description="jsonl: field (dotted for nesting) -> identity type"
+    )
+    identities: list[IdentityType] = Field(
+        default=[], description="text: the identity types to look for in each line"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LogSource:
+        if (self.path is None) == (self.s3 is None):
+            raise ValueError("give exactly one of path or s3")
+        if self.format == "jsonl" and not self.fields:
+            raise ValueError("a jsonl source needs `fields`: which fields hold identities")
+        if self.format == "text" and not self.identities:
+            raise ValueError("a text source needs `identities`: which types to look for")
+        return self
+
+
+class LogsSystem(_Endpoint):
+    kind: Literal["logs"]
+    category: Category = "logs"
+    action: Literal[Action.PSEUDONYMIZE, Action.REDACT] = Action.PSEUDONYMIZE
+    redact_with: str = REDACTION_MARKER
+    sources: dict[Identifier, LogSource] = Field(min_length=1)
+
+    @property
+    def categories(self) -> frozenset[str]:
+        return frozenset({self.category})
+
+
+System = Annotated[SqlSystem | ObjectsSystem | LogsSystem, Field(discriminator="kind")]
+
+
+def _placeholders(template: str) -> set[str]:
+    import string
+
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 class DataMap(_Strict):
@@ -261,6 +394,25 @@ class DataMap(_Strict):
 
     def all_categories(self) -> frozenset[str]:
         return POLICY_CATEGORIES | set(self.categories) | {NON_PERSONAL}
+
+    @model_validator(mode="after")
+    def _keys_from_exist(self) -> DataMap:
+        for name, system in self.systems.items():
+            if not isinstance(system, ObjectsSystem):
+                continue
+            for bucket_name, bucket in system.buckets.items():
+                for rule in bucket.ownership:
+                    ref = rule.keys_from
+                    if ref is None:
+                        continue
+                    source = self.systems.get(ref.system)
+                    table = source.tables.get(ref.table) if isinstance(source, SqlSystem) else None
+                    if table is None or ref.column not in table.columns:
+                        raise ValueError(
+                            f"systems.{name}.buckets.{bucket_name}.ownership: keys_from "
+                            f"{ref.system}.{ref.table}.{ref.column} is not a mapped SQL column"
+                        )
+        return self
 
 
 def parse_datamap(data: Any, source: str = "<data map>") -> DataMap:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dsrflow.datamap import DataMap
+from dsrflow.datamap import DataMap, SqlSystem
 from dsrflow.ledger import Ledger
 from dsrflow.model import Status
 from dsrflow.tickets import Rejection, Ticket, parse_ticket
@@ -59,7 +59,7 @@ def check_against_datamap(ticket: Ticket, datamap: DataMap) -> str | None:
     for target in ticket.corrections or {}:
         system_name, table_name, column_name = target.split(".")
         system = datamap.systems.get(system_name)
-        table = system.tables.get(table_name) if system is not None else None
+        table = system.tables.get(table_name) if isinstance(system, SqlSystem) else None
         if table is None or column_name not in table.columns:
             return f"corrections.{target}: not in the data map"
     return None

@@ -53,8 +53,7 @@ def applies(rt: Runtime, system: str, record: RequestRecord) -> bool:
         return any(t.startswith(f"{system}.") for t in rt.ledger.corrections(record.id))
     if record.scope is None:
         return True
-    categories = {c for t in spec.tables.values() for c in t.categories}
-    return bool(categories & record.scope)
+    return bool(spec.categories & record.scope)
 
 
 def apply_to_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[StepResult]:
