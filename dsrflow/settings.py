@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     ledger_url: str = "sqlite:///.dsrflow/ledger.db"
     datamap: Path = Path("datamap.yaml")
     exports_dir: Path = Path(".dsrflow/exports")
+    state_dir: Path = Field(
+        default=Path(".dsrflow/state"), description="connectors' checkpoints (log rewrites)"
+    )
     prefect_home: Path = Field(
         default=Path(".dsrflow/prefect"),
         description="PREFECT_HOME for embedded runs (unless PREFECT_API_URL is set)",
@@ -75,6 +78,10 @@ class Settings(BaseSettings):
     @property
     def exports_path(self) -> Path:
         return self.path(self.exports_dir)
+
+    @property
+    def state_path(self) -> Path:
+        return self.path(self.state_dir)
 
     @property
     def resolved_ledger_url(self) -> str:

@@ -2,7 +2,8 @@
 
     open the batch (only verified requests pass the gate)
     plan which systems each request concerns
-    apply to every system at once (collect, erase, rectify, restrict)
+    apply to every system at once (collect, erase, rectify, restrict); a system whose
+      rows list another system's keys (uploads.s3_key) waits until that one is done
     verify every system that erased something
     close each request from its steps, and publish the outcome
 
@@ -56,11 +57,12 @@ def _process(request_ids: list[str]) -> dict[str, str]:
     settings = get_runtime().settings
     retry = {"retries": settings.task_retries, "retry_delay_seconds": settings.task_retry_delays}
 
-    applied = [
-        apply_to_system.with_options(**retry).submit(system, ids)  # type: ignore[arg-type]
-        for system, ids in plan.apply.items()
-    ]
-    wait(applied)
+    for wave in plan.waves:
+        applied = [
+            apply_to_system.with_options(**retry).submit(system, ids)  # type: ignore[arg-type]
+            for system, ids in wave.items()
+        ]
+        wait(applied)
 
     # Verification runs whether or not the erasure reported success: it is the proof.
     verified = [

@@ -9,8 +9,13 @@ import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from collections.abc import Sequence
+from typing import Any
+
+from connectors.base import Connector
 from connectors.sql import SqlConnector
-from dsrflow.datamap import DataMap, load_datamap
+from dsrflow.datamap import ColumnRef, DataMap, LogsSystem, ObjectsSystem, SqlSystem, load_datamap
+from dsrflow.identities import Subject
 from dsrflow.deadlines import CalendarOverrides, Deadlines
 from dsrflow.ledger import Ledger
 from dsrflow.settings import Settings, load_settings
@@ -20,7 +25,7 @@ from dsrflow.settings import Settings, load_settings
 class Runtime:
     settings: Settings
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _connectors: dict[str, SqlConnector] = field(default_factory=dict, repr=False)
+    _connectors: dict[str, Connector] = field(default_factory=dict, repr=False)
 
     @cached_property
     def datamap(self) -> DataMap:
@@ -38,17 +43,45 @@ class Runtime:
         ledger.migrate()
         return ledger
 
-    def connector(self, system: str) -> SqlConnector:
-        """One connector per system per process (reflection is not free)."""
+    def connector(self, system: str) -> Connector:
+        """One connector per system per process (reflection, clients: not free)."""
         with self._lock:
             if system not in self._connectors:
-                spec = self.datamap.systems[system]
-                self._connectors[system] = SqlConnector(system, spec)
+                self._connectors[system] = self._build(system)
             return self._connectors[system]
+
+    def sql(self, system: str) -> SqlConnector:
+        connector = self.connector(system)
+        if not isinstance(connector, SqlConnector):
+            raise TypeError(f"system {system} is not a SQL system")
+        return connector
+
+    def _build(self, name: str) -> Connector:
+        spec = self.datamap.systems[name]
+        if isinstance(spec, SqlSystem):
+            return SqlConnector(name, spec)
+        if isinstance(spec, ObjectsSystem):
+            from connectors.objects import ObjectsConnector
+
+            return ObjectsConnector(name, spec, keys_from=self._keys_from)
+        if isinstance(spec, LogsSystem):
+            from connectors.logs import LogsConnector
+
+            return LogsConnector(
+                name, spec, base_dir=self.settings.base_dir,
+                state_dir=self.settings.state_path / name,
+            )
+        raise TypeError(f"no connector for system {name}")  # pragma: no cover
+
+    def _keys_from(self, subjects: Sequence[Subject], ref: ColumnRef) -> dict[str, list[str]]:
+        values = self.sql(ref.system).column_values(subjects, ref.table, ref.column)
+        return {rid: [str(v) for v in found] for rid, found in values.items()}
 
     def close(self) -> None:
         for connector in self._connectors.values():
-            connector.dispose()
+            dispose: Any = getattr(connector, "dispose", None)
+            if dispose is not None:
+                dispose()
         self._connectors.clear()
         if "ledger" in self.__dict__:
             self.ledger.dispose()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from connectors.base import Outcome, Scope
+from dsrflow.datamap import ObjectsSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
 from dsrflow.ledger import RequestRecord, StepCounts
@@ -51,6 +52,10 @@ def applies(rt: Runtime, system: str, record: RequestRecord) -> bool:
     spec = rt.datamap.systems[system]
     if record.type is RequestType.RECTIFICATION:
         return any(t.startswith(f"{system}.") for t in rt.ledger.corrections(record.id))
+    if record.type is RequestType.RESTRICTION:
+        return isinstance(spec, SqlSystem) and any(
+            t.restriction_column for t in spec.tables.values()
+        )
     if record.scope is None:
         return True
     return bool(spec.categories & record.scope)
@@ -60,6 +65,7 @@ def apply_to_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> lis
     """Collect, erase, rectify or restrict, as each request asks. Raises `StepFailed` (after
     recording every outcome) if any group failed, so the caller's retry policy applies."""
     records = rt.ledger.get_many(request_ids)
+    records = _hold_back(rt, system, records)
     groups: dict[tuple[StepAction, Scope], list[RequestRecord]] = defaultdict(list)
     for record in records:
         assert record.type is not None
@@ -70,6 +76,46 @@ def apply_to_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> lis
         results += _run_group(rt, system, action, members, work)
     _raise_if_failed(system, results)
     return results
+
+
+def key_readers(rt: Runtime, system: str) -> set[str]:
+    """Systems that find their data through keys this system lists (objects whose keys
+    sit in a SQL column): they must erase before this system does."""
+    readers = set()
+    for name, spec in rt.datamap.systems.items():
+        if isinstance(spec, ObjectsSystem) and any(
+            rule.keys_from is not None and rule.keys_from.system == system
+            for bucket in spec.buckets.values()
+            for rule in bucket.ownership
+        ):
+            readers.add(name)
+    return readers
+
+
+def _hold_back(rt: Runtime, system: str, records: list[RequestRecord]) -> list[RequestRecord]:
+    """Do not erase the keys a reader still needs: if a reader failed for a request, this
+    system keeps that request's rows until a rerun, so the objects can still be found."""
+    readers = key_readers(rt, system)
+    if not readers:
+        return records
+    failed = {
+        (str(s["request_id"]), str(s["system"]))
+        for s in rt.ledger.steps([r.id for r in records])
+        if s["action"] == StepAction.ERASE.value and s["status"] == StepStatus.FAILED.value
+    }
+    kept = []
+    kind = rt.connector(system).kind
+    for record in records:
+        blocking = sorted(r for r in readers if (record.id, r) in failed)
+        if record.type is not None and record.type.erases and blocking:
+            rt.ledger.record_step(
+                record.id, system, kind, StepAction.ERASE.value, StepStatus.FAILED,
+                error=f"held back: {', '.join(blocking)} could not erase what this system "
+                "lists; rerun once it can",
+            )
+        else:
+            kept.append(record)
+    return kept
 
 
 def verify_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[StepResult]:
@@ -113,8 +159,9 @@ def _do(
             outcomes[rid] = outcome
         return outcomes
     if action is StepAction.RECTIFY:
+        sql = rt.sql(system)
         return {
-            s.request_id: connector.rectify(
+            s.request_id: sql.rectify(
                 s,
                 {
                     target.split(".", 1)[1]: value
@@ -124,7 +171,7 @@ def _do(
             )
             for s in subjects
         }
-    return connector.restrict(subjects)
+    return rt.sql(system).restrict(subjects)
 
 
 def _run_group(
@@ -214,7 +261,9 @@ def open_requests(rt: Runtime, request_ids: Sequence[str]) -> Gate:
 
 @dataclass(frozen=True)
 class Plan:
-    apply: dict[str, list[str]]  # system -> requests it must serve
+    # Systems in one wave run in parallel; a wave starts when the one before has finished.
+    # A system comes after every system that reads keys from it (see `key_readers`).
+    waves: list[dict[str, list[str]]]  # system -> requests it must serve
     verify: dict[str, list[str]]  # system -> requests whose erasure it must prove
 
 
@@ -229,7 +278,20 @@ def plan_systems(rt: Runtime, request_ids: Sequence[str]) -> Plan:
         erasing = [r.id for r in wanted if r.type is not None and r.type.erases]
         if erasing:
             verify[system] = erasing
-    return Plan(apply, verify)
+    depth: dict[str, int] = {}
+
+    def wave_of(system: str) -> int:
+        if system not in depth:
+            depth[system] = 1 + max((wave_of(r) for r in key_readers(rt, system)), default=-1)
+        return depth[system]
+
+    waves: list[dict[str, list[str]]] = []
+    for system, ids in apply.items():
+        index = wave_of(system)
+        while len(waves) <= index:
+            waves.append({})
+        waves[index][system] = ids
+    return Plan([w for w in waves if w], verify)
 
 
 def close_requests(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
