@@ -387,6 +387,12 @@ class DataMap(_Strict):
     categories: list[Identifier] = Field(default=[], description="categories beyond the policy's")
     systems: dict[Identifier, System] = Field(min_length=1)
 
+    def sql(self, name: str) -> SqlSystem:
+        system = self.systems[name]
+        if not isinstance(system, SqlSystem):
+            raise TypeError(f"system {name} is {system.kind}, not sql")
+        return system
+
     def sql_systems(self) -> Iterator[tuple[str, SqlSystem]]:
         for name, system in self.systems.items():
             if isinstance(system, SqlSystem):

@@ -6,17 +6,16 @@ so no identity ever travels as a Prefect parameter.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-
-from collections.abc import Sequence
 from typing import Any
 
 from connectors.base import Connector
 from connectors.sql import SqlConnector
 from dsrflow.datamap import ColumnRef, DataMap, LogsSystem, ObjectsSystem, SqlSystem, load_datamap
-from dsrflow.identities import Subject
 from dsrflow.deadlines import CalendarOverrides, Deadlines
+from dsrflow.identities import Subject
 from dsrflow.ledger import Ledger
 from dsrflow.settings import Settings, load_settings
 

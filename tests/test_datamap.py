@@ -117,7 +117,7 @@ def test_map_may_declare_its_own_categories() -> None:
     orders_column(data, "amount")["category"] = "loyalty"
     dm = parse_datamap(data, SOURCE)
     assert "loyalty" in dm.all_categories()
-    assert "loyalty" in dm.systems["userdb"].tables["orders"].categories
+    assert "loyalty" in dm.sql("userdb").tables["orders"].categories
 
 
 def test_url_without_password_is_accepted() -> None:
@@ -125,7 +125,7 @@ def test_url_without_password_is_accepted() -> None:
     system = data["systems"]["userdb"]
     del system["url_env"]
     system["url"] = "postgresql+psycopg://dsrflow@db.internal:5432/wishe"
-    assert parse_datamap(data, SOURCE).systems["userdb"].url == system["url"]
+    assert parse_datamap(data, SOURCE).sql("userdb").url == system["url"]
 
 
 def test_load_datamap_from_yaml(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_load_datamap_from_yaml(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(minimal(), allow_unicode=True))
     dm = load_datamap(path)
     assert dm.version == "2026.11"
-    assert dm.systems["userdb"].tables["orders"].columns["amount"].action is Action.RETAIN
+    assert dm.sql("userdb").tables["orders"].columns["amount"].action is Action.RETAIN
 
 
 # -- errors name the file and the dotted path ---------------------------------------------
@@ -236,7 +236,7 @@ def test_table_reachable_through_a_chain_of_references() -> None:
 
     data = minimal()
     mutate(data)
-    system = parse_datamap(data, SOURCE).systems["userdb"]
+    system = parse_datamap(data, SOURCE).sql("userdb")
     assert system.reachable_tables() == {"users", "orders", "order_items"}
 
 

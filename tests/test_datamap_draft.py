@@ -80,7 +80,7 @@ def _warned(result: Draft, *words: str) -> bool:
 
 def test_drafts_a_schema_it_has_never_seen(db_url: str) -> None:
     result = draft(_create(db_url, SHOP))
-    system = parse_datamap(result.datamap).systems["userdb"]
+    system = parse_datamap(result.datamap).sql("userdb")
     tables = result.datamap["systems"]["userdb"]["tables"]
 
     customers = tables["customers"]
@@ -206,7 +206,7 @@ def test_the_most_referenced_table_is_the_subject_when_no_name_says_so(tmp_path:
         "CREATE TABLE likes (id INTEGER PRIMARY KEY, pid INTEGER REFERENCES people(pid), "
         "post_id INTEGER REFERENCES posts(id))",
     ]))
-    tables = parse_datamap(result.datamap).systems["userdb"].tables
+    tables = parse_datamap(result.datamap).sql("userdb").tables
     assert tables["people"].identities[0].type == "user_id"
     assert not tables["people"].deletes_rows(None)
     assert tables["posts"].deletes_rows(None)
@@ -239,7 +239,7 @@ def test_drafts_the_wishe_database(tmp_path: Path) -> None:
     engine.dispose()
 
     result = draft(url)
-    system = parse_datamap(yaml.safe_load(to_yaml(result))).systems["userdb"]
+    system = parse_datamap(yaml.safe_load(to_yaml(result))).sql("userdb")
     assert set(system.tables) == set(metadata.tables)
     assert system.reachable_tables() == set(system.tables)
     users = system.tables["users"]

@@ -30,7 +30,7 @@ def build(url: str, seed: int = 1, n_users: int = 6) -> tuple[SqlConnector, sqlw
     engine = make_engine(url)
     world = sqlworld.generate(random.Random(seed), n_users)
     sqlworld.load(engine, world)
-    system = sqlworld.datamap().systems["db"]
+    system = sqlworld.datamap().sql("db")
     return SqlConnector("db", system, engine), world
 
 
@@ -43,7 +43,7 @@ def owned_by(world: sqlworld.World, table: str, uids: set[int]) -> set[tuple[Any
 
 
 def test_erase_order_puts_children_first_and_finds_the_cycle() -> None:
-    system = sqlworld.datamap().systems["db"]
+    system = sqlworld.datamap().sql("db")
     order = erase_order(system)
     assert order.index("post_tags") < order.index("posts") < order.index("users")
     assert order.index("follows") < order.index("users")
@@ -172,7 +172,7 @@ def test_schema_mismatch_names_the_field(tmp_path: Any) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE post_tags"))
     with pytest.raises(SchemaMismatch, match=r"systems\.db\.tables\.post_tags"):
-        SqlConnector("db", sqlworld.datamap().systems["db"], engine)
+        SqlConnector("db", sqlworld.datamap().sql("db"), engine)
 
 
 def _assert_precise(
