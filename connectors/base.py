@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dsrflow.crypto import Pseudonymizer
-from dsrflow.identities import Identity, Subject
+from dsrflow.identities import Subject
 
 Scope = frozenset[str] | None
 Records = dict[str, list[dict[str, Any]]]  # part (table, prefix, ...) -> records
@@ -51,9 +51,6 @@ class Outcome:
     """One request's outcome in one system: per part and in total."""
 
     parts: dict[str, PartOutcome] = field(default_factory=dict)
-    # Identities read from the subject's rows that survive erasure (e.g. a retained user id):
-    # kept with the request so verification can still find what the erased ones pointed to.
-    discovered: set[Identity] = field(default_factory=set)
 
     def part(self, name: str) -> PartOutcome:
         return self.parts.setdefault(name, PartOutcome())

@@ -44,7 +44,7 @@ from sqlalchemy.sql.elements import Tuple
 from connectors.base import Outcome, Records, Scope
 from dsrflow.anonymize import is_erased, transform
 from dsrflow.crypto import Pseudonymizer
-from dsrflow.datamap import Action, SqlSystem
+from dsrflow.datamap import SqlSystem
 from dsrflow.datamap import Table as TableMap
 from dsrflow.identities import Identity, IdentityType, Subject, phone_variants
 
@@ -138,7 +138,6 @@ class SqlConnector:
                 for name, mapped in self.system.tables.items():
                     if _in_scope(mapped, scope):
                         outcome.part(name).found = len(located.rows_of(name, rid))
-            self._discover(conn, located, outcomes)
             self._break_cycles(conn, located, scope)
             for name in self._order:
                 mapped = self.system.tables[name]
@@ -222,27 +221,27 @@ class SqlConnector:
                     part.retain_reasons = ["processing restricted at the subject's request"]
         return outcomes
 
-    def _discover(
-        self, conn: Connection, located: Located, outcomes: dict[str, Outcome]
-    ) -> None:
-        """Identity values in the subjects' rows whose columns erasure leaves in place."""
-        for name, mapped in self.system.tables.items():
-            lasting = [
-                i for i in mapped.identities
-                if mapped.columns[i.column].action in (Action.RETAIN, Action.KEEP)
-                and i.type in (IdentityType.USER_ID, IdentityType.DEVICE_ID)
-            ]
-            keys = list(located.owners[name])
-            if not lasting or not keys:
-                continue
-            rows = self._fetch(conn, name, keys, [i.column for i in lasting])
-            for key, row in rows.items():
-                for ident in lasting:
-                    if row[ident.column] is None:
-                        continue
-                    found = Identity(type=ident.type, value=str(row[ident.column]))
-                    for rid in located.owners[name][key]:
-                        outcomes[rid].discovered.add(found)
+    def discover(self, subjects: Sequence[Subject]) -> dict[str, set[Identity]]:
+        """Account ids (identity columns of type user_id) in the rows the subjects'
+        identities lead to: a ticket that gave only an email still reaches objects and logs
+        keyed by user id, and verification still finds the account after its email was
+        pseudonymized. Device ids are not propagated: a device may be shared by accounts."""
+        found: dict[str, set[Identity]] = {s.request_id: set() for s in subjects}
+        with self.engine.connect() as conn:
+            located = self.locate(conn, subjects)
+            for name, mapped in self.system.tables.items():
+                columns = [i.column for i in mapped.identities if i.type is IdentityType.USER_ID]
+                keys = list(located.owners[name])
+                if not columns or not keys:
+                    continue
+                for key, row in self._fetch(conn, name, keys, columns).items():
+                    for column in columns:
+                        if row[column] is None:
+                            continue
+                        identity = Identity(type=IdentityType.USER_ID, value=str(row[column]))
+                        for rid in located.owners[name][key]:
+                            found[rid].add(identity)
+        return found
 
     def column_values(
         self, subjects: Sequence[Subject], table: str, column: str

@@ -7,7 +7,10 @@ every other command at it (`dsrflow status --config demo-out/dsrflow.yaml`).
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,12 @@ from rich.table import Table
 from dsrflow.settings import load_settings, write_key_file
 
 MARKER = ".dsrflow-demo"
+DUMMY_AWS = {
+    "AWS_ACCESS_KEY_ID": "demo",
+    "AWS_SECRET_ACCESS_KEY": "demo",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_SESSION_TOKEN": "demo",
+}
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "wishe"
 
 
@@ -28,7 +37,29 @@ class DemoError(RuntimeError):
 def run_demo(out: Path, users: int, console: Console) -> int:
     out = out.resolve()
     _fresh_folder(out)
-    config = _write_world(out, users, console)
+    with embedded_s3() as endpoint:
+        return _run(out, users, endpoint, console)
+
+
+@contextmanager
+def embedded_s3() -> Iterator[str]:
+    """moto's S3 on loopback for the length of the demo. Dummy credentials are set so
+    boto3 can never pick up real ones and talk to AWS instead."""
+    from moto.server import ThreadedMotoServer
+
+    for key, value in DUMMY_AWS.items():
+        os.environ[key] = value
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def _run(out: Path, users: int, endpoint: str, console: Console) -> int:
+    config = _write_world(out, users, endpoint, console)
 
     settings = load_settings(config)
     from dsrflow.prefect_env import prepare
@@ -80,8 +111,11 @@ def _fresh_folder(out: Path) -> None:
     (out / MARKER).write_text("made by dsrflow demo; deleted and rebuilt by the next one\n")
 
 
-def _write_world(out: Path, users: int, console: Console) -> Path:
+def _write_world(out: Path, users: int, endpoint: str, console: Console) -> Path:
+    import boto3
+
     from examples.wishe.generate import build_world
+    from examples.wishe.objects import populate
 
     db_url = f"sqlite:///{out / 'wishe.db'}"
     world = build_world(db_url, users=users)
@@ -89,10 +123,17 @@ def _write_world(out: Path, users: int, console: Console) -> Path:
         f"Built the Wishe world: {world.users} users, "
         f"{sum(world.counts.values())} rows in {len(world.counts)} tables ({out / 'wishe.db'})"
     )
+    objects = populate(boto3.client("s3", endpoint_url=endpoint), db_url)
+    console.print(f"Filled the embedded S3 at {endpoint}: {_counts(objects)}")
+
+    # The demo's own copy of the map says where this world is, instead of reading it from
+    # the environment as the example map does.
     datamap: dict[str, Any] = yaml.safe_load((EXAMPLES / "datamap.yaml").read_text())
-    system = datamap["systems"]["userdb"]
-    system.pop("url_env", None)
-    system["url"] = db_url
+    systems = datamap["systems"]
+    systems["userdb"].pop("url_env", None)
+    systems["userdb"]["url"] = db_url
+    systems["media"].pop("endpoint_url_env", None)
+    systems["media"]["endpoint_url"] = endpoint
     (out / "datamap.yaml").write_text(yaml.safe_dump(datamap, sort_keys=False,
                                                      allow_unicode=True))
     write_key_file(out / "keys.json")
@@ -110,6 +151,10 @@ def _write_world(out: Path, users: int, console: Console) -> Path:
         )
     )
     return config
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in counts.items())
 
 
 def _print_report(out: Path, console: Console) -> None:

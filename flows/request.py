@@ -1,6 +1,7 @@
 """The request flow: the business process, top to bottom.
 
     open the batch (only verified requests pass the gate)
+    resolve identities (account ids behind the ticket's email or phone)
     plan which systems each request concerns
     apply to every system at once (collect, erase, rectify, restrict); a system whose
       rows list another system's keys (uploads.s3_key) waits until that one is done
@@ -17,7 +18,13 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from dsrflow.model import Status
-from tasks.requests import close_requests, open_requests, plan_systems, publish_results
+from tasks.requests import (
+    close_requests,
+    open_requests,
+    plan_systems,
+    publish_results,
+    resolve_identities,
+)
 from tasks.runtime import get_runtime
 from tasks.systems import apply_to_system, verify_system
 
@@ -53,6 +60,7 @@ def _process(request_ids: list[str]) -> dict[str, str]:
     if not gate.ready:
         return outcome
 
+    resolve_identities(gate.ready)
     plan = plan_systems(gate.ready)
     settings = get_runtime().settings
     retry = {"retries": settings.task_retries, "retry_delay_seconds": settings.task_retry_delays}

@@ -25,6 +25,16 @@ def open_requests(request_ids: list[str]) -> steps.Gate:
     return gate
 
 
+@task(name="resolve-identities", **_TASK)  # type: ignore[call-overload]
+def resolve_identities(request_ids: list[str]) -> dict[str, int]:
+    learnt = steps.resolve_identities(get_runtime(), request_ids)
+    logger = get_run_logger()
+    for rid, count in learnt.items():
+        if count:
+            logger.info("request %s: %d account ids learnt from the user database", rid, count)
+    return learnt
+
+
 @task(name="plan-systems", **_TASK)  # type: ignore[call-overload]
 def plan_systems(request_ids: list[str]) -> steps.Plan:
     return steps.plan_systems(get_runtime(), request_ids)

@@ -198,8 +198,6 @@ def _run_group(
     results = []
     for member in members:
         outcome = outcomes.get(member.id, Outcome())
-        if outcome.discovered:
-            rt.ledger.add_identities(member.id, outcome.discovered)
         counts = StepCounts(
             found=outcome.total("found"),
             deleted=outcome.total("deleted"),
@@ -257,6 +255,22 @@ def open_requests(rt: Runtime, request_ids: Sequence[str]) -> Gate:
     for rid in sorted(missing):
         held[rid] = "no such request"
     return Gate(ready, held)
+
+
+def resolve_identities(rt: Runtime, request_ids: Sequence[str]) -> dict[str, int]:
+    """Before anything is erased, learn each subject's account ids from the SQL systems,
+    so every system (objects and logs keyed by user id) and every later verification can
+    find the subject, whichever identities the ticket gave. Returns how many were learnt."""
+    subjects = rt.ledger.subjects(request_ids)
+    learnt = dict.fromkeys(request_ids, 0)
+    for name, _ in rt.datamap.sql_systems():
+        for rid, found in rt.sql(name).discover(subjects).items():
+            known = {i for s in subjects if s.request_id == rid for i in s.identities}
+            new = found - known
+            if new:
+                rt.ledger.add_identities(rid, new)
+                learnt[rid] += len(new)
+    return learnt
 
 
 @dataclass(frozen=True)

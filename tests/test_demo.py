@@ -45,6 +45,9 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
     assert len(done) >= 3
     assert len(proven) >= len(done)
     assert (proven["remaining"] == 0).all()
+    # ...in the database and in object storage (all versions).
+    assert {"sql", "objects"} <= set(proven["kind"])
+    assert proven[proven["kind"] == "objects"]["deleted"].sum() > 0
 
     # Prefect's database (and everything else under its home) holds no identity.
     needles = {v for s in SUBJECTS for v in (s.email, s.email_normalized, s.phone,

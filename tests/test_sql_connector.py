@@ -226,3 +226,22 @@ def test_property_erasure_touches_nothing_of_anyone_else(
         assert all(o.total("remaining") == 0 for o in connector.verify(subjects, None).values())
     finally:
         connector.dispose()
+
+
+def test_discover_learns_the_account_id_behind_an_email(db_url: str) -> None:
+    connector, world = build(db_url, seed=8)
+    found = connector.discover([world.subject(3, "r3"), world.subject(5, "r5",
+                                                                      IdentityType.PHONE)])
+    assert found == {
+        "r3": {Identity(type=IdentityType.USER_ID, value="3")},
+        "r5": {Identity(type=IdentityType.USER_ID, value="5")},
+    }
+
+
+def test_column_values_reads_a_column_of_the_subjects_rows(db_url: str) -> None:
+    connector, world = build(db_url, seed=8)
+    buyer = min(o["user_id"] for o in world.rows["orders"])
+    values = connector.column_values([world.subject(buyer, "r")], "orders", "id")
+    assert sorted(values["r"]) == sorted(
+        o["id"] for o in world.rows["orders"] if o["user_id"] == buyer
+    )
