@@ -104,7 +104,7 @@ def _hold_back(rt: Runtime, system: str, records: list[RequestRecord]) -> list[R
         if s["action"] == StepAction.ERASE.value and s["status"] == StepStatus.FAILED.value
     }
     kept = []
-    kind = rt.connector(system).kind
+    kind = rt.datamap.systems[system].kind
     for record in records:
         blocking = sorted(r for r in readers if (record.id, r) in failed)
         if record.type is not None and record.type.erases and blocking:
@@ -181,7 +181,7 @@ def _run_group(
     members: list[RequestRecord],
     work: Callable[[], dict[str, Outcome]],
 ) -> list[StepResult]:
-    kind = rt.connector(system).kind
+    kind = rt.datamap.systems[system].kind
     for member in members:
         rt.ledger.record_step(member.id, system, kind, action.value, StepStatus.RUNNING)
     try:
@@ -264,7 +264,15 @@ def resolve_identities(rt: Runtime, request_ids: Sequence[str]) -> dict[str, int
     subjects = rt.ledger.subjects(request_ids)
     learnt = dict.fromkeys(request_ids, 0)
     for name, _ in rt.datamap.sql_systems():
-        for rid, found in rt.sql(name).discover(subjects).items():
+        try:
+            discovered = rt.sql(name).discover(subjects)
+        except Exception as exc:
+            # Best effort: the system's own step will fail the same way and be recorded
+            # against each request; the other systems still get their chance.
+            rt.ledger.audit("identities.unresolved", None, {"system": name,
+                                                            "error": safe_error(exc)})
+            continue
+        for rid, found in discovered.items():
             known = {i for s in subjects if s.request_id == rid for i in s.identities}
             new = found - known
             if new:
