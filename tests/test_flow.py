@@ -256,3 +256,23 @@ def test_the_flow_on_postgresql(
         set_runtime(previous)
         rt.close()
         engine.dispose()
+
+
+def test_an_unreachable_system_fails_its_steps_not_the_run(
+    tmp_path: Path, world: tuple[sqlworld.World, str], prefect_server: list[Path]
+) -> None:
+    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
+    system = {k: v for k, v in doc["systems"]["db"].items() if k != "url"}
+    doc["systems"] = {"db": {**system, "url_env": "DSRFLOW_TEST_UNSET_URL"}}
+    rt = make_runtime(tmp_path, doc)
+    previous = set_runtime(rt)
+    try:
+        [rid] = _submit(rt, ticket("U-1", "erasure", [{"type": "user_id", "value": "2"}]))
+        with pytest.raises(BatchIncomplete):
+            process_requests([rid])
+        record = rt.ledger.get(rid)
+        assert record.status is Status.FAILED
+        assert "DSRFLOW_TEST_UNSET_URL" in (record.reason or "")
+    finally:
+        set_runtime(previous)
+        rt.close()
