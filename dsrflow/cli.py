@@ -65,12 +65,21 @@ def submit(
 
     rt = _runtime(config)
     table = Table("ticket", "request", "status", "note")
+    unreadable = []
     for path in files:
-        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        try:
+            raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        except OSError as exc:
+            unreadable.append(f"{path}: {exc.strerror}")
+            continue
         result = submit_ticket(rt.ledger, rt.datamap, raw)
         note = result.reason or ("" if result.created else "already on record")
         table.add_row(result.ticket_id or "?", result.request_id, result.status.value, note)
     console.print(table)
+    for problem in unreadable:
+        err.print(f"[red]not submitted:[/red] {problem}")
+    if unreadable:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -145,7 +154,15 @@ def status(
     request_id: Annotated[str | None, typer.Argument()] = None, config: ConfigOption = None
 ) -> None:
     """Requests and their deadlines (one request with its steps, given an id)."""
+    from dsrflow.ledger import UnknownRequest
+
     rt = _runtime(config)
+    if request_id:
+        try:
+            rt.ledger.get(request_id)
+        except UnknownRequest:
+            err.print(f"[red]no request {request_id}[/red]")
+            raise typer.Exit(1) from None
     ids = [request_id] if request_id else [r.id for r in rt.ledger.all()]
     _print_status(rt, ids)
     if request_id:

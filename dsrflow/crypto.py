@@ -37,7 +37,8 @@ def encode_key(key: bytes) -> str:
 
 def decode_key(text: str, name: str) -> bytes:
     try:
-        key = base64.urlsafe_b64decode(text.strip().encode("ascii"))
+        # validate: a stray character is an error, not something to skip over.
+        key = base64.b64decode(text.strip().encode("ascii"), altchars=b"-_", validate=True)
     except (ValueError, UnicodeEncodeError) as exc:
         raise KeyMaterialError(f"{name} is not valid url-safe base64") from exc
     if len(key) != KEY_BYTES:

@@ -35,6 +35,7 @@ def submit(
     if isinstance(parsed, Ticket):
         problem = check_against_datamap(parsed, datamap)
         if problem is not None:
+            received_at = received_at or parsed.received_at
             parsed = Rejection(
                 problem,
                 ticket_id=parsed.ticket_id,

@@ -98,6 +98,7 @@ def steps_frame(ledger: Ledger) -> pd.DataFrame:
                 for details in work["details"]
                 if isinstance(details, dict)
                 for part in details.values()
+                if isinstance(part, dict)
                 for reason in part.get("retain_reasons", [])
             }
         )

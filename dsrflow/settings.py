@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from dsrflow.crypto import KeyMaterialError, Keyring, decode_key, encode_key, new_key
 
@@ -86,12 +87,14 @@ class Settings(BaseSettings):
     @property
     def resolved_ledger_url(self) -> str:
         """SQLite paths in the YAML are relative to the config file, not the shell."""
-        prefix = "sqlite:///"
-        if self.ledger_url.startswith(prefix) and not self.ledger_url.startswith(prefix + "/"):
-            rest = self.ledger_url[len(prefix) :]
-            if rest and rest != ":memory:":
-                return prefix + str(self.path(Path(rest)))
-        return self.ledger_url
+        url = make_url(self.ledger_url)
+        database = url.database
+        if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+            return self.ledger_url
+        if Path(database).is_absolute():
+            return self.ledger_url
+        resolved = url.set(database=str(self.path(Path(database))))
+        return resolved.render_as_string(hide_password=False)
 
     def keyring(self) -> Keyring:
         token = self.token_key.get_secret_value() if self.token_key else None

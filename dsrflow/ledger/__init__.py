@@ -1,5 +1,11 @@
 """The ledger: requests, steps and the audit trail (SQLAlchemy; SQLite or PostgreSQL)."""
 
-from dsrflow.ledger.store import Ledger, RequestRecord, StepCounts, UnknownRequest
+from dsrflow.ledger.store import (
+    ClosedRequest,
+    Ledger,
+    RequestRecord,
+    StepCounts,
+    UnknownRequest,
+)
 
-__all__ = ["Ledger", "RequestRecord", "StepCounts", "UnknownRequest"]
+__all__ = ["ClosedRequest", "Ledger", "RequestRecord", "StepCounts", "UnknownRequest"]

@@ -6,9 +6,11 @@ tokens, which are all that remain once the request is closed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +18,17 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -28,11 +40,16 @@ from dsrflow.model import Regime, RequestType, Status, StepStatus, check_transit
 from dsrflow.tickets import Rejection, Ticket
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x647372666C6F77  # "dsrflow": the advisory lock key for migrations
 GENESIS = "0" * 64
 
 
 class UnknownRequest(LookupError):
     pass
+
+
+class ClosedRequest(ValueError):
+    """The request is closed; what was asked of it went with it."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,22 @@ def _utc(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive lock on `<database>.lock` for SQLite files (processes on one machine
+    share a SQLite file); nothing for other databases."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -87,11 +120,11 @@ def make_engine(url: str) -> Engine:
 
     # pysqlite's own transaction handling defers locking until the first write, so two
     # writers that both read first deadlock on the upgrade. Take the write lock at BEGIN
-    # (SQLAlchemy's documented recipe), and use WAL so readers never wait.
+    # (SQLAlchemy's documented recipe). `migrate` switches the file to WAL, so readers
+    # never wait.
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _: Any) -> None:
         dbapi_conn.isolation_level = None
-        dbapi_conn.execute("PRAGMA journal_mode=WAL")
         dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
     @event.listens_for(engine, "begin")
@@ -109,11 +142,26 @@ class Ledger:
 
     # -- schema -----------------------------------------------------------------------
     def migrate(self) -> None:
+        """Bring the schema to head. Several workers may start at once on a new database:
+        they take turns (an advisory lock on PostgreSQL, a file lock beside a SQLite file),
+        and the ones after the first find nothing to do."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        with _sqlite_file_lock(self.engine):
+            if self.engine.dialect.name == "sqlite":
+                # Persistent, once per file, and only outside a transaction: on the driver's
+                # own connection, which has no implicit BEGIN.
+                raw = self.engine.raw_connection()
+                try:
+                    raw.driver_connection.execute("PRAGMA journal_mode=WAL")  # type: ignore[union-attr]
+                finally:
+                    raw.close()
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": MIGRATION_LOCK})
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -152,7 +200,10 @@ class Ledger:
             "status": status.value,
             "verification_method": ticket.verification.method if ticket.verification else None,
             "received_at": received,
-            "verified_at": ticket.verification.verified_at if ticket.verified else None,  # type: ignore[union-attr]
+            "verified_at": (
+                ticket.verification.verified_at.astimezone(UTC)  # type: ignore[union-attr]
+                if ticket.verified else None
+            ),
             "due_at": due,
             "deadline_error": deadline_error,
             "subject_enc": self.keyring.encrypt(json.dumps(secret).encode(), request_id),
@@ -201,7 +252,8 @@ class Ledger:
                     channel=rejection.channel,
                     status=Status.REJECTED.value,
                     reason=rejection.reason,
-                    received_at=received_at or stamp,
+                    # UTC before storing: SQLite keeps no offset, and reads back as UTC.
+                    received_at=(received_at or stamp).astimezone(UTC),
                     created_at=stamp,
                     updated_at=stamp,
                 )
@@ -287,9 +339,8 @@ class Ledger:
         """Remember identities learnt while processing (encrypted, like the ticket's own),
         so a later look-up still finds the subject after erasure removed the originals."""
         with self.engine.begin() as conn:
-            blob = conn.execute(
-                select(requests.c.subject_enc).where(requests.c.id == request_id)
-            ).scalar_one()
+            # Locked: parallel steps may learn identities at once; none may be lost.
+            blob = self._locked(conn, requests.c.subject_enc, request_id)
             if blob is None:
                 return
             secret = json.loads(self.keyring.decrypt(blob, request_id))
@@ -322,10 +373,15 @@ class Ledger:
         """The request's pseudonym key, made on first use and kept (encrypted) until the
         request closes, so a retried step writes the same pseudonyms."""
         with self.engine.begin() as conn:
-            blob = conn.execute(
-                select(requests.c.pseudonym_key_enc).where(requests.c.id == request_id)
-            ).scalar_one()
+            # Locked: the systems of a batch ask at the same moment, and must all get the
+            # same key, or one person's pseudonyms would differ from system to system.
+            blob = self._locked(conn, requests.c.pseudonym_key_enc, request_id)
             if blob is None:
+                status = conn.execute(
+                    select(requests.c.status).where(requests.c.id == request_id)
+                ).scalar_one()
+                if not Status(status).is_open:
+                    raise ClosedRequest(f"request {request_id} is {status}: its key is gone")
                 key = new_key()
                 conn.execute(
                     update(requests)
@@ -335,16 +391,21 @@ class Ledger:
                 return Pseudonymizer(key)
         return Pseudonymizer(self.keyring.decrypt(blob, request_id + ":pn"))
 
+    def _locked(self, conn: Connection, column: Any, request_id: str) -> Any:
+        """One column of a request's row, locked until the transaction ends."""
+        found = conn.execute(
+            select(requests.c.id, column).where(requests.c.id == request_id).with_for_update()
+        ).one_or_none()
+        if found is None:
+            raise UnknownRequest(f"no request {request_id}")
+        return found[1]
+
     # -- status -----------------------------------------------------------------------
     def transition(
         self, request_id: str, target: Status, reason: str | None = None, **values: Any
     ) -> None:
         with self.engine.begin() as conn:
-            current = Status(
-                conn.execute(
-                    select(requests.c.status).where(requests.c.id == request_id)
-                ).scalar_one()
-            )
+            current = Status(self._locked(conn, requests.c.status, request_id))
             if current is target:
                 return  # idempotent: a retried step may set the same status again
             check_transition(current, target)
@@ -354,6 +415,8 @@ class Ledger:
                 changes["reason"] = reason
             if target in (Status.COMPLETED, Status.PARTIALLY_COMPLETED, Status.REFUSED):
                 changes["completed_at"] = stamp
+            elif target is Status.IN_PROGRESS:
+                changes["completed_at"] = None  # a rerun: the clock runs again
             if target in (Status.COMPLETED, Status.REFUSED):
                 # Closed: drop the identities and destroy the pseudonym key.
                 changes["subject_enc"] = None

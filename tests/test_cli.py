@@ -1,0 +1,324 @@
+"""The `dsrflow` command line, in process: data map check and draft, key files, and the
+ledger commands (submit, status, report, audit) against the Wishe world. `run` and `demo`
+start Prefect and are tested elsewhere."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
+
+from dsrflow.cli import app
+from dsrflow.report import REQUEST_COLUMNS, STEP_COLUMNS
+from dsrflow.settings import read_key_file
+from examples.wishe.generate import build_world
+from examples.wishe.subjects import SUBJECTS
+from tasks.runtime import set_runtime
+
+WISHE = Path(__file__).resolve().parent.parent / "examples" / "wishe"
+TICKETS = sorted((WISHE / "tickets").glob("*.json"))
+TICKET_IDS = [json.loads(p.read_text())["ticket_id"] for p in TICKETS]
+INVALID_ID = "WSH-2026-11-0010"
+
+
+def invoke(*args: str | Path) -> Result:
+    runner = CliRunner()
+    # A wide terminal, so rich does not wrap or truncate the tables.
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(autouse=True)
+def fresh_runtime() -> Iterator[None]:
+    """The CLI installs a process-wide runtime; close it after each test."""
+    yield
+    previous = set_runtime(None)
+    if previous is not None:
+        previous.close()
+
+
+@pytest.fixture(scope="module")
+def world_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('wishe') / 'wishe.db'}"
+    build_world(url, users=len(SUBJECTS) + 4)
+    return url
+
+
+@pytest.fixture
+def config(tmp_path: Path, world_url: str) -> Path:
+    """A dsrflow.yaml with everything relative to its own folder."""
+    doc = yaml.safe_load((WISHE / "datamap.yaml").read_text())
+    userdb = doc["systems"]["userdb"]
+    del userdb["url_env"]
+    userdb["url"] = world_url
+    (tmp_path / "datamap.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+    assert invoke("keys", "new", tmp_path / "keys.json").exit_code == 0
+    path = tmp_path / "dsrflow.yaml"
+    path.write_text(yaml.safe_dump({
+        "ledger_url": "sqlite:///state/ledger.db",
+        "datamap": "datamap.yaml",
+        "key_file": "keys.json",
+        "prefect_home": "prefect",
+    }))
+    return path
+
+
+@pytest.fixture
+def submitted(config: Path) -> Result:
+    result = invoke("submit", "--config", config, *TICKETS)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def identity_spellings() -> list[str]:
+    """Every identity value the Wishe tickets carry, as typed and normalized."""
+    from dsrflow.identities import Identity
+
+    out: set[str] = set()
+    for path in TICKETS:
+        for given in json.loads(path.read_text())["identities"]:
+            if given["type"] in ("user_id",):
+                continue  # "5", "7": too short to scan for
+            out.add(given["value"].strip())
+            with contextlib.suppress(ValueError):
+                out.update(Identity.model_validate(given).variants())
+    return sorted(out)
+
+
+# -- datamap --------------------------------------------------------------------------------
+def test_datamap_check_accepts_the_wishe_map() -> None:
+    result = invoke("datamap", "check", WISHE / "datamap.yaml")
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output
+    assert "wishe-2026.11" in result.output
+
+
+def test_datamap_check_names_the_broken_field(tmp_path: Path) -> None:
+    text = (WISHE / "datamap.yaml").read_text()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("birthday: {category: profile", "birthday: {category: profiel"))
+
+    result = invoke("datamap", "check", broken)
+
+    assert result.exit_code == 1
+    out = flat(result.output)
+    assert "systems.userdb.tables.users.columns.birthday.category" in out
+    assert "profiel" in out
+
+
+def test_datamap_check_of_a_missing_file_fails(tmp_path: Path) -> None:
+    result = invoke("datamap", "check", tmp_path / "nope.yaml")
+    assert result.exit_code == 1
+    assert "not found" in result.output
+
+
+def test_datamap_draft_of_the_wishe_world_passes_check(tmp_path: Path, world_url: str) -> None:
+    out = tmp_path / "draft.yaml"
+
+    result = invoke("datamap", "draft", "--db", world_url, "--out", out)
+
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in flat(result.output)
+    doc = yaml.safe_load(out.read_text())
+    assert set(doc["systems"]["userdb"]["tables"]) == {
+        "users", "third_party_logins", "trusted_devices", "location_history", "contacts",
+        "face_templates", "uploads", "comments", "browsing_history", "follows", "orders",
+    }
+    check = invoke("datamap", "check", out)
+    assert check.exit_code == 0, check.output
+
+
+def test_datamap_draft_to_stdout(world_url: str) -> None:
+    result = invoke("datamap", "draft", "--db", world_url, "--system", "wishe")
+    assert result.exit_code == 0, result.output
+    assert "wishe" in yaml.safe_load(result.stdout)["systems"]
+
+
+# -- keys -----------------------------------------------------------------------------------
+def test_keys_new_writes_a_private_file_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    first = invoke("keys", "new", path)
+    assert first.exit_code == 0, first.output
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    keys = read_key_file(path)
+    assert set(keys) == {"token_key", "encryption_key"}
+    # The keys themselves are never printed.
+    assert not any(k in first.output for k in keys.values())
+
+    second = invoke("keys", "new", path)
+    assert second.exit_code == 1
+    assert "refusing to overwrite" in flat(second.output)
+    assert read_key_file(path) == keys
+
+
+# -- ledger commands ------------------------------------------------------------------------
+def test_submit_lists_every_ticket_and_rejects_the_invalid_one(
+    submitted: Result, config: Path
+) -> None:
+    lines = submitted.stdout.splitlines()
+    for ticket_id in TICKET_IDS:
+        [line] = [ln for ln in lines if ticket_id in ln]
+        if ticket_id == INVALID_ID:
+            assert "rejected" in line
+            assert "identities.0" in line  # the reason names the field
+        elif ticket_id == "WSH-2026-11-0009":
+            assert "awaiting_verification" in line
+        else:
+            assert re.search(r"\bverified\b", line), line
+    # The ledger lives where the config said, relative to the config file.
+    assert (config.parent / "state" / "ledger.db").exists()
+
+
+def test_submitting_again_records_nothing_twice(submitted: Result, config: Path) -> None:
+    again = invoke("submit", "--config", config, *TICKETS[:3])
+    assert again.exit_code == 0, again.output
+    assert flat(again.stdout).count("already on record") == 3
+    first_ids = set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                               submitted.stdout))
+    again_ids = set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                               again.stdout))
+    assert again_ids <= first_ids
+
+
+def test_submit_reads_a_ticket_from_stdin(config: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["submit", "--config", str(config), "-"], input=TICKETS[1].read_bytes(),
+        env={"COLUMNS": "250"},
+    )
+    assert result.exit_code == 0, result.output
+    [line] = [ln for ln in result.stdout.splitlines() if TICKET_IDS[1] in ln]
+    assert "verified" in line
+
+
+def test_submit_of_a_missing_file_is_a_clear_error(config: Path, tmp_path: Path) -> None:
+    """A mistyped file name deserves a message naming it, not a traceback."""
+    result = invoke("submit", "--config", config, TICKETS[0], tmp_path / "missing.json")
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "missing.json" in flat(result.output)
+
+
+def test_submit_without_keys_is_a_clear_error(tmp_path: Path, config: Path) -> None:
+    (tmp_path / "keys.json").unlink()
+    result = invoke("submit", "--config", config, TICKETS[0])
+    assert result.exit_code == 2
+    assert "key file not found" in flat(result.output)
+
+
+def test_submit_with_a_missing_config_is_a_clear_error(tmp_path: Path) -> None:
+    result = invoke("submit", "--config", tmp_path / "nope.yaml", TICKETS[0])
+    assert result.exit_code == 2
+    assert "config file not found" in flat(result.output)
+
+
+def test_status_lists_every_ticket(submitted: Result, config: Path) -> None:
+    result = invoke("status", "--config", config)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    for ticket_id in TICKET_IDS:
+        assert any(ticket_id in ln for ln in lines), ticket_id
+    [invalid] = [ln for ln in lines if INVALID_ID in ln]
+    assert "rejected" in invalid
+    assert "not_applicable" in invalid
+    for spelling in identity_spellings():
+        assert spelling not in result.output
+
+
+def test_status_of_one_request(submitted: Result, config: Path) -> None:
+    [line] = [ln for ln in submitted.stdout.splitlines() if "WSH-2026-11-0003" in ln]
+    request_id = re.search(r"[0-9a-f]{8}-[0-9a-f-]{27}", line)
+    assert request_id is not None
+    result = invoke("status", request_id.group(0), "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "WSH-2026-11-0003" in result.stdout
+    assert "WSH-2026-11-0001" not in result.stdout
+    assert "system" in result.stdout  # the (still empty) steps table
+
+
+def test_status_of_an_unknown_request_says_so(submitted: Result, config: Path) -> None:
+    result = invoke("status", "00000000-0000-4000-8000-000000000000", "--config", config)
+    assert result.exit_code != 0
+    assert "00000000-0000-4000-8000-000000000000" in flat(result.output)
+
+
+def test_report_as_markdown(submitted: Result, config: Path) -> None:
+    result = invoke("report", "--format", "md", "--config", config)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "| " + " | ".join(REQUEST_COLUMNS) + " |"
+    assert len(lines) == 2 + len(TICKETS)
+    for ticket_id in TICKET_IDS:
+        assert any(f"| {ticket_id} |" in ln for ln in lines)
+    for spelling in identity_spellings():
+        assert spelling not in result.stdout
+
+
+def test_report_as_html_to_a_file(submitted: Result, config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = invoke("report", "--format", "html", "--out", out, "--config", config)
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert page.startswith("<!doctype html>")
+    assert f"{len(TICKETS)} tickets" in page
+    for ticket_id in TICKET_IDS:
+        assert ticket_id in page
+    for spelling in identity_spellings():
+        assert spelling not in page
+
+
+def test_report_as_csv_to_a_folder(submitted: Result, config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    result = invoke("report", "--out", out, "--config", config)
+    assert result.exit_code == 0, result.output
+    report = pd.read_csv(out / "report.csv")
+    assert list(report.columns) == REQUEST_COLUMNS
+    assert sorted(report["ticket_id"]) == sorted(TICKET_IDS)
+    assert list(pd.read_csv(out / "steps.csv").columns) == STEP_COLUMNS
+    assert (out / "report.html").exists()
+
+
+def test_report_refuses_an_unknown_format(submitted: Result, config: Path) -> None:
+    result = invoke("report", "--format", "pdf", "--config", config)
+    assert result.exit_code == 2
+    assert "csv, html or md" in result.output
+
+
+def test_audit_says_intact_and_then_broken(submitted: Result, config: Path) -> None:
+    result = invoke("audit", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "audit chain intact" in result.stdout
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{config.parent / 'state' / 'ledger.db'}")
+    with engine.begin() as conn:
+        target = conn.execute(sa.text("SELECT min(id) + 2 FROM audit_events")).scalar_one()
+        conn.execute(sa.text("UPDATE audit_events SET event = 'x' WHERE id = :id"),
+                     {"id": target})
+    engine.dispose()
+    set_runtime(None)
+
+    broken = invoke("audit", "--config", config)
+    assert broken.exit_code == 1
+    assert f"audit chain broken at event {target}" in flat(broken.output)
+
+
+def test_the_ledger_file_holds_no_identity(submitted: Result, config: Path) -> None:
+    state = config.parent / "state"
+    blobs: list[tuple[str, Any]] = [(p.name, p.read_bytes()) for p in state.iterdir()]
+    assert blobs
+    for name, data in blobs:
+        for spelling in identity_spellings():
+            assert spelling.encode() not in data, (name, spelling)
