@@ -372,7 +372,52 @@ class LogsSystem(_Endpoint):
         return frozenset({self.category})
 
 
-System = Annotated[SqlSystem | ObjectsSystem | LogsSystem, Field(discriminator="kind")]
+class PartnerIdentity(_Strict):
+    """An identity type the partner accepts, and in which format it wants it."""
+
+    type: IdentityType
+    format: Literal["raw", "sha256", "sha1", "md5"] = "raw"
+    as_type: str | None = Field(
+        default=None, description="the partner's name for it (OpenDSR: controller_customer_id)"
+    )
+
+
+class PartnerSystem(_Strict):
+    """A third party the app shares data with (privacy policy 4.1/4.2): every erasure and
+    cancellation is propagated to it, or the reason it is not is recorded."""
+
+    kind: Literal["partner"]
+    protocol: Literal["opendsr", "webhook", "manual"]
+    categories: list[Category] = Field(min_length=1, description="what is shared with it")
+    role: Literal["processor", "third_party"] = "third_party"
+    endpoint: str | None = Field(default=None, description="base URL (opendsr, webhook)")
+    identities: list[PartnerIdentity] = Field(min_length=1)
+    credentials_env: str | None = Field(
+        default=None, description="environment variable holding the API token"
+    )
+    callback_domains: list[str] = Field(
+        default=[], description="OpenDSR: processor domains whose callbacks are trusted"
+    )
+    certificate: str | None = Field(
+        default=None,
+        description="OpenDSR: PEM file of the processor's certificate (relative to dsrflow.yaml)",
+    )
+    contact: str | None = Field(default=None, description="manual: who is asked, and how")
+
+    @model_validator(mode="after")
+    def _protocol_needs(self) -> PartnerSystem:
+        if self.protocol in ("opendsr", "webhook") and not self.endpoint:
+            raise ValueError(f"a {self.protocol} partner needs an endpoint")
+        if self.protocol == "opendsr" and not self.callback_domains:
+            raise ValueError("an opendsr partner needs callback_domains (the allow-list)")
+        if self.protocol == "manual" and not self.contact:
+            raise ValueError("a manual partner needs a contact (who confirms, and how)")
+        return self
+
+
+System = Annotated[
+    SqlSystem | ObjectsSystem | LogsSystem | PartnerSystem, Field(discriminator="kind")
+]
 
 
 def _placeholders(template: str) -> set[str]:

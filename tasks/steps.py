@@ -58,7 +58,7 @@ def applies(rt: Runtime, system: str, record: RequestRecord) -> bool:
         )
     if record.scope is None:
         return True
-    return bool(spec.categories & record.scope)
+    return bool(set(spec.categories) & record.scope)
 
 
 def apply_to_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[StepResult]:
