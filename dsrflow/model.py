@@ -91,6 +91,12 @@ class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     NOT_APPLICABLE = "not_applicable"
+    # Handed to someone else (a partner, a person) who has not answered yet: the request
+    # stays open, no worker waits, and a scheduled check or a callback moves it on.
+    PENDING_EXTERNAL = "pending_external"
+    # Cannot go on without a person (the partner refused, a signature did not verify):
+    # retrying would not help.
+    BLOCKED = "blocked"
 
 
 class StepAction(StrEnum):

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     key_file: Path | None = None
     token_key: SecretStr | None = None
     encryption_key: SecretStr | None = None
+    callback_base_url: str | None = Field(
+        default=None,
+        description="public URL of `dsrflow serve`, where OpenDSR partners send callbacks",
+    )
     phone_region: str = "CN"
     at_risk_days: int = Field(default=3, ge=0)
     calendar_overrides: Path | None = None

@@ -9,11 +9,21 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from connectors.base import Connector
+from connectors.opendsr import OpenDsrPartner
+from connectors.partners import ManualPartner
 from connectors.sql import SqlConnector
-from dsrflow.datamap import ColumnRef, DataMap, LogsSystem, ObjectsSystem, SqlSystem, load_datamap
+from dsrflow.datamap import (
+    ColumnRef,
+    DataMap,
+    LogsSystem,
+    ObjectsSystem,
+    PartnerSystem,
+    SqlSystem,
+    load_datamap,
+)
 from dsrflow.deadlines import CalendarOverrides, Deadlines
 from dsrflow.identities import Subject
 from dsrflow.ledger import Ledger
@@ -24,7 +34,7 @@ from dsrflow.settings import Settings, load_settings
 class Runtime:
     settings: Settings
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _connectors: dict[str, Connector] = field(default_factory=dict, repr=False)
+    _connectors: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @cached_property
     def datamap(self) -> DataMap:
@@ -43,6 +53,19 @@ class Runtime:
         return ledger
 
     def connector(self, system: str) -> Connector:
+        """The connector of a data system (SQL, objects, logs)."""
+        built = self._get(system)
+        if getattr(built, "kind", None) == "partner":
+            raise TypeError(f"system {system} is a partner, not a data system")
+        return cast(Connector, built)
+
+    def partner(self, system: str) -> OpenDsrPartner | ManualPartner:
+        built = self._get(system)
+        if not isinstance(built, OpenDsrPartner | ManualPartner):
+            raise TypeError(f"system {system} is not a partner")
+        return built
+
+    def _get(self, system: str) -> Any:
         """One connector per system per process (reflection, clients: not free)."""
         with self._lock:
             if system not in self._connectors:
@@ -55,7 +78,7 @@ class Runtime:
             raise TypeError(f"system {system} is not a SQL system")
         return connector
 
-    def _build(self, name: str) -> Connector:
+    def _build(self, name: str) -> Any:
         spec = self.datamap.systems[name]
         if isinstance(spec, SqlSystem):
             return SqlConnector(name, spec)
@@ -63,6 +86,12 @@ class Runtime:
             from connectors.objects import ObjectsConnector
 
             return ObjectsConnector(name, spec, keys_from=self._keys_from)
+        if isinstance(spec, PartnerSystem):
+            if spec.protocol == "opendsr":
+                return OpenDsrPartner(name, spec, base_dir=self.settings.base_dir)
+            if spec.protocol == "manual":
+                return ManualPartner(name, spec)
+            raise NotImplementedError(f"{name}: {spec.protocol} partners are not supported yet")
         if isinstance(spec, LogsSystem):
             from connectors.logs import LogsConnector
 
@@ -78,7 +107,7 @@ class Runtime:
 
     def close(self) -> None:
         for connector in self._connectors.values():
-            dispose: Any = getattr(connector, "dispose", None)
+            dispose: Any = getattr(connector, "dispose", None) or getattr(connector, "close", None)
             if dispose is not None:
                 dispose()
         self._connectors.clear()

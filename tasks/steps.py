@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from functools import partial
 
 from connectors.base import Outcome, Scope
-from dsrflow.datamap import ObjectsSystem, SqlSystem
+from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
 from dsrflow.ledger import RequestRecord, StepCounts
 from dsrflow.model import RequestType, Status, StepAction, StepStatus
+from tasks import partners
 from tasks.runtime import Runtime
 
 
@@ -56,6 +57,10 @@ def applies(rt: Runtime, system: str, record: RequestRecord) -> bool:
         return isinstance(spec, SqlSystem) and any(
             t.restriction_column for t in spec.tables.values()
         )
+    if isinstance(spec, PartnerSystem):
+        assert record.type is not None
+        if not (record.type.erases or record.type.collects):
+            return False
     if record.scope is None:
         return True
     return bool(set(spec.categories) & record.scope)
@@ -143,6 +148,8 @@ def _verify(
 def _do(
     rt: Runtime, system: str, action: StepAction, members: list[RequestRecord], scope: Scope
 ) -> dict[str, Outcome]:
+    if isinstance(rt.datamap.systems[system], PartnerSystem):
+        return partners.send(rt, system, members)
     connector = rt.connector(system)
     subjects = rt.ledger.subjects(m.id for m in members)
     if action is StepAction.ERASE:
@@ -206,7 +213,11 @@ def _run_group(
             remaining=outcome.total("remaining") if action is StepAction.VERIFY else None,
         )
         status = StepStatus.SUCCEEDED
-        error: str | None = None
+        error: str | None = None  # for a step that is not done: why
+        if outcome.blocked:
+            status, error = StepStatus.BLOCKED, outcome.blocked
+        elif outcome.pending:
+            status, error = StepStatus.PENDING_EXTERNAL, outcome.pending
         if action is StepAction.VERIFY and counts.remaining:
             left = [n for n, p in sorted(outcome.parts.items()) if p.remaining]
             status = StepStatus.FAILED
@@ -220,6 +231,7 @@ def _run_group(
 
 
 def _raise_if_failed(system: str, results: list[StepResult]) -> None:
+    """Raise for failures worth a retry (a blocked step is not: it needs a person)."""
     failed = [r for r in results if r.status is StepStatus.FAILED]
     if failed:
         raise StepFailed(
@@ -298,7 +310,8 @@ def plan_systems(rt: Runtime, request_ids: Sequence[str]) -> Plan:
         if wanted:
             apply[system] = [r.id for r in wanted]
         erasing = [r.id for r in wanted if r.type is not None and r.type.erases]
-        if erasing:
+        if erasing and not isinstance(rt.datamap.systems[system], PartnerSystem):
+            # A partner's own completion is the proof there: nothing for us to look at.
             verify[system] = erasing
     depth: dict[str, int] = {}
 
@@ -323,9 +336,15 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
     for step in rt.ledger.steps(request_ids):
         steps_by_request[str(step["request_id"])].append(step)
     final: dict[str, Status] = {}
+    unfinished = (StepStatus.FAILED.value, StepStatus.BLOCKED.value)
     for rid in request_ids:
         statuses = {StepStatus(str(s["status"])) for s in steps_by_request[rid]}
-        failed = [s for s in steps_by_request[rid] if s["status"] == StepStatus.FAILED.value]
+        failed = [s for s in steps_by_request[rid] if s["status"] in unfinished]
+        if StepStatus.PENDING_EXTERNAL in statuses:
+            # Open until every partner has answered (no worker waits meanwhile); a failed
+            # or blocked step shows in the report and closes the request as partial then.
+            final[rid] = Status.IN_PROGRESS
+            continue
         if not failed and StepStatus.RUNNING not in statuses:
             target, reason = Status.COMPLETED, None
             if not steps_by_request[rid]:

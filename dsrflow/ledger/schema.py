@@ -101,6 +101,25 @@ audit_events = Table(
     Column("hash", String(64), nullable=False),
 )
 
+# One row per request × partner: the OpenDSR subject_request_id is written here, and
+# committed, before the request is sent, so no retry or crash ever sends a second one.
+partner_requests = Table(
+    "partner_requests",
+    metadata,
+    Column("request_id", String(36), ForeignKey("requests.id"), primary_key=True),
+    Column("system", String(64), primary_key=True),
+    Column("subject_request_id", String(36), nullable=False, unique=True),
+    Column("status", String(32), nullable=False),
+    Column("regulation_sent", String(16)),
+    Column("controller_id", String(128)),
+    Column("expected_completion_at", DateTime(timezone=True)),
+    Column("confirmed_by", String(128)),
+    Column("reference", String(128)),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 # One row: the hash at the head of the audit chain. Writers lock it, so the chain never forks.
 audit_head = Table(
     "audit_head",

@@ -35,7 +35,14 @@ from sqlalchemy.exc import IntegrityError
 from dsrflow.crypto import Keyring, Pseudonymizer, keyed_digest, new_key
 from dsrflow.deadlines import CalendarUnavailable, Deadlines
 from dsrflow.identities import Identity, Subject
-from dsrflow.ledger.schema import audit_events, audit_head, identity_tokens, requests, steps
+from dsrflow.ledger.schema import (
+    audit_events,
+    audit_head,
+    identity_tokens,
+    partner_requests,
+    requests,
+    steps,
+)
 from dsrflow.model import Regime, RequestType, Status, StepStatus, check_transition
 from dsrflow.tickets import Rejection, Ticket
 
@@ -491,6 +498,55 @@ class Ledger:
         query = select(steps).order_by(steps.c.request_id, steps.c.system, steps.c.id)
         if request_ids is not None:
             query = query.where(steps.c.request_id.in_(list(request_ids)))
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    # -- partners ---------------------------------------------------------------------
+    def partner_request_id(self, request_id: str, system: str, make_id: Any) -> str:
+        """The id under which this request goes to this partner, made (by `make_id()`) and
+        committed on first use: every retry, rerun or crash recovery sends the same one."""
+        key = (partner_requests.c.request_id == request_id) & (
+            partner_requests.c.system == system
+        )
+        with self.engine.begin() as conn:
+            self._locked(conn, requests.c.id, request_id)
+            found = conn.execute(
+                select(partner_requests.c.subject_request_id).where(key)
+            ).scalar_one_or_none()
+            if found is not None:
+                return str(found)
+            srid = str(make_id())
+            stamp = now()
+            conn.execute(
+                insert(partner_requests).values(
+                    request_id=request_id, system=system, subject_request_id=srid,
+                    status="created", created_at=stamp, updated_at=stamp,
+                )
+            )
+            self._audit(conn, "partner.request_id", request_id, {"system": system})
+        return srid
+
+    def update_partner(self, request_id: str, system: str, **values: Any) -> None:
+        key = (partner_requests.c.request_id == request_id) & (
+            partner_requests.c.system == system
+        )
+        with self.engine.begin() as conn:
+            conn.execute(update(partner_requests).where(key).values(updated_at=now(), **values))
+            self._audit(
+                conn, "partner.update", request_id,
+                {"system": system, **{k: str(v) for k, v in values.items()}},
+            )
+
+    def partner_requests(
+        self, request_ids: Sequence[str] | None = None, statuses: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        query = select(partner_requests).order_by(
+            partner_requests.c.created_at, partner_requests.c.request_id
+        )
+        if request_ids is not None:
+            query = query.where(partner_requests.c.request_id.in_(list(request_ids)))
+        if statuses is not None:
+            query = query.where(partner_requests.c.status.in_(list(statuses)))
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 

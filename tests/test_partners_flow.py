@@ -1,0 +1,164 @@
+"""Partners in the request flow: the reference OpenDSR partner on loopback (real HTTP) and
+a manual partner. Exactly once per request and partner, whatever fails; no worker waits
+while a partner works; the request closes when the last partner answers."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from dsrflow.intake import submit
+from dsrflow.leakscan import files_containing
+from dsrflow.model import Status
+from examples.partner import Faults, ReferencePartner
+from flows.request import process_requests
+from tasks import partners
+from tasks.runtime import Runtime, set_runtime
+from tests import sqlworld
+from tests.helpers import make_runtime, ticket
+
+
+@pytest.fixture
+def partner() -> Iterator[ReferencePartner]:
+    with ReferencePartner() as running:
+        yield running
+
+
+@pytest.fixture
+def runtime(
+    tmp_path: Path, partner: ReferencePartner, prefect_server: list[Path]
+) -> Iterator[tuple[Runtime, sqlworld.World]]:
+    url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
+    engine = sa.create_engine(url)
+    world = sqlworld.generate(random.Random(3), 6)
+    sqlworld.load(engine, world)
+    engine.dispose()
+    (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
+    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
+    doc["systems"] = {
+        "db": {**doc["systems"]["db"], "url": url},
+        "adnet": {
+            "kind": "partner",
+            "protocol": "opendsr",
+            "categories": ["behaviour", "contact"],
+            "endpoint": partner.url,
+            "identities": [{"type": "email", "format": "sha256"},
+                           {"type": "user_id", "as_type": "controller_customer_id"}],
+            "callback_domains": [partner.domain],
+            "certificate": "partner.pem",
+        },
+        "courier": {
+            "kind": "partner",
+            "protocol": "manual",
+            "categories": ["contact"],
+            "identities": [{"type": "phone"}],
+            "contact": "privacy@courier.example (portal)",
+        },
+    }
+    rt = make_runtime(tmp_path, doc)
+    previous = set_runtime(rt)
+    yield rt, world
+    set_runtime(previous)
+    rt.close()
+
+
+def _erasure(rt: Runtime, world: sqlworld.World, uid: int, tid: str) -> str:
+    email = str(world.user(uid)["email"])
+    return submit(rt.ledger, rt.datamap,
+                  ticket(tid, "erasure", [{"type": "email", "value": email}])).request_id
+
+
+def _steps(rt: Runtime, rid: str) -> dict[str, dict[str, Any]]:
+    return {s["system"]: s for s in rt.ledger.steps([rid]) if s["action"] == "erase"}
+
+
+def test_a_request_waits_for_its_partners_and_closes_when_they_answer(
+    runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner
+) -> None:
+    rt, world = runtime
+    rid = _erasure(rt, world, 2, "P-1")
+    assert process_requests([rid]) == {rid: "in_progress"}
+
+    steps = _steps(rt, rid)
+    assert steps["db"]["status"] == "succeeded"
+    assert steps["adnet"]["status"] == steps["courier"]["status"] == "pending_external"
+    assert "privacy@courier.example" in steps["courier"]["error"]
+    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
+    srid = sent["subject_request_id"]
+    assert partner.distinct_requests(srid) == 1
+    assert rt.ledger.get(rid).status is Status.IN_PROGRESS
+
+    # The partner finishes; the scheduled check finds out; the manual partner is confirmed.
+    partner.complete(srid)
+    assert partners.check(rt) == {rid: "adnet: completed"}
+    assert rt.ledger.get(rid).status is Status.IN_PROGRESS  # the courier has not confirmed
+    partners.confirm(rt, rid, "courier", by="lin.q", reference="CR-2026-118")
+    assert rt.ledger.get(rid).status is Status.COMPLETED
+    assert _steps(rt, rid)["courier"]["details"] == {"confirmed_by": "lin.q",
+                                                     "reference": "CR-2026-118"}
+    # Done means done: a late poll or a repeated confirmation changes nothing.
+    assert partners.check(rt) == {}
+    partners.confirm(rt, rid, "courier", by="someone.else", reference="X")
+    assert _steps(rt, rid)["courier"]["details"]["confirmed_by"] == "lin.q"
+
+
+def test_a_failing_partner_is_asked_exactly_once(
+    runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner
+) -> None:
+    rt, world = runtime
+    rid = _erasure(rt, world, 3, "P-2")
+    # The partner keeps the request, then the reply is lost (a 500 after storing): the
+    # client retries, the task retries, the run is rerun — all under one id.
+    partner.set_faults(Faults(fail=3, stage="after"))
+    process_requests([rid])
+    process_requests([rid])
+    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
+    assert partner.distinct_requests(sent["subject_request_id"]) == 1
+    assert partner.posts[sent["subject_request_id"]] >= 2  # it was asked again...
+    assert _steps(rt, rid)["adnet"]["status"] == "pending_external"  # ...and is waiting
+
+
+def test_a_refusal_blocks_that_partner_only(
+    runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner
+) -> None:
+    rt, world = runtime
+    rid = _erasure(rt, world, 4, "P-3")
+    partner.set_faults(Faults(reject=1, reject_status=400, leak_identity_in_errors=True))
+    process_requests([rid])
+    steps = _steps(rt, rid)
+    assert steps["adnet"]["status"] == "blocked"
+    assert steps["db"]["status"] == "succeeded"  # the other systems went ahead
+    assert str(world.user(4)["email"]).lower() not in steps["adnet"]["error"].lower()
+    partners.confirm(rt, rid, "courier", by="lin.q", reference="CR-1")
+    assert rt.ledger.get(rid).status is Status.PARTIALLY_COMPLETED
+
+
+def test_a_bad_signature_is_not_trusted(
+    runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner
+) -> None:
+    rt, world = runtime
+    rid = _erasure(rt, world, 5, "P-4")
+    partner.set_faults(Faults(response_signature="bad"))
+    process_requests([rid])
+    step = _steps(rt, rid)["adnet"]
+    assert step["status"] == "blocked"
+    assert "Signature" in step["error"]
+
+
+def test_no_identity_reaches_prefect_or_the_partner_in_the_clear(
+    runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner,
+    prefect_server: list[Path],
+) -> None:
+    rt, world = runtime
+    rid = _erasure(rt, world, 6, "P-5")
+    process_requests([rid])
+    email = str(world.user(6)["email"])
+    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
+    body = partner.requests[sent["subject_request_id"]].raw
+    assert email.lower().encode() not in body.lower()  # the data map asked for sha256
+    assert files_containing(prefect_server, [email, email.lower()]) == {}
