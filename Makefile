@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy dsrflow connectors tasks flows examples tests
+	$(BIN)/mypy dsrflow connectors tasks flows deployments examples tests
 
 unit: $(STAMP)
 	$(BIN)/pytest

@@ -17,8 +17,10 @@ from dsrflow.settings import ConfigError, Settings, load_settings, write_key_fil
 app = typer.Typer(help="Data-subject requests, answered by Prefect flows.", no_args_is_help=True)
 datamap_app = typer.Typer(help="Draft and check data maps.", no_args_is_help=True)
 keys_app = typer.Typer(help="Key files.", no_args_is_help=True)
+partner_app = typer.Typer(help="Requests handed to partners.", no_args_is_help=True)
 app.add_typer(datamap_app, name="datamap")
 app.add_typer(keys_app, name="keys")
+app.add_typer(partner_app, name="partner")
 console = Console()
 err = Console(stderr=True)
 
@@ -279,6 +281,55 @@ def keys_new(file: Path) -> None:
         err.print(f"{file} exists; refusing to overwrite keys")
         raise typer.Exit(1) from None
     console.print(f"wrote {file}")
+
+
+@partner_app.command("confirm")
+def partner_confirm(
+    request_id: str,
+    partner: str,
+    by: Annotated[str, typer.Option(help="who confirmed it")],
+    reference: Annotated[str, typer.Option(help="the partner's reference")],
+    config: ConfigOption = None,
+) -> None:
+    """Record that a manual partner carried out a request."""
+    from tasks import partners
+
+    rt = _runtime(config)
+    try:
+        partners.confirm(rt, request_id, partner, by=by, reference=reference)
+    except LookupError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _print_status(rt, [request_id])
+
+
+@partner_app.command("check")
+def partner_check(config: ConfigOption = None) -> None:
+    """Ask OpenDSR partners about everything still waiting (callbacks can be lost)."""
+    from tasks import partners
+
+    rt = _runtime(config)
+    happened = partners.check(rt)
+    for request_id, what in happened.items():
+        console.print(f"{request_id}: {what}")
+    if not happened:
+        console.print("nothing waiting on OpenDSR partners")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8787,
+    config: ConfigOption = None,
+) -> None:
+    """Run the endpoint OpenDSR partners call back (set callback_base_url to its public
+    URL)."""
+    import uvicorn
+
+    from deployments.callbacks import create_app
+
+    rt = _runtime(config)
+    uvicorn.run(create_app(rt), host=host, port=port, log_level="info")
 
 
 @app.command("audit")

@@ -537,6 +537,16 @@ class Ledger:
                 {"system": system, **{k: str(v) for k, v in values.items()}},
             )
 
+    def partner_request_by_id(self, system: str, subject_request_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(partner_requests).where(
+                    partner_requests.c.system == system,
+                    partner_requests.c.subject_request_id == subject_request_id,
+                )
+            ).one_or_none()
+        return dict(row._mapping) if row is not None else None
+
     def partner_requests(
         self, request_ids: Sequence[str] | None = None, statuses: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:

@@ -1,0 +1,100 @@
+"""The HTTP endpoint OpenDSR partners call back: `POST /opendsr/callbacks/{partner}`.
+
+The processor domain is checked against the partner's allow-list and the signature against
+its certificate before the body is trusted or even parsed; only then is the ledger updated
+(idempotently: a finished step is never moved back) and the request closed if nothing else
+is outstanding.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from connectors.opendsr import OpenDsrPartner, ProtocolError, Untrusted
+from dsrflow.datamap import PartnerSystem
+from dsrflow.errors import safe_error
+from tasks import partners
+from tasks.runtime import Runtime
+
+
+def create_app(rt: Runtime) -> FastAPI:
+    app = FastAPI(title="dsrflow callbacks", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/opendsr/callbacks/{system}")
+    async def opendsr_callback(system: str, request: Request) -> Response:
+        spec = rt.datamap.systems.get(system)
+        if not isinstance(spec, PartnerSystem) or spec.protocol != "opendsr":
+            return _answer(404, "no such partner")
+        body = await request.body()
+        headers = list(request.headers.items())
+        return await run_in_threadpool(_apply, rt, system, body, headers)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _apply(rt: Runtime, system: str, body: bytes, headers: list[tuple[str, str]]) -> Response:
+    partner = rt.partner(system)
+    assert isinstance(partner, OpenDsrPartner)
+    try:
+        status = partner.verify_callback(
+            body, headers, callback_url=partners.callback_url(rt, system)
+        )
+    except Untrusted as exc:
+        rt.ledger.audit("partner.callback_refused", None,
+                        {"system": system, "reason": safe_error(exc)})
+        return _answer(403, "not trusted")
+    except ProtocolError:
+        return _answer(400, "malformed callback")
+    found = rt.ledger.partner_request_by_id(system, status.subject_request_id)
+    if found is None:
+        return _answer(404, "unknown request")
+    request_id = str(found["request_id"])
+    partners.apply_status(rt, system, request_id, status)
+    partners.close_finished(rt, [request_id])
+    return _answer(202, "accepted")
+
+
+def _answer(code: int, message: str) -> Response:
+    body: dict[str, Any] = {"status": message}
+    return Response(json.dumps(body), status_code=code, media_type="application/json")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that says when it is listening (instead of being polled for it)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+@contextmanager
+def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run the app on a background thread for the length of the block; yields its URL."""
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    if not server.ready.wait(timeout=30) or not server.started:
+        raise RuntimeError(f"the callback endpoint did not start on {host}:{port}")
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
