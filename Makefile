@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 OUT ?= demo-out
 USERS ?= 200
 
-.PHONY: install demo test lint typecheck unit clean
+.PHONY: install demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,12 +25,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy dsrflow connectors tasks flows deployments examples tests
+	$(BIN)/mypy dsrflow connectors tasks flows deployments examples tests benchmarks
 
 unit: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# Log redaction against `grep -F` in the same run (docs/performance.md has the 1 GiB run).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_logs
 
 clean:
 	rm -rf $(OUT) .dsrflow .pytest_cache .mypy_cache .ruff_cache

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dsrflow.crypto import Pseudonymizer
+from dsrflow.datamap import S3Endpoint
 from dsrflow.identities import Subject
 
 Scope = frozenset[str] | None
@@ -51,6 +53,11 @@ class Outcome:
     """One request's outcome in one system: per part and in total."""
 
     parts: dict[str, PartOutcome] = field(default_factory=dict)
+    # Set when the work was handed to someone who has not answered yet (a partner, a
+    # person): why the step waits.
+    pending: str | None = None
+    # Set when the work cannot go on without a person: why.
+    blocked: str | None = None
 
     def part(self, name: str) -> PartOutcome:
         return self.parts.setdefault(name, PartOutcome())
@@ -60,6 +67,28 @@ class Outcome:
 
     def details(self) -> dict[str, Any]:
         return {name: part.as_dict() for name, part in sorted(self.parts.items())}
+
+
+class ConnectorConfigError(ValueError):
+    """The data map's system cannot be used as configured (named by its dotted path)."""
+
+
+def resolve_endpoint(
+    name: str, system: S3Endpoint, error: type[ConnectorConfigError] = ConnectorConfigError
+) -> str | None:
+    """An S3 API endpoint: `endpoint_url`, the variable `endpoint_url_env` names, or None
+    (AWS itself)."""
+    if system.endpoint_url is not None:
+        return system.endpoint_url
+    if system.endpoint_url_env is None:
+        return None
+    url = os.environ.get(system.endpoint_url_env)
+    if not url:
+        raise error(
+            f"systems.{name}.endpoint_url_env: environment variable "
+            f"{system.endpoint_url_env} is not set"
+        )
+    return url
 
 
 class Connector(Protocol):

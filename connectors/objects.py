@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-import os
 import string
 import unicodedata
 from collections import Counter, defaultdict
@@ -45,7 +44,7 @@ from typing import Any, TypeVar
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from connectors.base import Outcome, Records, Scope
+from connectors.base import ConnectorConfigError, Outcome, Records, Scope, resolve_endpoint
 from dsrflow.crypto import Pseudonymizer
 from dsrflow.datamap import Action, Bucket, ColumnRef, ObjectOwnership, ObjectsSystem
 from dsrflow.identities import IdentityError, IdentityType, Subject, normalize
@@ -65,7 +64,7 @@ class ObjectsError(RuntimeError):
     bucket, the operation and S3's error code, never an object key."""
 
 
-class ObjectsConfigError(ValueError):
+class ObjectsConfigError(ConnectorConfigError):
     """The data map's objects system cannot be used as configured."""
 
 
@@ -133,7 +132,9 @@ class ObjectsConnector:
                     _check_template(name, bucket_name, rule.key_template)
         self._owns_client = client is None
         self.client = client if client is not None else boto3.client(
-            "s3", endpoint_url=resolve_endpoint(name, system), region_name=system.region
+            "s3",
+            endpoint_url=resolve_endpoint(name, system, ObjectsConfigError),
+            region_name=system.region,
         )
 
     # -- contract -----------------------------------------------------------------------
@@ -504,20 +505,6 @@ class ObjectsConnector:
 
 
 # -- module helpers ---------------------------------------------------------------------
-def resolve_endpoint(name: str, system: ObjectsSystem) -> str | None:
-    """The S3 endpoint: `endpoint_url`, the variable named by `endpoint_url_env`, or None
-    (AWS itself)."""
-    if system.endpoint_url is not None:
-        return system.endpoint_url
-    if system.endpoint_url_env is None:
-        return None
-    url = os.environ.get(system.endpoint_url_env)
-    if not url:
-        raise ObjectsConfigError(
-            f"systems.{name}.endpoint_url_env: environment variable "
-            f"{system.endpoint_url_env} is not set"
-        )
-    return url
 
 
 def fill_template(template: str, subject: Subject) -> list[str]:

@@ -252,7 +252,7 @@ class SqlSystem(_Strict):
         return seen
 
 
-class _Endpoint(_Strict):
+class S3Endpoint(_Strict):
     """Where an S3-compatible API is: AWS by default, or any endpoint (MinIO, moto, ...).
     Credentials come from boto3's usual chain (environment, profile, instance role)."""
 
@@ -261,7 +261,7 @@ class _Endpoint(_Strict):
     region: str = "us-east-1"
 
     @model_validator(mode="after")
-    def _one_endpoint(self) -> _Endpoint:
+    def _one_endpoint(self) -> S3Endpoint:
         if self.endpoint_url is not None and self.endpoint_url_env is not None:
             raise ValueError("give at most one of endpoint_url or endpoint_url_env")
         return self
@@ -321,7 +321,7 @@ class Bucket(_Strict):
         return self
 
 
-class ObjectsSystem(_Endpoint):
+class ObjectsSystem(S3Endpoint):
     kind: Literal["objects"]
     buckets: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")],
                   Bucket] = Field(min_length=1)
@@ -360,7 +360,7 @@ class LogSource(_Strict):
         return self
 
 
-class LogsSystem(_Endpoint):
+class LogsSystem(S3Endpoint):
     kind: Literal["logs"]
     category: Category = "logs"
     action: Literal[Action.PSEUDONYMIZE, Action.REDACT] = Action.PSEUDONYMIZE

@@ -115,6 +115,7 @@ def _write_world(out: Path, users: int, endpoint: str, console: Console) -> Path
     import boto3
 
     from examples.wishe.generate import build_world
+    from examples.wishe.logs import write_logs
     from examples.wishe.objects import populate
 
     db_url = f"sqlite:///{out / 'wishe.db'}"
@@ -125,6 +126,8 @@ def _write_world(out: Path, users: int, endpoint: str, console: Console) -> Path
     )
     objects = populate(boto3.client("s3", endpoint_url=endpoint), db_url)
     console.print(f"Filled the embedded S3 at {endpoint}: {_counts(objects)}")
+    logs = write_logs(out / "logs", db_url)
+    console.print(f"Wrote app and access logs under {out / 'logs'}: {_counts(logs)}")
 
     # The demo's own copy of the map says where this world is, instead of reading it from
     # the environment as the example map does.

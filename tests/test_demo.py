@@ -3,6 +3,7 @@ the sample tickets through a real (embedded) Prefect, and writes the report."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -45,9 +46,22 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
     assert len(done) >= 3
     assert len(proven) >= len(done)
     assert (proven["remaining"] == 0).all()
-    # ...in the database and in object storage (all versions).
-    assert {"sql", "objects"} <= set(proven["kind"])
+    # ...in the database, in object storage (all versions) and in the logs.
+    assert {"sql", "objects", "logs"} <= set(proven["kind"])
     assert proven[proven["kind"] == "objects"]["deleted"].sum() > 0
+    assert proven[proven["kind"] == "logs"]["anonymized"].sum() > 0
+
+    # Looked at from outside: the erased subject's email is gone from every log file, in
+    # any case; the subject who only asked for access is still there.
+    logs = b"".join(
+        gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        for p in (out / "logs").rglob("*") if p.is_file()
+    ).lower()
+    erased = next(s for s in SUBJECTS if s.email_normalized == "li.na@example.com")
+    kept = next(s for s in SUBJECTS if s.email_normalized == "zhang.wei@example.com")
+    for spelling in (erased.email_normalized, erased.email_normalized.replace("@", "%40")):
+        assert spelling.encode() not in logs
+    assert kept.email_normalized.encode() in logs
 
     # Prefect's database (and everything else under its home) holds no identity.
     needles = {v for s in SUBJECTS for v in (s.email, s.email_normalized, s.phone,

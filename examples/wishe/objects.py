@@ -9,15 +9,16 @@ photos behind their face templates, at the keys the Wishe database lists.
 
 Object contents are deterministic small stand-ins (derived from the key), not images.
 
-`DATAMAP_SYSTEM` is the data map entry recommended for these buckets (add it under
-`systems.media` of examples/wishe/datamap.yaml).
+`DATAMAP_SYSTEM` is this system's entry in examples/wishe/datamap.yaml.
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
+import yaml
 from botocore.exceptions import ClientError
 from sqlalchemy import create_engine, select
 
@@ -27,26 +28,10 @@ from examples.wishe.subjects import SUBJECTS
 UPLOADS_BUCKET = "wishe-uploads"
 FACES_BUCKET = "wishe-faces"
 
-DATAMAP_SYSTEM: dict[str, Any] = {
-    "kind": "objects",
-    "endpoint_url_env": "WISHE_S3_ENDPOINT",
-    "buckets": {
-        UPLOADS_BUCKET: {
-            "category": "media",
-            "ownership": [{"key_template": "uploads/{user_id}/"}],
-            # Videos can be large: an access package links them (7 days, SigV4's maximum)
-            # rather than embedding them.
-            "collect": "presigned",
-            "presign_seconds": 7 * 24 * 3600,
-        },
-        FACES_BUCKET: {
-            "category": "biometric",
-            "ownership": [{"key_template": "faces/{user_id}/"}],
-            # Small and sensitive: inside the encrypted export, not behind a bearer URL.
-            "collect": "bytes",
-        },
-    },
-}
+# Read from the Wishe data map, the one source of truth.
+DATAMAP_SYSTEM: dict[str, Any] = yaml.safe_load(
+    (Path(__file__).with_name("datamap.yaml")).read_text()
+)["systems"]["media"]
 
 
 def populate(client: Any, engine_url: str) -> dict[str, int]:

@@ -1,0 +1,1394 @@
+"""Logs connector: JSON-lines and plain-text logs, local files (glob) or S3 prefixes, plain
+or gzip, described by a `kind: logs` system of the data map.
+
+How it finds a subject's lines, in two stages whose cost does not grow with the batch:
+
+1. A prefilter reads each file in blocks of 1 MiB and matches the batch's literals against
+   a *view* of the block: every byte translated by one table (ASCII letters lower-cased,
+   `%` read as `@`, every byte that cannot be part of an identifier read as a space), so
+   that one literal per identity covers many spellings: `Zhang.Wei@Example.com` and
+   `zhang.wei%40example.com` both contain `zhang wei@`; `138 0013 8000`, `138-0013-8000`
+   and `+86 138+0013+8000` all contain `138 0013 8000`; `uid=12&` and `"id": 12,` contain
+   ` 12 `. All literals of the batch go into one Hyperscan database, compiled once per
+   call. For a small batch each literal is compiled instead as the byte-class pattern it
+   stands for (`[Zz][Hh]…[^A-Za-z0-9_@%][Ww]…[@%]`) and matched against the block itself,
+   which needs no view and gives the same matches. Without Hyperscan, Python's `re` does
+   the same, slowly. Only the lines the prefilter reports are parsed.
+2. Each candidate line is read precisely, with fixed patterns that do not depend on the
+   batch: email addresses (any case, `%40`, `%2B` in the local part), phone numbers (runs of
+   digits with single spaces, dashes, `+` or `%20` between them, a leading `+` or `%2B`; a
+   slice of the run counts only when it starts and ends at a digit-group boundary, and a
+   bare `86` written apart from a national number is taken for another number: `+86 138…`
+   and `0086 138…` count), identifier tokens (whole tokens only: user 12 is not in `123`
+   or `abc12`). Each normalized value is looked up in a dictionary of the batch's
+   identities. In a `text` source, the declared identity types are searched anywhere in
+   the line, except numeric user ids: a bare number is a status code, a size or a count far
+   more often than a user id, so a numeric user id counts only after a key (`uid=12`,
+   `user_id: 12`, `"userId":"12"`, `user 12`, `/users/12`). In a `jsonl` source, only the
+   declared fields are searched (dotted paths into nested objects; arrays element by
+   element), each for its own type, and the rest of the value is kept around a match; a
+   line that is not JSON is searched as text for the types the fields declare.
+
+What the prefilter recognizes, so what erasure and verification can promise: emails as
+above; phones as digits with or without +86 / 86 / 0086 / %2B86, written together or
+grouped as the country writes them (`138 0013 8000`, `010 1234 5678`) with any single
+separator; identifiers of six characters or more anywhere, shorter ones between
+delimiters (so not `uid%3D12`: a short id glued to a percent escape). Other spellings
+(`1380 013 8000`) are caught only on lines that mention the subject in another way.
+
+How it erases: each file is read once for the whole batch, and rewritten only if one of
+its lines mentions a subject. Each mention is replaced by the request's keyed pseudonym of
+the normalized identity (the same for every spelling), or the data map's redaction marker.
+The new file is written while the old one is read: from the first changed line on, a
+worker thread copies every unchanged stretch in the kernel (copy_file_range, where the file
+system has it) and writes each new line. It lives next to the old file
+(`.<name>.<random>.dsrflow-tmp`), gets the old file's mode, owner and times, and replaces it
+with `os.replace`: a reader sees the old file or the new one, never half of one. Gzip files
+(by content) are read, then rewritten as gzip. On S3, an object is downloaded into
+`state_dir`, rewritten there, put back under its key with its content type and metadata
+(one PUT: objects up to 5 GiB), and in a versioned bucket every other version and delete
+marker of that key is then deleted. Only current versions are read. Pseudonyms and markers
+are not identities, so a second run finds nothing and rewrites nothing.
+
+Resuming: each finished file is appended to `state_dir/erase-<batch>.jsonl` (the batch is a
+fingerprint of its request ids and of its identities keyed under each request's key: no
+value is stored) with what the file looks like afterwards (inode, size and mtime; the ETag
+on S3) and its counts. The entry is written before the new file is moved into place. A
+rerun of the same batch skips a file that still looks like its entry and reports the
+recorded counts, so a crash at any point followed by a rerun gives the same files and the
+same outcome as one clean run. An interrupted rewrite leaves a temporary file that the
+next run deletes. One erasure per system runs at a time (a lock in `state_dir`).
+
+A file that grows while it is rewritten (an active log) has its new lines read and
+processed too before the replacement; a writer that keeps the old file open goes on writing
+into the replaced one, so rotate such files before erasing them.
+
+Errors name the system, the source, the file and the operation, never a line or a value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import glob as globmod
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote, unquote, unquote_to_bytes
+
+import phonenumbers
+
+from connectors.base import ConnectorConfigError, Outcome, Records, Scope, resolve_endpoint
+from dsrflow.crypto import Pseudonymizer
+from dsrflow.datamap import Action, LogSource, LogsSystem
+from dsrflow.identities import Identity, IdentityType, Subject
+
+_hs: Any
+try:  # Hyperscan is the fast path; without it the same literals go through `re`.
+    import hyperscan as _hs
+except ImportError:  # pragma: no cover - exercised by forcing the fallback in tests
+    _hs = None
+
+BLOCK = 1 << 20  # bytes read per step: large enough for C to dominate, small for the cache
+TMP_SUFFIX = ".dsrflow-tmp"
+GZIP_LEVEL = 6
+MAX_PHONE_DIGITS = 17  # 00 + a 3-digit country code + 12 digits
+SHORT_ID = 6  # identifiers shorter than this are looked for as whole tokens only
+DELETE_BATCH = 1000  # S3's limit of keys per DeleteObjects request
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# -- the view the prefilter scans --------------------------------------------------------
+_SPACE = 0x20
+_TOKEN_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_@")
+
+
+def _view_byte(c: int) -> int:
+    if 0x41 <= c <= 0x5A:  # A-Z
+        return c + 0x20
+    if c == 0x25:  # '%': %40 reads as @40, so `local@` matches both spellings
+        return 0x40
+    return c if c in _TOKEN_BYTES else _SPACE
+
+
+VIEW = bytes(_view_byte(c) for c in range(256))
+
+
+def view_of(text: str) -> bytes:
+    return text.encode("utf-8").translate(VIEW)
+
+
+# -- the precise patterns (stage 2): fixed, whatever the batch ---------------------------
+_HEX_BEFORE = r"(?<=%[0-9A-Fa-f]{2})"  # right after a percent escape (`%3D` of `=`)
+_EMAIL = (
+    rf"(?:{_HEX_BEFORE}|(?<![A-Za-z0-9._%+-]))"
+    r"((?:[A-Za-z0-9._+-]|%2[Bb])+)(?:@|%40)"
+    r"([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?![A-Za-z0-9-]|\.[A-Za-z0-9-])"
+)
+_PHONE = (
+    rf"(?:{_HEX_BEFORE}|(?<![A-Za-z0-9]))"
+    r"(?:\+|%2[Bb])?[0-9]+(?:(?:[ +-]|%20)[0-9]+)*(?![A-Za-z0-9])"
+)
+_UID_KEY = (
+    rf"(?:{_HEX_BEFORE}|(?<![A-Za-z0-9_]))(?:uid|userid|user_id|user-id|users?|account_?id)"
+    r"(?:[\"']?\s*(?:[=:]|%3[Dd])\s*[\"']?|/|\s+)"
+    r"([0-9]+)(?![A-Za-z0-9_]|[.-][A-Za-z0-9])"
+)
+_TOKEN = r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]+"
+_DIGITS = r"[0-9]+"
+
+
+@dataclass(frozen=True)
+class _Patterns:
+    email: re.Pattern[Any]
+    phone: re.Pattern[Any]
+    uid_key: re.Pattern[Any]
+    token: re.Pattern[Any]
+    digits: re.Pattern[Any]
+
+
+def _compile(as_bytes: bool) -> _Patterns:
+    def c(p: str, flags: int = 0) -> re.Pattern[Any]:
+        return re.compile(p.encode() if as_bytes else p, flags | re.ASCII)
+
+    return _Patterns(
+        c(_EMAIL), c(_PHONE), c(_UID_KEY, re.IGNORECASE), c(_TOKEN), c(_DIGITS)
+    )
+
+
+_BYTES = _compile(True)
+_STR = _compile(False)
+
+
+class LogsError(RuntimeError):
+    """A log file or object could not be read or rewritten. The message names the system,
+    the source, the file and the operation, never a line or an identity."""
+
+
+class LogsConfigError(ConnectorConfigError):
+    """The data map's logs system cannot be used as configured."""
+
+
+# -- the batch's identities --------------------------------------------------------------
+@dataclass(frozen=True)
+class _Owner:
+    """One identity of the batch and the requests it belongs to (usually one)."""
+
+    identity: Identity
+    request_ids: tuple[str, ...]
+
+
+@dataclass
+class _Index:
+    """Normalized look-up keys of every identity in the batch."""
+
+    emails: dict[str, _Owner] = field(default_factory=dict)
+    phones: dict[str, _Owner] = field(default_factory=dict)  # every spelling of phone_variants
+    user_ids: dict[str, _Owner] = field(default_factory=dict)
+    device_ids: dict[str, _Owner] = field(default_factory=dict)  # case-folded
+    openids: dict[str, _Owner] = field(default_factory=dict)  # third_party, provider dropped
+    grouped: dict[str, str] = field(default_factory=dict)  # E.164 -> "138 0013 8000"
+    country_codes: dict[str, str] = field(default_factory=dict)  # E.164 -> "86"
+
+    @classmethod
+    def build(cls, subjects: Sequence[Subject]) -> _Index:
+        owners: dict[Identity, set[str]] = {}
+        for subject in subjects:
+            for ident in subject.identities:
+                owners.setdefault(ident, set()).add(subject.request_id)
+        index = cls()
+        for ident, rids in owners.items():
+            owner = _Owner(ident, tuple(sorted(rids)))
+            for table, key in index._keys(ident):
+                # Two identities with one key (cannot happen after normalization, but a
+                # batch may repeat a subject): the first one keeps the key.
+                table.setdefault(key, owner)
+        return index
+
+    def _keys(self, ident: Identity) -> list[tuple[dict[str, _Owner], str]]:
+        match ident.type:
+            case IdentityType.EMAIL:
+                return [(self.emails, ident.value.casefold())]
+            case IdentityType.PHONE:
+                variants, grouped, cc = _phone_forms(ident.value)
+                self.grouped[ident.value] = grouped
+                self.country_codes[ident.value] = cc
+                return [(self.phones, v) for v in variants]
+            case IdentityType.USER_ID:
+                return [(self.user_ids, ident.value)]
+            case IdentityType.DEVICE_ID:
+                return [(self.device_ids, ident.value.casefold())]
+            case IdentityType.THIRD_PARTY:
+                return [(self.openids, ident.value.partition(":")[2])]
+        return []  # pragma: no cover
+
+    def literals(self, types: frozenset[IdentityType]) -> list[bytes]:
+        """The prefilter's literals (in view form) for the identities of `types`."""
+        out: set[bytes] = set()
+        if IdentityType.EMAIL in types:
+            for email in self.emails:
+                out.update(_email_literals(email))
+        if IdentityType.PHONE in types:
+            for grouped in self.grouped.values():
+                out.add(grouped.replace(" ", "").encode())  # the national digits
+                if " " in grouped:
+                    out.add(grouped.encode())
+        if IdentityType.USER_ID in types:
+            out.update(_id_literal(v) for v in self.user_ids)
+        if IdentityType.DEVICE_ID in types:
+            out.update(_id_literal(v) for v in self.device_ids)
+        if IdentityType.THIRD_PARTY in types:
+            out.update(_id_literal(v) for v in self.openids if v)
+        return sorted(lit for lit in out if lit.strip())
+
+    @functools.cached_property
+    def shortest_phone(self) -> int:
+        return min((len(v) for v in self.phones), default=0)
+
+    @functools.cached_property
+    def token_lengths(self) -> frozenset[int]:
+        """Lengths of the identifiers looked for as tokens: other tokens are skipped."""
+        return frozenset(len(v) for d in (self.user_ids, self.device_ids, self.openids) for v in d)
+
+
+def _email_literals(email: str) -> list[bytes]:
+    local, _, domain = email.rpartition("@")
+    spellings = {local, quote(local, safe="")}
+    out = []
+    for spelling in spellings:
+        lit = view_of(spelling) + b"@"
+        if len(lit.replace(b" ", b"")) < 5:  # `a@` alone would flag every address
+            out += [lit + view_of(domain), lit + b"40" + view_of(domain)]
+        else:
+            out.append(lit)
+    return out
+
+
+def _phone_forms(e164: str) -> tuple[list[str], str, str]:
+    """The spellings of `phone_variants` (E.164, national significant number, national
+    with trunk prefix, with country code, with 00 and country code), and the national
+    significant number grouped as the country writes it ("138 0013 8000", "10 1234 5678"),
+    and the country code: one parse and one format, the cost that matters in a batch of
+    10,000."""
+    parsed = phonenumbers.parse(e164, None)
+    nsn = phonenumbers.national_significant_number(parsed)
+    national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+    trunk = "".join(c for c in national if c.isdigit())
+    cc = str(parsed.country_code)
+    variants = list(dict.fromkeys([e164, nsn, trunk, cc + nsn, "00" + cc + nsn]))
+    groups = [g for g in re.split(r"[^0-9]+", national) if g]
+    if groups and trunk != nsn and trunk.endswith(nsn):
+        groups[0] = groups[0][len(trunk) - len(nsn):]  # "010 1234 5678" -> "10 1234 5678"
+    grouped = " ".join(g for g in groups if g)
+    if grouped.replace(" ", "") != nsn:
+        grouped = nsn  # a format that does not spell the digits in order: no grouping
+    return variants, grouped, cc
+
+
+def _id_literal(value: str) -> bytes:
+    lit = view_of(value).strip()
+    return lit if len(lit) >= SHORT_ID else b" " + lit + b" "
+
+
+# -- stage 2: what a line mentions -------------------------------------------------------
+@dataclass(frozen=True)
+class _Mention:
+    start: int
+    end: int
+    owner: _Owner
+
+
+def _text_mentions(
+    text: Any, types: frozenset[IdentityType], index: _Index, keyed_numeric_ids: bool
+) -> list[_Mention]:
+    """Mentions of the batch's identities in `text` (bytes or str), without overlaps."""
+    pats = _BYTES if isinstance(text, bytes) else _STR
+    found: list[_Mention] = []
+    if IdentityType.EMAIL in types and index.emails:
+        for m in pats.email.finditer(text):
+            owner = index.emails.get(_email_key(m.group(1), m.group(2)))
+            if owner is not None:
+                found.append(_Mention(m.start(), m.end(), owner))
+    if IdentityType.PHONE in types and index.phones:
+        for m in pats.phone.finditer(text):
+            found += _phone_mentions(m, pats, index)
+    id_types = types & {IdentityType.USER_ID, IdentityType.DEVICE_ID, IdentityType.THIRD_PARTY}
+    if id_types:
+        found += _id_mentions(text, id_types, index, pats, keyed_numeric_ids)
+    return _without_overlaps(found)
+
+
+def _email_key(local: Any, domain: Any) -> str:
+    if isinstance(local, bytes):
+        local = unquote_to_bytes(local).decode("utf-8", "replace")
+        domain = domain.decode("ascii")
+    else:
+        local = unquote(local)
+    return f"{local}@{domain}".casefold()
+
+
+def _phone_mentions(run: re.Match[Any], pats: _Patterns, index: _Index) -> list[_Mention]:
+    """Slices of a run of digit groups that spell a phone of the batch. A slice starts and
+    ends at group boundaries; the longest one starting at each group wins."""
+    text = run.group(0)
+    if len(text) < index.shortest_phone:
+        return []  # fewer digits than any spelling of the batch's phones (IPs, sizes, ...)
+    base = run.start()
+    lead = 1 if text[:1] in ("+", b"+") else 3 if text[:1] in ("%", b"%") else 0
+    plus = lead > 0
+    groups = [(g.start(), g.end(), g.group(0)) for g in pats.digits.finditer(text, lead)]
+    if isinstance(text, bytes):
+        groups = [(s, e, d.decode("ascii")) for s, e, d in groups]
+    out = []
+    i = 0
+    while i < len(groups):
+        best = None
+        digits = ""
+        for j in range(i, len(groups)):
+            digits += groups[j][2]
+            if len(digits) > MAX_PHONE_DIGITS:
+                break
+            owner = index.phones.get(digits)
+            if owner is None and i == 0 and plus:
+                owner = index.phones.get("+" + digits)
+            if owner is not None and not (
+                j > i and not (i == 0 and plus)
+                and groups[i][2] == index.country_codes.get(owner.identity.value)
+            ):
+                # (A bare country code written apart, "86 138…", is more likely another
+                # number next to a national one: only "+86 138…" and "0086 138…" count.)
+                best = (j, owner)
+        if best is None:
+            i += 1
+            continue
+        j, owner = best
+        start = 0 if (i == 0 and plus) else groups[i][0]
+        out.append(_Mention(base + start, base + groups[j][1], owner))
+        i = j + 1
+    return out
+
+
+def _id_mentions(
+    text: Any, types: frozenset[IdentityType], index: _Index, pats: _Patterns,
+    keyed_numeric_ids: bool,
+) -> list[_Mention]:
+    out = []
+    want_users = IdentityType.USER_ID in types and bool(index.user_ids)
+    if want_users and keyed_numeric_ids:
+        for m in pats.uid_key.finditer(text):
+            value = m.group(1)
+            owner = index.user_ids.get(value if isinstance(value, str) else value.decode())
+            if owner is not None:
+                out.append(_Mention(m.start(1), m.end(1), owner))
+    lengths = index.token_lengths
+    for m in pats.token.finditer(text):
+        raw = m.group(0)
+        if len(raw) not in lengths and len(raw.strip(b".-" if isinstance(raw, bytes) else ".-")) \
+                not in lengths:
+            continue
+        token = raw if isinstance(raw, str) else raw.decode("ascii")
+        stripped = token.strip(".-")
+        if not stripped:
+            continue
+        start = m.start() + (len(token) - len(token.lstrip(".-")))
+        end = start + len(stripped)
+        owner = None
+        if want_users and not (keyed_numeric_ids and stripped.isdigit()):
+            owner = index.user_ids.get(stripped)
+        if owner is None and IdentityType.DEVICE_ID in types:
+            owner = index.device_ids.get(stripped.casefold())
+        if owner is None and IdentityType.THIRD_PARTY in types:
+            owner = index.openids.get(stripped)
+        if owner is not None:
+            out.append(_Mention(start, end, owner))
+    return out
+
+
+def _without_overlaps(found: list[_Mention]) -> list[_Mention]:
+    kept: list[_Mention] = []
+    for m in sorted(found, key=lambda m: (m.start, -(m.end - m.start))):
+        if not kept or m.start >= kept[-1].end:
+            kept.append(m)
+    return kept
+
+
+Replacement = Callable[[_Owner], str]
+
+
+@dataclass
+class _LineHits:
+    """What one line mentions, and how to rewrite it."""
+
+    owners: list[_Owner]
+    rewrite: Callable[[Replacement], bytes]
+
+    @property
+    def request_ids(self) -> set[str]:
+        return {rid for o in self.owners for rid in o.request_ids}
+
+
+def _apply(text: Any, mentions: list[_Mention], replace: Replacement) -> Any:
+    parts: list[Any] = []
+    pos = 0
+    for m in mentions:
+        new = replace(m.owner)
+        parts += [text[pos : m.start], new.encode() if isinstance(text, bytes) else new]
+        pos = m.end
+    parts.append(text[pos:])
+    return (b"" if isinstance(text, bytes) else "").join(parts)
+
+
+class _LineReader:
+    """Stage 2 for one source: a candidate line -> what it mentions (or None)."""
+
+    def __init__(self, source: LogSource, index: _Index) -> None:
+        self.index = index
+        self.jsonl = source.format == "jsonl"
+        self.fields = {p: IdentityType(t) for p, t in source.fields.items()}
+        self.types = frozenset(self.fields.values()) if self.jsonl else frozenset(
+            IdentityType(t) for t in source.identities
+        )
+        self.prefixes = {p.rsplit(".", i)[0] for p in self.fields for i in range(p.count(".") + 1)}
+
+    def read(self, line: bytes) -> _LineHits | None:
+        if self.jsonl:
+            hits = self._read_json(line)
+            if hits is not _NOT_JSON:
+                return hits
+        mentions = _text_mentions(line, self.types, self.index, keyed_numeric_ids=True)
+        if not mentions:
+            return None
+        return _LineHits(
+            [m.owner for m in mentions], lambda rep: _apply(line, mentions, rep)
+        )
+
+    def _read_json(self, line: bytes) -> Any:
+        text = line.decode("utf-8", "surrogateescape")
+        values: list[tuple[str, int, int, Any]] = []
+        try:
+            end = self._walk(text, _skip_ws(text, 0), "", values)
+            if _skip_ws(text, end) != len(text) or not text.lstrip().startswith("{"):
+                return _NOT_JSON
+        except (ValueError, IndexError, StopIteration, RecursionError):
+            return _NOT_JSON
+        edits: list[tuple[int, int, Any, list[_Mention]]] = []
+        for path, start, stop, value in values:
+            kind = self.fields[path]
+            if isinstance(value, bool) or value is None or not isinstance(value, str | int | float):
+                continue
+            subject_text = value if isinstance(value, str) else text[start:stop]
+            mentions = _text_mentions(
+                subject_text, frozenset({kind}), self.index, keyed_numeric_ids=False
+            )
+            if mentions:
+                edits.append((start, stop, subject_text, mentions))
+        if not edits:
+            return None
+
+        def rewrite(rep: Replacement) -> bytes:
+            out, pos = [], 0
+            for start, stop, subject_text, mentions in edits:
+                new = _apply(subject_text, mentions, rep)
+                out += [text[pos:start], json.dumps(new, ensure_ascii=text.isascii())]
+                pos = stop
+            out.append(text[pos:])
+            return "".join(out).encode("utf-8", "surrogateescape")
+
+        return _LineHits([m.owner for e in edits for m in e[3]], rewrite)
+
+    def _walk(self, s: str, i: int, path: str, out: list[tuple[str, int, int, Any]]) -> int:
+        """Walk one JSON value at `i`; record (path, start, end, value) of the scalars at
+        declared paths. Subtrees that hold no declared path are skipped at C speed."""
+        c = s[i]
+        if c == "{" and (not path or path in self.prefixes):
+            i = _skip_ws(s, i + 1)
+            if s[i] == "}":
+                return i + 1
+            while True:
+                if s[i] != '"':
+                    raise ValueError("expected a key")
+                key, i = scanstring(s, i + 1)
+                i = _skip_ws(s, i)
+                if s[i] != ":":
+                    raise ValueError("expected ':'")
+                i = self._walk(s, _skip_ws(s, i + 1), f"{path}.{key}" if path else key, out)
+                i = _skip_ws(s, i)
+                if s[i] == ",":
+                    i = _skip_ws(s, i + 1)
+                    continue
+                if s[i] == "}":
+                    return i + 1
+                raise ValueError("expected ',' or '}'")
+        if c == "[" and path in self.prefixes:
+            i = _skip_ws(s, i + 1)
+            if s[i] == "]":
+                return i + 1
+            while True:
+                i = _skip_ws(s, self._walk(s, i, path, out))
+                if s[i] == ",":
+                    i = _skip_ws(s, i + 1)
+                    continue
+                if s[i] == "]":
+                    return i + 1
+                raise ValueError("expected ',' or ']'")
+        value, end = _scan_once(s, i)
+        if path in self.fields:
+            out.append((path, i, end, value))
+        return int(end)
+
+
+_NOT_JSON = object()
+# The C scanner behind json.loads, used piecewise: typeshed does not describe these two.
+_scan_once: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+_WS = re.compile(r"[ \t\r\n]*")
+
+
+def _skip_ws(s: str, i: int) -> int:
+    m = _WS.match(s, i)
+    return m.end() if m else i
+
+
+# -- stage 1: the prefilter --------------------------------------------------------------
+class _Prefilter:
+    """The batch's literals, compiled once per call.
+
+    `engine` is how they are matched: "view" (the literals, over each block's view: the
+    way for large batches), "raw" (each literal as a pattern of byte classes over the block
+    itself, so the block needs no view; equivalent byte for byte, faster for small batches
+    whose patterns compile quickly) or "re" (Python's `re` over the view: the fallback
+    without Hyperscan, slow). `ends(data)` gives the end offset of every match."""
+
+    def __init__(self, literals: list[bytes], engine: str | None = None) -> None:
+        self.empty = not literals
+        if engine is None:
+            engine = "re" if _hs is None else "raw" if len(literals) <= RAW_MAX else "view"
+        self.engine = engine
+        self._db: Any = None
+        self._re: re.Pattern[bytes] | None = None
+        if self.empty:
+            return
+        if engine == "re":
+            # Every position, longest literal first: a lookahead finds overlapping matches.
+            alternation = b"|".join(re.escape(x) for x in sorted(literals, key=len, reverse=True))
+            self._re = re.compile(b"(?=(" + alternation + b"))")
+            return
+        self._db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+        if engine == "raw":
+            patterns = [b"".join(_RAW_CLASS[c] for c in lit) for lit in literals]
+            self._db.compile(expressions=patterns, ids=list(range(len(patterns))),
+                             elements=len(patterns), flags=0)
+        else:
+            self._db.compile(expressions=literals, ids=list(range(len(literals))),
+                             elements=len(literals), flags=0, literal=True)
+
+    @property
+    def wants_view(self) -> bool:
+        return self.engine != "raw"
+
+    def ends(self, data: bytes | memoryview) -> list[int]:
+        if self.empty:
+            return []
+        if self._db is not None:
+            found: list[int] = []
+            append = found.append
+
+            def on_match(_id: int, _start: int, end: int, _flags: int, _ctx: object) -> None:
+                append(end)
+
+            self._db.scan(data, match_event_handler=on_match)
+            return found
+        assert self._re is not None
+        return [m.start() + len(m.group(1)) for m in self._re.finditer(bytes(data))]
+
+
+def _raw_class(view_byte: int) -> bytes:
+    """The raw bytes that the view turns into `view_byte`, as a pattern."""
+    members = bytes(c for c in range(256) if VIEW[c] == view_byte)
+    if len(members) == 1:
+        return re.escape(members)
+    if view_byte == _SPACE:  # everything that is not part of an identifier
+        return rb"[^A-Za-z0-9_@%]"
+    return b"[" + b"".join(b"\\x%02x" % c for c in members) + b"]"
+
+
+_RAW_CLASS = {b: _raw_class(b) for b in set(VIEW)}
+RAW_MAX = 2000  # literals up to which "raw" beats "view" (its compile time grows faster)
+
+
+@dataclass
+class _Hit:
+    offset: int  # of the line's first byte in the (decompressed) stream
+    length: int  # without the newline
+    lineno: int  # 1-based; 0 unless line numbers were asked for
+    line: bytes
+    hits: _LineHits
+
+
+@dataclass
+class _Block:
+    """Whole lines of a stream: `data[0]` is the newline before the first of them (a
+    delimiter for the view), `data[last]` the newline after the last one."""
+
+    data: bytes
+    last: int
+    base: int  # stream offset of data[0]
+    first_line: int  # number of the line that starts at data[1] (if counted)
+
+
+def _blocks(read: Callable[[int], bytes], start: int, line_numbers: bool) -> Iterator[_Block]:
+    carry = [b"\n"]  # the unfinished line (in pieces: a very long line costs no copies)
+    base = start - 1
+    first_line = 1
+    while True:
+        data = read(BLOCK)
+        if data:
+            newline = data.rfind(b"\n")
+            if newline < 0:
+                carry.append(data)  # a line longer than a block: read on
+                continue
+            head = b"".join(carry)
+            block = head + data
+            last = len(head) + newline
+        elif len(carry) > 1 or len(carry[0]) > 1:
+            block = b"".join(carry) + b"\n"  # the last line has no newline: give it one
+            last = len(block) - 1
+        else:
+            return
+        yield _Block(block, last, base, first_line)
+        if not data:
+            return
+        if line_numbers:
+            first_line += block.count(b"\n", 1, last + 1)
+        base += last
+        carry = [block[last:]]
+
+
+def _scan(
+    read: Callable[[int], bytes], prefilter: _Prefilter, reader: _LineReader,
+    start: int = 0, line_numbers: bool = False,
+) -> Iterator[_Hit]:
+    """The lines of a stream that mention someone of the batch. `start` is the stream
+    offset of the first byte `read` returns (it must be the start of a line)."""
+    if prefilter.empty:
+        return  # nobody of the batch has an identity this source could hold
+    translate = prefilter.wants_view
+    for block in _blocks(read, start, line_numbers):
+        data = block.data.translate(VIEW) if translate else block.data
+        ends = prefilter.ends(memoryview(data)[: block.last + 1])
+        yield from _lines(block, ends, reader, line_numbers)
+
+
+def _lines(
+    block: _Block, ends: list[int], reader: _LineReader, line_numbers: bool
+) -> Iterator[_Hit]:
+    data = block.data
+    seen: set[int] = set()
+    for end in sorted(ends):
+        pos = end - 1
+        line_start = data.rfind(b"\n", 0, pos) + 1
+        if line_start in seen or line_start == 0:
+            continue
+        seen.add(line_start)
+        line_end = data.find(b"\n", pos)
+        line = data[line_start:line_end]
+        hits = reader.read(line)
+        if hits is None:
+            continue
+        lineno = block.first_line + data.count(b"\n", 1, line_start) if line_numbers else 0
+        yield _Hit(block.base + line_start, line_end - line_start, lineno, line, hits)
+
+
+# -- files ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _File:
+    """A log file or object: `name` is what records and errors show (a path relative to
+    the base directory, or the S3 key)."""
+
+    source: str
+    name: str
+    path: str | None = None  # local files
+    bucket: str | None = None  # S3 objects
+    etag: str | None = None
+    size: int = 0
+
+    def look(self) -> list[Any]:
+        """What the file looks like now (inode, size, mtime; S3: ETag, size)."""
+        if self.path is not None:
+            st = os.stat(self.path)
+            return [st.st_ino, st.st_size, st.st_mtime_ns]
+        return [self.etag, self.size]
+
+
+def _is_gzip(head: bytes) -> bool:
+    return head[:2] == _GZIP_MAGIC
+
+
+@contextlib.contextmanager
+def _open_stream(path: str) -> Iterator[IO[bytes]]:
+    with open(path, "rb") as raw:
+        if _is_gzip(raw.read(2)):
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+                yield gz  # type: ignore[misc]
+        else:
+            raw.seek(0)
+            yield raw
+
+
+def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
+    """Copy `count` bytes of `src` from `offset` to the end of `dst`, in the kernel when it
+    can (copy_file_range, Linux), else through a buffer."""
+    in_kernel = getattr(os, "copy_file_range", None)
+    while count > 0:
+        n = 0
+        if in_kernel is not None:
+            try:
+                n = in_kernel(src, dst, count, offset)
+            except OSError:
+                in_kernel = None  # not across these file systems: copy through a buffer
+        if n <= 0:
+            chunk = os.pread(src, min(count, BLOCK), offset)
+            if not chunk:
+                raise LogsError("the file ended early while it was copied")
+            n = os.write(dst, chunk)
+        offset += n
+        count -= n
+
+
+Change = tuple[int, int, bytes]  # offset, length of the old line, new line
+
+
+class _Rewriter:
+    """Writes the new version of a plain file while the scan goes on: the first change
+    creates the temporary file, and a worker thread copies the unchanged stretch before
+    each change in the kernel (copy_file_range releases the GIL), then writes the new
+    line. Changes arrive in file order; one worker keeps them in order."""
+
+    def __init__(self, src_path: str, directory: str, prefix: str) -> None:
+        self.src_path = src_path
+        self.directory = directory
+        self.prefix = prefix
+        self.tmp: str | None = None
+        self._src = -1
+        self._dst = -1
+        self._pos = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: deque[Future[None]] = deque()
+
+    @property
+    def started(self) -> bool:
+        return self.tmp is not None
+
+    def change(self, offset: int, length: int, new: bytes) -> None:
+        if self._pool is None:
+            self._dst, self.tmp = tempfile.mkstemp(
+                dir=self.directory, prefix=self.prefix, suffix=TMP_SUFFIX
+            )
+            self._src = os.open(self.src_path, os.O_RDONLY)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logs-write")
+        self._futures.append(self._pool.submit(self._copy, self._pos, offset - self._pos, new))
+        self._pos = offset + length
+        while self._futures and self._futures[0].done():
+            self._futures.popleft().result()  # surface a write error early
+
+    def finish(self, size: int) -> str:
+        """Copy the rest up to `size`; returns the temporary file."""
+        assert self._pool is not None and self.tmp is not None
+        self._futures.append(self._pool.submit(self._copy, self._pos, size - self._pos, b""))
+        self._pos = size
+        try:
+            while self._futures:
+                self._futures.popleft().result()
+        finally:
+            self._close()
+        return self.tmp
+
+    def discard(self) -> None:
+        self._close()
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+
+    def _copy(self, pos: int, count: int, new: bytes) -> None:
+        _copy_range(self._src, self._dst, pos, count)
+        view = memoryview(new)
+        while view:
+            view = view[os.write(self._dst, view):]
+
+    def _close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        for fd in (self._src, self._dst):
+            if fd >= 0:
+                os.close(fd)
+        self._src = self._dst = -1
+
+
+class _Counted:
+    """A read function that counts the bytes it returned."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read
+        self.total = 0
+
+    def read(self, n: int) -> bytes:
+        data = self._read(n)
+        self.total += len(data)
+        return data
+
+
+def _write_gzip(src_path: str, dst_fd: int, changes: list[Change]) -> None:
+    with open(src_path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as src, \
+            open(dst_fd, "wb", closefd=False) as dst_raw, \
+            gzip.GzipFile(fileobj=dst_raw, mode="wb", compresslevel=GZIP_LEVEL, mtime=0,
+                          filename="") as dst:
+        pos = 0
+        for offset, length, new in changes:
+            _copy_stream(src, dst, offset - pos)
+            dst.write(new)
+            _skip_stream(src, length)
+            pos = offset + length
+        shutil.copyfileobj(src, dst, BLOCK)
+
+
+def _copy_stream(src: Any, dst: Any, count: int) -> None:
+    while count > 0:
+        chunk = src.read(min(count, BLOCK))
+        if not chunk:
+            raise LogsError("the file ended early while it was copied")
+        dst.write(chunk)
+        count -= len(chunk)
+
+
+def _skip_stream(src: Any, count: int) -> None:
+    while count > 0:
+        chunk = src.read(min(count, BLOCK))
+        if not chunk:
+            raise LogsError("the file ended early while it was copied")
+        count -= len(chunk)
+
+
+def _replace_file(tmp: str, path: str) -> None:
+    """Move the rewritten file into place (one function, so a test can fail it)."""
+    os.replace(tmp, path)
+
+
+def _remove_stale_temps(directory: str) -> None:
+    """Temporary files of an interrupted rewrite hold a partial copy of a log: delete."""
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+class _Checkpoint:
+    """Files already finished for one batch: name -> look afterwards, counts, state. An
+    append-only JSON-lines file (the last entry of a name wins; a line torn by a crash is
+    ignored), so recording a file costs one short write however many came before."""
+
+    def __init__(self, state_dir: Path, batch: str) -> None:
+        self.path = state_dir / f"erase-{batch}.jsonl"
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.entries[str(record.pop("file"))] = record
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        self.entries[key] = entry
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"file": key, **entry}, sort_keys=True) + "\n")
+
+
+Counts = dict[str, list[int]]  # request id -> [found, anonymized]
+
+
+# -- the connector ---------------------------------------------------------------------------
+class LogsConnector:
+    kind = "logs"
+
+    def __init__(
+        self, name: str, system: LogsSystem, base_dir: Path, state_dir: Path,
+        client: Any | None = None,
+    ) -> None:
+        self.name = name
+        self.system = system
+        self.base_dir = Path(base_dir)
+        self.state_dir = Path(state_dir)
+        self._client = client
+        self.engine: str | None = None  # tests: force a prefilter engine (view, raw, re)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client(
+                "s3", endpoint_url=resolve_endpoint(self.name, self.system, LogsConfigError),
+                region_name=self.system.region,
+            )
+        return self._client
+
+    # -- contract ---------------------------------------------------------------------------
+    def collect(self, subjects: Sequence[Subject], scope: Scope) -> dict[str, Records]:
+        records: dict[str, Records] = {s.request_id: {} for s in subjects}
+        if not self._in_scope(scope):
+            return records
+        index = _Index.build(subjects)
+        for source_name, source in self.system.sources.items():
+            reader, prefilter = self._stages(source, index)
+            for file in self._files(source_name, source):
+                for hit in self._scan_file(file, reader, prefilter, line_numbers=True):
+                    text = hit.line.decode("utf-8", "replace").rstrip("\r")
+                    for rid in sorted(hit.hits.request_ids):
+                        records[rid].setdefault(source_name, []).append(
+                            {"file": file.name, "line": hit.lineno, "text": text}
+                        )
+        return records
+
+    def verify(self, subjects: Sequence[Subject], scope: Scope) -> dict[str, Outcome]:
+        outcomes = {s.request_id: Outcome() for s in subjects}
+        if not self._in_scope(scope):
+            return outcomes
+        index = _Index.build(subjects)
+        for source_name, source in self.system.sources.items():
+            reader, prefilter = self._stages(source, index)
+            for outcome in outcomes.values():
+                outcome.part(source_name)
+            for file in self._files(source_name, source):
+                for hit in self._scan_file(file, reader, prefilter):
+                    for rid in hit.hits.request_ids:
+                        part = outcomes[rid].part(source_name)
+                        part.found += 1
+                        part.remaining += 1
+        return outcomes
+
+    def erase(
+        self,
+        subjects: Sequence[Subject],
+        scope: Scope,
+        pseudonymizers: Mapping[str, Pseudonymizer],
+    ) -> dict[str, Outcome]:
+        outcomes = {s.request_id: Outcome() for s in subjects}
+        if not self._in_scope(scope):
+            return outcomes
+        index = _Index.build(subjects)
+        replace = self._replacement(pseudonymizers)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            checkpoint = _Checkpoint(self.state_dir, self._batch(subjects, pseudonymizers))
+            self._remove_stale_temps()
+            for source_name, source in self.system.sources.items():
+                reader, prefilter = self._stages(source, index)
+                statement = hashlib.sha256(f"{source_name}:rewrite".encode()).hexdigest()
+                for outcome in outcomes.values():
+                    outcome.part(source_name)
+                for file in self._files(source_name, source):
+                    counts = self._erase_file(file, reader, prefilter, replace, checkpoint)
+                    for rid, (found, anonymized) in counts.items():
+                        part = outcomes[rid].part(source_name)
+                        part.found += found
+                        part.anonymized += anonymized
+                        if found:
+                            part.statements = [statement]
+        return outcomes
+
+    # -- erasing one file -------------------------------------------------------------------
+    def _erase_file(
+        self, file: _File, reader: _LineReader, prefilter: _Prefilter, replace: Replacement,
+        checkpoint: _Checkpoint,
+    ) -> Counts:
+        if prefilter.empty:
+            return {}
+        key = f"{file.source}\x00{file.bucket or ''}\x00{file.name}"
+        done = checkpoint.get(key)
+        if done is not None and done.get("look") == file.look():
+            if file.bucket is not None and not done.get("purged", True):
+                self._purge_versions(file, done.get("version_id"))
+                checkpoint.put(key, {**done, "purged": True})
+            return {rid: list(c) for rid, c in done.get("counts", {}).items()}
+        if file.bucket is not None:
+            return self._erase_object(file, reader, prefilter, replace, checkpoint, key)
+        assert file.path is not None
+        return self._erase_local(file, file.path, reader, prefilter, replace, checkpoint, key)
+
+    def _erase_local(
+        self, file: _File, path: str, reader: _LineReader, prefilter: _Prefilter,
+        replace: Replacement, checkpoint: _Checkpoint, key: str,
+    ) -> Counts:
+        directory = os.path.dirname(path) or "."
+        for _attempt in range(5):
+            before = os.stat(path)
+            rewritten = self._rewrite(file, path, directory, reader, prefilter, replace)
+            if rewritten is None:
+                continue  # the last line was still being written when we read it
+            tmp, counts, covered = rewritten
+            after = os.stat(path)
+            # A plain file may have grown while we read it (we read on to its end); a
+            # gzip file may not change at all.
+            unchanged = after.st_size == covered if covered >= 0 else _same(before, after)
+            if tmp is None:
+                if unchanged:
+                    checkpoint.put(key, {"look": file.look(), "counts": counts})
+                    return counts
+                continue
+            try:
+                if not unchanged:
+                    os.unlink(tmp)
+                    continue  # it changed in a way we cannot follow: start over
+                os.chmod(tmp, after.st_mode & 0o7777)
+                with contextlib.suppress(PermissionError):
+                    os.chown(tmp, after.st_uid, after.st_gid)
+                os.utime(tmp, ns=(after.st_atime_ns, after.st_mtime_ns))
+                st = os.stat(tmp)
+                # Recorded before the move: if we die in between, the old file's look does
+                # not match the record and the rerun does the file again.
+                checkpoint.put(
+                    key, {"look": [st.st_ino, st.st_size, st.st_mtime_ns], "counts": counts}
+                )
+                _replace_file(tmp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            return counts
+        raise LogsError(
+            f"systems.{self.name}.sources.{file.source}: {file.name} kept changing while it "
+            "was rewritten; run again"
+        )
+
+    def _rewrite(
+        self, file: _File, path: str, directory: str, reader: _LineReader,
+        prefilter: _Prefilter, replace: Replacement,
+    ) -> tuple[str | None, Counts, int] | None:
+        """Read `path` once; if a line mentions someone, write the new version into
+        `directory`. Returns (the new file or None, counts, bytes of the old file it
+        covers: -1 for gzip), or None when a plain file grew in the middle of a line."""
+        counts: Counts = {}
+        prefix = f".{os.path.basename(path)}."
+        try:
+            with open(path, "rb") as raw:
+                if _is_gzip(raw.read(2)):
+                    raw.seek(0)
+                    changes: list[Change] = []
+                    with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                        for hit in _scan(stream.read, prefilter, reader):
+                            changes.append((hit.offset, hit.length, hit.hits.rewrite(replace)))
+                            _count(counts, hit.hits)
+                    if not changes:
+                        return None, counts, -1
+                    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=TMP_SUFFIX)
+                    try:
+                        _write_gzip(path, fd, changes)
+                    except BaseException:
+                        os.close(fd)
+                        os.unlink(tmp)
+                        raise
+                    os.close(fd)
+                    return tmp, counts, -1
+                raw.seek(0)
+                read = _Counted(raw.read)
+                rewriter = _Rewriter(path, directory, prefix)
+                try:
+                    start = 0
+                    while True:
+                        for hit in _scan(read.read, prefilter, reader, start=start):
+                            rewriter.change(hit.offset, hit.length, hit.hits.rewrite(replace))
+                            _count(counts, hit.hits)
+                        # Lines appended while we read (an active log) are read too.
+                        if not rewriter.started or os.fstat(raw.fileno()).st_size <= read.total:
+                            break
+                        if os.pread(raw.fileno(), 1, read.total - 1) != b"\n":
+                            rewriter.discard()
+                            return None
+                        start = read.total
+                    if not rewriter.started:
+                        return None, counts, read.total
+                    return rewriter.finish(read.total), counts, read.total
+                except BaseException:
+                    rewriter.discard()
+                    raise
+        except (OSError, EOFError, zlib.error) as exc:
+            raise self._error(file, "read", exc) from None
+
+    def _erase_object(
+        self, file: _File, reader: _LineReader, prefilter: _Prefilter, replace: Replacement,
+        checkpoint: _Checkpoint, key: str,
+    ) -> Counts:
+        assert file.bucket is not None
+        work = self.state_dir / "tmp"
+        work.mkdir(parents=True, exist_ok=True)
+        fd, local = tempfile.mkstemp(dir=work, prefix=".object.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        try:
+            try:
+                head = self.client.head_object(Bucket=file.bucket, Key=file.name)
+                with open(local, "wb") as out:
+                    body = self.client.get_object(Bucket=file.bucket, Key=file.name)["Body"]
+                    shutil.copyfileobj(body, out, BLOCK)
+            except Exception as exc:
+                raise self._error(file, "download", exc) from None
+            work_dir = str(work)
+            done = self._rewrite(file, local, work_dir, reader, prefilter, replace)
+            assert done is not None  # a downloaded copy does not grow
+            rewritten, counts, _covered = done
+            if rewritten is None:
+                checkpoint.put(key, {"look": file.look(), "counts": counts})
+                return counts
+            try:
+                md5 = hashlib.md5(usedforsecurity=False)
+                with open(rewritten, "rb") as f:
+                    for chunk in iter(lambda: f.read(BLOCK), b""):
+                        md5.update(chunk)
+                size = os.stat(rewritten).st_size
+                expected = [f'"{md5.hexdigest()}"', size]
+                checkpoint.put(key, {"look": expected, "counts": counts, "purged": False})
+                extra = {
+                    k: head[k] for k in (
+                        "ContentType", "ContentEncoding", "ContentDisposition",
+                        "ContentLanguage", "CacheControl", "Metadata",
+                    ) if head.get(k)
+                }
+                try:
+                    with open(rewritten, "rb") as f:
+                        put = self.client.put_object(
+                            Bucket=file.bucket, Key=file.name, Body=f, **extra
+                        )
+                except Exception as exc:
+                    raise self._error(file, "put", exc) from None
+                look = [put.get("ETag", expected[0]), size]
+                checkpoint.put(key, {"look": look, "counts": counts, "purged": False,
+                                     "version_id": put.get("VersionId")})
+                self._purge_versions(file, put.get("VersionId"))
+                checkpoint.put(key, {"look": look, "counts": counts, "purged": True})
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(rewritten)
+            return counts
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(local)
+
+    def _purge_versions(self, file: _File, keep: str | None) -> None:
+        """Every version and delete marker of the key but `keep` (versioned buckets)."""
+        assert file.bucket is not None
+        try:
+            status = self.client.get_bucket_versioning(Bucket=file.bucket).get("Status")
+            if status not in ("Enabled", "Suspended"):
+                return
+            doomed: list[dict[str, str]] = []
+            pages = self.client.get_paginator("list_object_versions").paginate(
+                Bucket=file.bucket, Prefix=file.name
+            )
+            for page in pages:
+                for entry in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                    if entry["Key"] == file.name and entry["VersionId"] != keep:
+                        doomed.append({"Key": file.name, "VersionId": entry["VersionId"]})
+            for i in range(0, len(doomed), DELETE_BATCH):
+                result = self.client.delete_objects(
+                    Bucket=file.bucket,
+                    Delete={"Objects": doomed[i : i + DELETE_BATCH], "Quiet": True},
+                )
+                if result.get("Errors"):
+                    code = result["Errors"][0].get("Code", "unknown")
+                    raise LogsError(
+                        f"systems.{self.name}.sources.{file.source}: s3://{file.bucket}/"
+                        f"{file.name}: deleting old versions failed ({code})"
+                    )
+        except LogsError:
+            raise
+        except Exception as exc:
+            raise self._error(file, "delete old versions", exc) from None
+
+    # -- reading ----------------------------------------------------------------------------
+    def _scan_file(
+        self, file: _File, reader: _LineReader, prefilter: _Prefilter,
+        line_numbers: bool = False,
+    ) -> Iterator[_Hit]:
+        if prefilter.empty:
+            return
+        try:
+            if file.path is not None:
+                with _open_stream(file.path) as local:
+                    yield from _scan(local.read, prefilter, reader, line_numbers=line_numbers)
+                return
+            body = self.client.get_object(Bucket=file.bucket, Key=file.name)["Body"]
+            try:
+                head = body.read(2)
+                stream: Any = _Prefixed(head, body)
+                if _is_gzip(head):
+                    stream = gzip.GzipFile(fileobj=stream, mode="rb")
+                yield from _scan(stream.read, prefilter, reader, line_numbers=line_numbers)
+            finally:
+                body.close()
+        except LogsError:
+            raise
+        except (OSError, EOFError, zlib.error) as exc:
+            raise self._error(file, "read", exc) from None
+        except Exception as exc:
+            if file.bucket is None:
+                raise
+            raise self._error(file, "read", exc) from None
+
+    def _files(self, source_name: str, source: LogSource) -> list[_File]:
+        if source.path is not None:
+            pattern = os.path.join(self.base_dir, source.path)
+            paths = sorted(p for p in globmod.glob(pattern, recursive=True) if os.path.isfile(p))
+            return [
+                _File(source_name, Path(os.path.relpath(p, self.base_dir)).as_posix(), path=p)
+                for p in paths
+            ]
+        assert source.s3 is not None
+        files = []
+        client = self.client  # a configuration error is reported as such, not as S3's
+        try:
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=source.s3.bucket, Prefix=source.s3.prefix
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    if obj["Key"].endswith("/"):
+                        continue
+                    files.append(_File(source_name, obj["Key"], bucket=source.s3.bucket,
+                                       etag=obj.get("ETag"), size=int(obj.get("Size", 0))))
+        except Exception as exc:
+            raise LogsError(
+                f"systems.{self.name}.sources.{source_name}: listing s3://{source.s3.bucket}/"
+                f"{source.s3.prefix} failed ({_code(exc)})"
+            ) from None
+        return sorted(files, key=lambda f: f.name)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _stages(self, source: LogSource, index: _Index) -> tuple[_LineReader, _Prefilter]:
+        reader = _LineReader(source, index)
+        return reader, _Prefilter(index.literals(reader.types), self.engine)
+
+    def _in_scope(self, scope: Scope) -> bool:
+        return scope is None or self.system.category in scope
+
+    def _replacement(self, pseudonymizers: Mapping[str, Pseudonymizer]) -> Replacement:
+        if self.system.action is Action.REDACT:
+            marker = self.system.redact_with
+            return lambda _owner: marker
+        cache: dict[tuple[str, Identity], str] = {}
+
+        def pseudonym(owner: _Owner) -> str:
+            # A value two requests of the batch share gets the first request's pseudonym:
+            # deterministic, so a rerun writes the same bytes.
+            rid = owner.request_ids[0]
+            key = (rid, owner.identity)
+            if key not in cache:
+                pseudonymize = pseudonymizers.get(rid)
+                if pseudonymize is None:
+                    raise LogsError(f"systems.{self.name}: no pseudonym key for request {rid}")
+                cache[key] = pseudonymize(owner.identity.value) or ""
+            return cache[key]
+
+        return pseudonym
+
+    def _batch(
+        self, subjects: Sequence[Subject], pseudonymizers: Mapping[str, Pseudonymizer]
+    ) -> str:
+        """A fingerprint of the batch: its requests and, keyed under each request's key,
+        their identities (plain hashes of identities would be reversible)."""
+        items = []
+        for s in subjects:
+            p = pseudonymizers.get(s.request_id)
+            for ident in s.identities:
+                items.append(f"{s.request_id}\x00{ident.type.value}\x00"
+                             f"{p(ident.type.value + ':' + ident.value) if p else ''}")
+        items.append(f"{self.system.action.value}\x00{self.system.redact_with}")
+        return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:32]
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """One erasure per system at a time (across processes sharing state_dir)."""
+        with open(self.state_dir / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _remove_stale_temps(self) -> None:
+        _remove_stale_temps(str(self.state_dir / "tmp"))
+        for source in self.system.sources.values():
+            if source.path is None:
+                continue
+            pattern = os.path.join(self.base_dir, source.path)
+            directories = {os.path.dirname(p) for p in globmod.glob(pattern, recursive=True)}
+            literal_dir = os.path.dirname(pattern)
+            if not globmod.has_magic(literal_dir):
+                directories.add(literal_dir)
+            for directory in directories:
+                _remove_stale_temps(directory or ".")
+
+    def _error(self, file: _File, operation: str, exc: BaseException) -> LogsError:
+        where = f"s3://{file.bucket}/{file.name}" if file.bucket else file.name
+        return LogsError(
+            f"systems.{self.name}.sources.{file.source}: {where}: {operation} failed "
+            f"({_code(exc)})"
+        )
+
+
+class _Prefixed:
+    """A stream with the bytes already read from its start put back in front."""
+
+    def __init__(self, head: bytes, body: Any) -> None:
+        self.head = head
+        self.body = body
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            head, self.head = self.head, b""
+            if n is None or n < 0:
+                return head + self.body.read()
+            return head + self.body.read(max(n - len(head), 0))
+        return bytes(self.body.read() if n is None or n < 0 else self.body.read(n))
+
+
+def _count(counts: Counts, hits: _LineHits) -> None:
+    """A line that mentions a request's subject was found, and rewritten."""
+    for rid in hits.request_ids:
+        entry = counts.setdefault(rid, [0, 0])
+        entry[0] += 1
+        entry[1] += 1
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns)
+
+
+def _code(exc: BaseException) -> str:
+    """An error's kind, never its message (which may quote a value or a key)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{type(exc).__name__}: {os.strerror(exc.errno)}"
+    return type(exc).__name__
+
+
