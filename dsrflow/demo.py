@@ -21,6 +21,7 @@ from rich.table import Table
 from dsrflow.settings import load_settings, write_key_file
 
 MARKER = ".dsrflow-demo"
+DEMO_PARTNER_TOKEN = "demo-adnet-token"  # the demo partner's, not a secret
 DUMMY_AWS = {
     "AWS_ACCESS_KEY_ID": "demo",
     "AWS_SECRET_ACCESS_KEY": "demo",
@@ -35,10 +36,14 @@ class DemoError(RuntimeError):
 
 
 def run_demo(out: Path, users: int, console: Console) -> int:
+    from examples.partner import ReferencePartner
+
     out = out.resolve()
     _fresh_folder(out)
-    with embedded_s3() as endpoint:
-        return _run(out, users, endpoint, console)
+    # The partner's API token comes from the environment, as in production.
+    os.environ["WISHE_ADNET_TOKEN"] = DEMO_PARTNER_TOKEN
+    with embedded_s3() as endpoint, ReferencePartner(token=DEMO_PARTNER_TOKEN) as partner:
+        return _run(out, users, endpoint, partner, console)
 
 
 @contextmanager
@@ -58,8 +63,8 @@ def embedded_s3() -> Iterator[str]:
         server.stop()
 
 
-def _run(out: Path, users: int, endpoint: str, console: Console) -> int:
-    config = _write_world(out, users, endpoint, console)
+def _run(out: Path, users: int, endpoint: str, partner: Any, console: Console) -> int:
+    config = _write_world(out, users, endpoint, partner, console)
 
     settings = load_settings(config)
     from dsrflow.prefect_env import prepare
@@ -68,6 +73,7 @@ def _run(out: Path, users: int, endpoint: str, console: Console) -> int:
     # Prefect is imported only now, with its home set.
     from dsrflow.cli import run_batch
     from dsrflow.intake import submit
+    from dsrflow.model import Status
     from dsrflow.report import write_reports
     from tasks.runtime import Runtime, set_runtime
 
@@ -82,12 +88,19 @@ def _run(out: Path, users: int, endpoint: str, console: Console) -> int:
                           result.status.value, result.reason or "")
     console.print(submitted)
 
-    ids = runtime.ledger.runnable()
-    console.print(f"Running {len(ids)} verified requests as one Prefect flow run…")
-    completed = run_batch(ids)
+    from deployments.callbacks import create_app, serving
+
+    with serving(create_app(runtime)) as callbacks:
+        runtime.settings.callback_base_url = callbacks
+        ids = runtime.ledger.runnable()
+        console.print(f"Running {len(ids)} verified requests as one Prefect flow run…")
+        completed = run_batch(ids)
+        _partners_answer(runtime, partner, console)
 
     paths = write_reports(out, runtime.ledger, runtime.deadlines,
                           at_risk_days=settings.at_risk_days)
+    unfinished = [r.ticket_id for r in runtime.ledger.all()
+                  if r.status in (Status.FAILED, Status.PARTIALLY_COMPLETED)]
     _print_report(out, console)
     leaks = _scan_prefect(settings.path(settings.prefect_home))
     runtime.close()
@@ -98,7 +111,30 @@ def _run(out: Path, users: int, endpoint: str, console: Console) -> int:
     console.print("Prefect's database and home hold no subject identity (scanned).")
     console.print("Reports: " + ", ".join(str(p) for p in paths.values()))
     console.print(f"Explore: dsrflow status --config {config}")
-    return 0 if completed else 1
+    if unfinished:
+        console.print(f"[red]Not completed: {', '.join(str(t) for t in unfinished)}[/red]")
+    return 0 if completed and not unfinished else 1
+
+
+def _partners_answer(runtime: Any, partner: Any, console: Console) -> None:
+    """The partners do their part: the reference OpenDSR partner finishes and calls back
+    (real HTTP, signed); a person confirms the manual partner for all but one request,
+    which is left waiting to show what that looks like."""
+    from tasks import partners
+
+    waiting = runtime.ledger.partner_requests(statuses=partners.WAITING)
+    for row in waiting:
+        if row["system"] == "adnet":
+            partner.complete(row["subject_request_id"])  # its signed callback lands here
+    manual = [row for row in waiting if row["system"] == "courier"]
+    for row in manual[:-1]:
+        partners.confirm(runtime, row["request_id"], "courier", by="demo-operator",
+                         reference=f"CR-{row['subject_request_id'][:8]}")
+    console.print(
+        f"Partners: adnet (OpenDSR) finished {sum(r['system'] == 'adnet' for r in waiting)} "
+        f"requests and called back; courier (manual) confirmed {max(len(manual) - 1, 0)}, "
+        "one left waiting: `dsrflow partner confirm REQUEST_ID courier --by … --reference …`"
+    )
 
 
 def _fresh_folder(out: Path) -> None:
@@ -111,7 +147,9 @@ def _fresh_folder(out: Path) -> None:
     (out / MARKER).write_text("made by dsrflow demo; deleted and rebuilt by the next one\n")
 
 
-def _write_world(out: Path, users: int, endpoint: str, console: Console) -> Path:
+def _write_world(
+    out: Path, users: int, endpoint: str, partner: Any, console: Console
+) -> Path:
     import boto3
 
     from examples.wishe.generate import build_world
@@ -137,6 +175,10 @@ def _write_world(out: Path, users: int, endpoint: str, console: Console) -> Path
     systems["userdb"]["url"] = db_url
     systems["media"].pop("endpoint_url_env", None)
     systems["media"]["endpoint_url"] = endpoint
+    systems["adnet"]["endpoint"] = partner.url
+    systems["adnet"]["callback_domains"] = [partner.domain]
+    (out / "partners").mkdir()
+    (out / "partners" / "adnet.pem").write_bytes(partner.certificate_pem)
     (out / "datamap.yaml").write_text(yaml.safe_dump(datamap, sort_keys=False,
                                                      allow_unicode=True))
     write_key_file(out / "keys.json")
