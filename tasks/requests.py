@@ -10,7 +10,7 @@ from prefect.events import emit_event
 
 from dsrflow.ledger import RequestRecord
 from dsrflow.model import Status
-from tasks import steps
+from tasks import partners, steps
 from tasks.runtime import get_runtime
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -119,3 +119,12 @@ def _summary(record: RequestRecord, steps_: list[dict[str, object]]) -> str:
                  s["anonymized"], s["retained"], s["remaining"]]
         lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+@task(name="check-partners", **_TASK)  # type: ignore[call-overload]
+def check_partners() -> dict[str, str]:
+    happened = partners.check(get_runtime())
+    logger = get_run_logger()
+    for rid, what in happened.items():
+        logger.info("request %s: %s", rid, what)
+    return happened

@@ -162,3 +162,19 @@ def test_no_identity_reaches_prefect_or_the_partner_in_the_clear(
     body = partner.requests[sent["subject_request_id"]].raw
     assert email.lower().encode() not in body.lower()  # the data map asked for sha256
     assert files_containing(prefect_server, [email, email.lower()]) == {}
+
+
+def test_a_lost_callback_is_made_up_for_by_the_scheduled_check(
+    runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner
+) -> None:
+    from flows.partners import check_partners
+
+    rt, world = runtime
+    rid = _erasure(rt, world, 1, "P-6")
+    partner.set_faults(Faults(lose_callbacks=True))
+    process_requests([rid])
+    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
+    partner.complete(sent["subject_request_id"])  # done at the partner; the callback is lost
+    assert _steps(rt, rid)["adnet"]["status"] == "pending_external"
+    assert check_partners() == {rid: "adnet: completed"}
+    assert _steps(rt, rid)["adnet"]["status"] == "succeeded"
