@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from connectors.base import Outcome
@@ -134,7 +134,10 @@ def apply_status(rt: Runtime, system: str, request_id: str, status: PartnerStatu
     return f"{system}: {status.request_status}"
 
 
-def confirm(rt: Runtime, request_id: str, system: str, by: str, reference: str) -> None:
+def confirm(
+    rt: Runtime, request_id: str, system: str, by: str, reference: str,
+    at: datetime | None = None,
+) -> None:
     """A person confirms that a manual partner carried out the request."""
     current = _row(rt, request_id, system)
     if current is None:
@@ -143,9 +146,11 @@ def confirm(rt: Runtime, request_id: str, system: str, by: str, reference: str) 
         return
     rt.ledger.update_partner(request_id, system, status="confirmed", confirmed_by=by,
                              reference=reference, error=None)
+    when = (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
     rt.ledger.record_step(request_id, system, "partner", _action(rt.ledger.get(request_id)),
                           StepStatus.SUCCEEDED,
-                          details={"confirmed_by": by, "reference": reference})
+                          details={"confirmed_by": by, "reference": reference,
+                                   "confirmed_at": when})
     close_finished(rt, [request_id])
 
 

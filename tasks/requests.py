@@ -3,6 +3,8 @@ shows of it (artifacts and events, with ids and counts, never identities)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -128,3 +130,26 @@ def check_partners() -> dict[str, str]:
     for rid, what in happened.items():
         logger.info("request %s: %s", rid, what)
     return happened
+
+
+def partner_instructions(request_id: str, partner: str) -> str:
+    """What the person confirming a manual partner is asked (ids only, no identities)."""
+    rt = get_runtime()
+    record = rt.ledger.get(request_id)
+    connector = rt.partner(partner)
+    kind = record.type.value if record.type else "request"
+    how = connector.system.contact or "the partner"
+    return (
+        f"### Confirm {partner} for ticket {record.ticket_id}\n\n"
+        f"Ask {how} to carry out the **{kind}** for request `{request_id}` (look the "
+        "subject up by this id in dsrflow; no identity is shown here), then record who "
+        "confirmed it and the partner's reference."
+    )
+
+
+@task(name="confirm-partner", **_TASK)  # type: ignore[call-overload]
+def confirm_partner(
+    request_id: str, partner: str, by: str, reference: str, at: datetime
+) -> str:
+    partners.confirm(get_runtime(), request_id, partner, by=by, reference=reference, at=at)
+    return get_runtime().ledger.get(request_id).status.value

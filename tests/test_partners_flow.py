@@ -99,8 +99,9 @@ def test_a_request_waits_for_its_partners_and_closes_when_they_answer(
     assert rt.ledger.get(rid).status is Status.IN_PROGRESS  # the courier has not confirmed
     partners.confirm(rt, rid, "courier", by="lin.q", reference="CR-2026-118")
     assert rt.ledger.get(rid).status is Status.COMPLETED
-    assert _steps(rt, rid)["courier"]["details"] == {"confirmed_by": "lin.q",
-                                                     "reference": "CR-2026-118"}
+    details = _steps(rt, rid)["courier"]["details"]
+    assert (details["confirmed_by"], details["reference"]) == ("lin.q", "CR-2026-118")
+    assert details["confirmed_at"].startswith("20")
     # Done means done: a late poll or a repeated confirmation changes nothing.
     assert partners.check(rt) == {}
     partners.confirm(rt, rid, "courier", by="someone.else", reference="X")
@@ -178,3 +179,47 @@ def test_a_lost_callback_is_made_up_for_by_the_scheduled_check(
     assert _steps(rt, rid)["adnet"]["status"] == "pending_external"
     assert check_partners() == {rid: "adnet: completed"}
     assert _steps(rt, rid)["adnet"]["status"] == "succeeded"
+
+
+def test_a_person_confirms_a_manual_partner_in_the_prefect_ui(
+    runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner
+) -> None:
+    """The confirm-partner run pauses with a form; submitting it (what the UI does:
+    resume with input) records the confirmation and closes the request."""
+    import threading
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.partners import confirm_partner
+
+    rt, world = runtime
+    rid = _erasure(rt, world, 2, "P-7")
+    process_requests([rid])
+    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
+    partner.complete(sent["subject_request_id"])
+    partners.check(rt)
+
+    result: list[str] = []
+    waiting = threading.Thread(
+        target=lambda: result.append(confirm_partner(rid, "courier", poll_seconds=1))
+    )
+    waiting.start()
+    name = f"confirm-courier-{rid}"
+    paused = threading.Event()
+    with get_client(sync_client=True) as client:
+        for _ in range(300):  # bounded: the run pauses within seconds
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+            )
+            if runs and runs[0].state is not None and runs[0].state.is_paused():
+                break
+            paused.wait(0.1)
+        else:
+            pytest.fail("the confirm-partner run never paused")
+        resume_flow_run(runs[0].id, run_input={"confirmed_by": "lin.q", "reference": "UI-42"})
+    waiting.join(timeout=60)
+    assert result == ["completed"]
+    details = _steps(rt, rid)["courier"]["details"]
+    assert (details["confirmed_by"], details["reference"]) == ("lin.q", "UI-42")
