@@ -109,7 +109,7 @@ REGULATION_MAP = {"gdpr": "gdpr", "ccpa": "ccpa", "pipl": "gdpr"}
 
 UUID4_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _HEX_LENGTH = {"sha256": 64, "sha1": 40, "md5": 32}
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 _MAX_MESSAGE = 200
 _EMAILISH = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+")
 _PHONEISH = re.compile(r"(?<![\w-])\+?\d(?:[\s().-]?\d){6,}(?![\w-])")
@@ -322,7 +322,7 @@ class Status:
         state = data.get("request_status")
         if state not in STATUSES:
             raise ProtocolError(
-                f"request_status {_clip(str(state))!r} is not one of {', '.join(STATUSES)}"
+                f"request_status {clip_message(str(state))!r} is not one of {', '.join(STATUSES)}"
             )
         count = data.get("results_count")
         if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
@@ -446,8 +446,8 @@ def verify_callback(
     `status_callback_url` if `callback_url` is given). Raises `DomainNotAllowed`,
     `SignatureError`, `CallbackMismatch` (all `Untrusted`: answer 403) or `ProtocolError`
     (answer 400)."""
-    check_domain(_header(headers, _DOMAIN_HEADERS), allowed_domains)
-    verify_signature(body, _header(headers, _SIGNATURE_HEADERS), certificate_pem)
+    check_domain(header_value(headers, _DOMAIN_HEADERS), allowed_domains)
+    verify_signature(body, header_value(headers, _SIGNATURE_HEADERS), certificate_pem)
     data = _parse_object(body)
     status = Status.from_json(data)  # validates the fields the flow relies on
     if callback_url is not None and status.status_callback_url != callback_url:
@@ -461,7 +461,7 @@ def check_domain(domain: str | None, allowed_domains: Iterable[str]) -> str:
         raise DomainNotAllowed(f"no {DOMAIN_HEADER} header")
     if _domain_key(domain) not in allowed:
         raise DomainNotAllowed(
-            f"processor domain {_clip(domain.strip(), 80)!r} is not on the allow-list"
+            f"processor domain {clip_message(domain.strip(), 80)!r} is not on the allow-list"
         )
     return domain.strip()
 
@@ -471,7 +471,7 @@ def _domain_key(domain: str) -> str:
     return value.lower() if value.isascii() else "\x00" + value  # never matches an ASCII one
 
 
-def _header(headers: HeaderSource, names: Sequence[str]) -> str | None:
+def header_value(headers: HeaderSource, names: Sequence[str]) -> str | None:
     """The one value of the first of `names` present (case-insensitive). Two different
     values of one header are ambiguous: `Untrusted`."""
     items = headers.items() if isinstance(headers, Mapping) else headers
@@ -527,7 +527,7 @@ class OpenDsrClient:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PartnerConfigError(f"{name}: endpoint must be an http(s) URL")
-        if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+        if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
             raise PartnerConfigError(
                 f"{name}: plain http is allowed on loopback only; identities travel in the body"
             )
@@ -665,7 +665,7 @@ class OpenDsrClient:
                 code = response.status_code
                 if code >= 500 or code == 429:
                     last = f"HTTP {code}"
-                    retry_after = _retry_after(response)
+                    retry_after = retry_after_seconds(response)
                 else:
                     return self._accept(response, operation, expect, secrets)
             if attempt > self.retries:
@@ -693,11 +693,11 @@ class OpenDsrClient:
             raise PartnerRejected(self.name, operation, code, error_code, message)
         if code not in expect:
             raise ProtocolError(f"{self.name}: {operation}: unexpected HTTP {code}")
-        domain = _header(response.headers.multi_items(), _DOMAIN_HEADERS)
+        domain = header_value(response.headers.multi_items(), _DOMAIN_HEADERS)
         if self.allowed_domains is not None:
             check_domain(domain, self.allowed_domains)
         verify_signature(
-            response.content, _header(response.headers.multi_items(), _SIGNATURE_HEADERS),
+            response.content, header_value(response.headers.multi_items(), _SIGNATURE_HEADERS),
             self.certificate,
         )
         try:
@@ -890,7 +890,7 @@ def _opt_time(data: Mapping[str, Any], key: str) -> datetime | None:
         raise ProtocolError(f"{key} is not an RFC 3339 date-time") from None
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After", "")
     return float(value) if value.isdigit() else None
 
@@ -908,24 +908,24 @@ def _error_object(body: bytes, secrets: Sequence[str]) -> tuple[int | str | None
     if not isinstance(code, int | str) or isinstance(code, bool):
         code = None
     elif isinstance(code, str):
-        code = _scrub(code, secrets, 40)
+        code = scrub_message(code, secrets, 40)
     message = error.get("message")
     if not isinstance(message, str):
         details = error.get("errors")
         first = details[0] if isinstance(details, list) and details else None
         message = first.get("message") if isinstance(first, dict) else None
-    return code, _scrub(message, secrets) if isinstance(message, str) else None
+    return code, scrub_message(message, secrets) if isinstance(message, str) else None
 
 
-def _scrub(text: str, secrets: Sequence[str], limit: int = _MAX_MESSAGE) -> str:
+def scrub_message(text: str, secrets: Sequence[str], limit: int = _MAX_MESSAGE) -> str:
     for secret in sorted(set(secrets), key=len, reverse=True):
         if secret:
             text = re.sub(re.escape(secret), "[identity]", text, flags=re.IGNORECASE)
     text = _EMAILISH.sub("[redacted]", text)
     text = _PHONEISH.sub("[redacted]", text)
-    return _clip(text, limit)
+    return clip_message(text, limit)
 
 
-def _clip(text: str, limit: int = _MAX_MESSAGE) -> str:
+def clip_message(text: str, limit: int = _MAX_MESSAGE) -> str:
     text = "".join(c if c.isprintable() else " " for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -393,7 +393,9 @@ class PartnerSystem(_Strict):
     endpoint: str | None = Field(default=None, description="base URL (opendsr, webhook)")
     identities: list[PartnerIdentity] = Field(min_length=1)
     credentials_env: str | None = Field(
-        default=None, description="environment variable holding the API token"
+        default=None,
+        description="environment variable holding the API token (opendsr) or the signing "
+        "secret (webhook)",
     )
     callback_domains: list[str] = Field(
         default=[], description="OpenDSR: processor domains whose callbacks are trusted"
@@ -412,6 +414,8 @@ class PartnerSystem(_Strict):
             raise ValueError("an opendsr partner needs callback_domains (the allow-list)")
         if self.protocol == "manual" and not self.contact:
             raise ValueError("a manual partner needs a contact (who confirms, and how)")
+        if self.protocol == "webhook" and not self.credentials_env:
+            raise ValueError("a webhook partner needs credentials_env (its signing secret)")
         return self
 
 

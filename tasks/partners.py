@@ -29,6 +29,8 @@ from connectors.opendsr import (
 )
 from connectors.opendsr import Status as PartnerStatus
 from connectors.partners import ManualPartner
+from connectors.webhook import WebhookReceipt
+from dsrflow.datamap import PartnerSystem
 from dsrflow.errors import safe_error
 from dsrflow.ledger import RequestRecord
 from dsrflow.model import Status, StepStatus
@@ -60,16 +62,20 @@ def send(rt: Runtime, system: str, members: Sequence[RequestRecord]) -> dict[str
             rt.ledger.update_partner(member.id, system, status="awaiting_confirmation")
             outcome.pending = connector.instructions(member.type.value)
             continue
-        assert isinstance(connector, OpenDsrPartner)
+        # Webhooks do not call back: their acknowledgement is the answer.
+        url = callback_url(rt, system) if isinstance(connector, OpenDsrPartner) else None
         try:
             receipt = connector.submit(
                 subjects[member.id], member.type.value, member.regime.value, srid,
-                callback_url(rt, system), submitted_time=member.received_at,
+                url, submitted_time=member.received_at,
             )
         except BLOCKING as exc:
             reason = safe_error(exc)
             rt.ledger.update_partner(member.id, system, status="blocked", error=reason)
             outcome.blocked = reason
+            continue
+        if isinstance(receipt, WebhookReceipt):
+            _acknowledged(rt, system, member.id, receipt, outcome)
             continue
         rt.ledger.update_partner(
             member.id, system, status="submitted", regulation_sent=receipt.regulation,
@@ -78,6 +84,22 @@ def send(rt: Runtime, system: str, members: Sequence[RequestRecord]) -> dict[str
         )
         outcome.pending = _waiting(system, receipt.expected_completion_time)
     return outcomes
+
+
+def _acknowledged(
+    rt: Runtime, system: str, request_id: str, receipt: WebhookReceipt, outcome: Outcome
+) -> None:
+    """A webhook partner's answer: done, or taken on with a person to confirm later."""
+    status = "completed" if receipt.completed else "awaiting_confirmation"
+    rt.ledger.update_partner(
+        request_id, system, status=status, regulation_sent=receipt.regulation,
+        reference=receipt.reference, error=None,
+    )
+    if not receipt.completed:
+        outcome.pending = (
+            f"{system} acknowledged (reference {receipt.reference or '-'}) and will report "
+            "back: confirm when it does"
+        )
 
 
 def callback_url(rt: Runtime, system: str) -> str | None:
@@ -91,9 +113,11 @@ def check(rt: Runtime) -> dict[str, str]:
     happened: dict[str, str] = {}
     for row in rt.ledger.partner_requests(statuses=WAITING):
         system = str(row["system"])
+        spec = rt.datamap.systems[system]
+        if not isinstance(spec, PartnerSystem) or spec.protocol != "opendsr":
+            continue  # manual and webhook partners are confirmed by people, not polled
         connector = rt.partner(system)
-        if not isinstance(connector, OpenDsrPartner):
-            continue  # manual partners are confirmed by people, not polled
+        assert isinstance(connector, OpenDsrPartner)
         try:
             status = connector.status(str(row["subject_request_id"]))
         except PartnerRejected as exc:

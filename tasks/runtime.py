@@ -15,6 +15,7 @@ from connectors.base import Connector
 from connectors.opendsr import OpenDsrPartner
 from connectors.partners import ManualPartner
 from connectors.sql import SqlConnector
+from connectors.webhook import WebhookPartner
 from dsrflow.datamap import (
     ColumnRef,
     DataMap,
@@ -59,9 +60,9 @@ class Runtime:
             raise TypeError(f"system {system} is a partner, not a data system")
         return cast(Connector, built)
 
-    def partner(self, system: str) -> OpenDsrPartner | ManualPartner:
+    def partner(self, system: str) -> OpenDsrPartner | WebhookPartner | ManualPartner:
         built = self._get(system)
-        if not isinstance(built, OpenDsrPartner | ManualPartner):
+        if not isinstance(built, OpenDsrPartner | WebhookPartner | ManualPartner):
             raise TypeError(f"system {system} is not a partner")
         return built
 
@@ -89,9 +90,9 @@ class Runtime:
         if isinstance(spec, PartnerSystem):
             if spec.protocol == "opendsr":
                 return OpenDsrPartner(name, spec, base_dir=self.settings.base_dir)
-            if spec.protocol == "manual":
-                return ManualPartner(name, spec)
-            raise NotImplementedError(f"{name}: {spec.protocol} partners are not supported yet")
+            if spec.protocol == "webhook":
+                return WebhookPartner(name, spec)
+            return ManualPartner(name, spec)
         if isinstance(spec, LogsSystem):
             from connectors.logs import LogsConnector
 

@@ -223,3 +223,44 @@ def test_a_person_confirms_a_manual_partner_in_the_prefect_ui(
     assert result == ["completed"]
     details = _steps(rt, rid)["courier"]["details"]
     assert (details["confirmed_by"], details["reference"]) == ("lin.q", "UI-42")
+
+
+@pytest.mark.parametrize("reply", ["received", "pending"])
+def test_a_webhook_partner_is_told_once_and_acknowledges(
+    tmp_path: Path, prefect_server: list[Path], monkeypatch: pytest.MonkeyPatch, reply: str
+) -> None:
+    from examples.partner.webhook import WebhookFaults, WebhookReceiver
+
+    url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
+    engine = sa.create_engine(url)
+    world = sqlworld.generate(random.Random(9), 4)
+    sqlworld.load(engine, world)
+    engine.dispose()
+    monkeypatch.setenv("TEST_MAILER_SECRET", "s3cret-for-tests")
+    with WebhookReceiver("s3cret-for-tests", reply_status=reply,  # type: ignore[arg-type]
+                         faults=WebhookFaults(fail=2)) as receiver:
+        doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
+        doc["systems"] = {
+            "db": {**doc["systems"]["db"], "url": url},
+            "mailer": {"kind": "partner", "protocol": "webhook", "categories": ["contact"],
+                       "endpoint": receiver.url, "identities": [{"type": "email"}],
+                       "credentials_env": "TEST_MAILER_SECRET"},
+        }
+        rt = make_runtime(tmp_path, doc)
+        previous = set_runtime(rt)
+        try:
+            rid = _erasure(rt, world, 2, f"W-{reply}")
+            process_requests([rid])
+            [sent] = rt.ledger.partner_requests([rid])
+            assert receiver.distinct(sent["subject_request_id"]) == 1  # despite two 500s
+            step = _steps(rt, rid)["mailer"]
+            if reply == "received":
+                assert step["status"] == "succeeded"
+                assert rt.ledger.get(rid).status is Status.COMPLETED
+            else:
+                assert step["status"] == "pending_external"
+                partners.confirm(rt, rid, "mailer", by="lin.q", reference="WH-ack")
+                assert rt.ledger.get(rid).status is Status.COMPLETED
+        finally:
+            set_runtime(previous)
+            rt.close()
