@@ -720,7 +720,10 @@ class OpenDsrPartner:
         system: PartnerSystem,
         client: OpenDsrClient | None = None,
         base_dir: Path | None = None,
+        token: str | None = None,
     ) -> None:
+        """`token`: the API token, when the caller resolved it (e.g. from a secrets store);
+        else it is read from the variable `credentials_env` names."""
         if system.protocol != "opendsr":
             raise PartnerConfigError(f"{name}: protocol is {system.protocol}, not opendsr")
         self.name = name
@@ -731,7 +734,7 @@ class OpenDsrPartner:
             assert system.endpoint is not None  # the data map requires it for opendsr
             client = OpenDsrClient(
                 system.endpoint,
-                _token(name, system),
+                token if token is not None else _token(name, system),
                 certificate_pem=self.certificate,
                 allowed_domains=self.allowed_domains,
                 name=name,

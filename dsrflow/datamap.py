@@ -397,6 +397,9 @@ class PartnerSystem(_Strict):
         description="environment variable holding the API token (opendsr) or the signing "
         "secret (webhook)",
     )
+    credentials_block: str | None = Field(
+        default=None, description="or: the name of a Prefect Secret block holding it"
+    )
     callback_domains: list[str] = Field(
         default=[], description="OpenDSR: processor domains whose callbacks are trusted"
     )
@@ -414,8 +417,13 @@ class PartnerSystem(_Strict):
             raise ValueError("an opendsr partner needs callback_domains (the allow-list)")
         if self.protocol == "manual" and not self.contact:
             raise ValueError("a manual partner needs a contact (who confirms, and how)")
-        if self.protocol == "webhook" and not self.credentials_env:
-            raise ValueError("a webhook partner needs credentials_env (its signing secret)")
+        if self.credentials_env and self.credentials_block:
+            raise ValueError("give at most one of credentials_env or credentials_block")
+        if self.protocol == "webhook" and not (self.credentials_env or self.credentials_block):
+            raise ValueError(
+                "a webhook partner needs its signing secret: credentials_env or "
+                "credentials_block"
+            )
         return self
 
 

@@ -88,10 +88,11 @@ class Runtime:
 
             return ObjectsConnector(name, spec, keys_from=self._keys_from)
         if isinstance(spec, PartnerSystem):
+            secret = _secret_block(spec.credentials_block)
             if spec.protocol == "opendsr":
-                return OpenDsrPartner(name, spec, base_dir=self.settings.base_dir)
+                return OpenDsrPartner(name, spec, base_dir=self.settings.base_dir, token=secret)
             if spec.protocol == "webhook":
-                return WebhookPartner(name, spec)
+                return WebhookPartner(name, spec, secret=secret)
             return ManualPartner(name, spec)
         if isinstance(spec, LogsSystem):
             from connectors.logs import LogsConnector
@@ -114,6 +115,17 @@ class Runtime:
         self._connectors.clear()
         if "ledger" in self.__dict__:
             self.ledger.dispose()
+
+
+def _secret_block(name: str | None) -> str | None:
+    """A partner credential kept in a Prefect Secret block (resolved here, so connectors
+    stay free of Prefect)."""
+    if name is None:
+        return None
+    from prefect.blocks.system import Secret
+
+    block: Any = Secret.load(name)  # sync here: this is never called from an event loop
+    return str(block.get())
 
 
 _current: Runtime | None = None

@@ -264,3 +264,35 @@ def test_a_webhook_partner_is_told_once_and_acknowledges(
         finally:
             set_runtime(previous)
             rt.close()
+
+
+def test_a_partner_token_can_live_in_a_prefect_secret_block(
+    tmp_path: Path, prefect_server: list[Path]
+) -> None:
+    from prefect.blocks.system import Secret
+
+    Secret(value="token-from-a-block").save("adnet-token-test", overwrite=True)
+    url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
+    engine = sa.create_engine(url)
+    world = sqlworld.generate(random.Random(2), 3)
+    sqlworld.load(engine, world)
+    engine.dispose()
+    with ReferencePartner(token="token-from-a-block") as partner:  # refuses any other token
+        (tmp_path / "p.pem").write_bytes(partner.certificate_pem)
+        doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
+        doc["systems"] = {
+            "db": {**doc["systems"]["db"], "url": url},
+            "adnet": {"kind": "partner", "protocol": "opendsr", "categories": ["behaviour"],
+                      "endpoint": partner.url, "identities": [{"type": "email"}],
+                      "callback_domains": [partner.domain], "certificate": "p.pem",
+                      "credentials_block": "adnet-token-test"},
+        }
+        rt = make_runtime(tmp_path, doc)
+        previous = set_runtime(rt)
+        try:
+            rid = _erasure(rt, world, 1, "S-1")
+            process_requests([rid])
+            assert _steps(rt, rid)["adnet"]["status"] == "pending_external"
+        finally:
+            set_runtime(previous)
+            rt.close()
