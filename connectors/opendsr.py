@@ -64,9 +64,8 @@ import logging
 import os
 import random
 import re
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +79,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from connectors.http import Backoff, Exhausted, send_with_retries
 from dsrflow.datamap import PartnerSystem
 from dsrflow.identities import Subject
 
@@ -114,7 +114,6 @@ _MAX_MESSAGE = 200
 _EMAILISH = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+")
 _PHONEISH = re.compile(r"(?<![\w-])\+?\d(?:[\s().-]?\d){6,}(?![\w-])")
 
-Backoff = Callable[[int], float]
 HeaderSource = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
@@ -649,36 +648,17 @@ class OpenDsrClient:
         secrets: Sequence[str] = (),
     ) -> tuple[dict[str, Any], str | None]:
         headers = {"Content-Type": "application/json"} if body is not None else None
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
-            try:
-                response = self._http.request(
+        try:
+            answer = send_with_retries(
+                lambda: self._http.request(
                     method, self.base_url + path, content=body, headers=headers
-                )
-            except httpx.TimeoutException as exc:
-                last = f"timed out ({type(exc).__name__})"
-            except httpx.TransportError as exc:
-                last = f"connection failed ({type(exc).__name__})"
-            else:
-                code = response.status_code
-                if code >= 500 or code == 429:
-                    last = f"HTTP {code}"
-                    retry_after = retry_after_seconds(response)
-                else:
-                    return self._accept(response, operation, expect, secrets)
-            if attempt > self.retries:
-                raise PartnerUnavailable(self.name, operation, attempt, last)
-            delay = max(0.0, self.backoff(attempt))
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, self.max_retry_after))
-            log.warning(
-                "%s: %s: %s; retry %d of %d in %.2f s",
-                self.name, operation, last, attempt, self.retries, delay,
+                ),
+                retries=self.retries, backoff=self.backoff,
+                max_retry_after=self.max_retry_after, label=f"{self.name}: {operation}",
             )
-            if delay > 0:
-                time.sleep(delay)
+        except Exhausted as exc:
+            raise PartnerUnavailable(self.name, operation, exc.attempts, exc.reason) from None
+        return self._accept(answer.response, operation, expect, secrets)
 
     def _accept(
         self,
@@ -891,11 +871,6 @@ def _opt_time(data: Mapping[str, Any], key: str) -> datetime | None:
         return parse_rfc3339(str(value))
     except ValueError:
         raise ProtocolError(f"{key} is not an RFC 3339 date-time") from None
-
-
-def retry_after_seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
 
 
 def _error_object(body: bytes, secrets: Sequence[str]) -> tuple[int | str | None, str | None]:

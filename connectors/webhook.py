@@ -96,6 +96,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from connectors.http import Exhausted, send_with_retries
 from connectors.opendsr import (
     FORMATS,
     LOOPBACK_HOSTS,
@@ -115,7 +116,6 @@ from connectors.opendsr import (
     exponential_backoff,
     header_value,
     parse_rfc3339,
-    retry_after_seconds,
     rfc3339,
     scrub_message,
 )
@@ -483,42 +483,28 @@ class WebhookPartner:
         operation = f"submit {srid}"
         body = request.body()
         secrets = request.secrets()
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after: float | None = None
+
+        def post() -> httpx.Response:
+            # Signed afresh on every attempt: the timestamp is part of the signature.
             headers = {
                 "Accept": "application/json",
                 "User-Agent": "dsrflow-webhook",
                 **signed_headers(body, self._secret, srid, int(self.clock())),
             }
-            try:
-                response = self._http.post(
-                    self.endpoint, content=body, headers=headers, timeout=self.timeout,
-                    follow_redirects=False,
-                )
-            except httpx.TimeoutException as exc:
-                last = f"timed out ({type(exc).__name__})"
-            except httpx.TransportError as exc:
-                last = f"connection failed ({type(exc).__name__})"
-            else:
-                code = response.status_code
-                if code >= 500 or code in _RETRY_CODES:
-                    last = f"HTTP {code}"
-                    retry_after = retry_after_seconds(response)
-                else:
-                    return self._accept(request, response, operation, secrets, attempt)
-            if attempt > self.retries:
-                raise PartnerUnavailable(self.name, operation, attempt, last)
-            delay = max(0.0, self.backoff(attempt))
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, self.max_retry_after))
-            log.warning(
-                "%s: %s: %s; retry %d of %d in %.2f s",
-                self.name, operation, last, attempt, self.retries, delay,
+            return self._http.post(
+                self.endpoint, content=body, headers=headers, timeout=self.timeout,
+                follow_redirects=False,
             )
-            if delay > 0:
-                time.sleep(delay)
+
+        try:
+            answer = send_with_retries(
+                post, retries=self.retries, backoff=self.backoff,
+                max_retry_after=self.max_retry_after, retry_codes=_RETRY_CODES,
+                label=f"{self.name}: {operation}",
+            )
+        except Exhausted as exc:
+            raise PartnerUnavailable(self.name, operation, exc.attempts, exc.reason) from None
+        return self._accept(request, answer.response, operation, secrets, answer.attempts)
 
     def _accept(
         self,

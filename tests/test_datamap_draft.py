@@ -3,7 +3,6 @@ subject's rows in every table it keeps, says what it left out, and never writes 
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import date
 from pathlib import Path
 
@@ -227,9 +226,6 @@ def test_odd_names_are_left_out_with_a_warning(tmp_path: Path) -> None:
     assert yaml.safe_load(text) == result.datamap  # a line break in a name stays in its comment
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("examples.wishe.schema") is None, reason="no Wishe schema yet"
-)
 def test_drafts_the_wishe_database(tmp_path: Path) -> None:
     from examples.wishe.schema import metadata
 
