@@ -270,8 +270,9 @@ def test_a_partner_token_can_live_in_a_prefect_secret_block(
     tmp_path: Path, prefect_server: list[Path]
 ) -> None:
     from prefect.blocks.system import Secret
+    from pydantic import SecretStr
 
-    Secret(value="token-from-a-block").save("adnet-token-test", overwrite=True)
+    Secret(value=SecretStr("token-from-a-block")).save("adnet-token-test", overwrite=True)
     url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
     engine = sa.create_engine(url)
     world = sqlworld.generate(random.Random(2), 3)
