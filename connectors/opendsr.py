@@ -375,6 +375,19 @@ def encode_identity(value: str, identity_format: str) -> str:
     raise ValueError(f"unknown identity format {identity_format!r}")
 
 
+def accepted_identities(system: PartnerSystem, subject: Subject) -> list[tuple[str, str, str]]:
+    """(type as the partner names it, format, encoded value) for each of the subject's
+    identities the partner accepts, without repeats."""
+    out: dict[tuple[str, str, str], None] = {}
+    for accepted in system.identities:
+        for identity in subject.identities:
+            if identity.type is accepted.type:
+                kind = accepted.as_type or accepted.type.value
+                value = encode_identity(identity.value, accepted.format)
+                out[(kind, accepted.format, value)] = None
+    return list(out)
+
+
 # -- signatures ------------------------------------------------------------------------------
 def load_certificate(pem: bytes | str | x509.Certificate) -> x509.Certificate:
     """A PEM certificate whose key can verify OpenDSR signatures (RSA or EC)."""
@@ -725,19 +738,10 @@ class OpenDsrPartner:
 
     def identities(self, subject: Subject) -> tuple[OpenDsrIdentity, ...]:
         """The subject's identities the partner accepts, in the formats it wants them."""
-        out: dict[tuple[str, str, str], OpenDsrIdentity] = {}
-        for accepted in self.system.identities:
-            for identity in subject.identities:
-                if identity.type is not accepted.type:
-                    continue
-                item = OpenDsrIdentity(
-                    identity_type=accepted.as_type or accepted.type.value,
-                    identity_format=accepted.format,
-                    identity_value=encode_identity(identity.value, accepted.format),
-                )
-                out.setdefault((item.identity_type, item.identity_format, item.identity_value),
-                               item)
-        return tuple(out.values())
+        return tuple(
+            OpenDsrIdentity(identity_type=kind, identity_format=fmt, identity_value=value)
+            for kind, fmt, value in accepted_identities(self.system, subject)
+        )
 
     def request(
         self,

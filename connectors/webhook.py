@@ -111,8 +111,8 @@ from connectors.opendsr import (
     ProtocolError,
     UnsupportedRequest,
     Untrusted,
+    accepted_identities,
     clip_message,
-    encode_identity,
     exponential_backoff,
     header_value,
     parse_rfc3339,
@@ -414,18 +414,10 @@ class WebhookPartner:
 
     def identities(self, subject: Subject) -> tuple[WebhookIdentity, ...]:
         """The subject's identities the partner accepts, in the formats it wants them."""
-        out: dict[tuple[str, str, str], WebhookIdentity] = {}
-        for accepted in self.system.identities:
-            for identity in subject.identities:
-                if identity.type is not accepted.type:
-                    continue
-                item = WebhookIdentity(
-                    type=accepted.as_type or accepted.type.value,
-                    format=accepted.format,
-                    value=encode_identity(identity.value, accepted.format),
-                )
-                out.setdefault((item.type, item.format, item.value), item)
-        return tuple(out.values())
+        return tuple(
+            WebhookIdentity(type=kind, format=fmt, value=value)
+            for kind, fmt, value in accepted_identities(self.system, subject)
+        )
 
     def request(
         self,
