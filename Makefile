@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 OUT ?= demo-out
 USERS ?= 200
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench ui clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -35,6 +35,14 @@ test: lint typecheck unit
 # Log redaction against `grep -F` in the same run (docs/performance.md has the 1 GiB run).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_logs
+
+# A local Prefect server and UI (SQLite under .dsrflow/prefect, analytics off). Then, in
+# another shell: PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/dsrflow serve
+ui: $(STAMP)
+	@mkdir -p .dsrflow/prefect
+	@echo "Prefect UI: http://127.0.0.1:4200  (API: http://127.0.0.1:4200/api)"
+	PREFECT_HOME=$(CURDIR)/.dsrflow/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
+		$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 clean:
 	rm -rf $(OUT) .dsrflow .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dsrflow.datamap import DataMapError, load_datamap
-from dsrflow.settings import ConfigError, Settings, load_settings, write_key_file
+from dsrflow.settings import CONFIG_ENV, ConfigError, Settings, load_settings, write_key_file
 
 app = typer.Typer(help="Data-subject requests, answered by Prefect flows.", no_args_is_help=True)
 datamap_app = typer.Typer(help="Draft and check data maps.", no_args_is_help=True)
@@ -60,12 +61,19 @@ def _runtime(config: Path | None) -> Any:
 @app.command()
 def submit(
     files: Annotated[list[Path], typer.Argument(help="ticket JSON files ('-' for stdin)")],
+    queue: Annotated[
+        bool, typer.Option("--queue", help="put them on the ticket queue instead")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Record tickets in the ledger (a ticket id already on record is not recorded twice)."""
+    """Record tickets in the ledger (a ticket id already on record is not recorded twice),
+    or put them on the ticket queue for intake."""
     from dsrflow.intake import submit as submit_ticket
 
     rt = _runtime(config)
+    if queue:
+        _enqueue(rt, files)
+        return
     table = Table("ticket", "request", "status", "note")
     unreadable = []
     for path in files:
@@ -81,6 +89,31 @@ def submit(
     for problem in unreadable:
         err.print(f"[red]not submitted:[/red] {problem}")
     if unreadable:
+        raise typer.Exit(1)
+
+
+def _enqueue(rt: Any, files: list[Path]) -> None:
+    """Put ticket files on the queue as they are: intake validates them."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from dsrflow.queue import make_client, put_ticket
+
+    qs = rt.settings.queue
+    if qs is None:
+        err.print("[red]no `queue:` in the settings[/red]")
+        raise typer.Exit(2)
+    client = make_client(qs)
+    failed = False
+    for path in files:
+        try:
+            raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+            message_id = put_ticket(client, qs.queue_url, raw)
+        except (OSError, UnicodeDecodeError, BotoCoreError, ClientError) as exc:
+            err.print(f"[red]not queued:[/red] {path}: {type(exc).__name__}")
+            failed = True
+            continue
+        console.print(f"{path}: queued as message {message_id}")
+    if failed:
         raise typer.Exit(1)
 
 
@@ -318,18 +351,32 @@ def partner_check(config: ConfigOption = None) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = 8787,
+    host: Annotated[str, typer.Option(help="interface for the callback endpoint")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="port for the callback endpoint")] = 8787,
+    notification_block: Annotated[
+        str | None,
+        typer.Option(help="apply the automations, notifying through this block "
+                          "('<block-type-slug>/<name>' or an id)"),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="most flow runs at once")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run the endpoint OpenDSR partners call back (set callback_base_url to its public
-    URL)."""
-    import uvicorn
-
-    from deployments.callbacks import create_app
+    """Serve every deployment (intake, process-requests, check-partners, deadline-report,
+    confirm-partner) and the OpenDSR callback endpoint, against the Prefect server at
+    PREFECT_API_URL (`make ui` starts one)."""
+    from deployments.callbacks import create_app, serving
+    from deployments.serve import apply_automations, serve_all
 
     rt = _runtime(config)
-    uvicorn.run(create_app(rt), host=host, port=port, log_level="info")
+    if notification_block:
+        apply_automations(notification_block=notification_block)
+    chosen = config or os.environ.get(CONFIG_ENV)
+    config_file = Path(chosen).resolve() if chosen else None
+    with serving(create_app(rt), host=host, port=port) as url:
+        console.print(f"OpenDSR callbacks on {url}/opendsr/callbacks/<partner>")
+        serve_all(config=config_file, limit=limit)
 
 
 @app.command("audit")

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sqlalchemy.engine import make_url
 
 from dsrflow.crypto import KeyMaterialError, Keyring, decode_key, encode_key, new_key
+from dsrflow.queue import QueueSettings
 
 CONFIG_ENV = "DSRFLOW_CONFIG"
 SECRET_FIELDS = ("token_key", "encryption_key")
@@ -43,6 +44,9 @@ class Settings(BaseSettings):
     key_file: Path | None = None
     token_key: SecretStr | None = None
     encryption_key: SecretStr | None = None
+    queue: QueueSettings | None = Field(
+        default=None, description="the ticket queue (SQS or compatible) that intake reads"
+    )
     callback_base_url: str | None = Field(
         default=None,
         description="public URL of `dsrflow serve`, where OpenDSR partners send callbacks",

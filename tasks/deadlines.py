@@ -1,0 +1,245 @@
+"""The deadline report's tasks: the SLA state of every request, the alerts Prefect
+automations turn into notifications, and a summary artifact. Ids, counts and dates only:
+the ledger's records carry no identities, and nothing here reads them.
+
+Alerting once, not every hour. A request at risk stays at risk for days; an hourly event
+for each would bury the one that matters. So an event is emitted when a request *enters*
+an alerting state — `dsr.request.at_risk`, later `dsr.request.overdue` — and the alert is
+remembered in the ledger's audit chain (`deadline.alerted`, with the state and due date).
+The next run sees it there and stays quiet; a new state, or a new due date, alerts again.
+`remind_every_hours` (a flow parameter) re-sends an unchanged alert once the last one is
+that old. The event is handed to Prefect before the audit row is written, so a crash in
+between means one repeated alert at the next run, never a lost one that the ledger says
+was sent.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from sqlalchemy import select
+
+from dsrflow.deadlines import CalendarUnavailable, Deadlines
+from dsrflow.ledger import Ledger, RequestRecord
+from dsrflow.ledger.schema import audit_events
+from dsrflow.report import deadline_state
+from tasks.runtime import get_runtime
+
+_TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+
+EVENTS = {"at_risk": "dsr.request.at_risk", "overdue": "dsr.request.overdue"}
+AUDIT_EVENT = "deadline.alerted"
+# The order the artifact lists states in (others, if any, follow alphabetically).
+STATE_ORDER = [
+    "overdue", "at_risk", "on_time", "awaiting_verification", "unknown",
+    "completed_late", "completed_on_time", "not_applicable",
+]
+_TABLE_LIMIT = 200  # rows of alerting requests shown in the artifact
+
+
+def now() -> datetime:
+    """The report's clock (tests replace it)."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Alerting:
+    """A request at risk or overdue, as an event and the artifact show it."""
+
+    request_id: str
+    ticket_id: str | None
+    state: str
+    type: str | None
+    regime: str | None
+    status: str
+    due_at: datetime
+    business_days_left: int | None
+
+    def payload(self) -> dict[str, object]:
+        return {
+            "type": self.type,
+            "regime": self.regime,
+            "status": self.status,
+            "state": self.state,
+            "due_at": self.due_at.isoformat(),
+            "business_days_left": self.business_days_left,
+        }
+
+
+@dataclass(frozen=True)
+class DeadlineReport:
+    at: datetime
+    at_risk_days: int
+    counts: dict[str, int]
+    alerting: list[Alerting] = field(default_factory=list)
+
+
+def business_days_left(deadlines: Deadlines, record: RequestRecord, at: datetime) -> int | None:
+    """Working days from `at` to the due date; negative once overdue (None without a
+    calendar for the years in between)."""
+    if record.regime is None or record.due_at is None:
+        return None
+    try:
+        if at <= record.due_at:
+            return deadlines.working_days_used(record.regime, at, record.due_at)
+        return -deadlines.working_days_used(record.regime, record.due_at, at)
+    except CalendarUnavailable:
+        return None
+
+
+def assess(
+    records: Iterable[RequestRecord], deadlines: Deadlines, at: datetime, at_risk_days: int
+) -> DeadlineReport:
+    counts: Counter[str] = Counter()
+    alerting = []
+    for record in records:
+        state = deadline_state(record, deadlines, at, at_risk_days)
+        counts[state] += 1
+        if state in EVENTS and record.due_at is not None:
+            alerting.append(
+                Alerting(
+                    request_id=record.id,
+                    ticket_id=record.ticket_id,
+                    state=state,
+                    type=record.type.value if record.type else None,
+                    regime=record.regime.value if record.regime else None,
+                    status=record.status.value,
+                    due_at=record.due_at,
+                    business_days_left=business_days_left(deadlines, record, at),
+                )
+            )
+    alerting.sort(key=lambda a: (a.state != "overdue", a.due_at, a.request_id))
+    return DeadlineReport(at=at, at_risk_days=at_risk_days, counts=dict(counts),
+                          alerting=alerting)
+
+
+def last_alerts(ledger: Ledger, request_ids: Sequence[str]) -> dict[str, tuple[str, str, datetime]]:
+    """The last alert recorded per request: (state, due date, when)."""
+    found: dict[str, tuple[str, str, datetime]] = {}
+    ids = list(request_ids)
+    with ledger.engine.connect() as conn:
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(
+                select(audit_events.c.request_id, audit_events.c.detail, audit_events.c.at)
+                .where(audit_events.c.event == AUDIT_EVENT)
+                .where(audit_events.c.request_id.in_(ids[start:start + 500]))
+                .order_by(audit_events.c.id)
+            )
+            for request_id, detail, at in rows:
+                detail = detail or {}
+                # The report's own clock when it alerted (the row's `at` is the ledger's).
+                stamp = detail.get("report_at")
+                when = datetime.fromisoformat(stamp) if stamp else at
+                when = when if when.tzinfo else when.replace(tzinfo=UTC)
+                found[request_id] = (str(detail.get("state")), str(detail.get("due_at")), when)
+    return found
+
+
+def due_for_alert(
+    report: DeadlineReport,
+    previous: dict[str, tuple[str, str, datetime]],
+    remind_every_hours: float | None = None,
+) -> list[Alerting]:
+    """The alerting requests whose state (or due date) changed since the last alert, or
+    whose last alert is older than the reminder interval."""
+    chosen = []
+    for alert in report.alerting:
+        last = previous.get(alert.request_id)
+        changed = last is None or (last[0], last[1]) != (alert.state, alert.due_at.isoformat())
+        remind = (
+            last is not None and remind_every_hours is not None
+            and report.at - last[2] >= timedelta(hours=remind_every_hours)
+        )
+        if changed or remind:
+            chosen.append(alert)
+    return chosen
+
+
+def emit_alert(alert: Alerting) -> None:
+    emit_event(
+        event=EVENTS[alert.state],
+        resource={
+            "prefect.resource.id": f"dsrflow.request.{alert.request_id}",
+            "prefect.resource.name": alert.ticket_id or alert.request_id,
+        },
+        payload=alert.payload(),
+    )
+
+
+@task(name="assess-deadlines", **_TASK)  # type: ignore[call-overload]
+def assess_deadlines() -> DeadlineReport:
+    rt = get_runtime()
+    return assess(rt.ledger.all(), rt.deadlines, now(), rt.settings.at_risk_days)
+
+
+@task(name="alert-deadlines", **_TASK)  # type: ignore[call-overload]
+def alert_deadlines(report: DeadlineReport, remind_every_hours: float | None = None) -> list[str]:
+    """Emit `dsr.request.at_risk` / `.overdue` for requests not yet alerted in their
+    current state; returns the request ids alerted."""
+    ledger = get_runtime().ledger
+    previous = last_alerts(ledger, [a.request_id for a in report.alerting])
+    alerted = []
+    for alert in due_for_alert(report, previous, remind_every_hours):
+        emit_alert(alert)
+        ledger.audit(AUDIT_EVENT, alert.request_id,
+                     {"state": alert.state, "due_at": alert.due_at.isoformat(),
+                      "business_days_left": alert.business_days_left,
+                      "report_at": report.at.isoformat()})
+        alerted.append(alert.request_id)
+    get_run_logger().info(
+        "%d requests at risk or overdue; %d alerted now, %d already alerted",
+        len(report.alerting), len(alerted), len(report.alerting) - len(alerted),
+    )
+    return alerted
+
+
+def summary(report: DeadlineReport, alerted: Sequence[str]) -> str:
+    states = sorted(report.counts, key=lambda s: (
+        STATE_ORDER.index(s) if s in STATE_ORDER else len(STATE_ORDER), s))
+    lines = [
+        f"# Deadlines at {report.at.astimezone(UTC).isoformat(timespec='minutes')}",
+        "",
+        f"{sum(report.counts.values())} requests; at risk means {report.at_risk_days} "
+        "working days or fewer left.",
+        "",
+        "| state | requests |",
+        "|---|---|",
+        *(f"| {state} | {report.counts[state]} |" for state in states),
+    ]
+    if report.alerting:
+        now_alerted = set(alerted)
+        lines += [
+            "",
+            "## At risk and overdue",
+            "",
+            "| ticket | request | type | regime | status | state | due | working days left "
+            "| alerted this run |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for a in report.alerting[:_TABLE_LIMIT]:
+            left = "" if a.business_days_left is None else str(a.business_days_left)
+            lines.append(
+                f"| {a.ticket_id or ''} | `{a.request_id}` | {a.type or ''} | {a.regime or ''} "
+                f"| {a.status} | **{a.state}** | {a.due_at.astimezone(UTC).isoformat()} "
+                f"| {left} | {'yes' if a.request_id in now_alerted else 'no'} |"
+            )
+        if len(report.alerting) > _TABLE_LIMIT:
+            lines.append(f"\n… and {len(report.alerting) - _TABLE_LIMIT} more "
+                         "(`dsrflow status` lists them all).")
+    return "\n".join(lines) + "\n"
+
+
+@task(name="publish-deadline-report", **_TASK)  # type: ignore[call-overload]
+def publish_deadline_report(report: DeadlineReport, alerted: list[str]) -> None:
+    create_markdown_artifact(
+        key="deadline-report",
+        markdown=summary(report, alerted),
+        description="Deadline state of every request",
+    )
