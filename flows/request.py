@@ -14,10 +14,11 @@ Parameters are request ids; everything else comes from the ledger inside the tas
 from __future__ import annotations
 
 from prefect import flow
-from prefect.futures import wait
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from dsrflow.model import Status
+from tasks.monitoring import RunProgress, tag_run
 from tasks.requests import (
     close_requests,
     open_requests,
@@ -60,24 +61,28 @@ def _process(request_ids: list[str]) -> dict[str, str]:
     if not gate.ready:
         return outcome
 
+    tag_run(gate.ready)
     resolve_identities(gate.ready)
     plan = plan_systems(gate.ready)
     settings = get_runtime().settings
     retry = {"retries": settings.task_retries, "retry_delay_seconds": settings.task_retry_delays}
+    progress = RunProgress(sum(len(w) for w in plan.waves) + len(plan.verify))
 
     for wave in plan.waves:
-        applied = [
-            apply_to_system.with_options(**retry).submit(system, ids)  # type: ignore[arg-type]
+        applied = {
+            apply_to_system.with_options(**retry).submit(system, ids): system  # type: ignore[arg-type]
             for system, ids in wave.items()
-        ]
-        wait(applied)
+        }
+        for done in as_completed(list(applied)):
+            progress.advance(applied[done])
 
     # Verification runs whether or not the erasure reported success: it is the proof.
-    verified = [
-        verify_system.with_options(**retry).submit(system, ids)  # type: ignore[arg-type]
+    verified = {
+        verify_system.with_options(**retry).submit(system, ids): system  # type: ignore[arg-type]
         for system, ids in plan.verify.items()
-    ]
-    wait(verified)
+    }
+    for done in as_completed(list(verified)):
+        progress.advance(f"verification of {verified[done]}")
 
     final = close_requests(gate.ready)
     publish_results(request_ids)

@@ -197,7 +197,12 @@ def test_the_ui_shows_named_runs_artifacts_and_events(
     assert {e.payload["type"] for e in mine} == {"erasure", "access"}
 
     with get_client(sync_client=True) as client:
-        assert "dsr-batch-UI-1-3" in {r.name for r in client.read_flow_runs()}
+        [run] = [r for r in client.read_flow_runs() if r.name == "dsr-batch-UI-1-3"]
+        # Filterable in the UI by type and regime; never by anything personal.
+        assert {"dsr", "erasure", "access", "pipl"} <= set(run.tags)
+        progress = [a for a in client.read_artifacts() if a.flow_run_id == run.id
+                    and a.type == "progress"]
+        assert [a.data for a in progress] == [100.0]
         summaries = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"dsr-{i}" for i in ids]))
         )
