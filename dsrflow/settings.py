@@ -9,10 +9,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -25,6 +33,31 @@ SECRET_FIELDS = ("token_key", "encryption_key")
 
 class ConfigError(ValueError):
     pass
+
+
+class TaskRunnerSettings(BaseModel):
+    """`task_runner:` in dsrflow.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["threads", "dask"] = "threads"
+    max_workers: int | None = Field(
+        default=None, ge=1, description="threads: at most this many tasks at once (default: "
+        "Prefect's PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS, else unbounded)"
+    )
+    dask_address: str | None = Field(
+        default=None, description="dask: a running scheduler (tcp://host:8786); unset: a "
+        "LocalCluster is started for each run"
+    )
+    dask_workers: int = Field(default=2, ge=1, description="dask LocalCluster: worker processes")
+    dask_threads_per_worker: int = Field(default=1, ge=1, description="dask LocalCluster")
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> TaskRunnerSettings:
+        # A scheduler address under `kind: threads` would silently run everything in-process.
+        if self.dask_address is not None and self.kind != "dask":
+            raise ValueError("dask_address is set but kind is not 'dask'")
+        return self
 
 
 class Settings(BaseSettings):
@@ -55,6 +88,10 @@ class Settings(BaseSettings):
     at_risk_days: int = Field(default=3, ge=0)
     calendar_overrides: Path | None = None
     task_retries: int = Field(default=3, ge=0)
+    task_runner: TaskRunnerSettings = Field(
+        default_factory=TaskRunnerSettings,
+        description="where process-requests runs its system tasks: threads or Dask",
+    )
     task_retry_delays: list[float] = Field(default_factory=lambda: [2.0, 10.0, 30.0])
 
     @field_validator("phone_region")

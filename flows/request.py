@@ -18,6 +18,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from dsrflow.model import Status
+from flows.runners import SettingsTaskRunner
 from tasks.monitoring import RunProgress, tag_run
 from tasks.requests import (
     close_requests,
@@ -43,13 +44,19 @@ def batch_run_name() -> str:
     return f"dsr-batch-{first}-{len(ids)}"
 
 
-@flow(name="process-requests", flow_run_name=batch_run_name, persist_result=False)
+@flow(
+    name="process-requests", flow_run_name=batch_run_name, persist_result=False,
+    task_runner=SettingsTaskRunner(),
+)
 def process_requests(request_ids: list[str]) -> dict[str, str]:
     """A micro-batch of requests, one pass per system."""
     return _process(request_ids)
 
 
-@flow(name="process-request", flow_run_name=batch_run_name, persist_result=False)
+@flow(
+    name="process-request", flow_run_name=batch_run_name, persist_result=False,
+    task_runner=SettingsTaskRunner(),
+)
 def process_request(request_id: str) -> dict[str, str]:
     """One request: the batch of one."""
     return _process([request_id])
