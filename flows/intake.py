@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from dsrflow import queue
 from dsrflow.queue import IntakeCounts, QueueSettings
 from flows.request import BatchIncomplete, process_requests
+from tasks.requests import announce
 from tasks.runtime import get_runtime
 
 _TASK: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -64,6 +65,8 @@ def drain_once(max_messages: int, wait_seconds: int) -> IntakeCounts:
         raise RuntimeError("drain-queue runs inside the intake flow")
     rt = get_runtime()
     counts = queue.drain(rt.ledger, rt.datamap, sqs_client(qs), qs, max_messages, wait_seconds)
+    for record in rt.ledger.get_many(counts.ready):
+        announce(record, "dsr.request.received")
     if counts.received or counts.poll_failed:
         get_run_logger().info(
             "received %d: accepted %d, redelivered %d, rejected %d, internal errors %d, "

@@ -67,21 +67,25 @@ def publish_results(request_ids: list[str]) -> None:
             description=f"Request {record.ticket_id}",
         )
         event = CLOSING_EVENTS.get(record.status)
-        if event is None:
-            continue  # still open (e.g. awaiting verification): nothing to announce yet
-        emit_event(
-            event=event,
-            resource={
-                "prefect.resource.id": f"dsrflow.request.{record.id}",
-                "prefect.resource.name": record.ticket_id or record.id,
-            },
-            payload={
-                "type": record.type.value if record.type else None,
-                "regime": record.regime.value if record.regime else None,
-                "status": record.status.value,
-                "due_at": record.due_at.isoformat() if record.due_at else None,
-            },
-        )
+        if event is not None:  # still open (e.g. awaiting a partner): nothing to announce
+            announce(record, event)
+
+
+def announce(record: RequestRecord, event: str) -> None:
+    """A `dsr.request.*` event about one request: ids, type, regime, status, due date."""
+    emit_event(
+        event=event,
+        resource={
+            "prefect.resource.id": f"dsrflow.request.{record.id}",
+            "prefect.resource.name": record.ticket_id or record.id,
+        },
+        payload={
+            "type": record.type.value if record.type else None,
+            "regime": record.regime.value if record.regime else None,
+            "status": record.status.value,
+            "due_at": record.due_at.isoformat() if record.due_at else None,
+        },
+    )
 
 
 CLOSING_EVENTS = {

@@ -371,10 +371,21 @@ def test_a_failed_poll_backs_off_and_goes_on() -> None:
 
 # -- the flow on a real Prefect server ----------------------------------------------------
 def test_the_intake_flow_processes_tickets_and_gives_prefect_no_identity(
-    tmp_path: Path, sqs: Sqs, prefect_server: list[Path]
+    tmp_path: Path, sqs: Sqs, prefect_server: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from functools import partial
+
+    from prefect.events.clients import AssertingPassthroughEventsClient
+    from prefect.events.worker import EventsWorker
+
     from flows.intake import intake
 
+    AssertingPassthroughEventsClient.reset()
+    worker = EventsWorker.instance(AssertingPassthroughEventsClient)
+    monkeypatch.setattr(
+        EventsWorker, "instance",
+        partial(EventsWorker.instance, client_type=AssertingPassthroughEventsClient),
+    )
     url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
     engine = sa.create_engine(url)
     world = sqlworld.generate(random.Random(5), 6)
@@ -402,6 +413,11 @@ def test_the_intake_flow_processes_tickets_and_gives_prefect_no_identity(
         assert by_ticket["Q-2"].status is Status.COMPLETED
         assert by_ticket["Q-3"].status is Status.REJECTED
         assert sqs.waiting() == 0 and len(sqs.dead_letters()) == 1
+        worker.drain()
+        events = [e for c in AssertingPassthroughEventsClient.all for e in c.events]
+        received = {e.resource["prefect.resource.name"] for e in events
+                    if e.event == "dsr.request.received"}
+        assert received == {"Q-1", "Q-2"}  # once each, redelivery or not
         needles = [*emails, *(e.upper() for e in emails), SECRET_EMAIL]
         assert files_containing(prefect_server, needles) == {}
     finally:
