@@ -8,7 +8,6 @@ from examples.partner.server import (
     Faults,
     PartnerRequest,
     ReferencePartner,
-    wait_until,
 )
 from examples.partner.sink import CallbackSink, ReceivedCallback
 
@@ -22,5 +21,4 @@ __all__ = [
     "ReferencePartner",
     "TestCertificate",
     "generate",
-    "wait_until",
 ]

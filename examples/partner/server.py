@@ -36,7 +36,6 @@ import copy
 import json
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
@@ -573,13 +572,3 @@ def _request_key(body: dict[str, Any]) -> str:
 
 def _time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
-    """Poll `predicate()` until it is true or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
