@@ -251,7 +251,7 @@ def report(
         return
     requests = requests_frame(rt.ledger, rt.deadlines, at_risk_days=rt.settings.at_risk_days)
     if fmt == "html":
-        text = to_html(requests, steps_frame(rt.ledger))
+        text = to_html(requests, steps_frame(rt.ledger), deadlines=rt.deadlines)
     elif fmt == "md":
         text = to_markdown(requests)
     else:
