@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -40,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from benchmarks import machine as describe_machine
 from connectors.base import Outcome
 from connectors.logs import LogsConnector
 from dsrflow.crypto import Pseudonymizer, new_key
@@ -283,22 +283,13 @@ def _lines_rewritten(outcomes: Mapping[str, Outcome]) -> int:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         from importlib.metadata import version
 
         engine = f"hyperscan {version('hyperscan')}"
     except Exception:
         engine = "no hyperscan (pure-Python fallback)"
-    return (f"{os.cpu_count()} cores, {cpu}; Python {platform.python_version()}; {engine}; "
-            f"{platform.system()} {platform.release()}")
+    return describe_machine(engine)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,6 @@ each timing is the best of N.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -34,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks import machine as describe_machine
 from dsrflow.charts import report_charts
 from dsrflow.deadlines import Deadlines
 from dsrflow.model import Regime, RequestType
@@ -166,19 +165,9 @@ def measure(requests: pd.DataFrame, steps: pd.DataFrame, out: Path, repeat: int)
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from importlib.metadata import version
 
-    return (f"{os.cpu_count()} cores, {cpu}; Python {platform.python_version()}; "
-            f"pandas {pd.__version__}; matplotlib {version('matplotlib')}; "
-            f"{platform.system()} {platform.release()}")
+    return describe_machine(f"pandas {pd.__version__}; matplotlib {version('matplotlib')}")
 
 
 def main(argv: list[str] | None = None) -> int:
