@@ -8,9 +8,20 @@ from uuid import UUID
 
 from prefect import get_client
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 
 from tasks.runtime import get_runtime
+
+# Where a step's details keep the Prefect run that did the work (a leading underscore:
+# the other keys are the connector's parts, named after tables and buckets).
+RUN_KEY = "_run"
+
+
+def current_run() -> dict[str, str]:
+    """The ids of the flow and task run this code runs in (empty outside Prefect), for the
+    ledger: the erasure certificate names the runs that did the work."""
+    ids = {"flow_run_id": flow_run.get_id(), "task_run_id": task_run.get_id()}
+    return {k: str(v) for k, v in ids.items() if v is not None}
 
 
 def tag_run(request_ids: Sequence[str]) -> list[str]:

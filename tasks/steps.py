@@ -20,6 +20,7 @@ from dsrflow.exports import write_export
 from dsrflow.ledger import RequestRecord, StepCounts
 from dsrflow.model import RequestType, Status, StepAction, StepStatus
 from tasks import partners
+from tasks.monitoring import RUN_KEY, current_run
 from tasks.runtime import Runtime
 
 
@@ -222,9 +223,10 @@ def _run_group(
             left = [n for n, p in sorted(outcome.parts.items()) if p.remaining]
             status = StepStatus.FAILED
             error = f"{counts.remaining} rows remain after erasure in {', '.join(left)}"
-        rt.ledger.record_step(
-            member.id, system, kind, action.value, status, counts, error, outcome.details()
-        )
+        details = outcome.details()
+        if run := current_run():
+            details[RUN_KEY] = run
+        rt.ledger.record_step(member.id, system, kind, action.value, status, counts, error, details)
         results.append(StepResult(member.id, system, action, status, **counts.__dict__,
                                   error=error))
     return results

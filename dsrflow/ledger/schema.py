@@ -37,6 +37,11 @@ requests = Table(
     Column("verified_at", DateTime(timezone=True)),
     Column("due_at", DateTime(timezone=True)),
     Column("deadline_error", Text),
+    # An extension (GDPR +2 months, CCPA +45 days): the new due date, the date the subject
+    # was told, and the reason given. `due_at` keeps the original period.
+    Column("extended_due_at", DateTime(timezone=True)),
+    Column("extension_notice_at", DateTime(timezone=True)),
+    Column("extension_reason", Text),
     Column("completed_at", DateTime(timezone=True)),
     # Identities and corrections, AES-GCM under the installation key; dropped on close.
     Column("subject_enc", LargeBinary),

@@ -78,6 +78,14 @@ class RequestRecord:
     completed_at: datetime | None
     datamap_version: str | None
     policy_version: str | None
+    extended_due_at: datetime | None = None
+    extension_notice_at: datetime | None = None
+    extension_reason: str | None = None
+
+    @property
+    def effective_due_at(self) -> datetime | None:
+        """The due date that binds now: the extended one, if the request was extended."""
+        return self.extended_due_at or self.due_at
 
 
 @dataclass(frozen=True)
@@ -632,4 +640,7 @@ def _record(row: Any) -> RequestRecord:
         completed_at=_utc(row["completed_at"]),
         datamap_version=row["datamap_version"],
         policy_version=row["policy_version"],
+        extended_due_at=_utc(row["extended_due_at"]),
+        extension_notice_at=_utc(row["extension_notice_at"]),
+        extension_reason=row["extension_reason"],
     )
