@@ -241,6 +241,24 @@ class ObjectsConnector:
                 part.retain_reasons = sorted({r for key in mine for r in retained.get(key, [])})
         return outcomes
 
+    # -- delivery (access packages) -------------------------------------------------------
+    def fetch(self, bucket: str, key: str, version_id: str | None = None) -> bytes:
+        """One collected object's bytes: the version collect saw, when the bucket has them."""
+        extra = {"VersionId": version_id} if version_id else {}
+        body = self._call(bucket, "get_object", Bucket=bucket, Key=key, **extra)["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+
+    def presign(
+        self, bucket: str, key: str, version_id: str | None, expires_in: int
+    ) -> str:
+        """An expiring GET link to one object, for objects too large to carry in a package."""
+        params = {"Bucket": bucket, "Key": key, **({"VersionId": version_id} if version_id else {})}
+        return str(self._call(bucket, "generate_presigned_url", ClientMethod="get_object",
+                              Params=params, ExpiresIn=expires_in))
+
     def dispose(self) -> None:
         """Close the client this connector built (a client passed in stays its owner's)."""
         if self._owns_client:

@@ -12,7 +12,8 @@ What is sent:
 - `regulation`: `gdpr` and `ccpa` as they are. OpenDSR 2.0 knows no other regulation, and
   `pipl` requests go out as `gdpr`: the closest regime with the same rights (access, copy,
   portability, deletion) and no CCPA-style exemptions, so the partner applies the stricter
-  reading. Refusing instead would break the privacy policy's promise (4.2) that deletion
+  reading. `uk_gdpr` goes out as `gdpr` too: the UK kept the GDPR's text, rights and
+  periods. Refusing instead would break the privacy policy's promise (4.2) that deletion
   and cancellation reach the data shared with partners, for the app's main regime. No
   `extensions` note is added: the specification reserves `extensions` for keys named by
   the *processor's* domain. The ledger keeps the real regime; the `Receipt` says what was
@@ -105,7 +106,7 @@ REQUEST_TYPE_MAP = {
     "account_cancellation": "erasure",
     "consent_withdrawal": "erasure",
 }
-REGULATION_MAP = {"gdpr": "gdpr", "ccpa": "ccpa", "pipl": "gdpr"}
+REGULATION_MAP = {"gdpr": "gdpr", "ccpa": "ccpa", "pipl": "gdpr", "uk_gdpr": "gdpr"}
 
 UUID4_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _HEX_LENGTH = {"sha256": 64, "sha1": 40, "md5": 32}

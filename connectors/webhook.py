@@ -25,7 +25,8 @@ dsrflow POSTs one JSON object per request to the partner's URL (the data map's `
   `account_cancellation`, `consent_withdrawal` (`rectification` and `restriction` are not
   sent: `UnsupportedRequest`). A withdrawal carries no category scope: whether the partner
   is concerned at all is the planner's decision, from the categories shared with it.
-- `regulation`: our regime as it is (`pipl`, `gdpr`, `ccpa`); no mapping, unlike OpenDSR.
+- `regulation`: our regime as it is (`pipl`, `gdpr`, `ccpa`, `uk_gdpr`); no mapping, unlike
+  OpenDSR.
 - `identities`: for every identity type the data map says the partner accepts, each of the
   subject's identities of that type: `type` (the map's `as_type`, else ours: `email`,
   `phone`, `user_id`, `device_id`, `third_party`), `format` (`raw`, or `sha256`/`sha1`/`md5`:

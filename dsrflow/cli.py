@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,15 +14,26 @@ from rich.console import Console
 from rich.table import Table
 
 from dsrflow.datamap import DataMapError, load_datamap
-from dsrflow.settings import CONFIG_ENV, ConfigError, Settings, load_settings, write_key_file
+from dsrflow.settings import (
+    CONFIG_ENV,
+    ConfigError,
+    Settings,
+    add_signing_key,
+    load_settings,
+    write_key_file,
+)
 
 app = typer.Typer(help="Data-subject requests, answered by Prefect flows.", no_args_is_help=True)
 datamap_app = typer.Typer(help="Draft and check data maps.", no_args_is_help=True)
 keys_app = typer.Typer(help="Key files.", no_args_is_help=True)
 partner_app = typer.Typer(help="Requests handed to partners.", no_args_is_help=True)
+package_app = typer.Typer(help="Encrypted access packages.", no_args_is_help=True)
+certificate_app = typer.Typer(help="Signed erasure certificates.", no_args_is_help=True)
+app.add_typer(certificate_app, name="certificate")
 app.add_typer(datamap_app, name="datamap")
 app.add_typer(keys_app, name="keys")
 app.add_typer(partner_app, name="partner")
+app.add_typer(package_app, name="package")
 console = Console()
 err = Console(stderr=True)
 
@@ -185,6 +197,50 @@ def refuse(
 
 
 @app.command()
+def extend(
+    request_id: str,
+    reason: Annotated[
+        str,
+        typer.Option(help="why more time is needed; shown to the subject and the regulator, "
+                          "so no personal data"),
+    ],
+    until: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], metavar="YYYY-MM-DD",
+                     help="new due date, in the regime's time zone (default: as far as the "
+                          "regime allows)"),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Extend an open request's deadline (GDPR and UK GDPR: up to two further months; CCPA:
+    up to 45 more days; PIPL: never). Record it when the subject is told, within the first
+    period: that moment is kept as the notice date."""
+    from dsrflow.ledger import ExtensionRefused, UnknownRequest
+
+    rt = _runtime(config)
+    try:
+        due = rt.ledger.extend(request_id, reason, until.date() if until else None)
+    except UnknownRequest:
+        err.print(f"[red]no request {request_id}[/red]")
+        raise typer.Exit(2) from None
+    except ExtensionRefused as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    from dsrflow.deadlines import RULES
+
+    record = rt.ledger.get(request_id)
+    assert record.regime is not None and record.extension_notice_at is not None
+    local = rt.deadlines.local_date(record.regime, due)
+    notice = rt.deadlines.local_date(record.regime, record.extension_notice_at)
+    console.print(
+        f"request {request_id} extended: due end of {local} {RULES[record.regime].timezone} "
+        f"({due:%Y-%m-%d %H:%M:%S} UTC); notice given {notice}",
+        highlight=False,
+    )
+    _print_status(rt, [request_id])
+
+
+@app.command()
 def status(
     request_id: Annotated[str | None, typer.Argument()] = None, config: ConfigOption = None
 ) -> None:
@@ -235,28 +291,103 @@ def _cell(value: Any) -> str:
 
 @app.command()
 def report(
-    fmt: Annotated[str, typer.Option("--format", help="csv, html or md")] = "csv",
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="csv, html or md (default: csv; md with "
+                                 "--request)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="file (csv: a directory)")] = None,
+    statuses: Annotated[
+        list[str] | None, typer.Option("--status", help="only requests in this status "
+                                       "(repeat for several)")
+    ] = None,
+    regimes: Annotated[
+        list[str] | None, typer.Option("--regime", help="only this regime (repeat)")
+    ] = None,
+    types: Annotated[
+        list[str] | None, typer.Option("--type", help="only this request type (repeat)")
+    ] = None,
+    states: Annotated[
+        list[str] | None, typer.Option("--state", help="only this deadline state (repeat)")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(metavar="YYYY-MM-DD", help="received on or after this day "
+                                 "(UTC)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(metavar="YYYY-MM-DD", help="received on or before this day "
+                                 "(UTC)")
+    ] = None,
+    request: Annotated[
+        str | None, typer.Option("--request", metavar="REQUEST_ID", help="one request's page "
+                                 "instead: dates, systems, partners, deliverables")
+    ] = None,
+    html_rows: Annotated[
+        int | None, typer.Option("--html-rows", min=0, help="most request rows in the HTML "
+                                 "page (default 2000; report.csv has all)")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """The completion report: csv (report.csv + steps.csv), html or md."""
-    from dsrflow.report import requests_frame, steps_frame, to_html, to_markdown, write_reports
+    """The completion report: csv (report.csv, steps.csv, systems.csv, report.html), html
+    or md, of the requests the filters let through (all by default); or, with --request,
+    one request's page (html or md)."""
+    from dsrflow.ledger import UnknownRequest
+    from dsrflow.report import (
+        HTML_MAX_ROWS,
+        FilterError,
+        filter_requests,
+        make_filter,
+        request_view,
+        request_view_markdown,
+        requests_frame,
+        steps_frame,
+        steps_of,
+        to_html,
+        to_markdown,
+        write_reports,
+    )
 
-    rt = _runtime(config)
-    if fmt == "csv":
-        paths = write_reports(out or Path("."), rt.ledger, rt.deadlines,
-                              at_risk_days=rt.settings.at_risk_days)
-        for p in paths.values():
-            console.print(str(p))
-        return
-    requests = requests_frame(rt.ledger, rt.deadlines, at_risk_days=rt.settings.at_risk_days)
-    if fmt == "html":
-        text = to_html(requests, steps_frame(rt.ledger), deadlines=rt.deadlines)
-    elif fmt == "md":
-        text = to_markdown(requests)
+    def fail(message: str, code: int = 2) -> typer.Exit:
+        err.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+        return typer.Exit(code)
+
+    if request is not None:
+        if statuses or regimes or types or states or since or until:
+            raise fail("--request shows one request; the filters do not apply to it")
+        if (fmt or "md") not in ("html", "md"):
+            raise fail("--format must be html or md with --request")
+        rt = _runtime(config)
+        view = request_view if fmt == "html" else request_view_markdown
+        try:
+            text = view(rt.ledger, rt.deadlines, request, at_risk_days=rt.settings.at_risk_days)
+        except UnknownRequest:
+            raise fail(f"no request {request}", 1) from None
     else:
-        err.print("--format must be csv, html or md")
-        raise typer.Exit(2)
+        fmt = fmt or "csv"
+        if fmt not in ("csv", "html", "md"):
+            raise fail("--format must be csv, html or md")
+        try:
+            chosen = make_filter(statuses=statuses or [], regimes=regimes or [],
+                                 types=types or [], deadline_states=states or [],
+                                 received_from=since, received_to=until)
+        except FilterError as exc:
+            raise fail(str(exc)) from None
+        rows = HTML_MAX_ROWS if html_rows is None else html_rows
+        rt = _runtime(config)
+        if fmt == "csv":
+            paths = write_reports(out or Path("."), rt.ledger, rt.deadlines,
+                                  at_risk_days=rt.settings.at_risk_days, filter=chosen,
+                                  max_rows=rows)
+            for p in paths.values():
+                console.print(str(p))
+            return
+        requests = filter_requests(
+            requests_frame(rt.ledger, rt.deadlines, at_risk_days=rt.settings.at_risk_days),
+            chosen)
+        if fmt == "html":
+            text = to_html(requests, steps_of(steps_frame(rt.ledger), requests),
+                           deadlines=rt.deadlines, filter=chosen, max_rows=rows)
+        else:
+            text = to_markdown(requests)
     if out:
         out.write_text(text)
     else:
@@ -314,6 +445,85 @@ def keys_new(file: Path) -> None:
         err.print(f"{file} exists; refusing to overwrite keys")
         raise typer.Exit(1) from None
     console.print(f"wrote {file}")
+
+
+@keys_app.command("add-signing")
+def keys_add_signing(file: Path) -> None:
+    """Add a certificate signing key to a key file that has none (one written before
+    certificates existed). A signing key already there is never replaced."""
+    from dsrflow.signing import key_id
+
+    try:
+        key = add_signing_key(file)
+    except ConfigError as exc:
+        err.print(str(exc), style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"added a signing key to {file} (key id {key_id(key.public_key())})",
+                  markup=False, highlight=False)
+
+
+@keys_app.command("public-key")
+def keys_public_key(config: ConfigOption = None) -> None:
+    """Print the public half of the certificate signing key and its id: give them to
+    whoever checks certificates (`dsrflow certificate verify --public-key ...`)."""
+    from dsrflow.signing import encode_public_key, key_id
+
+    settings = _settings(config)
+    try:
+        public = settings.signing_key_pair().public_key()
+    except ConfigError as exc:
+        err.print(f"config error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"public key: {encode_public_key(public)}", markup=False, highlight=False)
+    console.print(f"key id: {key_id(public)}", markup=False, highlight=False)
+
+
+@certificate_app.command("verify")
+def certificate_verify(
+    file: Path,
+    public_key: Annotated[
+        list[str] | None,
+        typer.Option("--public-key", help="a trusted Ed25519 public key (base64); repeat for "
+                     "several; default: the public half of the configured signing key"),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Check an erasure certificate's signature against a trusted key. Exit 0 if it holds,
+    1 if it does not."""
+    from dsrflow.certificates import CertificateInvalid, read_certificate, verify_certificate
+    from dsrflow.crypto import KeyMaterialError
+    from dsrflow.signing import decode_public_key
+
+    if public_key:
+        try:
+            trusted = [decode_public_key(k, "--public-key") for k in public_key]
+        except KeyMaterialError as exc:
+            err.print(f"error: {exc}", style="red", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+    else:
+        # The certificate's own embedded key is never trusted: a forger would embed theirs.
+        settings = _settings(config)
+        try:
+            trusted = [settings.signing_key_pair().public_key()]
+        except ConfigError as exc:
+            err.print(f"config error: {exc}; or pass --public-key", style="red",
+                      markup=False, highlight=False)
+            raise typer.Exit(2) from None
+    try:
+        verified = verify_certificate(read_certificate(file), trusted)
+    except OSError as exc:
+        err.print(f"error: cannot read {file}: {exc.strerror}", style="red", markup=False,
+                  highlight=False)
+        raise typer.Exit(2) from None
+    except CertificateInvalid as exc:
+        err.print(f"INVALID: {exc.reason}", style="red", markup=False, highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(
+        f"valid: request {verified.request_id} (ticket {verified.ticket_id or '-'}), "
+        f"{verified.outcome}, issued {verified.issued_at}, key {verified.key_id}",
+        markup=False, highlight=False, soft_wrap=True,
+    )
 
 
 @partner_app.command("confirm")
@@ -389,6 +599,63 @@ def audit(config: ConfigOption = None) -> None:
         return
     err.print(f"[red]audit chain broken at event {broken}[/red]")
     raise typer.Exit(1)
+
+
+@package_app.command("open")
+def package_open(
+    file: Path,
+    key: Annotated[str, typer.Option(help="the package key the requester received")],
+    out: Annotated[Path, typer.Option(help="where to extract it")] = Path("package"),
+) -> None:
+    """Decrypt an access package, check every file against its manifest, extract it."""
+    import io
+    import zipfile
+
+    from dsrflow.packages import PackageError, check_package, unseal
+
+    try:
+        package = unseal(file.read_bytes(), key.encode())
+        manifest = check_package(package)
+    except (PackageError, zipfile.BadZipFile) as exc:
+        err.print(f"INVALID: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    with zipfile.ZipFile(io.BytesIO(package)) as zf:
+        zf.extractall(out)  # names were checked against the manifest; zipfile sanitizes too
+    console.print(f"{len(manifest['files'])} files, checksums ok: {out / 'index.html'}",
+                  markup=False, highlight=False)
+
+
+@package_app.command("handed-over")
+def package_handed_over(
+    request_id: str,
+    channel: Annotated[str, typer.Option(help="how the key reached the requester, e.g. "
+                                         "'SMS to the account phone'")],
+    by: Annotated[str, typer.Option(help="who sent it")],
+    config: ConfigOption = None,
+) -> None:
+    """Record that the key went out, and delete it from the outbox: dsrflow keeps no key."""
+    from tasks.deliverables import handed_over
+
+    rt = _runtime(config)
+    try:
+        handed_over(rt, request_id, channel=channel, by=by)
+    except LookupError as exc:
+        err.print(str(exc), style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"recorded; the key of {request_id} is no longer kept anywhere by dsrflow",
+                  markup=False, highlight=False)
+
+
+@package_app.command("expire")
+def package_expire(config: ConfigOption = None) -> None:
+    """Delete local packages whose link has expired (for S3, use a lifecycle rule)."""
+    from datetime import UTC, datetime
+
+    from dsrflow.delivery import PackageStore
+
+    settings = _settings(config)
+    gone = PackageStore(settings.packages, settings.base_dir).expire_local(datetime.now(UTC))
+    console.print(f"{len(gone)} expired packages deleted")
 
 
 if __name__ == "__main__":  # pragma: no cover

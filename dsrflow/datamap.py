@@ -408,6 +408,10 @@ class PartnerSystem(_Strict):
         description="OpenDSR: PEM file of the processor's certificate (relative to dsrflow.yaml)",
     )
     contact: str | None = Field(default=None, description="manual: who is asked, and how")
+    purpose: str | None = Field(
+        default=None, description="why data is shared with it (told to the subject in the "
+        "access package)"
+    )
 
     @model_validator(mode="after")
     def _protocol_needs(self) -> PartnerSystem:
@@ -438,10 +442,22 @@ def _placeholders(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
+class Disclosure(_Strict):
+    """What the privacy policy tells a subject about one category of their data: why it is
+    processed and how long it is kept. The access package repeats it next to the data."""
+
+    purposes: list[str] = Field(min_length=1)
+    retention: str = Field(min_length=1, description="how long it is kept, as the policy says")
+    policy_section: str | None = Field(default=None, description="e.g. 2.3.1.1")
+
+
 class DataMap(_Strict):
     version: str = Field(min_length=1, description="recorded with every request it governs")
     policy_version: str = Field(min_length=1, description="the privacy policy version")
     categories: list[Identifier] = Field(default=[], description="categories beyond the policy's")
+    disclosures: dict[Category, Disclosure] = Field(
+        default={}, description="per category: purposes and retention, for access packages"
+    )
     systems: dict[Identifier, System] = Field(min_length=1)
 
     def sql(self, name: str) -> SqlSystem:
@@ -510,6 +526,8 @@ def _dotted(loc: tuple[int | str, ...], data: Any) -> str:
     parts: list[str] = []
     node = data
     for item in loc:
+        if item == "[key]":
+            continue  # pydantic's marker for "the key itself": the key is already named
         if isinstance(node, dict) and item not in node and node.get("kind") == item:
             continue  # a union tag, not a key of the document
         parts.append(str(item))

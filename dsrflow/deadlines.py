@@ -5,7 +5,13 @@
   make-up weekend working days on). The day of receipt is not counted (Civil Code art. 201).
 - GDPR: one month: the same date next month, the month's last day where there is no such
   date, moved to the next working day when it is not one.
-- CCPA: 45 calendar days from receipt.
+- CCPA: 45 calendar days from receipt, running while the identity is verified.
+- UK GDPR: as GDPR (on the GB calendar, in Europe/London), but the clock may start when
+  identification arrives, so it starts at verification.
+
+Extensions (`Deadlines.extension_cap`): GDPR and UK GDPR two further months (the GDPR rule
+applied to three months), CCPA 45 more days (90 from receipt); PIPL none, because the
+privacy policy (9.2) promises 15 working days without one.
 
 A Chinese year whose State Council notice is not in the `holidays` package (nor in an
 override file) raises `CalendarUnavailable`: guessing would risk a missed legal deadline.
@@ -30,6 +36,12 @@ from dsrflow.model import Regime
 
 PIPL_WORKING_DAYS = 15
 CCPA_DAYS = 45
+GDPR_MONTHS = 1
+# GDPR art. 12(3): "extended by two further months"; counted like the first period, from
+# the clock's start, so month ends and non-working days are treated the same way.
+GDPR_EXTENDED_MONTHS = GDPR_MONTHS + 2
+# CCPA (Cal. Civ. Code 1798.130(a)(2)(A)): "may be extended once by an additional 45 days".
+CCPA_EXTENDED_DAYS = 2 * CCPA_DAYS
 
 
 class CalendarUnavailable(LookupError):
@@ -124,12 +136,20 @@ class WorkingCalendar:
 class RegimeRule:
     timezone: str
     country: str
+    # The period starts once identification arrives, not at receipt. Only where the law
+    # says so: CCPA runs 45 days "even while verifying", and PIPL's 15 working days are
+    # counted from receipt, the reading of policy 9.2 that cannot miss a deadline.
+    clock_waits_for_verification: bool = False
 
 
 RULES: dict[Regime, RegimeRule] = {
     Regime.PIPL: RegimeRule("Asia/Shanghai", "CN"),
     Regime.GDPR: RegimeRule("Europe/Dublin", "IE"),
     Regime.CCPA: RegimeRule("America/Los_Angeles", "US"),
+    # GB without a subdivision: the UK-wide bank holidays only. A nation's extra holiday
+    # (England's Easter Monday, Scotland's 2 January) could only move a due date later,
+    # and the ICO is one regulator for all four nations.
+    Regime.UK_GDPR: RegimeRule("Europe/London", "GB", clock_waits_for_verification=True),
 }
 
 
@@ -156,16 +176,52 @@ class Deadlines:
     def local_date(self, regime: Regime, moment: datetime) -> date:
         return _aware(moment).astimezone(ZoneInfo(RULES[regime].timezone)).date()
 
+    def clock_waits_for_verification(self, regime: Regime) -> bool:
+        return RULES[regime].clock_waits_for_verification
+
+    def clock_start(
+        self, regime: Regime, received_at: datetime, verified_at: datetime | None
+    ) -> datetime | None:
+        """When the response period starts: receipt, or, where the clock waits for
+        identification, the later of receipt and verification (None until verified). A
+        ticket may carry a verification older than itself (a logged-in app session); the
+        period still cannot start before the request exists."""
+        if not self.clock_waits_for_verification(regime):
+            return received_at
+        if verified_at is None:
+            return None
+        return max(_aware(received_at), _aware(verified_at))
+
     def due(self, regime: Regime, received_at: datetime) -> datetime:
+        """The end of the first period, counted from `received_at` (the clock's start)."""
         received = self.local_date(regime, received_at)
         match regime:
             case Regime.PIPL:
                 last = self.calendar(regime).add_working_days(received, PIPL_WORKING_DAYS)
-            case Regime.GDPR:
-                last = self.calendar(regime).next_working_day(add_months(received, 1))
+            case Regime.GDPR | Regime.UK_GDPR:
+                last = self.calendar(regime).next_working_day(add_months(received, GDPR_MONTHS))
             case Regime.CCPA:
                 last = received + timedelta(days=CCPA_DAYS)
         return end_of_day(last, RULES[regime].timezone)
+
+    def extension_cap(self, regime: Regime, received_at: datetime) -> datetime | None:
+        """The latest due date an extension may set, counted from `received_at` (the
+        clock's start); None where the regime allows no extension."""
+        received = self.local_date(regime, received_at)
+        match regime:
+            case Regime.PIPL:
+                return None
+            case Regime.GDPR | Regime.UK_GDPR:
+                last = self.calendar(regime).next_working_day(
+                    add_months(received, GDPR_EXTENDED_MONTHS)
+                )
+            case Regime.CCPA:
+                last = received + timedelta(days=CCPA_EXTENDED_DAYS)
+        return end_of_day(last, RULES[regime].timezone)
+
+    def end_of_local_day(self, regime: Regime, day: date) -> datetime:
+        """23:59:59 of `day` in the regime's time zone, in UTC."""
+        return end_of_day(day, RULES[regime].timezone)
 
     def working_days_used(self, regime: Regime, received_at: datetime, until: datetime) -> int:
         start = self.local_date(regime, received_at)

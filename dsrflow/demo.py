@@ -7,6 +7,7 @@ every other command at it (`dsrflow status --config demo-out/dsrflow.yaml`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ DUMMY_AWS = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_SESSION_TOKEN": "demo",
 }
+PACKAGE_BUCKET = "wishe-dsr-packages"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "wishe"
 
 
@@ -50,10 +52,22 @@ def run_demo(out: Path, users: int, console: Console) -> int:
 def embedded_s3() -> Iterator[str]:
     """moto's S3 on loopback for the length of the demo. Dummy credentials are set so
     boto3 can never pick up real ones and talk to AWS instead."""
-    from moto.server import ThreadedMotoServer
-
     for key, value in DUMMY_AWS.items():
         os.environ[key] = value
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's AWS endpoints on a free loopback port: a real HTTP server, so presigned links
+    work as they do against S3."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    # One line per S3 request otherwise, presigned links included.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -99,6 +113,7 @@ def _run(out: Path, users: int, endpoint: str, partner: Any, console: Console) -
 
     paths = write_reports(out, runtime.ledger, runtime.deadlines,
                           at_risk_days=settings.at_risk_days)
+    problems = _check_deliverables(runtime, console)
     unfinished = [r.ticket_id for r in runtime.ledger.all()
                   if r.status in (Status.FAILED, Status.PARTIALLY_COMPLETED)]
     _print_report(out, console)
@@ -113,7 +128,9 @@ def _run(out: Path, users: int, endpoint: str, partner: Any, console: Console) -
     console.print(f"Explore: dsrflow status --config {config}")
     if unfinished:
         console.print(f"[red]Not completed: {', '.join(str(t) for t in unfinished)}[/red]")
-    return 0 if completed and not unfinished else 1
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    return 0 if completed and not unfinished and not problems else 1
 
 
 def _partners_answer(runtime: Any, partner: Any, console: Console) -> None:
@@ -132,9 +149,17 @@ def _partners_answer(runtime: Any, partner: Any, console: Console) -> None:
                          reference=f"CR-{row['subject_request_id'][:8]}")
     console.print(
         f"Partners: adnet (OpenDSR) finished {sum(r['system'] == 'adnet' for r in waiting)} "
-        f"requests and called back; courier (manual) confirmed {max(len(manual) - 1, 0)}, "
-        "one left waiting: `dsrflow partner confirm REQUEST_ID courier --by … --reference …`"
+        f"requests and called back; courier (manual) confirmed {max(len(manual) - 1, 0)}."
     )
+    if manual:
+        # The last one shows what waiting looks like, then a person confirms it, as they
+        # would with `dsrflow partner confirm REQUEST_ID courier --by … --reference …`.
+        last = manual[-1]
+        status = runtime.ledger.get(last["request_id"]).status.value
+        console.print(f"Request {last['request_id']} is {status}, waiting for courier; "
+                      "a person confirms it now.")
+        partners.confirm(runtime, last["request_id"], "courier", by="demo-operator",
+                         reference=f"CR-{last['subject_request_id'][:8]}")
 
 
 def _fresh_folder(out: Path) -> None:
@@ -182,6 +207,8 @@ def _write_world(
     (out / "datamap.yaml").write_text(yaml.safe_dump(datamap, sort_keys=False,
                                                      allow_unicode=True))
     write_key_file(out / "keys.json")
+    # Access packages go to their own bucket in the embedded S3, delivered by presigned link.
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=PACKAGE_BUCKET)
     config = out / "dsrflow.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -190,7 +217,10 @@ def _write_world(
                 "datamap": "datamap.yaml",
                 "key_file": "keys.json",
                 "exports_dir": "exports",
+                "certificates_dir": "certificates",
                 "prefect_home": "prefect",
+                "packages": {"store": "s3", "bucket": PACKAGE_BUCKET, "endpoint_url": endpoint,
+                             "handover_dir": "handover"},
             },
             sort_keys=False,
         )
@@ -217,6 +247,51 @@ def _print_report(out: Path, console: Console) -> None:
     console.print(
         frame_table(steps, {"ticket": "ticket_id", **{c: c for c in columns}}, "Per system")
     )
+
+
+def _check_deliverables(runtime: Any, console: Console) -> list[str]:
+    """Open what a requester would receive, as they would: each access package through its
+    link with the key from the support outbox (checksums checked), each certificate
+    against the installation's public key. Returns what is missing or does not check."""
+    import httpx
+
+    from dsrflow.certificates import CertificateInvalid, verify_certificate
+    from dsrflow.packages import PackageError, check_package, unseal
+
+    table = Table("ticket", "type", "delivered", "check", title="Access packages and certificates")
+    problems = []
+    public = runtime.settings.signing_key_pair().public_key()
+    deliverables = {(s["request_id"], s["system"]): s for s in runtime.ledger.steps()
+                    if s["kind"] == "deliverable"}
+    for record in runtime.ledger.all():
+        if record.type is None or record.status.value != "completed":
+            continue
+        system = ("access-package" if record.type.collects else
+                  "erasure-certificate" if record.type.erases else None)
+        if system is None:
+            continue
+        step = deliverables.get((record.id, system))
+        if step is None or step["status"] != "succeeded":
+            problems.append(f"{record.ticket_id}: no {system}")
+            continue
+        details = step["details"]
+        try:
+            if record.type.collects:
+                outbox = json.loads(Path(details["key_handed_to"].removeprefix("outbox:"))
+                                    .read_text())
+                blob = httpx.get(outbox["link"], timeout=30).raise_for_status().content
+                manifest = check_package(unseal(blob, outbox["key"].encode()))
+                where, check = details["location"], f"{len(manifest['files'])} files, checksums ok"
+            else:
+                document = json.loads(Path(details["path"]).read_text())
+                verify_certificate(document, [public])
+                where, check = details["path"], f"signature ok, {details['outcome']}"
+        except (PackageError, CertificateInvalid, httpx.HTTPError, OSError, KeyError) as exc:
+            problems.append(f"{record.ticket_id}: {system} does not check: {exc}")
+            continue
+        table.add_row(record.ticket_id, record.type.value, where, check)
+    console.print(table)
+    return problems
 
 
 def _scan_prefect(home: Path) -> dict[str, int]:

@@ -29,6 +29,14 @@ def write_export(
     return path
 
 
+def exported_systems(root: Path, request_id: str) -> list[str]:
+    """The systems that have collected records of this request, sorted."""
+    folder = root / request_id
+    if not folder.is_dir():
+        return []
+    return sorted(p.name.removesuffix(".json.enc") for p in folder.glob("*.json.enc"))
+
+
 def read_export(root: Path, keyring: Keyring, request_id: str, system: str) -> dict[str, Any]:
     blob = export_path(root, request_id, system).read_bytes()
     data: dict[str, Any] = json.loads(keyring.decrypt(blob, f"{request_id}/{system}"))

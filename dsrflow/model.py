@@ -33,6 +33,7 @@ class Regime(StrEnum):
     PIPL = "pipl"
     GDPR = "gdpr"
     CCPA = "ccpa"
+    UK_GDPR = "uk_gdpr"
 
 
 class Status(StrEnum):
@@ -105,6 +106,9 @@ class StepAction(StrEnum):
     VERIFY = "verify"
     RECTIFY = "rectify"
     RESTRICT = "restrict"
+    # What the requester receives at the end (kind "deliverable" in the ledger's steps).
+    DELIVER = "deliver"  # the access package
+    CERTIFY = "certify"  # the erasure certificate
 
 
 # Categories named in the privacy policy (2.x); a data map may add its own.

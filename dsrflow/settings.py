@@ -1,7 +1,8 @@
 """Settings: one `dsrflow.yaml` plus `DSRFLOW_*` environment variables (which win).
 
-Secrets never live in the YAML: the token and encryption keys come from the environment
-(`DSRFLOW_TOKEN_KEY`, `DSRFLOW_ENCRYPTION_KEY`) or from a key file the YAML points to.
+Secrets never live in the YAML: the token and encryption keys and the certificate signing
+key come from the environment (`DSRFLOW_TOKEN_KEY`, `DSRFLOW_ENCRYPTION_KEY`,
+`DSRFLOW_SIGNING_KEY`) or from a key file the YAML points to.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,10 +27,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sqlalchemy.engine import make_url
 
 from dsrflow.crypto import KeyMaterialError, Keyring, decode_key, encode_key, new_key
+from dsrflow.delivery import PackageSettings
 from dsrflow.queue import QueueSettings
+from dsrflow.signing import decode_signing_key, encode_signing_key, new_signing_key
 
 CONFIG_ENV = "DSRFLOW_CONFIG"
-SECRET_FIELDS = ("token_key", "encryption_key")
+SECRET_FIELDS = ("token_key", "encryption_key", "signing_key")
 
 
 class ConfigError(ValueError):
@@ -67,6 +71,9 @@ class Settings(BaseSettings):
     ledger_url: str = "sqlite:///.dsrflow/ledger.db"
     datamap: Path = Path("datamap.yaml")
     exports_dir: Path = Path(".dsrflow/exports")
+    certificates_dir: Path = Field(
+        default=Path(".dsrflow/certificates"), description="signed erasure certificates"
+    )
     state_dir: Path = Field(
         default=Path(".dsrflow/state"), description="connectors' checkpoints (log rewrites)"
     )
@@ -77,8 +84,15 @@ class Settings(BaseSettings):
     key_file: Path | None = None
     token_key: SecretStr | None = None
     encryption_key: SecretStr | None = None
+    signing_key: SecretStr | None = Field(
+        default=None, description="Ed25519 private key for certificates (base64, 32 bytes)"
+    )
     queue: QueueSettings | None = Field(
         default=None, description="the ticket queue (SQS or compatible) that intake reads"
+    )
+    packages: PackageSettings = Field(
+        default_factory=PackageSettings,
+        description="where access packages are stored and how their links and keys go out",
     )
     callback_base_url: str | None = Field(
         default=None,
@@ -126,6 +140,10 @@ class Settings(BaseSettings):
         return self.path(self.exports_dir)
 
     @property
+    def certificates_path(self) -> Path:
+        return self.path(self.certificates_dir)
+
+    @property
     def state_path(self) -> Path:
         return self.path(self.state_dir)
 
@@ -161,8 +179,28 @@ class Settings(BaseSettings):
         except KeyMaterialError as exc:
             raise ConfigError(str(exc)) from exc
 
+    def signing_key_pair(self) -> Ed25519PrivateKey:
+        """The key that signs erasure certificates (its public half verifies them)."""
+        text = self.signing_key.get_secret_value() if self.signing_key else None
+        if text is None and self.key_file is not None:
+            text = read_key_file(self.path(self.key_file)).get("signing_key")
+        if text is None:
+            raise ConfigError(
+                "no signing key: set DSRFLOW_SIGNING_KEY, or key_file in dsrflow.yaml; "
+                "`dsrflow keys new FILE` writes one; for an existing key file run "
+                "`dsrflow keys add-signing FILE`"
+            )
+        try:
+            return decode_signing_key(text, "signing_key")
+        except KeyMaterialError as exc:
+            raise ConfigError(str(exc)) from exc
+
 
 def read_key_file(path: Path) -> dict[str, str]:
+    return {k: str(v) for k, v in _key_file_json(path).items() if k in SECRET_FIELDS}
+
+
+def _key_file_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
@@ -171,15 +209,44 @@ def read_key_file(path: Path) -> dict[str, str]:
         raise ConfigError(f"{path}: key file is not JSON ({exc.msg})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: key file must hold a JSON object")
-    return {k: str(v) for k, v in data.items() if k in SECRET_FIELDS}
+    return data
 
 
 def write_key_file(path: Path) -> None:
-    """A fresh pair of keys, readable by the owner only."""
+    """Fresh keys, readable by the owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    keys = {
+        "token_key": encode_key(new_key()),
+        "encryption_key": encode_key(new_key()),
+        "signing_key": encode_signing_key(new_signing_key()),
+    }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({name: encode_key(new_key()) for name in SECRET_FIELDS}, fh, indent=2)
+        json.dump(keys, fh, indent=2)
+
+
+def add_signing_key(path: Path) -> Ed25519PrivateKey:
+    """Give a key file written before certificates existed a signing key. Refuses a file
+    that has one: replacing it would orphan every certificate it signed."""
+    data = _key_file_json(path)
+    if "signing_key" in data:
+        raise ConfigError(f"{path} already has a signing key; refusing to replace it")
+    key = new_signing_key()
+    data["signing_key"] = encode_signing_key(key)
+    # A new file beside the old one, swapped in whole: a crash leaves the old keys intact,
+    # and the file is never readable by others, not even for a moment.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return key
 
 
 def load_settings(config: Path | str | None = None) -> Settings:

@@ -6,6 +6,8 @@
     apply to every system at once (collect, erase, rectify, restrict); a system whose
       rows list another system's keys (uploads.s3_key) waits until that one is done
     verify every system that erased something
+    deliver: an encrypted access package for each access request, a signed certificate
+      for each erasure (once no partner is still working on it)
     close each request from its steps, and publish the outcome
 
 Parameters are request ids; everything else comes from the ledger inside the tasks.
@@ -22,6 +24,7 @@ from flows.runners import SettingsTaskRunner
 from tasks.monitoring import RunProgress, tag_run
 from tasks.requests import (
     close_requests,
+    deliver_results,
     open_requests,
     plan_systems,
     publish_results,
@@ -91,6 +94,7 @@ def _process(request_ids: list[str]) -> dict[str, str]:
     for done in as_completed(list(verified)):
         progress.advance(f"verification of {verified[done]}")
 
+    deliver_results(gate.ready)
     final = close_requests(gate.ready)
     publish_results(request_ids)
 

@@ -26,10 +26,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from sqlalchemy import select
 
-from dsrflow.deadlines import CalendarUnavailable, Deadlines
+from dsrflow.deadlines import Deadlines
 from dsrflow.ledger import Ledger, RequestRecord
 from dsrflow.ledger.schema import audit_events
-from dsrflow.report import deadline_state
+from dsrflow.sla import business_days_left, deadline_state
 from tasks.runtime import get_runtime
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -38,7 +38,7 @@ EVENTS = {"at_risk": "dsr.request.at_risk", "overdue": "dsr.request.overdue"}
 AUDIT_EVENT = "deadline.alerted"
 # The order the artifact lists states in (others, if any, follow alphabetically).
 STATE_ORDER = [
-    "overdue", "at_risk", "on_time", "awaiting_verification", "unknown",
+    "overdue", "at_risk", "extended", "on_time", "awaiting_verification", "unknown",
     "completed_late", "completed_on_time", "not_applicable",
 ]
 _TABLE_LIMIT = 200  # rows of alerting requests shown in the artifact
@@ -81,19 +81,6 @@ class DeadlineReport:
     alerting: list[Alerting] = field(default_factory=list)
 
 
-def business_days_left(deadlines: Deadlines, record: RequestRecord, at: datetime) -> int | None:
-    """Working days from `at` to the due date; negative once overdue (None without a
-    calendar for the years in between)."""
-    if record.regime is None or record.due_at is None:
-        return None
-    try:
-        if at <= record.due_at:
-            return deadlines.working_days_used(record.regime, at, record.due_at)
-        return -deadlines.working_days_used(record.regime, record.due_at, at)
-    except CalendarUnavailable:
-        return None
-
-
 def assess(
     records: Iterable[RequestRecord], deadlines: Deadlines, at: datetime, at_risk_days: int
 ) -> DeadlineReport:
@@ -102,7 +89,9 @@ def assess(
     for record in records:
         state = deadline_state(record, deadlines, at, at_risk_days)
         counts[state] += 1
-        if state in EVENTS and record.due_at is not None:
+        # The due date that binds now: an extension moves the alert to its own date.
+        due = record.effective_due_at
+        if state in EVENTS and due is not None:
             alerting.append(
                 Alerting(
                     request_id=record.id,
@@ -111,7 +100,7 @@ def assess(
                     type=record.type.value if record.type else None,
                     regime=record.regime.value if record.regime else None,
                     status=record.status.value,
-                    due_at=record.due_at,
+                    due_at=due,
                     business_days_left=business_days_left(deadlines, record, at),
                 )
             )

@@ -32,6 +32,7 @@ from connectors.partners import ManualPartner
 from connectors.webhook import WebhookReceipt
 from dsrflow.datamap import PartnerSystem
 from dsrflow.errors import safe_error
+from dsrflow.exports import write_export
 from dsrflow.ledger import RequestRecord
 from dsrflow.model import Status, StepStatus
 from tasks.runtime import Runtime
@@ -141,6 +142,12 @@ def apply_status(rt: Runtime, system: str, request_id: str, status: PartnerStatu
     record = rt.ledger.get(request_id)
     action = _action(record)
     if status.request_status == "completed":
+        if record.type is not None and record.type.collects and status.results_url:
+            # The link may grant access to the subject's data at the partner: it waits
+            # encrypted with the other collected records, for the access package only.
+            write_export(rt.settings.exports_path, rt.ledger.keyring, request_id, system,
+                         {"results": [{"results_url": status.results_url,
+                                       "results_count": status.results_count}]})
         rt.ledger.update_partner(request_id, system, status="completed", error=None)
         rt.ledger.record_step(request_id, system, "partner", action, StepStatus.SUCCEEDED,
                               details={"partner_status": "completed",
@@ -180,6 +187,7 @@ def confirm(
 
 def close_finished(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
     """Close the requests among these that have no step left waiting."""
+    from tasks import deliverables
     from tasks.steps import close_requests
 
     waiting = {
@@ -191,7 +199,10 @@ def close_finished(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
         rid for rid in dict.fromkeys(request_ids)
         if rid not in waiting and rt.ledger.get(rid).status is Status.IN_PROGRESS
     ]
-    return close_requests(rt, ready) if ready else {}
+    if not ready:
+        return {}
+    deliverables.produce(rt, ready)
+    return close_requests(rt, ready)
 
 
 def _resend(rt: Runtime, system: str, request_id: str) -> None:

@@ -12,7 +12,7 @@ from prefect.events import emit_event
 
 from dsrflow.ledger import RequestRecord
 from dsrflow.model import Status
-from tasks import partners, steps
+from tasks import deliverables, partners, steps
 from tasks.runtime import get_runtime
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -40,6 +40,16 @@ def resolve_identities(request_ids: list[str]) -> dict[str, int]:
 @task(name="plan-systems", **_TASK)  # type: ignore[call-overload]
 def plan_systems(request_ids: list[str]) -> steps.Plan:
     return steps.plan_systems(get_runtime(), request_ids)
+
+
+@task(name="deliver-results", **_TASK)  # type: ignore[call-overload]
+def deliver_results(request_ids: list[str]) -> dict[str, str]:
+    """Access packages and erasure certificates for the requests that are ready."""
+    made = deliverables.produce(get_runtime(), request_ids)
+    logger = get_run_logger()
+    for rid, what in made.items():
+        logger.info("request %s: %s", rid, what)
+    return made
 
 
 @task(name="close-requests", **_TASK)  # type: ignore[call-overload]
@@ -83,7 +93,7 @@ def announce(record: RequestRecord, event: str) -> None:
             "type": record.type.value if record.type else None,
             "regime": record.regime.value if record.regime else None,
             "status": record.status.value,
-            "due_at": record.due_at.isoformat() if record.due_at else None,
+            "due_at": record.effective_due_at.isoformat() if record.effective_due_at else None,
         },
     )
 
@@ -102,9 +112,29 @@ def _row(record: RequestRecord, steps_: list[dict[str, object]]) -> dict[str, ob
         "type": record.type.value if record.type else "",
         "regime": record.regime.value if record.regime else "",
         "status": record.status.value,
-        "due": record.due_at.date().isoformat() if record.due_at else "unknown",
+        "due": _local_due(record),
         "systems": ", ".join(f"{s['system']}:{s['action']}={s['status']}" for s in steps_),
     }
+
+
+def _local_due(record: RequestRecord) -> str:
+    """The due date as the regime counts it: in its own time zone (the end of a CCPA day in
+    Los Angeles is already the next day in UTC)."""
+    due = record.effective_due_at
+    if due is None or record.regime is None:
+        return "unknown"
+    return get_runtime().deadlines.local_date(record.regime, due).isoformat()
+
+
+def _due_line(record: RequestRecord) -> str:
+    # The extension's reason stays in the ledger: it is free text typed by a person, and
+    # nothing typed by a person goes to Prefect unread.
+    if record.extended_due_at is not None and record.due_at is not None:
+        return (f"{record.extended_due_at.isoformat()} (extended from "
+                f"{record.due_at.isoformat()})")
+    if record.due_at is not None:
+        return record.due_at.isoformat()
+    return record.deadline_error or "clock not started (awaiting verification)"
 
 
 def _summary(record: RequestRecord, steps_: list[dict[str, object]]) -> str:
@@ -115,7 +145,7 @@ def _summary(record: RequestRecord, steps_: list[dict[str, object]]) -> str:
         f"- regime: {record.regime.value if record.regime else '-'}",
         f"- status: **{record.status.value}**" + (f" ({record.reason})" if record.reason else ""),
         f"- received: {record.received_at.isoformat()}",
-        f"- due: {record.due_at.isoformat() if record.due_at else record.deadline_error}",
+        f"- due: {_due_line(record)}",
         "",
         "| system | action | status | found | deleted | anonymized | retained | remaining |",
         "|---|---|---|---|---|---|---|---|",

@@ -242,6 +242,7 @@ def _raise_if_failed(system: str, results: list[StepResult]) -> None:
 
 
 # -- the request around the steps ------------------------------------------------------------
+DELIVERABLE_KIND = "deliverable"  # access packages and certificates (tasks.deliverables)
 RUNNABLE = frozenset(
     {Status.VERIFIED, Status.IN_PROGRESS, Status.FAILED, Status.PARTIALLY_COMPLETED}
 )
@@ -340,7 +341,11 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
     final: dict[str, Status] = {}
     unfinished = (StepStatus.FAILED.value, StepStatus.BLOCKED.value)
     for rid in request_ids:
-        statuses = {StepStatus(str(s["status"])) for s in steps_by_request[rid]}
+        # What the systems did decides between partial and failed; a certificate issued for
+        # an erasure that failed everywhere does not make it partial. A deliverable that
+        # failed does keep the request from completing.
+        statuses = {StepStatus(str(s["status"])) for s in steps_by_request[rid]
+                    if s["kind"] != DELIVERABLE_KIND}
         failed = [s for s in steps_by_request[rid] if s["status"] in unfinished]
         if StepStatus.PENDING_EXTERNAL in statuses:
             # Open until every partner has answered (no worker waits meanwhile); a failed

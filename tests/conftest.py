@@ -30,6 +30,16 @@ import sqlalchemy as sa  # noqa: E402
 from dsrflow.crypto import Keyring, new_key  # noqa: E402
 
 
+# -- S3 (moto stands in for AWS only) ---------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 on loopback: a real HTTP endpoint, so presigned links can be fetched."""
+    from dsrflow.demo import moto_server
+
+    with moto_server() as endpoint:
+        yield endpoint
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------
 def _pg_bindir() -> Path:
     found = shutil.which("pg_ctl")

@@ -10,6 +10,7 @@ import yaml
 
 from dsrflow.crypto import encode_key, new_key
 from dsrflow.settings import Settings
+from dsrflow.signing import encode_signing_key, new_signing_key
 from tasks.runtime import Runtime
 
 
@@ -23,6 +24,7 @@ def make_runtime(tmp: Path, datamap_doc: dict[str, Any], ledger_url: str | None 
         exports_dir=tmp / "exports",
         token_key=encode_key(new_key()),  # type: ignore[arg-type]
         encryption_key=encode_key(new_key()),  # type: ignore[arg-type]
+        signing_key=encode_signing_key(new_signing_key()),  # type: ignore[arg-type]
         task_retries=1,
         task_retry_delays=[0.1],
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -257,6 +258,30 @@ def reset(engine: sa.Engine) -> None:
             conn.execute(sa.text("PRAGMA foreign_keys=OFF"))
             for table in reversed(metadata.sorted_tables):
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
+
+
+def sqlite_world(folder: Path, seed: int, n_users: int) -> tuple[World, str]:
+    """A generated world loaded into `folder/userdb.sqlite`, and its URL."""
+    url = f"sqlite:///{folder / 'userdb.sqlite'}"
+    return loaded(url, seed, n_users), url
+
+
+def loaded(url: str, seed: int, n_users: int) -> World:
+    """A world generated from `seed` and loaded into the database at `url`."""
+    engine = sa.create_engine(url)
+    try:
+        world = generate(random.Random(seed), n_users)
+        load(engine, world)
+    finally:
+        engine.dispose()
+    return world
+
+
+def datamap_doc(url: str) -> dict[str, Any]:
+    """The data map with its one system pointed at `url`."""
+    doc: dict[str, Any] = {**DATAMAP_DOC}
+    doc["systems"] = {"db": {**DATAMAP_DOC["systems"]["db"], "url": url}}
+    return doc
 
 
 def load(engine: sa.Engine, world: World) -> None:

@@ -4,14 +4,12 @@ signature, and closes the request once nothing is outstanding."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 from deployments.callbacks import create_app, serving
 from dsrflow.intake import submit
@@ -27,11 +25,7 @@ from tests.helpers import make_runtime, ticket
 def setup(
     tmp_path: Path, prefect_server: list[Path]
 ) -> Iterator[tuple[Runtime, ReferencePartner, sqlworld.World]]:
-    url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
-    engine = sa.create_engine(url)
-    world = sqlworld.generate(random.Random(5), 5)
-    sqlworld.load(engine, world)
-    engine.dispose()
+    world, url = sqlworld.sqlite_world(tmp_path, 5, 5)
     with ReferencePartner() as partner:
         (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
         doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}

@@ -153,7 +153,7 @@ def test_keys_new_writes_a_private_file_and_refuses_to_overwrite(tmp_path: Path)
     assert first.exit_code == 0, first.output
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     keys = read_key_file(path)
-    assert set(keys) == {"token_key", "encryption_key"}
+    assert set(keys) == {"token_key", "encryption_key", "signing_key"}
     # The keys themselves are never printed.
     assert not any(k in first.output for k in keys.values())
 

@@ -37,8 +37,7 @@ DELETING = ("devices", "posts", "post_tags", "follows", "albums", "photos")
 
 
 def _write_config(tmp: Path, db_url: str) -> Path:
-    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
-    doc["systems"] = {"db": {**doc["systems"]["db"], "url": db_url}}
+    doc = sqlworld.datamap_doc(db_url)
     (tmp / "datamap.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     write_key_file(tmp / "keys.json")
     config = tmp / "dsrflow.yaml"

@@ -3,6 +3,7 @@ ledger, artifacts, failure handling, and that Prefect never receives an identity
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from functools import partial
@@ -12,10 +13,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from dsrflow.certificates import verify_certificate
 from dsrflow.exports import read_export
 from dsrflow.intake import submit
 from dsrflow.leakscan import files_containing
 from dsrflow.model import Status
+from dsrflow.packages import check_package, unseal
 from flows.request import BatchIncomplete, process_requests
 from tasks.runtime import Runtime, set_runtime
 from tests import sqlworld
@@ -24,20 +27,14 @@ from tests.helpers import make_runtime, ticket
 
 @pytest.fixture
 def world(tmp_path: Path) -> tuple[sqlworld.World, str]:
-    url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
-    engine = sa.create_engine(url)
-    world = sqlworld.generate(random.Random(11), 8)
-    sqlworld.load(engine, world)
-    engine.dispose()
-    return world, url
+    return sqlworld.sqlite_world(tmp_path, 11, 8)
 
 
 @pytest.fixture
 def runtime(
     tmp_path: Path, world: tuple[sqlworld.World, str], prefect_server: list[Path]
 ) -> Iterator[Runtime]:
-    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
-    doc["systems"] = {"db": {**doc["systems"]["db"], "url": world[1]}}
+    doc = sqlworld.datamap_doc(world[1])
     rt = make_runtime(tmp_path, doc)
     previous = set_runtime(rt)
     yield rt
@@ -101,6 +98,40 @@ def test_a_batch_erases_collects_and_holds_the_unverified(
     assert ledger.subjects([erase]) == []
     assert len(ledger.subjects([unverified])) == 1
     assert ledger.verify_audit_chain() is None
+
+
+def test_each_request_ends_with_what_it_asked_for(
+    runtime: Runtime, world: tuple[sqlworld.World, str], prefect_server: list[Path]
+) -> None:
+    """The flow's deliver step: an access package that opens with the key from the outbox,
+    and an erasure certificate that verifies, both recorded against their requests."""
+    w, _ = world
+    access, erase = _submit(
+        runtime,
+        ticket("D-1", "access", [{"type": "email", "value": _email(w, 3)}]),
+        ticket("D-2", "account_cancellation", [{"type": "email", "value": _email(w, 4)}]),
+    )
+    assert process_requests([access, erase]) == {access: "completed", erase: "completed"}
+    made = {s["system"]: s for s in runtime.ledger.steps([access, erase])
+            if s["kind"] == "deliverable"}
+    assert set(made) == {"access-package", "erasure-certificate"}
+
+    package = made["access-package"]
+    assert package["request_id"] == access
+    outbox = json.loads(Path(package["details"]["key_handed_to"].removeprefix("outbox:"))
+                        .read_text())
+    opened = unseal(Path(package["details"]["location"]).read_bytes(), outbox["key"].encode())
+    manifest = check_package(opened)
+    assert {f["path"] for f in manifest["files"]} >= {"data/db/users.json", "index.html"}
+
+    certificate = made["erasure-certificate"]
+    assert certificate["request_id"] == erase
+    document = json.loads(Path(certificate["details"]["path"]).read_text())
+    verified = verify_certificate(document, [runtime.settings.signing_key_pair().public_key()])
+    assert (verified.request_id, verified.outcome) == (erase, "complete")
+    # Both name the Prefect run that made them.
+    assert package["details"]["_run"]["flow_run_id"] == certificate["details"]["_run"][
+        "flow_run_id"]
 
 
 def test_a_rerun_changes_nothing(runtime: Runtime, world: tuple[sqlworld.World, str]) -> None:
@@ -238,8 +269,7 @@ def test_the_flow_on_postgresql(
     engine = sa.create_engine(postgres_url)
     w = sqlworld.generate(random.Random(21), 6)
     sqlworld.load(engine, w)
-    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
-    doc["systems"] = {"db": {**doc["systems"]["db"], "url": postgres_url}}
+    doc = sqlworld.datamap_doc(postgres_url)
     rt = make_runtime(tmp_path, doc, ledger_url=postgres_url)
     previous = set_runtime(rt)
     try:

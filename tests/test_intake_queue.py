@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import boto3
 import pytest
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
@@ -386,13 +384,8 @@ def test_the_intake_flow_processes_tickets_and_gives_prefect_no_identity(
         EventsWorker, "instance",
         partial(EventsWorker.instance, client_type=AssertingPassthroughEventsClient),
     )
-    url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
-    engine = sa.create_engine(url)
-    world = sqlworld.generate(random.Random(5), 6)
-    sqlworld.load(engine, world)
-    engine.dispose()
-    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
-    doc["systems"] = {"db": {**doc["systems"]["db"], "url": url}}
+    world, url = sqlworld.sqlite_world(tmp_path, 5, 6)
+    doc = sqlworld.datamap_doc(url)
     runtime = make_runtime(tmp_path, doc)
     previous = set_runtime(runtime)
     try:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import logging
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
-from moto.server import ThreadedMotoServer
 
 from connectors.objects import (
     ObjectsConfigError,
@@ -39,22 +36,10 @@ NO_KEYS: dict[str, Any] = {}
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def s3(endpoint: str) -> Any:
+def s3(s3_endpoint: str) -> Any:
     return boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )
 
@@ -404,7 +389,7 @@ def test_store_errors_name_bucket_and_code_only(s3: Any) -> None:
 
 
 def test_endpoint_from_the_environment(
-    s3: Any, endpoint: str, monkeypatch: pytest.MonkeyPatch
+    s3: Any, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bucket = new_bucket(s3)
     put(s3, bucket, "uploads/3/a.jpg")
@@ -412,7 +397,7 @@ def test_endpoint_from_the_environment(
     monkeypatch.delenv("TEST_S3_ENDPOINT", raising=False)
     with pytest.raises(ObjectsConfigError, match="TEST_S3_ENDPOINT is not set"):
         ObjectsConnector("m", spec)
-    monkeypatch.setenv("TEST_S3_ENDPOINT", endpoint)
+    monkeypatch.setenv("TEST_S3_ENDPOINT", s3_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     connector = ObjectsConnector("m", spec)

@@ -170,6 +170,7 @@ def test_a_request_carries_the_spec_fields_in_their_formats(partner, sink):
         ("access", "gdpr", ("access", "gdpr")),
         ("portability", "ccpa", ("portability", "ccpa")),
         ("erasure", "pipl", ("erasure", "gdpr")),
+        ("erasure", "uk_gdpr", ("erasure", "gdpr")),
         ("consent_withdrawal", "ccpa", ("erasure", "ccpa")),
     ],
 )

@@ -4,13 +4,11 @@ while a partner works; the request closes when the last partner answers."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from dsrflow.intake import submit
 from dsrflow.leakscan import files_containing
@@ -33,11 +31,7 @@ def partner() -> Iterator[ReferencePartner]:
 def runtime(
     tmp_path: Path, partner: ReferencePartner, prefect_server: list[Path]
 ) -> Iterator[tuple[Runtime, sqlworld.World]]:
-    url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
-    engine = sa.create_engine(url)
-    world = sqlworld.generate(random.Random(3), 6)
-    sqlworld.load(engine, world)
-    engine.dispose()
+    world, url = sqlworld.sqlite_world(tmp_path, 3, 6)
     (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
     doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
     doc["systems"] = {
@@ -231,11 +225,7 @@ def test_a_webhook_partner_is_told_once_and_acknowledges(
 ) -> None:
     from examples.partner.webhook import WebhookFaults, WebhookReceiver
 
-    url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
-    engine = sa.create_engine(url)
-    world = sqlworld.generate(random.Random(9), 4)
-    sqlworld.load(engine, world)
-    engine.dispose()
+    world, url = sqlworld.sqlite_world(tmp_path, 9, 4)
     monkeypatch.setenv("TEST_MAILER_SECRET", "s3cret-for-tests")
     with WebhookReceiver("s3cret-for-tests", reply_status=reply,  # type: ignore[arg-type]
                          faults=WebhookFaults(fail=2)) as receiver:
@@ -273,11 +263,7 @@ def test_a_partner_token_can_live_in_a_prefect_secret_block(
     from pydantic import SecretStr
 
     Secret(value=SecretStr("token-from-a-block")).save("adnet-token-test", overwrite=True)
-    url = f"sqlite:///{tmp_path / 'userdb.sqlite'}"
-    engine = sa.create_engine(url)
-    world = sqlworld.generate(random.Random(2), 3)
-    sqlworld.load(engine, world)
-    engine.dispose()
+    world, url = sqlworld.sqlite_world(tmp_path, 2, 3)
     with ReferencePartner(token="token-from-a-block") as partner:  # refuses any other token
         (tmp_path / "p.pem").write_bytes(partner.certificate_pem)
         doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}

@@ -117,7 +117,7 @@ def test_absolute_paths_stay_as_they_are(tmp_path: Path) -> None:
     assert load_settings(path).datamap_path == elsewhere
 
 
-@pytest.mark.parametrize("field", ["token_key", "encryption_key"])
+@pytest.mark.parametrize("field", ["token_key", "encryption_key", "signing_key"])
 def test_keys_in_the_yaml_are_refused(tmp_path: Path, field: str) -> None:
     path = write_config(tmp_path, {field: encode_key(new_key())})
     with pytest.raises(ConfigError) as exc:
@@ -142,8 +142,8 @@ def test_key_file_is_private_and_never_overwritten(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     before = path.read_bytes()
     stored = read_key_file(path)
-    assert set(stored) == {"token_key", "encryption_key"}
-    assert stored["token_key"] != stored["encryption_key"]
+    assert set(stored) == {"token_key", "encryption_key", "signing_key"}
+    assert len(set(stored.values())) == 3
 
     with pytest.raises(FileExistsError):
         write_key_file(path)

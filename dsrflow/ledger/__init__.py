@@ -2,10 +2,18 @@
 
 from dsrflow.ledger.store import (
     ClosedRequest,
+    ExtensionRefused,
     Ledger,
     RequestRecord,
     StepCounts,
     UnknownRequest,
 )
 
-__all__ = ["ClosedRequest", "Ledger", "RequestRecord", "StepCounts", "UnknownRequest"]
+__all__ = [
+    "ClosedRequest",
+    "ExtensionRefused",
+    "Ledger",
+    "RequestRecord",
+    "StepCounts",
+    "UnknownRequest",
+]

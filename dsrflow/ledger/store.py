@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,11 @@ class UnknownRequest(LookupError):
 
 class ClosedRequest(ValueError):
     """The request is closed; what was asked of it went with it."""
+
+
+class ExtensionRefused(ValueError):
+    """An extension the regime or the request's state does not allow; the message says
+    why, with the dates involved."""
 
 
 @dataclass(frozen=True)
@@ -192,13 +197,14 @@ class Ledger:
             return existing, False
         request_id = str(uuid.uuid4())
         received = ticket.received_at.astimezone(UTC)
-        due: datetime | None = None
-        deadline_error: str | None = None
-        try:
-            due = self.deadlines.due(ticket.regime, received)
-        except CalendarUnavailable as exc:
-            # Accept the request anyway (losing it would be worse) and flag it loudly.
-            deadline_error = str(exc)
+        verified_at = (
+            ticket.verification.verified_at.astimezone(UTC)  # type: ignore[union-attr]
+            if ticket.verified else None
+        )
+        # None where the clock waits for identification that has not arrived (UK GDPR):
+        # `mark_verified` starts it.
+        start = self.deadlines.clock_start(ticket.regime, received, verified_at)
+        due, deadline_error = self._due(ticket.regime, start)
         status = Status.VERIFIED if ticket.verified else Status.AWAITING_VERIFICATION
         secret = {
             "identities": [i.model_dump(mode="json") for i in ticket.identities],
@@ -215,10 +221,7 @@ class Ledger:
             "status": status.value,
             "verification_method": ticket.verification.method if ticket.verification else None,
             "received_at": received,
-            "verified_at": (
-                ticket.verification.verified_at.astimezone(UTC)  # type: ignore[union-attr]
-                if ticket.verified else None
-            ),
+            "verified_at": verified_at,
             "due_at": due,
             "deadline_error": deadline_error,
             "subject_enc": self.keyring.encrypt(json.dumps(secret).encode(), request_id),
@@ -443,11 +446,115 @@ class Ledger:
             )
 
     def mark_verified(self, request_id: str, method: str, verified_at: datetime) -> None:
-        """The subject's identity was confirmed after the ticket arrived."""
-        self.transition(
-            request_id, Status.VERIFIED, verification_method=method,
-            verified_at=verified_at.astimezone(UTC),
-        )
+        """The subject's identity was confirmed after the ticket arrived. Where the clock
+        waited for it (UK GDPR), the due date is set now, from the verification time."""
+        verified_at = verified_at.astimezone(UTC)
+        values: dict[str, Any] = {"verification_method": method, "verified_at": verified_at}
+        record = self.get(request_id)
+        if record.due_at is None and record.regime is not None:
+            # Unlocked read: due_at is only ever set here and in `accept`, and `transition`
+            # ignores a second verification, so a racing call cannot overwrite this one.
+            # A request whose calendar was missing at intake gets another try, from
+            # receipt (its clock did not wait), in case an override file now has the year.
+            start = self.deadlines.clock_start(record.regime, record.received_at, verified_at)
+            due, error = self._due(record.regime, start)
+            if due is not None or error is not None:
+                values.update(due_at=due, deadline_error=error)
+        self.transition(request_id, Status.VERIFIED, **values)
+
+    def _due(self, regime: Regime, start: datetime | None) -> tuple[datetime | None, str | None]:
+        """(due date, deadline error) for a clock started at `start` (None: not started)."""
+        if start is None:
+            return None, None
+        try:
+            return self.deadlines.due(regime, start), None
+        except CalendarUnavailable as exc:
+            # Accept the request anyway (losing it would be worse) and flag it loudly.
+            return None, str(exc)
+
+    def extend(
+        self,
+        request_id: str,
+        reason: str,
+        until: date | None = None,
+        at: datetime | None = None,
+    ) -> datetime:
+        """Extend an open request's deadline to the end of `until` (a date in the regime's
+        time zone; default: as far as the regime allows), noting that the subject was told
+        at `at` (default: now). Returns the new due date, in UTC. Raises ExtensionRefused
+        when the regime, the request or the dates do not allow it."""
+        notice_at = (at or now()).astimezone(UTC)
+        if not reason.strip():
+            # The subject and the regulator are owed the reasons for a delay.
+            raise ExtensionRefused("an extension needs a reason: the subject must be told why")
+        with self.engine.begin() as conn:
+            self._locked(conn, requests.c.id, request_id)
+            row = conn.execute(select(requests).where(requests.c.id == request_id)).one()
+            record = _record(row._mapping)
+            new_due = self._extension_due(record, until, notice_at)
+            previous = record.effective_due_at
+            assert previous is not None  # checked by _extension_due
+            conn.execute(
+                update(requests)
+                .where(requests.c.id == request_id)
+                .values(
+                    extended_due_at=new_due,
+                    extension_notice_at=notice_at,
+                    extension_reason=reason.strip(),
+                    updated_at=now(),
+                )
+            )
+            self._audit(
+                conn, "request.extended", request_id,
+                {"from": previous.isoformat(), "to": new_due.isoformat(),
+                 "notice_at": notice_at.isoformat(), "reason": reason.strip()},
+            )
+        return new_due
+
+    def _extension_due(
+        self, record: RequestRecord, until: date | None, notice_at: datetime
+    ) -> datetime:
+        """The new due date of an extension, or ExtensionRefused saying why not."""
+        if not record.status.is_open or record.regime is None:
+            raise ExtensionRefused(
+                f"request {record.id} is {record.status}: only an open request can be extended"
+            )
+        regime = record.regime
+
+        def local(moment: datetime) -> date:
+            return self.deadlines.local_date(regime, moment)
+
+        start = self.deadlines.clock_start(regime, record.received_at, record.verified_at)
+        if record.due_at is None or start is None:
+            why = record.deadline_error or "its clock has not started (identity not verified)"
+            raise ExtensionRefused(f"request {record.id} has no due date to extend: {why}")
+        cap = self.deadlines.extension_cap(regime, start)
+        if cap is None:
+            promise = (
+                "the privacy policy (9.2) promises a reply within 15 working days, with no "
+                "extension" if regime is Regime.PIPL else "its period cannot be extended"
+            )
+            raise ExtensionRefused(
+                f"{regime} allows no extension: {promise}; this request is due "
+                f"{local(record.due_at)}"
+            )
+        if notice_at > record.due_at:
+            raise ExtensionRefused(
+                f"too late to extend: the notice must go out within the first period, which "
+                f"ended {local(record.due_at)}; it is now {local(notice_at)}"
+            )
+        new_due = cap if until is None else self.deadlines.end_of_local_day(regime, until)
+        if new_due > cap:
+            raise ExtensionRefused(
+                f"{until} is past what {regime} allows: at most until {local(cap)}"
+            )
+        current = record.effective_due_at
+        assert current is not None
+        if new_due <= current:
+            raise ExtensionRefused(
+                f"{local(new_due)} is not later than the current due date {local(current)}"
+            )
+        return new_due
 
     # -- steps ------------------------------------------------------------------------
     def record_step(

@@ -1,0 +1,402 @@
+"""Signed erasure certificates: what was done for one erasing request, from the ledger.
+
+A certificate names every system and partner the request reached, what each erase did (a
+SHA-256 of each statement, never its values), the counts, what a fresh look found
+afterwards, what was kept and why, the partners' receipts and the Prefect runs. It holds no
+personal value: only ids, counts, hashes, reasons from the data map and times.
+
+It is signed with Ed25519 over canonical JSON, so anyone holding the installation's public
+key can check it years later with `dsrflow certificate verify FILE`, without the ledger.
+The public key inside a certificate is a convenience for humans; trust comes only from a
+key the verifier already has, or anyone could re-sign a forgery with a key of their own.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from dsrflow.model import StepAction, StepStatus
+from dsrflow.signing import encode_public_key, key_id
+
+if TYPE_CHECKING:  # the ledger pulls in SQLAlchemy and Alembic; `verify` needs neither
+    from dsrflow.datamap import DataMap
+    from dsrflow.ledger import Ledger
+
+FORMAT = "dsrflow.erasure-certificate/1"
+ALGORITHM = "Ed25519"
+# Mirrors tasks.monitoring.RUN_KEY (a test keeps them equal): importing it would bring
+# Prefect into a module that must not need it.
+RUN_KEY = "_run"
+PARTNER_KIND = "partner"
+# Bookkeeping rows (access packages, certificates) that share the steps table.
+DELIVERABLE_KIND = "deliverable"
+PARTNER_DONE = frozenset({"completed", "confirmed"})
+COUNTS = ("found", "deleted", "anonymized", "retained")
+COMPLETE = "complete"
+INCOMPLETE = "incomplete"
+# Request ids are UUIDs; anything else must not become a path.
+_SAFE_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]*")
+
+
+class CertificateInvalid(ValueError):
+    """A certificate that must not be relied on, and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class VerifiedCertificate:
+    body: dict[str, Any]
+    request_id: str
+    ticket_id: str | None
+    outcome: str
+    issued_at: str
+    key_id: str
+
+
+# -- building ---------------------------------------------------------------------------------
+def build_certificate(
+    ledger: Ledger, datamap: DataMap, request_id: str, issued_at: datetime
+) -> dict[str, Any]:
+    """The certificate's body for one erasing request, from what the ledger recorded."""
+    if issued_at.tzinfo is None:
+        raise ValueError("issued_at must carry a time zone")
+    record = ledger.get(request_id)
+    if record.type is None or not record.type.erases:
+        kind = record.type.value if record.type else "untyped"
+        raise ValueError(
+            f"request {request_id} is {kind}: only erasure, consent_withdrawal and "
+            "account_cancellation requests erase data and get an erasure certificate"
+        )
+    rows = [s for s in ledger.steps([request_id]) if s["kind"] != DELIVERABLE_KIND]
+    partner_rows = {str(p["system"]): p for p in ledger.partner_requests([request_id])}
+    partner_names = {str(s["system"]) for s in rows if s["kind"] == PARTNER_KIND} | set(
+        partner_rows
+    )
+    by_system: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for step in rows:
+        if str(step["system"]) not in partner_names:
+            by_system[str(step["system"])][str(step["action"])] = step
+
+    systems = [
+        _system(name, datamap, steps)
+        for name, steps in sorted(by_system.items())
+    ]
+    partners = [
+        _partner(
+            name, datamap, partner_rows.get(name),
+            next((s for s in rows if s["system"] == name), None),
+        )
+        for name in sorted(partner_names)
+    ]
+    holds = [
+        {"system": s["system"], "part": p["part"], "retained": p["retained"],
+         "reasons": p["retain_reasons"]}
+        for s in systems if s["erase"] is not None
+        for p in s["erase"]["parts"] if p["retained"]
+    ]
+    reasons = _system_reasons(systems) + _partner_reasons(partners)
+    return {
+        "format": FORMAT,
+        "issued_at": _time(issued_at),
+        "request": {
+            "id": record.id,
+            "ticket_id": record.ticket_id,
+            "type": record.type.value,
+            "regime": record.regime.value if record.regime else None,
+            "scope": sorted(record.scope) if record.scope is not None else None,
+            "received_at": _time(record.received_at),
+            "verified_at": _time(record.verified_at),
+            "due_at": _time(record.due_at),
+            "effective_due_at": _time(record.effective_due_at),
+            "datamap_version": record.datamap_version,
+            "policy_version": record.policy_version,
+        },
+        "systems": systems,
+        "partners": partners,
+        "holds": holds,
+        "outcome": {"status": INCOMPLETE if reasons else COMPLETE, "reasons": reasons},
+    }
+
+
+def _system(name: str, datamap: DataMap, steps: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    spec = datamap.systems.get(name)
+    erase = steps.get(StepAction.ERASE.value)
+    verify = steps.get(StepAction.VERIFY.value)
+    kind = spec.kind if spec is not None else next(str(s["kind"]) for s in steps.values())
+    return {
+        "system": name,
+        "kind": kind,
+        "erase": _erase(erase) if erase is not None else None,
+        "verification": _verification(verify) if verify is not None else None,
+    }
+
+
+def _erase(step: Mapping[str, Any]) -> dict[str, Any]:
+    parts = [
+        {
+            "part": part,
+            **{c: _count(values.get(c)) for c in COUNTS},
+            "retain_reasons": sorted({str(r) for r in values.get("retain_reasons") or []}),
+            "statements": sorted({str(h) for h in values.get("statements") or []}),
+        }
+        for part, values in _parts(step)
+    ]
+    return {
+        "status": step["status"],
+        **{c: _count(step[c]) for c in COUNTS},
+        "parts": parts,
+        "attempts": _count(step["attempts"]),
+        "error": step["error"],
+        "started_at": _time(step["started_at"]),
+        "finished_at": _time(step["finished_at"]),
+        "run": _run(step),
+    }
+
+
+def _verification(step: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "status": step["status"],
+        "remaining": _count(step["remaining"]),
+        "parts": [
+            {"part": part, "remaining": _count(values.get("remaining"))}
+            for part, values in _parts(step)
+        ],
+        "attempts": _count(step["attempts"]),
+        "error": step["error"],
+        "finished_at": _time(step["finished_at"]),
+        "run": _run(step),
+    }
+
+
+def _partner(
+    name: str, datamap: DataMap, row: Mapping[str, Any] | None, step: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    spec = datamap.systems.get(name)
+    row = row or {}
+    details = _details(step)
+    return {
+        "system": name,
+        "protocol": getattr(spec, "protocol", None),
+        "status": row.get("status"),
+        "step_status": step["status"] if step is not None else None,
+        "subject_request_id": row.get("subject_request_id"),
+        "controller_id": row.get("controller_id"),
+        "regulation_sent": row.get("regulation_sent"),
+        "reference": row.get("reference") or details.get("reference"),
+        "confirmed_by": row.get("confirmed_by") or details.get("confirmed_by"),
+        "confirmed_at": _time(details.get("confirmed_at")),
+        "results_count": details.get("results_count"),
+        "expected_completion_at": _time(row.get("expected_completion_at")),
+        "error": (step["error"] if step is not None else None) or row.get("error"),
+        "updated_at": _time(row.get("updated_at")),
+        "finished_at": _time(step["finished_at"]) if step is not None else None,
+        "run": _run(step) if step is not None else None,
+    }
+
+
+def _system_reasons(systems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Why the erasure is not proven complete in each system, if it is not."""
+    reasons: list[dict[str, Any]] = []
+    for entry in systems:
+        name, erase, verify = entry["system"], entry["erase"], entry["verification"]
+        if erase is None:
+            reasons.append(_reason(name, "erase", "missing", "no erase step was recorded"))
+            erase_ok = False
+        else:
+            erase_ok = erase["status"] in (StepStatus.SUCCEEDED, StepStatus.NOT_APPLICABLE)
+            if not erase_ok:
+                reasons.append(_reason(name, "erase", erase["status"], erase["error"]))
+        needs_proof = erase is not None and erase["status"] == StepStatus.SUCCEEDED
+        if verify is None:
+            if needs_proof:
+                reasons.append(_reason(name, "verify", "missing", "the erasure was not verified"))
+            continue
+        if verify["status"] != StepStatus.SUCCEEDED or verify["remaining"] != 0:
+            error = verify["error"]
+            if error is None and verify["remaining"]:
+                error = f"{verify['remaining']} rows remain"
+            reasons.append(_reason(name, "verify", verify["status"], error))
+    return reasons
+
+
+def _partner_reasons(partners: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        _reason(
+            p["system"], "partner", p["step_status"] or p["status"] or "missing",
+            p["error"] or f"the partner's request is {p['status'] or 'not recorded'}",
+        )
+        for p in partners if p["status"] not in PARTNER_DONE
+    ]
+
+
+def _reason(system: str, step: str, status: str, error: str | None) -> dict[str, Any]:
+    return {"system": system, "step": step, "status": status, "error": error}
+
+
+def _details(step: Mapping[str, Any] | None) -> dict[str, Any]:
+    details = step.get("details") if step is not None else None
+    return details if isinstance(details, dict) else {}
+
+
+def _parts(step: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The connector's parts (tables, buckets, log sources); reserved keys start with `_`."""
+    return sorted(
+        (name, values) for name, values in _details(step).items()
+        if not name.startswith("_") and isinstance(values, dict)
+    )
+
+
+def _run(step: Mapping[str, Any]) -> dict[str, str] | None:
+    run = _details(step).get(RUN_KEY)
+    return {str(k): str(v) for k, v in sorted(run.items())} if isinstance(run, dict) else None
+
+
+def _count(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _time(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        # Details keep times as ISO text; one spelling for every time in the certificate.
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    assert isinstance(value, datetime)
+    # SQLite hands back naive datetimes; every time in the ledger is UTC.
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- signing ----------------------------------------------------------------------------------
+def canonical_bytes(body: Mapping[str, Any]) -> bytes:
+    """The bytes that are signed: one spelling for one content, whoever re-serializes it."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_certificate(body: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    public = private_key.public_key()
+    return {
+        "certificate": dict(body),
+        "signature": {
+            "algorithm": ALGORITHM,
+            "key_id": key_id(public),
+            "public_key": encode_public_key(public),
+            "value": base64.b64encode(private_key.sign(canonical_bytes(body))).decode("ascii"),
+        },
+    }
+
+
+def verify_certificate(
+    document: object, trusted_public_keys: Iterable[Ed25519PublicKey]
+) -> VerifiedCertificate:
+    """Check a certificate against keys the caller trusts; raises `CertificateInvalid`."""
+    if not isinstance(document, dict):
+        raise CertificateInvalid("malformed document: not a JSON object")
+    body, signature = document.get("certificate"), document.get("signature")
+    if not isinstance(body, dict) or not isinstance(signature, dict):
+        raise CertificateInvalid("malformed document: needs 'certificate' and 'signature'")
+    if body.get("format") != FORMAT:
+        raise CertificateInvalid(f"unknown format {body.get('format')!r}; expected {FORMAT}")
+    if signature.get("algorithm") != ALGORITHM:
+        raise CertificateInvalid(
+            f"algorithm {signature.get('algorithm')!r} is not {ALGORITHM}"
+        )
+    request, outcome = body.get("request"), body.get("outcome")
+    if not (
+        isinstance(request, dict) and isinstance(request.get("id"), str)
+        and isinstance(outcome, dict) and isinstance(outcome.get("status"), str)
+        and isinstance(body.get("issued_at"), str)
+        and all(isinstance(signature.get(k), str) for k in ("key_id", "value"))
+    ):
+        raise CertificateInvalid("malformed document: a required field is missing")
+    trusted = {key_id(k): k for k in trusted_public_keys}
+    claimed = str(signature["key_id"])
+    key = trusted.get(claimed)
+    if key is None:
+        known = ", ".join(sorted(trusted)) or "none"
+        raise CertificateInvalid(f"key {claimed} is not trusted (trusted: {known})")
+    embedded = signature.get("public_key")
+    if embedded is not None and embedded != encode_public_key(key):
+        raise CertificateInvalid(f"the embedded public key is not the trusted key {claimed}")
+    try:
+        value = base64.b64decode(str(signature["value"]).encode("ascii"), validate=True)
+        key.verify(value, canonical_bytes(body))
+    except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
+        raise CertificateInvalid("malformed document: the signature is not base64") from exc
+    except InvalidSignature as exc:
+        raise CertificateInvalid("signature does not match the certificate") from exc
+    return VerifiedCertificate(
+        body=body,
+        request_id=request["id"],
+        ticket_id=request.get("ticket_id"),
+        outcome=outcome["status"],
+        issued_at=body["issued_at"],
+        key_id=claimed,
+    )
+
+
+def read_certificate(path: Path) -> object:
+    """A certificate file's JSON; OSError for a file that cannot be read."""
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CertificateInvalid(f"malformed document: not JSON ({exc})") from exc
+
+
+# -- files ------------------------------------------------------------------------------------
+def write_certificate(document: Mapping[str, Any], out_dir: Path) -> tuple[Path, str]:
+    """`<out_dir>/<request id>.json`, replaced atomically (a reader never sees half a file).
+    Returns the path and the SHA-256 of the bytes written, for the ledger."""
+    request_id = document["certificate"]["request"]["id"]
+    if not isinstance(request_id, str) or not _SAFE_NAME.fullmatch(request_id):
+        raise ValueError(f"request id {request_id!r} cannot name a file")
+    data = (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{request_id}.json"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{request_id}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target, hashlib.sha256(data).hexdigest()
+
+
+def issue_certificate(
+    ledger: Ledger,
+    datamap: DataMap,
+    request_id: str,
+    private_key: Ed25519PrivateKey,
+    out_dir: Path,
+    issued_at: datetime,
+) -> tuple[Path, str]:
+    """Build, sign and write one request's certificate."""
+    body = build_certificate(ledger, datamap, request_id, issued_at)
+    return write_certificate(sign_certificate(body, private_key), out_dir)

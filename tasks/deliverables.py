@@ -1,0 +1,176 @@
+"""What the requester receives once every system has answered: an access package for access
+and portability requests, a signed erasure certificate for erasures, cancellations and
+consent withdrawals. Each is a step of kind `deliverable` in the ledger (system
+`access-package` / `erasure-certificate`), so a failure keeps the request open as partial,
+shows in the report, and a rerun tries again.
+
+A package is made once: its key has been handed over, so a rerun never replaces it. A
+certificate is issued again whenever the request's steps change (a rerun after a failure),
+and the last one issued is the one the ledger points to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from connectors.objects import ObjectsConnector
+from dsrflow.certificates import build_certificate, sign_certificate, write_certificate
+from dsrflow.datamap import PartnerSystem
+from dsrflow.delivery import PackageStore
+from dsrflow.errors import safe_error
+from dsrflow.exports import exported_systems, read_export
+from dsrflow.ledger import RequestRecord
+from dsrflow.model import StepAction, StepStatus
+from dsrflow.packages import (
+    ObjectLink,
+    PackageContents,
+    StoredObject,
+    build_package,
+    key_id,
+    new_package_key,
+    seal,
+)
+from tasks.monitoring import RUN_KEY, current_run
+from tasks.runtime import Runtime
+from tasks.steps import DELIVERABLE_KIND
+
+KIND = DELIVERABLE_KIND
+PACKAGE = "access-package"
+CERTIFICATE = "erasure-certificate"
+NOT_DONE = (StepStatus.PENDING_EXTERNAL.value, StepStatus.RUNNING.value)
+FAILED = (StepStatus.FAILED.value, StepStatus.BLOCKED.value)
+
+
+def now() -> datetime:
+    """The deliverables' clock (tests replace it)."""
+    return datetime.now(UTC)
+
+
+def produce(rt: Runtime, request_ids: Sequence[str]) -> dict[str, str]:
+    """Make the package or certificate of each request whose systems have all answered.
+    Returns request id -> what was made (requests still waiting are left out)."""
+    by_request: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for step in rt.ledger.steps(list(request_ids)):
+        by_request[str(step["request_id"])].append(step)
+    made: dict[str, str] = {}
+    for record in rt.ledger.get_many(list(request_ids)):
+        steps = by_request[record.id]
+        work = [s for s in steps if s["kind"] != KIND]
+        if record.type is None or any(s["status"] in NOT_DONE for s in work):
+            continue
+        if record.type.collects:
+            done = any(s["system"] == PACKAGE and s["status"] == StepStatus.SUCCEEDED.value
+                       for s in steps)
+            if done or any(s["status"] in FAILED for s in work):
+                # Made already (its key is out), or incomplete data: no package of half.
+                continue
+            made[record.id] = _record(rt, record, PACKAGE, StepAction.DELIVER,
+                                      lambda r=record: deliver_package(rt, r))
+        elif record.type.erases:
+            made[record.id] = _record(rt, record, CERTIFICATE, StepAction.CERTIFY,
+                                      lambda r=record: issue_certificate(rt, r))
+    return made
+
+
+def _record(rt: Runtime, record: RequestRecord, system: str, action: StepAction,
+            make: Any) -> str:
+    rt.ledger.record_step(record.id, system, KIND, action.value, StepStatus.RUNNING)
+    try:
+        details: dict[str, Any] = make()
+    except Exception as exc:  # recorded against the request; the request closes partial
+        error = safe_error(exc)
+        rt.ledger.record_step(record.id, system, KIND, action.value, StepStatus.FAILED,
+                              error=error)
+        return f"{system} failed: {error}"
+    if run := current_run():
+        details[RUN_KEY] = run
+    rt.ledger.record_step(record.id, system, KIND, action.value, StepStatus.SUCCEEDED,
+                          details=details)
+    return system
+
+
+def deliver_package(rt: Runtime, record: RequestRecord) -> dict[str, Any]:
+    """Build, seal, store and hand over the package. Returns what the ledger keeps of it:
+    where it is, its checksum, the key's fingerprint and where the key went."""
+    settings = rt.settings.packages
+    at = now()
+    expires_in = int(settings.link_days * 86400)
+    records: dict[str, dict[str, list[dict[str, Any]]]] = {
+        system: read_export(rt.settings.exports_path, rt.ledger.keyring, record.id, system)
+        for system in exported_systems(rt.settings.exports_path, record.id)
+    }
+    for row in rt.ledger.partner_requests([record.id]):
+        # Partners without a results link still belong in the package: what they said.
+        records.setdefault(str(row["system"]), {"results": [
+            {"status": row["status"], "reference": row["reference"], "results_url": None}
+        ]})
+
+    def fetch(obj: StoredObject) -> bytes | None:
+        if obj.size > settings.inline_object_bytes:
+            return None
+        return _objects(rt, obj.system).fetch(obj.bucket, obj.key, obj.version_id)
+
+    def link(obj: StoredObject) -> ObjectLink:
+        url = _objects(rt, obj.system).presign(obj.bucket, obj.key, obj.version_id, expires_in)
+        return ObjectLink(url, at + timedelta(seconds=expires_in))
+
+    package = build_package(PackageContents(record, rt.datamap, records, at, fetch, link))
+    key = new_package_key()
+    blob = seal(package, key)
+    store = PackageStore(settings, rt.settings.base_dir)
+    delivered = store.put(record.id, blob, at)
+    fingerprint = key_id(key)
+    outbox = store.handover(record.id, record.ticket_id, delivered, key, fingerprint)
+    del key  # from here on only the outbox file has it, until the support team sends it
+    return {
+        "location": delivered.location,
+        "expires_at": delivered.expires_at.isoformat(timespec="seconds"),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "systems": sorted(s for s in records if not isinstance(rt.datamap.systems.get(s),
+                                                               PartnerSystem)),
+        "key_id": fingerprint,
+        "key_handed_to": f"outbox:{outbox}",
+    }
+
+
+def handed_over(rt: Runtime, request_id: str, channel: str, by: str,
+                at: datetime | None = None) -> None:
+    """The support team sent the key: record how and by whom, and delete the outbox file,
+    the last copy dsrflow had."""
+    step = next((s for s in rt.ledger.steps([request_id])
+                 if s["system"] == PACKAGE and s["status"] == StepStatus.SUCCEEDED.value), None)
+    if step is None:
+        raise LookupError(f"request {request_id} has no delivered access package")
+    when = (at or now()).isoformat(timespec="seconds")
+    details = {**step["details"], "key_handed_to": channel, "key_handed_over_by": by,
+               "key_handed_over_at": when}
+    rt.ledger.record_step(request_id, PACKAGE, KIND, StepAction.DELIVER.value,
+                          StepStatus.SUCCEEDED, details=details)
+    store = PackageStore(rt.settings.packages, rt.settings.base_dir)
+    store.handover_path(request_id).unlink(missing_ok=True)
+
+
+def _objects(rt: Runtime, system: str) -> ObjectsConnector:
+    connector = rt.connector(system)
+    if not isinstance(connector, ObjectsConnector):
+        raise TypeError(f"{system} is not an objects system")
+    return connector
+
+
+def issue_certificate(rt: Runtime, record: RequestRecord) -> dict[str, Any]:
+    at = now()
+    body = build_certificate(rt.ledger, rt.datamap, record.id, at)
+    document = sign_certificate(body, rt.settings.signing_key_pair())
+    path, digest = write_certificate(document, rt.settings.certificates_path)
+    return {
+        "path": str(path),
+        "sha256": digest,
+        "outcome": body["outcome"]["status"],
+        "key_id": document["signature"]["key_id"],
+        "issued_at": at.isoformat(timespec="seconds"),
+    }

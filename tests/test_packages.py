@@ -1,0 +1,275 @@
+"""The access package, as a requester receives it: a link and a key (from the support
+outbox), an encrypted zip that opens with that key, checksums that verify, and in it the
+subject's records and objects and nothing of anyone else."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsrflow.delivery import PackageSettings
+from dsrflow.errors import StepFailed
+from dsrflow.intake import submit
+from dsrflow.ledger import RequestRecord
+from dsrflow.model import Regime, RequestType, Status
+from dsrflow.packages import (
+    PackageContents,
+    PackageError,
+    StoredObject,
+    build_package,
+    check_package,
+    new_package_key,
+    seal,
+    unseal,
+)
+from tasks import deliverables, steps
+from tasks.runtime import Runtime
+from tests import sqlworld
+from tests.helpers import make_runtime, ticket
+
+AT = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[sqlworld.World, str]:
+    return sqlworld.sqlite_world(tmp_path, 5, 12)
+
+
+@pytest.fixture
+def uploads(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+            world: tuple[sqlworld.World, str]) -> str:
+    """A bucket of every user's uploads: `uploads/<user id>/<n>.jpg`, user 3's second file
+    larger than the package carries inline."""
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    bucket = f"uploads-{random.Random().getrandbits(40):x}"
+    s3.create_bucket(Bucket=bucket)
+    for user in world[0].rows["users"]:
+        uid = user["id"]
+        for n in (1, 2):
+            size = 4096 if (uid, n) == (3, 2) else 64
+            s3.put_object(Bucket=bucket, Key=f"uploads/{uid}/{n}.jpg",
+                          Body=(f"photo {n} of user {uid};".encode() * size)[:size])
+    return bucket
+
+
+def _runtime(tmp_path: Path, url: str, s3_endpoint: str, bucket: str,
+             packages: PackageSettings) -> Runtime:
+    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
+    doc["disclosures"] = {"media": {"purposes": ["photos you upload"],
+                                    "retention": "until you delete them"}}
+    doc["systems"] = {
+        "db": {**doc["systems"]["db"], "url": url},
+        "media": {"kind": "objects", "endpoint_url": s3_endpoint, "buckets": {bucket: {
+            "category": "media", "action": "delete",
+            "ownership": [{"key_template": "uploads/{user_id}/"}]}}},
+    }
+    rt = make_runtime(tmp_path, doc)
+    rt.settings.packages = packages
+    return rt
+
+
+def _access(rt: Runtime, uid: int, world: sqlworld.World) -> str:
+    email = str(world.user(uid)["email"])
+    rid = submit(rt.ledger, rt.datamap,
+                 ticket(f"T-{uid}", "access", [{"type": "email", "value": email}])).request_id
+    gate = steps.open_requests(rt, [rid])
+    steps.resolve_identities(rt, gate.ready)
+    for system in ("media", "db"):
+        steps.apply_to_system(rt, system, [rid])
+    return rid
+
+
+def _receive(rt: Runtime, rid: str) -> tuple[dict[str, Any], zipfile.ZipFile, dict[str, Any]]:
+    """What the requester does: read the outbox (link + key), download, open."""
+    step = next(s for s in rt.ledger.steps([rid]) if s["system"] == deliverables.PACKAGE)
+    assert step["status"] == "succeeded", step["error"]
+    outbox = json.loads(Path(step["details"]["key_handed_to"].removeprefix("outbox:"))
+                        .read_text())
+    blob = httpx.get(outbox["link"]).raise_for_status().content if outbox["link"].startswith(
+        "http") else Path(outbox["link"].removeprefix("file://")).read_bytes()
+    package = unseal(blob, outbox["key"].encode())
+    manifest = check_package(package)
+    return step, zipfile.ZipFile(io.BytesIO(package)), manifest | {"_outbox": outbox}
+
+
+def test_an_access_package_holds_the_subject_and_nobody_else(
+    tmp_path: Path, world: tuple[sqlworld.World, str], s3_endpoint: str, uploads: str,
+) -> None:
+    w, url = world
+    packages = PackageSettings(store="s3", bucket=uploads, prefix="packages/",
+                               endpoint_url=s3_endpoint, inline_object_bytes=1024)
+    rt = _runtime(tmp_path, url, s3_endpoint, uploads, packages)
+    rid = _access(rt, 3, w)
+    assert deliverables.produce(rt, [rid]) == {rid: deliverables.PACKAGE}
+    step, zf, manifest = _receive(rt, rid)
+
+    # The subject's rows, table by table, as JSON and CSV; exactly the oracle's set.
+    for table, owners in w.owners.items():
+        mine = sorted(str(k) for k, who in owners.items() if 3 in who)
+        path = f"data/db/{table}.json"
+        if not mine:
+            assert path not in zf.namelist()
+            continue
+        rows = json.loads(zf.read(path))
+        assert len(rows) == len(mine), table
+        assert zf.read(f"data/db/{table}.csv").count(b"\n") == len(rows) + 1
+    # Their small photo travels inside; the large one is an expiring link that works.
+    carried = [f for f in manifest["files"] if "object_key" in f]
+    assert [f["object_key"] for f in carried] == ["uploads/3/1.jpg"]
+    assert zf.read(carried[0]["path"]).startswith(b"photo 1 of user 3;")
+    [link] = manifest["object_links"]
+    assert link["key"] == "uploads/3/2.jpg"
+    assert httpx.get(link["url"]).raise_for_status().content.startswith(b"photo 2 of user 3;")
+    # Nobody else's identity or photo is anywhere in it.
+    everything = b"".join(zf.read(n) for n in zf.namelist())
+    for other in w.rows["users"]:
+        if other["id"] != 3:
+            assert str(other["email"]).encode() not in everything
+            assert sqlworld.phone_for(other["id"]).encode() not in everything
+            assert f"of user {other['id']};".encode() not in everything
+    assert str(w.user(3)["email"]).encode() in everything
+
+    # The manifest says what, why, how long and to whom, and index.html a person can read.
+    media = next(c for c in manifest["categories"] if c["category"] == "media")
+    assert media["purposes"] == ["photos you upload"]
+    assert {s["system"] for s in manifest["sources"]} == {"db", "media"}
+    assert "The personal data we hold about you" in zf.read("index.html").decode()
+
+    # The ledger knows where the package and the key went, never the key.
+    details = step["details"]
+    assert details["location"] == f"s3://{uploads}/packages/{rid}.zip.fernet"
+    assert details["key_id"] == manifest["_outbox"]["key_id"]
+    key = manifest["_outbox"]["key"].encode()
+    assert key not in (tmp_path / "ledger.db").read_bytes()
+    assert key not in json.dumps(rt.ledger.steps([rid]), default=str).encode()
+    rt.close()
+
+
+def test_a_package_is_made_once_and_the_wrong_key_does_not_open_it(
+    tmp_path: Path, world: tuple[sqlworld.World, str], s3_endpoint: str, uploads: str,
+) -> None:
+    w, url = world
+    rt = _runtime(tmp_path, url, s3_endpoint, uploads, PackageSettings(store="local"))
+    rid = _access(rt, 5, w)
+    deliverables.produce(rt, [rid])
+    step, _, manifest = _receive(rt, rid)
+    assert step["details"]["location"].startswith(str(tmp_path / ".dsrflow" / "packages"))
+
+    # A rerun (the flow retried, the partner check closed it) makes no second package.
+    assert deliverables.produce(rt, [rid]) == {}
+    blob = Path(step["details"]["location"]).read_bytes()
+    with pytest.raises(PackageError, match="key does not open"):
+        unseal(blob, new_package_key())
+
+    # Once the support team has sent the key, the outbox copy is gone and the ledger says
+    # how it went out.
+    outbox = Path(step["details"]["key_handed_to"].removeprefix("outbox:"))
+    deliverables.handed_over(rt, rid, channel="SMS to the account phone", by="agent-7")
+    assert not outbox.exists()
+    [after] = [s for s in rt.ledger.steps([rid]) if s["system"] == deliverables.PACKAGE]
+    assert after["details"]["key_handed_to"] == "SMS to the account phone"
+    assert after["details"]["key_id"] == manifest["_outbox"]["key_id"]
+    with pytest.raises(LookupError):
+        deliverables.handed_over(rt, "no-such-request", channel="x", by="y")
+    rt.close()
+
+
+def test_no_package_of_half_the_data(
+    tmp_path: Path, world: tuple[sqlworld.World, str], s3_endpoint: str, uploads: str,
+) -> None:
+    """A system that failed to collect keeps the package back; the request closes partial
+    and a rerun makes the package once every system has answered."""
+    w, url = world
+    rt = _runtime(tmp_path, url, s3_endpoint, "no-such-bucket", PackageSettings(store="local"))
+    email = str(w.user(2)["email"])
+    rid = submit(rt.ledger, rt.datamap,
+                 ticket("T-2", "access", [{"type": "email", "value": email}])).request_id
+    steps.open_requests(rt, [rid])
+    for system in ("media", "db"):
+        # The media system fails (its bucket does not exist), after recording the failure.
+        with contextlib.suppress(StepFailed):
+            steps.apply_to_system(rt, system, [rid])
+    assert deliverables.produce(rt, [rid]) == {}
+    assert steps.close_requests(rt, [rid]) == {rid: Status.PARTIALLY_COMPLETED}
+    rt.close()
+
+
+def _contents(records: dict[str, Any], objects: dict[str, bytes] | None = None
+              ) -> PackageContents:
+    record = RequestRecord(
+        id="r-1", ticket_id="T-1", type=RequestType.ACCESS, regime=Regime.PIPL, channel="app",
+        scope=None, status=Status.IN_PROGRESS, reason=None, received_at=AT, verified_at=AT,
+        due_at=None, deadline_error=None, completed_at=None, datamap_version="v1",
+        policy_version="p1",
+    )
+    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
+    doc["systems"] = {**doc["systems"], "media": {
+        "kind": "objects", "buckets": {"bkt": {"category": "media", "action": "delete",
+                                             "ownership": [{"key_template": "u/{user_id}/"}]}}}}
+    from dsrflow.datamap import parse_datamap
+
+    def fetch(obj: StoredObject) -> bytes | None:
+        return (objects or {}).get(obj.key)
+
+    return PackageContents(record, parse_datamap(doc), records, AT, fetch, None)
+
+
+def test_tampering_is_caught_file_by_file() -> None:
+    package = build_package(_contents({"db": {"users": [{"id": 1, "email": "a@example.com"}]}}))
+    check_package(package)
+
+    def rewrite(change: dict[str, bytes], drop: str | None = None) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(package)) as src, zipfile.ZipFile(out, "w") as dst:
+            for name in src.namelist():
+                if name != drop:
+                    dst.writestr(name, change.get(name, src.read(name)))
+            for name, data in change.items():
+                if name not in src.namelist():
+                    dst.writestr(name, data)
+        return out.getvalue()
+
+    with pytest.raises(PackageError, match=r"users\.json does not match"):
+        check_package(rewrite({"data/db/users.json": b'[{"id": 2}]'}))
+    with pytest.raises(PackageError, match=r"users\.csv is in the manifest but not"):
+        check_package(rewrite({}, drop="data/db/users.csv"))
+    with pytest.raises(PackageError, match=r"extra\.txt is in the package but not"):
+        check_package(rewrite({"extra.txt": b"x"}))
+    # Sealed, one flipped byte and it does not open at all.
+    key = new_package_key()
+    sealed = bytearray(seal(package, key))
+    sealed[40] ^= 1
+    with pytest.raises(PackageError):
+        unseal(bytes(sealed), key)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(min_size=1, max_size=40))
+def test_no_object_key_can_escape_the_package_folder(key: str) -> None:
+    """Keys come from other people's systems: `../../etc/passwd` or an absolute path must
+    land inside `objects/`, and the same bytes come out."""
+    package = build_package(_contents(
+        {"media": {"bkt": [{"key": key, "size": 3, "version_id": None}]}}, {key: b"abc"}))
+    with zipfile.ZipFile(io.BytesIO(package)) as zf:
+        [entry] = [n for n in zf.namelist() if n.startswith("objects/")]
+        parts = entry.split("/")
+        assert parts[:3] == ["objects", "media", "bkt"] and len(parts) == 4
+        assert ".." not in parts and not entry.startswith("/") and "\\" not in entry
+        assert zf.read(entry) == b"abc"
+    assert check_package(package)["files"]
