@@ -8,7 +8,8 @@
    artifacts and `dsr.request.*` events land there;
 3. finds the `dsr-batch-…` flow run and its `dsr-batch` table artifact over the REST API;
 4. screenshots the UI's pages with headless Chromium (Debian's `chromium` package),
-   checking first, with `--dump-dom`, that each page rendered what it should;
+   checking first, with `--dump-dom`, that each page rendered what it should, and the
+   demo's HTML report (`report.png`);
 5. stops the server and prints the files written (each kept under `--max-kb`).
 
 Prefect 3.9 serves two UIs: the new one under `/v2` (where `/` sends a browser) and the
@@ -247,6 +248,11 @@ def find_artifacts(api: str, flow_run_id: str) -> list[dict[str, Any]]:
     )
 
 
+# Not a UI page: the demo's report.html, opened from disk (path: under the demo's folder).
+REPORT_PAGE = Page("report.png", "report.html", ("Per system",),
+                   "the HTML report: charts, then requests and systems", size=(1400, 1700))
+
+
 def pages_for(run: dict[str, Any], artifacts: list[dict[str, Any]]) -> list[Page]:
     run_id, name = run["id"], run["name"]
     table = next(
@@ -413,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
                 capture(chromium, root + page.path, page, target, work, args.budget_ms)
                 shrink(target, args.max_kb)
                 written.append((target, page))
+        # The demo's HTML report is a file: no server needed.
+        target = out / REPORT_PAGE.file
+        print(f"  {REPORT_PAGE.file} <- {REPORT_PAGE.path}", flush=True)
+        report = (work / "demo-out" / REPORT_PAGE.path).as_uri()
+        capture(chromium, report, REPORT_PAGE, target, work, args.budget_ms)
+        shrink(target, args.max_kb)
+        written.append((target, REPORT_PAGE))
     except (ScreenshotError, subprocess.TimeoutExpired) as error:
         print(f"error: {error}", file=sys.stderr)
         print(f"(logs kept in {work})", file=sys.stderr)

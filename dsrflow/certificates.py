@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from dsrflow.model import StepAction, StepStatus
+from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, StepAction, StepStatus
 from dsrflow.signing import encode_public_key, key_id
 
 if TYPE_CHECKING:  # the ledger pulls in SQLAlchemy and Alembic; `verify` needs neither
@@ -40,12 +40,7 @@ if TYPE_CHECKING:  # the ledger pulls in SQLAlchemy and Alembic; `verify` needs 
 
 FORMAT = "dsrflow.erasure-certificate/1"
 ALGORITHM = "Ed25519"
-# Mirrors tasks.monitoring.RUN_KEY (a test keeps them equal): importing it would bring
-# Prefect into a module that must not need it.
-RUN_KEY = "_run"
 PARTNER_KIND = "partner"
-# Bookkeeping rows (access packages, certificates) that share the steps table.
-DELIVERABLE_KIND = "deliverable"
 PARTNER_DONE = frozenset({"completed", "confirmed"})
 COUNTS = ("found", "deleted", "anonymized", "retained")
 COMPLETE = "complete"

@@ -18,20 +18,27 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from dsrflow.deadlines import CalendarUnavailable, Deadlines
 from dsrflow.model import Regime
 
-OPEN_STATES = ("on_time", "at_risk", "overdue", "awaiting_verification", "unknown")
+OPEN_STATES = ("on_time", "extended", "at_risk", "overdue", "awaiting_verification", "unknown")
 CLOSED_STATES = frozenset({"completed_on_time", "completed_late", "not_applicable"})
 STATE_COLOURS = {
     "on_time": "#2e7d32",
+    "extended": "#00838f",
     "at_risk": "#f9a825",
     "overdue": "#c62828",
     "awaiting_verification": "#1565c0",
     "unknown": "#9e9e9e",
 }
-MAX_DAYS_SHOWN = 15  # days left beyond this share one bar, "15+"
+OTHER_COLOUR = "#6d4c41"  # a state this module does not know yet
+CALENDAR_DAYS_COLOUR = "#1565c0"
+BUSINESS_DAYS_COLOUR = "#90caf9"
+MAX_DAYS_SHOWN = 15
+MIN_BUCKET_SLOTS = 6  # days left beyond this share one bar, "15+"
 FIGSIZE = (7.0, 3.2)
 DPI = 100
 
@@ -41,13 +48,24 @@ def _utc(column: pd.Series) -> pd.Series:
     return pd.to_datetime(column, utc=True, format="ISO8601", errors="coerce")
 
 
+def effective_due(frame: pd.DataFrame) -> pd.Series:
+    """Each row's binding due date: `extended_due_at` where a request was extended, else
+    `due_at` (a frame without the column has no extensions)."""
+    due = _utc(frame["due_at"])
+    if "extended_due_at" not in frame:
+        return due
+    extended = _utc(frame["extended_due_at"])
+    return extended.where(extended.notna(), due)
+
+
 def business_days_left(
     frame: pd.DataFrame, now: datetime, deadlines: Deadlines | None = None
 ) -> pd.Series:
-    """Working days from `now` to each row's `due_at` (negative once overdue; <NA> when
-    unknown). With `deadlines`, each regime's calendar (`Deadlines.working_days_used`);
-    without, or for rows without a regime, Monday to Friday in UTC."""
-    due = _utc(frame["due_at"])
+    """Working days from `now` to each row's effective due date (`effective_due`;
+    negative once overdue; <NA> when unknown). With `deadlines`, each regime's calendar
+    (`Deadlines.working_days_used`); without, or for rows without a regime, Monday to
+    Friday in UTC."""
+    due = effective_due(frame)
     result = pd.Series(pd.NA, index=frame.index, dtype="Int64")
     known = due.notna()
     if not known.any():
@@ -191,35 +209,54 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def chart_open_by_days_left(
+def _legend_outside(axes: Axes, handles: list[Patch]) -> None:
+    """The legend to the right of the plot, never over it: a frameless legend drawn over
+    a bar of its own colour loses its swatch (one state with one bar fills the plot)."""
+    axes.legend(handles=handles, fontsize=8, frameon=False, loc="upper left",
+                bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def figure_open_by_days_left(
     frame: pd.DataFrame, now: datetime, deadlines: Deadlines | None = None
-) -> bytes:
+) -> Figure:
     data = open_by_days_left(frame, now, deadlines)
     figure, axes = _figure("Open requests by business days left")
     if data.empty:
         _no_data(axes)
-        return _png(figure)
+        return figure
     x = np.arange(len(data.index))
     bottom = np.zeros(len(data.index))
+    handles = []
     for state in data.columns:
         counts = data[state].to_numpy(dtype="float64")
         if counts.any():
-            axes.bar(x, counts, bottom=bottom, label=state,
-                     color=STATE_COLOURS.get(state, "#6d4c41"))
+            colour = STATE_COLOURS.get(state, OTHER_COLOUR)
+            axes.bar(x, counts, bottom=bottom, label=state, color=colour)
+            # A swatch of its own, not one copied from the state's first bar.
+            handles.append(Patch(facecolor=colour, label=state))
         bottom += counts
     axes.set_xticks(x, list(data.index))
+    # Room for a few buckets at least: one lone bar as wide as the plot reads as a block.
+    axes.set_xlim(-0.6, max(len(x), MIN_BUCKET_SLOTS) - 0.4)
     axes.set_xlabel("business days left")
     axes.set_ylabel("requests")
-    axes.legend(fontsize=8, frameon=False)
-    return _png(figure)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend_outside(axes, handles)
+    return figure
 
 
-def chart_ontime_by_week(frame: pd.DataFrame) -> bytes:
+def chart_open_by_days_left(
+    frame: pd.DataFrame, now: datetime, deadlines: Deadlines | None = None
+) -> bytes:
+    return _png(figure_open_by_days_left(frame, now, deadlines))
+
+
+def figure_ontime_by_week(frame: pd.DataFrame) -> Figure:
     data = ontime_by_week(frame)
     figure, axes = _figure("On-time rate by week of completion")
     if data.empty:
         _no_data(axes)
-        return _png(figure)
+        return figure
     x = np.arange(len(data.index))
     axes.plot(x, data["rate"].to_numpy() * 100, marker="o", color="#1565c0")
     labels = [w.isoformat() if isinstance(w, date) else str(w) for w in data.index]
@@ -229,27 +266,36 @@ def chart_ontime_by_week(frame: pd.DataFrame) -> bytes:
     axes.set_ylim(0, 105)
     axes.set_ylabel("% on time")
     axes.set_xlabel("week starting (UTC)")
-    return _png(figure)
+    return figure
 
 
-def chart_median_days_by_type(frame: pd.DataFrame) -> bytes:
+def chart_ontime_by_week(frame: pd.DataFrame) -> bytes:
+    return _png(figure_ontime_by_week(frame))
+
+
+def figure_median_days_by_type(frame: pd.DataFrame) -> Figure:
     data = median_days_by_type(frame)
     figure, axes = _figure("Median days to respond by request type")
     if data.empty:
         _no_data(axes)
-        return _png(figure)
+        return figure
     y = np.arange(len(data.index))
     height = 0.38
     axes.barh(y - height / 2, data["median_days"].to_numpy(), height,
-              label="calendar days", color="#1565c0")
+              label="calendar days", color=CALENDAR_DAYS_COLOUR)
     axes.barh(y + height / 2, data["median_business_days"].fillna(0).to_numpy(),
-              height, label="business days", color="#90caf9")
+              height, label="business days", color=BUSINESS_DAYS_COLOUR)
     axes.set_yticks(y, [f"{t} ({n})" for t, n in zip(data.index, data["requests"],
                                                        strict=True)])
     axes.invert_yaxis()
     axes.set_xlabel("median days, received to completed (requests)")
-    axes.legend(fontsize=8, frameon=False)
-    return _png(figure)
+    _legend_outside(axes, [Patch(facecolor=CALENDAR_DAYS_COLOUR, label="calendar days"),
+                           Patch(facecolor=BUSINESS_DAYS_COLOUR, label="business days")])
+    return figure
+
+
+def chart_median_days_by_type(frame: pd.DataFrame) -> bytes:
+    return _png(figure_median_days_by_type(frame))
 
 
 def data_uri(png: bytes) -> str:

@@ -111,6 +111,14 @@ class StepAction(StrEnum):
     CERTIFY = "certify"  # the erasure certificate
 
 
+# The ledger's steps table holds, beside the systems' own steps, the bookkeeping of what a
+# request delivers (an access package, an erasure certificate) under this kind.
+DELIVERABLE_KIND = "deliverable"
+# Where a step's details keep the Prefect run that did the work (a leading underscore: the
+# other keys are the connector's parts, named after tables, buckets and log sources).
+RUN_KEY = "_run"
+
+
 # Categories named in the privacy policy (2.x); a data map may add its own.
 POLICY_CATEGORIES = frozenset(
     {

@@ -24,7 +24,7 @@ from dsrflow.delivery import PackageStore
 from dsrflow.errors import safe_error
 from dsrflow.exports import exported_systems, read_export
 from dsrflow.ledger import RequestRecord
-from dsrflow.model import StepAction, StepStatus
+from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, StepAction, StepStatus
 from dsrflow.packages import (
     ObjectLink,
     PackageContents,
@@ -34,9 +34,8 @@ from dsrflow.packages import (
     new_package_key,
     seal,
 )
-from tasks.monitoring import RUN_KEY, current_run
+from tasks.monitoring import current_run
 from tasks.runtime import Runtime
-from tasks.steps import DELIVERABLE_KIND
 
 KIND = DELIVERABLE_KIND
 PACKAGE = "access-package"

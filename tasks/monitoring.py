@@ -12,10 +12,6 @@ from prefect.runtime import flow_run, task_run
 
 from tasks.runtime import get_runtime
 
-# Where a step's details keep the Prefect run that did the work (a leading underscore:
-# the other keys are the connector's parts, named after tables and buckets).
-RUN_KEY = "_run"
-
 
 def current_run() -> dict[str, str]:
     """The ids of the flow and task run this code runs in (empty outside Prefect), for the

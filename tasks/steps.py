@@ -18,9 +18,9 @@ from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
 from dsrflow.ledger import RequestRecord, StepCounts
-from dsrflow.model import RequestType, Status, StepAction, StepStatus
+from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, RequestType, Status, StepAction, StepStatus
 from tasks import partners
-from tasks.monitoring import RUN_KEY, current_run
+from tasks.monitoring import current_run
 from tasks.runtime import Runtime
 
 
@@ -242,7 +242,6 @@ def _raise_if_failed(system: str, results: list[StepResult]) -> None:
 
 
 # -- the request around the steps ------------------------------------------------------------
-DELIVERABLE_KIND = "deliverable"  # access packages and certificates (tasks.deliverables)
 RUNNABLE = frozenset(
     {Status.VERIFIED, Status.IN_PROGRESS, Status.FAILED, Status.PARTIALLY_COMPLETED}
 )

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner, Result
 
 import tasks.steps
-from dsrflow import certificates
 from dsrflow.certificates import (
     FORMAT,
     CertificateInvalid,
@@ -42,7 +41,7 @@ from dsrflow.cli import app
 from dsrflow.crypto import encode_key, new_key
 from dsrflow.errors import StepFailed
 from dsrflow.intake import submit
-from dsrflow.model import Status, StepStatus
+from dsrflow.model import RUN_KEY, Status, StepStatus
 from dsrflow.settings import ConfigError, load_settings, read_key_file, write_key_file
 from dsrflow.signing import (
     decode_signing_key,
@@ -52,7 +51,6 @@ from dsrflow.signing import (
     new_signing_key,
 )
 from tasks import partners
-from tasks.monitoring import RUN_KEY
 from tasks.runtime import Runtime, set_runtime
 from tasks.steps import apply_to_system, open_requests, resolve_identities, verify_system
 from tests import sqlworld
@@ -312,10 +310,6 @@ def test_issued_at_needs_a_time_zone(erasure: Erasure) -> None:
     with pytest.raises(ValueError, match="time zone"):
         build_certificate(erasure.rt.ledger, erasure.rt.datamap, erasure.request_id,
                           datetime(2026, 11, 22, 8, 0))
-
-
-def test_the_run_key_is_the_one_the_tasks_write() -> None:
-    assert certificates.RUN_KEY == RUN_KEY
 
 
 # -- signatures -------------------------------------------------------------------------------

@@ -22,9 +22,12 @@ from dsrflow.model import Regime, RequestType, Status, StepStatus
 from dsrflow.report import (
     REQUEST_COLUMNS,
     STEP_COLUMNS,
+    SYSTEM_COLUMNS,
     deadline_state,
+    make_filter,
     requests_frame,
     steps_frame,
+    systems_frame,
     to_html,
     to_markdown,
     write_reports,
@@ -391,7 +394,7 @@ def test_write_reports_writes_three_files_without_identities(
 
     paths = write_reports(tmp_path / "out", ledger, deadlines, now=NOW)
 
-    assert set(paths) == {"report.csv", "steps.csv", "report.html"}
+    assert set(paths) == {"report.csv", "steps.csv", "systems.csv", "report.html"}
     assert all(p.parent == tmp_path / "out" and p.exists() for p in paths.values())
     report = pd.read_csv(paths["report.csv"])
     assert list(report.columns) == REQUEST_COLUMNS
@@ -400,6 +403,10 @@ def test_write_reports_writes_three_files_without_identities(
     steps = pd.read_csv(paths["steps.csv"])
     assert list(steps.columns) == STEP_COLUMNS
     assert steps["remaining"].tolist() == [0]
+    systems = pd.read_csv(paths["systems.csv"])
+    assert list(systems.columns) == SYSTEM_COLUMNS
+    assert systems[["system", "requests", "deleted", "remaining"]].values.tolist() == [
+        ["userdb", 1, 2, 0]]
     page = paths["report.html"].read_text()
     assert page.startswith("<!doctype html>")
     for ticket_id in ("T-on-time", "T-late", "T-bad"):
@@ -416,11 +423,244 @@ def test_markdown_and_html_escape_what_they_show(ledger: Ledger, deadlines: Dead
     frame = requests_frame(ledger, deadlines, now=NOW)
 
     page = to_html(frame, steps_frame(ledger))
-    assert "<script>" not in page
-    assert "&lt;script&gt;" in page
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in page
+    assert page.count("<script>") == 1  # the page's own row filter, nothing else
 
     md = to_markdown(frame).splitlines()
     assert md[0] == "| " + " | ".join(REQUEST_COLUMNS) + " |"
     assert len(md) == 3
     assert "| T-x |" in md[2]
     assert "None" not in md[2] and "nan" not in md[2]  # empty cells are empty
+
+
+# -- the columns added for extensions, versions and days left -------------------------------
+def extend(ledger: Ledger, request_id: str, until: datetime, notice: datetime,
+           reason: str) -> None:
+    """Store an extension as the ledger keeps it: the report reads what is stored, whatever
+    set it (and `Ledger.extend`'s own rules are tested with it)."""
+    from sqlalchemy import update
+
+    from dsrflow.ledger.schema import requests
+
+    with ledger.engine.begin() as conn:
+        conn.execute(update(requests).where(requests.c.id == request_id).values(
+            extended_due_at=until, extension_notice_at=notice, extension_reason=reason))
+
+
+def test_verification_versions_and_days_left(
+    world: dict[str, str], ledger: Ledger, deadlines: Deadlines
+) -> None:
+    frame = requests_frame(ledger, deadlines, now=NOW).set_index("request_id")
+    on_time = frame.loc[world["on_time"]]
+    assert on_time["verified_at"] == "2026-11-18T04:03:00+00:00"  # the ticket's, 3 minutes in
+    assert (on_time["datamap_version"], on_time["policy_version"]) == ("dm", "p")
+    assert frame["verified_at"].isna()[world["awaiting_verification"]]
+    assert str(frame["business_days_left"].dtype) == "Int64"
+    left = frame["business_days_left"]
+    # From Friday 20 Nov: due Mon 23 Nov -> 1; due Wed 9 Dec -> 13; due Wed 18 Nov -> -2
+    # (Thursday and Friday have gone by).
+    assert left[world["at_risk"]] == 1
+    assert left[world["on_time"]] == 13
+    assert left[world["awaiting_verification"]] == 13
+    assert left[world["overdue"]] == -2
+    # Closed, rejected, or without a calendar: nothing to count.
+    for name in ("completed_on_time", "completed_late", "not_applicable", "unknown"):
+        assert pd.isna(left[world[name]]), name
+    rejected = frame.loc[world["not_applicable"]]
+    assert pd.isna(rejected["datamap_version"]) and pd.isna(rejected["policy_version"])
+
+
+def test_an_extension_keeps_the_original_due_date_and_counts_to_the_new_one(
+    accept: Accept, ledger: Ledger, deadlines: Deadlines
+) -> None:
+    # GDPR, received Tue 20 Oct: due Fri 20 Nov, end of day in Dublin (UTC in winter).
+    rid = accept("T-gdpr", at("2026-10-20"), Status.IN_PROGRESS, regime="gdpr")
+    extend(ledger, rid, datetime(2026, 12, 4, 23, 59, 59, tzinfo=UTC), at("2026-11-02"),
+           "three partners to hear from")
+
+    row = requests_frame(ledger, deadlines, now=NOW).set_index("request_id").loc[rid]
+
+    assert row["due_at"] == "2026-11-20T23:59:59+00:00"
+    assert row["extended_due_at"] == "2026-12-04T23:59:59+00:00"
+    assert row["extension_notice_at"] == "2026-11-02T04:00:00+00:00"
+    assert row["extension_reason"] == "three partners to hear from"
+    # Mon 23 Nov to Fri 4 Dec on the Irish calendar: two full weeks.
+    assert row["business_days_left"] == 10
+
+
+class Records:
+    """A ledger that holds nothing but these records (what `requests_frame` reads)."""
+
+    def __init__(self, records: list[RequestRecord]) -> None:
+        self.records = records
+
+    def all(self) -> list[RequestRecord]:
+        return self.records
+
+
+REGIMES = [Regime.PIPL, Regime.GDPR, Regime.CCPA, Regime.UK_GDPR]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cases=st.lists(st.tuples(
+        st.sampled_from(REGIMES),
+        st.dates(min_value=date(2026, 1, 1), max_value=date(2027, 3, 1)),  # received
+        st.integers(min_value=0, max_value=80),  # due, days after receipt
+        st.none() | st.integers(min_value=1, max_value=60),  # extended by
+        st.integers(min_value=-30, max_value=120),  # the clock, days after receipt
+        st.integers(min_value=0, max_value=86_399),  # seconds into those days
+    ), min_size=1, max_size=8),
+)
+def test_days_used_and_left_match_the_calendars_day_by_day(
+    cases: list[tuple[Regime, date, int, int | None, int, int]],
+) -> None:
+    """The frame counts working days for all requests at once; each count equals what the
+    regime's calendar gives for that request alone (`Deadlines.working_days_used`,
+    `dsrflow.sla.business_days_left`), unknown where the calendar raises: China's 2027
+    is not published."""
+    from dsrflow.deadlines import CalendarUnavailable
+    from dsrflow.sla import business_days_left
+
+    deadlines = Deadlines()
+    now = datetime(2026, 11, 20, 4, tzinfo=UTC)
+    records = []
+    for i, (regime, received, due_in, extended_by, clock, second) in enumerate(cases):
+        received_at = datetime.combine(received, datetime.min.time(), UTC) + timedelta(
+            seconds=second)
+        due = received_at + timedelta(days=due_in)
+        records.append(RequestRecord(
+            id=f"r{i}", ticket_id=f"T-{i}", type=RequestType.ERASURE, regime=regime,
+            channel="app", scope=None, status=Status.IN_PROGRESS, reason=None,
+            received_at=received_at, verified_at=received_at, due_at=due,
+            deadline_error=None, completed_at=None, datamap_version="dm",
+            policy_version="p",
+            extended_due_at=due + timedelta(days=extended_by) if extended_by else None,
+        ))
+        now = received_at + timedelta(days=clock, seconds=second)
+    frame = requests_frame(Records(records), deadlines, now=now)  # type: ignore[arg-type]
+
+    for record, used, left in zip(records, frame["business_days_used"],
+                                  frame["business_days_left"], strict=True):
+        try:
+            expected_used: int | None = deadlines.working_days_used(
+                record.regime, record.received_at, now)  # type: ignore[arg-type]
+        except CalendarUnavailable:
+            expected_used = None
+        assert (None if pd.isna(used) else used) == expected_used
+        expected_left = business_days_left(deadlines, record, now)
+        assert (None if pd.isna(left) else left) == expected_left
+
+
+# -- steps: actions, collections, partners, deliverables ------------------------------------
+def test_steps_frame_shows_the_action_what_was_collected_and_the_partner(
+    accept: Accept, ledger: Ledger
+) -> None:
+    access = accept("T-access", at("2026-11-02"), Status.IN_PROGRESS)
+    erased = accept("T-erased", at("2026-11-02"), Status.IN_PROGRESS)
+    run = {"_run": {"flow_run_id": "f1", "task_run_id": "t1"}}
+    record(ledger, access, "userdb", "collect", StepStatus.SUCCEEDED, StepCounts(found=7),
+           details={"users": part(7), **run})
+    record(ledger, erased, "userdb", "erase", StepStatus.SUCCEEDED,
+           StepCounts(found=3, deleted=2, retained=1),
+           details={"orders": part(1, reasons=["tax law"]), **run})
+    record(ledger, erased, "userdb", "verify", StepStatus.SUCCEEDED, StepCounts(remaining=0))
+    ledger.partner_request_id(erased, "adnet", lambda: "11111111-1111-4111-8111-111111111111")
+    ledger.update_partner(erased, "adnet", status="awaiting_confirmation")
+    ledger.record_step(erased, "adnet", "partner", "erase", StepStatus.PENDING_EXTERNAL,
+                       error="adnet acknowledged and will report back")
+    ledger.record_step(erased, "erasure-certificate", "deliverable", "certify",
+                       StepStatus.SUCCEEDED,
+                       details={"path": "certificates/x.json", "sha256": "ab" * 32,
+                                "outcome": "erased", **run})
+
+    rows: dict[tuple[Any, Any], Any] = {
+        (r.request_id, r.system): r for r in steps_frame(ledger).itertuples(index=False)
+    }
+
+    collect = rows[(access, "userdb")]
+    assert (collect.action, collect.found, collect.collected) == ("collect", 7, 7)
+    erase = rows[(erased, "userdb")]
+    assert (erase.action, erase.deleted, erase.retained, erase.remaining) == ("erase", 2, 1, 0)
+    assert pd.isna(erase.collected)  # only collections collect
+    assert erase.reason == "tax law"  # the `_run` bookkeeping is no part, and has no reasons
+    partner = rows[(erased, "adnet")]
+    assert (partner.kind, partner.status, partner.partner_status) == (
+        "partner", "pending_external", "awaiting_confirmation")
+    assert partner.reason == "erase: adnet acknowledged and will report back"
+    assert pd.isna(erase.partner_status)
+    certificate = rows[(erased, "erasure-certificate")]
+    assert (certificate.kind, certificate.action, certificate.status) == (
+        "deliverable", "certify", "succeeded")
+
+
+def test_systems_frame_sums_the_steps_per_system(accept: Accept, ledger: Ledger) -> None:
+    first = accept("T-1", at("2026-11-02"), Status.IN_PROGRESS)
+    second = accept("T-2", at("2026-11-02"), Status.IN_PROGRESS)
+    access = accept("T-3", at("2026-11-02"), Status.IN_PROGRESS)
+    record(ledger, first, "userdb", "erase", StepStatus.SUCCEEDED,
+           StepCounts(found=5, deleted=3, anonymized=1, retained=1))
+    record(ledger, first, "userdb", "verify", StepStatus.SUCCEEDED, StepCounts(remaining=0))
+    record(ledger, second, "userdb", "erase", StepStatus.SUCCEEDED,
+           StepCounts(found=2, deleted=2))
+    record(ledger, second, "userdb", "verify", StepStatus.FAILED, StepCounts(remaining=1),
+           error="1 rows remain")
+    record(ledger, second, "logs", "erase", StepStatus.BLOCKED, error="bucket locked")
+    record(ledger, access, "userdb", "collect", StepStatus.SUCCEEDED, StepCounts(found=4))
+    record(ledger, access, "logs", "collect", StepStatus.PENDING_EXTERNAL, StepCounts(found=0))
+    ledger.record_step(access, "access-package", "deliverable", "deliver", StepStatus.SUCCEEDED,
+                       details={"location": "packages/p.zip", "sha256": "cd" * 32})
+    steps = steps_frame(ledger)
+
+    systems = systems_frame(steps)
+
+    assert list(systems.columns) == SYSTEM_COLUMNS
+    assert systems["system"].tolist() == ["logs", "userdb"]  # no deliverables
+    userdb = systems.set_index("system").loc["userdb"]
+    assert userdb["requests"] == 3
+    assert (userdb["found"], userdb["collected"], userdb["deleted"]) == (11, 4, 5)
+    assert (userdb["anonymized"], userdb["retained"], userdb["remaining"]) == (1, 1, 1)
+    assert (userdb["succeeded"], userdb["failed"], userdb["pending_external"],
+            userdb["blocked"]) == (2, 1, 0, 0)
+    logs = systems.set_index("system").loc["logs"]
+    assert (logs["blocked"], logs["pending_external"]) == (1, 1)
+    assert pd.isna(logs["remaining"])  # nothing verified is not "nothing left"
+    # The totals are the sums of the steps, deliverables aside.
+    work = steps[steps["kind"] != "deliverable"]
+    for column in ("found", "collected", "deleted", "anonymized", "retained", "remaining"):
+        assert systems[column].sum() == work[column].sum(), column
+    assert systems["requests"].sum() == len(work)
+    for status in ("succeeded", "failed", "pending_external", "blocked"):
+        assert systems[status].sum() == (work["status"] == status).sum(), status
+
+
+def test_systems_frame_of_no_steps(ledger: Ledger) -> None:
+    systems = systems_frame(steps_frame(ledger))
+    assert list(systems.columns) == SYSTEM_COLUMNS
+    assert systems.empty
+
+
+def test_write_reports_with_a_filter_narrows_every_file(
+    world: dict[str, str], ledger: Ledger, deadlines: Deadlines, tmp_path: Path
+) -> None:
+    for name in ("completed_on_time", "on_time"):
+        record(ledger, world[name], "userdb", "erase", StepStatus.SUCCEEDED,
+               StepCounts(found=2, deleted=2))
+    record(ledger, world["completed_late"], "logs", "erase", StepStatus.SUCCEEDED,
+           StepCounts(found=5, deleted=5))
+    chosen = make_filter(statuses=["completed"], received_from="2026-10-01")
+
+    paths = write_reports(tmp_path, ledger, deadlines, now=NOW, filter=chosen)
+
+    report = pd.read_csv(paths["report.csv"])
+    assert set(report["request_id"]) == {world["completed_on_time"], world["completed_late"]}
+    steps = pd.read_csv(paths["steps.csv"])
+    assert set(steps["request_id"]) == set(report["request_id"])  # not the open one's
+    systems = pd.read_csv(paths["systems.csv"])
+    assert systems[["system", "requests", "deleted"]].values.tolist() == [
+        ["logs", 1, 5], ["userdb", 1, 2]]
+    page = paths["report.html"].read_text()
+    assert "Filter: status: completed · received on or after 2026-10-01 (UTC)" in page
+    assert "2 tickets" in page
+    assert "T-on-time" not in page

@@ -10,9 +10,16 @@ from datetime import UTC, date, datetime
 
 import pandas as pd
 import pytest
+from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 
 from dsrflow.charts import (
+    STATE_COLOURS,
     business_days_left,
+    figure_median_days_by_type,
+    figure_open_by_days_left,
     median_days_by_type,
     ontime_by_week,
     open_by_days_left,
@@ -30,12 +37,13 @@ IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 def row(
     n: int, state: str, *, type_: str = "erasure", regime: str | None = "pipl",
     status: str = "in_progress", received: str | None = None, due: str | None = None,
-    completed: str | None = None, used: int | None = None,
+    completed: str | None = None, used: int | None = None, extended: str | None = None,
 ) -> dict[str, object]:
     return {
         "request_id": f"r{n}", "ticket_id": f"T-{n}", "type": type_, "regime": regime,
         "status": status, "received_at": received, "due_at": due, "completed_at": completed,
         "deadline_state": state, "business_days_used": used, "reason": None,
+        "extended_due_at": extended,
     }
 
 
@@ -128,7 +136,8 @@ def test_chart_text_is_escaped_in_alt_text_and_page(small: pd.DataFrame) -> None
     hostile = small.copy()
     hostile.loc[0, "type"] = "<script>alert(1)</script>"
     page = to_html(hostile, pd.DataFrame(columns=STEP_COLUMNS), "<b>t</b>", now=NOW)
-    assert "<script>" not in page and "<b>t</b>" not in page
+    assert "<script>alert" not in page and "<b>t</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert len(decoded_images(page)) == 3
 
 
@@ -186,10 +195,95 @@ def test_open_by_days_left_buckets_and_states(small: pd.DataFrame) -> None:
     table = open_by_days_left(small, NOW)
 
     assert list(table.columns) == [
-        "on_time", "at_risk", "overdue", "awaiting_verification", "unknown"]
+        "on_time", "extended", "at_risk", "overdue", "awaiting_verification", "unknown"]
     assert list(table.index) == ["<0", "2", "10", "n/a"]
-    assert list(table.loc["<0"]) == [0, 0, 1, 0, 0]
-    assert list(table.loc["2"]) == [0, 1, 0, 1, 0]
-    assert list(table.loc["10"]) == [1, 0, 0, 0, 0]
-    assert list(table.loc["n/a"]) == [0, 0, 0, 0, 1]
+    assert list(table.loc["<0"]) == [0, 0, 0, 1, 0, 0]
+    assert list(table.loc["2"]) == [0, 0, 1, 0, 1, 0]
+    assert list(table.loc["10"]) == [1, 0, 0, 0, 0, 0]
+    assert list(table.loc["n/a"]) == [0, 0, 0, 0, 0, 1]
     assert int(table.to_numpy().sum()) == 5  # completed and rejected rows are left out
+
+
+# -- the days-left chart: extensions, legend, ticks -----------------------------------------
+def test_days_left_count_to_the_extended_due_date() -> None:
+    rows = frame([
+        # Due Tue 24 Nov, extended to Fri 4 Dec: ten working days from Friday 20 Nov.
+        row(1, "extended", due="2026-11-24T15:59:59+00:00",
+            extended="2026-12-04T15:59:59+00:00"),
+        row(2, "at_risk", due="2026-11-24T15:59:59+00:00"),
+    ])
+    assert business_days_left(rows, NOW).tolist() == [10, 2]
+    assert business_days_left(rows, NOW, Deadlines()).tolist() == [10, 2]
+    table = open_by_days_left(rows, NOW)
+    assert table.loc["10", "extended"] == 1
+    assert table.loc["2", "at_risk"] == 1
+
+
+def test_a_frame_without_the_extension_column_counts_to_due_at() -> None:
+    rows = frame([row(1, "on_time", due="2026-12-04T15:59:59+00:00")]).drop(
+        columns="extended_due_at")
+    assert business_days_left(rows, NOW).tolist() == [10]
+
+
+def drawn(figure: Figure) -> tuple[Axes, Legend]:
+    figure.canvas.draw()
+    [axes] = figure.axes
+    legend = axes.get_legend()
+    assert legend is not None
+    return axes, legend
+
+
+def swatches(legend: Legend) -> dict[str, str]:
+    return {
+        text.get_text(): to_hex(handle.get_facecolor())  # type: ignore[attr-defined]
+        for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)
+        if handle is not None and handle.get_visible() and handle.get_alpha() != 0
+    }
+
+
+@pytest.mark.parametrize("state", ["on_time", "extended", "at_risk", "overdue"])
+def test_one_state_with_one_bar_keeps_its_legend_swatch(state: str) -> None:
+    """One bar fills the plot; a frameless legend drawn over it hid the swatch of the same
+    colour. The legend now sits beside the plot, its swatches drawn on nothing."""
+    rows = frame([row(1, state, due="2026-12-04T15:59:59+00:00")])
+    axes, legend = drawn(figure_open_by_days_left(rows, NOW))
+
+    assert swatches(legend) == {state: STATE_COLOURS[state]}
+    renderer = axes.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    box = legend.get_window_extent(renderer)
+    bars = [p for p in axes.patches if p.get_height() > 0]  # type: ignore[attr-defined]
+    assert bars
+    for bar in bars:
+        assert not box.overlaps(bar.get_window_extent(renderer))
+
+
+def test_every_state_with_requests_has_its_own_swatch(small: pd.DataFrame) -> None:
+    with_extended = pd.concat([small, frame([
+        row(11, "extended", due="2026-11-24T15:59:59+00:00",
+            extended="2026-12-11T15:59:59+00:00")])], ignore_index=True)
+    _, legend = drawn(figure_open_by_days_left(with_extended, NOW))
+    assert swatches(legend) == {
+        state: STATE_COLOURS[state]
+        for state in ("on_time", "extended", "at_risk", "overdue", "awaiting_verification",
+                      "unknown")
+    }
+    assert len(set(STATE_COLOURS.values())) == len(STATE_COLOURS)  # told apart by colour
+
+
+def test_the_type_chart_legend_stays_off_its_bars(small: pd.DataFrame) -> None:
+    axes, legend = drawn(figure_median_days_by_type(small))
+    assert set(swatches(legend)) == {"calendar days", "business days"}
+    renderer = axes.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    box = legend.get_window_extent(renderer)
+    for bar in axes.patches:
+        assert not box.overlaps(bar.get_window_extent(renderer))
+
+
+@pytest.mark.parametrize("requests", [1, 2, 3, 5])
+def test_request_counts_are_whole_numbers_on_the_axis(requests: int) -> None:
+    rows = frame([row(n, "on_time", due="2026-12-04T15:59:59+00:00")
+                  for n in range(requests)])
+    axes, _ = drawn(figure_open_by_days_left(rows, NOW))
+    ticks = [t for t in axes.get_yticks() if axes.get_ylim()[0] <= t <= axes.get_ylim()[1]]
+    assert len(ticks) >= 2
+    assert all(float(t).is_integer() for t in ticks), ticks

@@ -1,0 +1,231 @@
+"""One request on its own page: its dates right to the day, its systems, its partners and
+what it delivered (access package or erasure certificate). HTML and Markdown."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from dsrflow.deadlines import RULES, CalendarUnavailable, Deadlines
+from dsrflow.ledger import Ledger, RequestRecord
+from dsrflow.model import DELIVERABLE_KIND, Status
+from dsrflow.report.frames import aware, iso, step_table
+from dsrflow.report.pages import TEXT_COLUMNS, html_table, page, to_markdown
+from dsrflow.sla import business_days_left, deadline_state
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """What the page of one request shows, rendered by `request_view` (HTML) and
+    `request_view_markdown`."""
+
+    title: str
+    facts: list[tuple[str, str]]
+    systems: pd.DataFrame
+    partners: pd.DataFrame
+    deliverables: pd.DataFrame
+
+
+VIEW_SYSTEM_COLUMNS = {
+    "system": "system", "kind": "kind", "action": "action", "status": "status",
+    "found": "found", "collected": "collected", "deleted": "deleted",
+    "anonymized": "anonymized", "retained": "retained", "retain_reasons": "retained because",
+    "remaining": "remaining after verification", "errors": "error",
+}
+VIEW_PARTNER_COLUMNS = [
+    "partner", "status", "reference", "confirmed by", "confirmed at", "expected completion",
+    "partner request id", "error",
+]
+VIEW_DELIVERABLE_COLUMNS = [
+    "deliverable", "status", "location", "expires", "sha256", "outcome", "key handed over",
+    "error",
+]
+_DELIVERABLE_NAMES = {"deliver": "access package", "certify": "erasure certificate"}
+
+
+def build_request_view(
+    ledger: Ledger, deadlines: Deadlines, request_id: str, now: datetime | None = None,
+    at_risk_days: int = 3,
+) -> RequestView:
+    """Raises `UnknownRequest` for an id the ledger does not hold."""
+    now = aware(now or datetime.now(UTC))
+    record = ledger.get(request_id)
+    rows = ledger.steps([request_id])
+    partners = ledger.partner_requests([request_id])
+    table = step_table(rows, partners)
+    work = table[table["kind"] != DELIVERABLE_KIND]
+    systems = work[list(VIEW_SYSTEM_COLUMNS)].rename(columns=VIEW_SYSTEM_COLUMNS)
+    return RequestView(
+        title=f"Request {record.id}",
+        facts=_facts(record, deadlines, now, at_risk_days),
+        systems=systems.reset_index(drop=True),
+        partners=_partner_rows(partners, rows),
+        deliverables=_deliverable_rows(rows),
+    )
+
+
+def request_view(
+    ledger: Ledger, deadlines: Deadlines, request_id: str, now: datetime | None = None,
+    at_risk_days: int = 3,
+) -> str:
+    """One request's page (HTML, self-contained): its dates and deadline, the versions it
+    ran under, what each system found and did, its partners and its deliverables."""
+    view = build_request_view(ledger, deadlines, request_id, now, at_risk_days)
+    facts = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                      for k, v in view.facts)
+    body = f"""<h1>{html.escape(view.title)}</h1>
+<table class="facts">
+{facts}
+</table>
+<h2>Systems</h2>
+{_html_section(view.systems, "no system has been worked on yet")}
+<h2>Partners</h2>
+{_html_section(view.partners, "not handed to any partner")}
+<h2>Deliverables</h2>
+{_html_section(view.deliverables, "no access package or erasure certificate yet",
+               {"sha256": "sha"})}"""
+    return page(view.title, body)
+
+
+def request_view_markdown(
+    ledger: Ledger, deadlines: Deadlines, request_id: str, now: datetime | None = None,
+    at_risk_days: int = 3,
+) -> str:
+    """`request_view` as Markdown (a Prefect artifact, a ticket comment)."""
+    view = build_request_view(ledger, deadlines, request_id, now, at_risk_days)
+    facts = pd.DataFrame(view.facts, columns=["field", "value"])
+    sections = [
+        f"# {view.title}\n", to_markdown(facts),
+        "## Systems\n", _md_section(view.systems, "No system has been worked on yet."),
+        "## Partners\n", _md_section(view.partners, "Not handed to any partner."),
+        "## Deliverables\n",
+        _md_section(view.deliverables, "No access package or erasure certificate yet."),
+        "No identities are shown: the request is identified by ticket and request id only.\n",
+    ]
+    return "\n".join(sections)
+
+
+def _html_section(frame: pd.DataFrame, empty: str,
+                  classes: Mapping[str, str] | None = None) -> str:
+    if frame.empty:
+        return f'<p class="note">{html.escape(empty)}</p>'
+    table = html_table(frame, classes={**TEXT_COLUMNS, **(classes or {})})
+    return f'<div class="scroll">\n{table}\n</div>'
+
+
+
+def _md_section(frame: pd.DataFrame, empty: str) -> str:
+    return f"{empty}\n" if frame.empty else to_markdown(frame)
+
+
+def _facts(
+    record: RequestRecord, deadlines: Deadlines, now: datetime, at_risk_days: int
+) -> list[tuple[str, str]]:
+    regime = record.regime
+    zone = RULES[regime].timezone if regime is not None else None
+
+    def when(value: datetime | None, absent: str = "—") -> str:
+        return iso(value) or absent
+
+    def due_day(value: datetime | None, absent: str = "—") -> str:
+        if value is None:
+            return absent
+        if regime is None or zone is None:
+            return when(value)
+        return f"end of {deadlines.local_date(regime, value)} {zone} ({when(value)})"
+
+    closed = record.completed_at is not None and not record.status.is_open
+    used: int | None = None
+    if regime is not None and record.status is not Status.REJECTED:
+        try:
+            used = deadlines.working_days_used(regime, record.received_at,
+                                               record.completed_at or now)
+        except CalendarUnavailable:
+            used = None
+    left = (business_days_left(deadlines, record, now)
+            if not closed and record.status is not Status.REJECTED else None)
+    facts = [
+        ("request id", record.id),
+        ("ticket id", record.ticket_id or "—"),
+        ("type", record.type.value if record.type else "—"),
+        ("regime", regime.value if regime else "—"),
+        ("status", record.status.value),
+        ("channel", record.channel or "—"),
+    ]
+    if record.scope:
+        facts.append(("scope", ", ".join(sorted(record.scope))))
+    facts += [
+        ("received", when(record.received_at)),
+        ("verified", when(record.verified_at, "not verified")),
+        ("due", due_day(record.due_at, "unknown" if record.deadline_error else "—")),
+    ]
+    if record.extended_due_at is not None:
+        facts += [
+            ("extended to", due_day(record.extended_due_at)),
+            ("extension notice given", when(record.extension_notice_at)),
+            ("extension reason", record.extension_reason or "—"),
+        ]
+    else:
+        facts.append(("extended", "no"))
+    facts += [
+        ("completed", when(record.completed_at, "not completed")),
+        ("deadline state", deadline_state(record, deadlines, now, at_risk_days)),
+        ("as of", when(now)),
+        ("business days used", "unknown" if used is None else str(used)),
+        ("business days left", "—" if left is None else str(left)),
+        ("data-map version", record.datamap_version or "—"),
+        ("policy version", record.policy_version or "—"),
+    ]
+    if record.reason or record.deadline_error:
+        facts.append(("reason", str(record.reason or record.deadline_error)))
+    return facts
+
+
+def _partner_rows(
+    partners: Sequence[Mapping[str, Any]], steps: Sequence[Mapping[str, Any]]
+) -> pd.DataFrame:
+    # The confirmation time lives with the step a person confirmed, not with the partner row.
+    confirmed_at = {
+        str(s["system"]): str(s["details"]["confirmed_at"])
+        for s in steps
+        if s["kind"] == "partner" and isinstance(s.get("details"), dict)
+        and s["details"].get("confirmed_at")
+    }
+    rows = [
+        [p["system"], p["status"], p.get("reference"), p.get("confirmed_by"),
+         confirmed_at.get(str(p["system"])), iso(p.get("expected_completion_at")),
+         p.get("subject_request_id"), p.get("error")]
+        for p in partners
+    ]
+    return pd.DataFrame(rows, columns=VIEW_PARTNER_COLUMNS)
+
+
+def _deliverable_rows(steps: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for step in steps:
+        if step["kind"] != DELIVERABLE_KIND:
+            continue
+        details = step.get("details") if isinstance(step.get("details"), dict) else {}
+        assert isinstance(details, dict)
+        package = step["action"] == "deliver"
+        # Only these fields: `key_handed_to` is free text a person typed, and stays out.
+        handed = (details.get("key_handed_over_at") or "not yet") if package else None
+        rows.append([
+            _DELIVERABLE_NAMES.get(str(step["action"]), str(step["system"])),
+            step["status"],
+            details.get("location") if package else details.get("path"),
+            details.get("expires_at"),
+            details.get("sha256"),
+            details.get("outcome"),
+            handed,
+            step.get("error"),
+        ])
+    return pd.DataFrame(rows, columns=VIEW_DELIVERABLE_COLUMNS)
+
+
+# -- values ---------------------------------------------------------------------------------
