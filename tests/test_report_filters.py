@@ -214,7 +214,7 @@ def portfolio() -> pd.DataFrame:
     ])
 
 
-ROW = re.compile(r"<tr[^>]*><td>(r\d\d)</td>")
+ROW = re.compile(r"<td>(r\d\d)</td>")  # the request id cell of each row
 
 
 def table_ids(page: str, table_id: str = "requests") -> list[str]:

@@ -16,6 +16,7 @@ from dsrflow.ledger import Ledger
 from dsrflow.report.filters import ReportFilter, filter_requests, steps_of
 from dsrflow.report.frames import (
     CLOSED_STATES,
+    REQUEST_COLUMNS,
     aware,
     is_missing,
     iso,
@@ -54,7 +55,8 @@ td { white-space: nowrap; }
 td.text, table.facts td { white-space: normal; min-width: 14rem; }
 table.facts th { width: 14rem; }
 .scroll { overflow-x: auto; }
-.charts img { max-width: 100%; height: auto; margin: 0 1rem 1rem 0; }
+.charts { display: flex; flex-wrap: wrap; gap: 1rem; margin-bottom: 1rem; }
+.charts img { width: min(700px, calc(50% - 1rem)); min-width: 420px; height: auto; }
 .filter, .note { color: #4b5563; }
 .controls label { margin-right: 1rem; }
 td.sha { font-family: ui-monospace, monospace; font-size: 0.75rem; word-break: break-all; }"""
@@ -167,7 +169,8 @@ def to_html(
 <h2>Requests</h2>
 {request_note}{_row_filter_controls(shown)}
 <div class="scroll">
-{html_table(shown, table_id="requests", row_attrs=_ROW_FILTERS, classes=TEXT_COLUMNS)}
+{html_table(shown[_PAGE_ORDER], table_id="requests", row_attrs=_ROW_FILTERS,
+            classes=TEXT_COLUMNS)}
 </div>
 <h2>Per system</h2>
 <div class="scroll">
@@ -179,6 +182,13 @@ def to_html(
 </div>
 {_ROW_FILTER_SCRIPT}"""
     return page(title, body)
+
+
+# The page leads with what a reader scans for (where each request stands and by when);
+# report.csv keeps REQUEST_COLUMNS' order.
+_LEAD = ["ticket_id", "type", "regime", "status", "deadline_state", "due_at", "extended_due_at",
+         "business_days_left"]
+_PAGE_ORDER = _LEAD + [c for c in REQUEST_COLUMNS if c not in _LEAD]
 
 
 def _row_filter_controls(shown: pd.DataFrame) -> str:
