@@ -43,12 +43,18 @@ ConfigOption = Annotated[
 ]
 
 
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Say what went wrong on stderr, in red, as plain text (a message quoting a value in
+    [brackets] must not be read as markup), and give the exit to raise."""
+    err.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
 def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        err.print(f"[red]config error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(f"config error: {exc}", 2) from None
 
 
 def _runtime(config: Path | None) -> Any:
@@ -64,8 +70,7 @@ def _runtime(config: Path | None) -> Any:
         runtime.datamap  # noqa: B018 - fail now, with the path, not mid-run
         runtime.ledger  # noqa: B018
     except (DataMapError, ConfigError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(f"error: {exc}", 2) from None
     set_runtime(runtime)
     return runtime
 
@@ -112,8 +117,7 @@ def _enqueue(rt: Any, files: list[Path]) -> None:
 
     qs = rt.settings.queue
     if qs is None:
-        err.print("[red]no `queue:` in the settings[/red]")
-        raise typer.Exit(2)
+        raise fail("no `queue:` in the settings", 2)
     client = make_client(qs)
     failed = False
     for path in files:
@@ -173,8 +177,7 @@ def verify(
     try:
         rt.ledger.mark_verified(request_id, method, datetime.now(UTC))
     except InvalidTransition as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     _print_status(rt, [request_id])
 
 
@@ -191,8 +194,7 @@ def refuse(
     try:
         rt.ledger.transition(request_id, Status.REFUSED, reason)
     except InvalidTransition as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     _print_status(rt, [request_id])
 
 
@@ -221,11 +223,9 @@ def extend(
     try:
         due = rt.ledger.extend(request_id, reason, until.date() if until else None)
     except UnknownRequest:
-        err.print(f"[red]no request {request_id}[/red]")
-        raise typer.Exit(2) from None
+        raise fail(f"no request {request_id}", 2) from None
     except ExtensionRefused as exc:
-        err.print(f"[red]{exc}[/red]", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     from dsrflow.deadlines import RULES
 
     record = rt.ledger.get(request_id)
@@ -252,8 +252,7 @@ def status(
         try:
             rt.ledger.get(request_id)
         except UnknownRequest:
-            err.print(f"[red]no request {request_id}[/red]")
-            raise typer.Exit(1) from None
+            raise fail(f"no request {request_id}") from None
     ids = [request_id] if request_id else [r.id for r in rt.ledger.all()]
     _print_status(rt, ids)
     if request_id:
@@ -265,16 +264,24 @@ def status(
 
 STATUS_COLUMNS = {
     "ticket": "ticket_id", "type": "type", "regime": "regime", "status": "status",
-    "due": "due_at", "deadline": "deadline_state", "days": "business_days_used",
-    "reason": "reason",
+    "due": "due", "deadline": "deadline_state", "days used": "business_days_used",
+    "left": "business_days_left", "reason": "reason",
 }
+
+
+def status_view(report: pd.DataFrame) -> pd.DataFrame:
+    """The report's rows as `status` shows them: the due date that binds now (extended, if
+    the request was) as a day."""
+    due = report["extended_due_at"].fillna(report["due_at"])
+    return report.assign(due=due.astype("string").str[:10])
 
 
 def _print_status(rt: Any, ids: list[str]) -> None:
     from dsrflow.report import requests_frame
 
     frame = requests_frame(rt.ledger, rt.deadlines, at_risk_days=rt.settings.at_risk_days)
-    console.print(frame_table(frame[frame["request_id"].isin(ids)], STATUS_COLUMNS))
+    console.print(frame_table(status_view(frame[frame["request_id"].isin(ids)]),
+                              STATUS_COLUMNS))
 
 
 def frame_table(frame: pd.DataFrame, columns: dict[str, str], title: str | None = None) -> Table:
@@ -346,31 +353,27 @@ def report(
         write_reports,
     )
 
-    def fail(message: str, code: int = 2) -> typer.Exit:
-        err.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
-        return typer.Exit(code)
-
     if request is not None:
         if statuses or regimes or types or states or since or until:
-            raise fail("--request shows one request; the filters do not apply to it")
+            raise fail("--request shows one request; the filters do not apply to it", 2)
         if (fmt or "md") not in ("html", "md"):
-            raise fail("--format must be html or md with --request")
+            raise fail("--format must be html or md with --request", 2)
         rt = _runtime(config)
         view = request_view if fmt == "html" else request_view_markdown
         try:
             text = view(rt.ledger, rt.deadlines, request, at_risk_days=rt.settings.at_risk_days)
         except UnknownRequest:
-            raise fail(f"no request {request}", 1) from None
+            raise fail(f"no request {request}") from None
     else:
         fmt = fmt or "csv"
         if fmt not in ("csv", "html", "md"):
-            raise fail("--format must be csv, html or md")
+            raise fail("--format must be csv, html or md", 2)
         try:
             chosen = make_filter(statuses=statuses or [], regimes=regimes or [],
                                  types=types or [], deadline_states=states or [],
                                  received_from=since, received_to=until)
         except FilterError as exc:
-            raise fail(str(exc)) from None
+            raise fail(str(exc), 2) from None
         rows = HTML_MAX_ROWS if html_rows is None else html_rows
         rt = _runtime(config)
         if fmt == "csv":
@@ -412,8 +415,7 @@ def datamap_check(file: Path) -> None:
     try:
         dm = load_datamap(file)
     except DataMapError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     tables = sum(len(s.tables) for _, s in dm.sql_systems())
     console.print(f"{file}: ok ({len(dm.systems)} systems, {tables} tables, version {dm.version})")
 
@@ -442,8 +444,7 @@ def keys_new(file: Path) -> None:
     try:
         write_key_file(file)
     except FileExistsError:
-        err.print(f"{file} exists; refusing to overwrite keys")
-        raise typer.Exit(1) from None
+        raise fail(f"{file} exists; refusing to overwrite keys") from None
     console.print(f"wrote {file}")
 
 
@@ -456,8 +457,7 @@ def keys_add_signing(file: Path) -> None:
     try:
         key = add_signing_key(file)
     except ConfigError as exc:
-        err.print(str(exc), style="red", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     console.print(f"added a signing key to {file} (key id {key_id(key.public_key())})",
                   markup=False, highlight=False)
 
@@ -472,8 +472,7 @@ def keys_public_key(config: ConfigOption = None) -> None:
     try:
         public = settings.signing_key_pair().public_key()
     except ConfigError as exc:
-        err.print(f"config error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(f"config error: {exc}", 2) from None
     console.print(f"public key: {encode_public_key(public)}", markup=False, highlight=False)
     console.print(f"key id: {key_id(public)}", markup=False, highlight=False)
 
@@ -498,27 +497,20 @@ def certificate_verify(
         try:
             trusted = [decode_public_key(k, "--public-key") for k in public_key]
         except KeyMaterialError as exc:
-            err.print(f"error: {exc}", style="red", markup=False, highlight=False)
-            raise typer.Exit(2) from None
+            raise fail(f"error: {exc}", 2) from None
     else:
         # The certificate's own embedded key is never trusted: a forger would embed theirs.
         settings = _settings(config)
         try:
             trusted = [settings.signing_key_pair().public_key()]
         except ConfigError as exc:
-            err.print(f"config error: {exc}; or pass --public-key", style="red",
-                      markup=False, highlight=False)
-            raise typer.Exit(2) from None
+            raise fail(f"config error: {exc}; or pass --public-key", 2) from None
     try:
         verified = verify_certificate(read_certificate(file), trusted)
     except OSError as exc:
-        err.print(f"error: cannot read {file}: {exc.strerror}", style="red", markup=False,
-                  highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(f"error: cannot read {file}: {exc.strerror}", 2) from None
     except CertificateInvalid as exc:
-        err.print(f"INVALID: {exc.reason}", style="red", markup=False, highlight=False,
-                  soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise fail(f"INVALID: {exc.reason}") from None
     console.print(
         f"valid: request {verified.request_id} (ticket {verified.ticket_id or '-'}), "
         f"{verified.outcome}, issued {verified.issued_at}, key {verified.key_id}",
@@ -541,8 +533,7 @@ def partner_confirm(
     try:
         partners.confirm(rt, request_id, partner, by=by, reference=reference)
     except LookupError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     _print_status(rt, [request_id])
 
 
@@ -597,8 +588,7 @@ def audit(config: ConfigOption = None) -> None:
     if broken is None:
         console.print("audit chain intact")
         return
-    err.print(f"[red]audit chain broken at event {broken}[/red]")
-    raise typer.Exit(1)
+    raise fail(f"audit chain broken at event {broken}")
 
 
 @package_app.command("open")
@@ -617,8 +607,7 @@ def package_open(
         package = unseal(file.read_bytes(), key.encode())
         manifest = check_package(package)
     except (PackageError, zipfile.BadZipFile) as exc:
-        err.print(f"INVALID: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(f"INVALID: {exc}") from None
     with zipfile.ZipFile(io.BytesIO(package)) as zf:
         zf.extractall(out)  # names were checked against the manifest; zipfile sanitizes too
     console.print(f"{len(manifest['files'])} files, checksums ok: {out / 'index.html'}",
@@ -640,8 +629,7 @@ def package_handed_over(
     try:
         handed_over(rt, request_id, channel=channel, by=by)
     except LookupError as exc:
-        err.print(str(exc), style="red", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
     console.print(f"recorded; the key of {request_id} is no longer kept anywhere by dsrflow",
                   markup=False, highlight=False)
 

@@ -235,11 +235,10 @@ def _counts(counts: dict[str, int]) -> str:
 def _print_report(out: Path, console: Console) -> None:
     import pandas as pd
 
-    from dsrflow.cli import STATUS_COLUMNS, frame_table
+    from dsrflow.cli import STATUS_COLUMNS, frame_table, status_view
 
     report = pd.read_csv(out / "report.csv", dtype=str)
-    report["due_at"] = report["due_at"].str[:10]
-    console.print(frame_table(report, STATUS_COLUMNS, title="Requests"))
+    console.print(frame_table(status_view(report), STATUS_COLUMNS, title="Requests"))
     steps = pd.read_csv(out / "steps.csv", dtype=str).merge(
         report[["request_id", "ticket_id"]], on="request_id"
     )

@@ -402,6 +402,11 @@ def test_cli_extend_prints_the_new_due_date_and_the_notice(
     record = get_runtime().ledger.get(request_id)
     assert record.extended_due_at == end_of(date(2026, 11, 2), DUBLIN)
     assert record.extension_reason == REASON
+    # `status` shows the date that binds now, not the first period's.
+    shown = invoke("status", request_id, "--config", config)
+    assert shown.exit_code == 0, shown.output
+    assert "2026-11-02" in shown.stdout
+    assert record.due_at is not None and record.due_at.date().isoformat() not in shown.stdout
 
 
 def test_cli_extend_refused_is_red_on_stderr_and_exit_1(
