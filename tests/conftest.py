@@ -30,6 +30,18 @@ import sqlalchemy as sa  # noqa: E402
 from dsrflow.crypto import Keyring, new_key  # noqa: E402
 
 
+# -- the command line ------------------------------------------------------------------------
+@pytest.fixture
+def cli_runtime() -> Iterator[None]:
+    """The CLI installs a process-wide runtime; close it after the test."""
+    from tasks.runtime import set_runtime
+
+    yield
+    previous = set_runtime(None)
+    if previous is not None:
+        previous.close()
+
+
 # -- S3 (moto stands in for AWS only) ---------------------------------------------------------
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from typer.testing import CliRunner, Result
 
 from dsrflow.crypto import encode_key, new_key
-from dsrflow.settings import Settings
+from dsrflow.settings import Settings, write_key_file
 from dsrflow.signing import encode_signing_key, new_signing_key
 from tasks.runtime import Runtime
+
+WISHE = Path(__file__).resolve().parent.parent / "examples" / "wishe"
 
 
 def make_runtime(tmp: Path, datamap_doc: dict[str, Any], ledger_url: str | None = None) -> Runtime:
@@ -53,3 +56,39 @@ def ticket(
         "received_at": received.isoformat(),
         **extra,
     }
+
+
+def invoke(*args: str | Path) -> Result:
+    """The `dsrflow` command line, in a terminal wide enough that rich neither wraps nor
+    truncates its tables."""
+    from dsrflow.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+
+
+def flat(text: str) -> str:
+    """Text with every run of whitespace made one space (rich wraps long lines)."""
+    return " ".join(text.split())
+
+
+def cli_config(folder: Path, datamap_doc: dict[str, Any],
+               ledger_url: str = "sqlite:///ledger.db") -> Path:
+    """A `dsrflow.yaml` in `folder`, everything relative to it: the data map, a fresh key
+    file, the ledger and Prefect's home."""
+    (folder / "datamap.yaml").write_text(yaml.safe_dump(datamap_doc, allow_unicode=True))
+    write_key_file(folder / "keys.json")
+    path = folder / "dsrflow.yaml"
+    path.write_text(yaml.safe_dump({
+        "ledger_url": ledger_url, "datamap": "datamap.yaml", "key_file": "keys.json",
+        "prefect_home": "prefect",
+    }))
+    return path
+
+
+def wishe_datamap(userdb_url: str) -> dict[str, Any]:
+    """The Wishe data map with its user database at `userdb_url`."""
+    doc: dict[str, Any] = yaml.safe_load((WISHE / "datamap.yaml").read_text())
+    userdb = doc["systems"]["userdb"]
+    del userdb["url_env"]
+    userdb["url"] = userdb_url
+    return doc

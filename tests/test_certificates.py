@@ -23,7 +23,6 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from typer.testing import CliRunner, Result
 
 import tasks.steps
 from dsrflow.certificates import (
@@ -37,7 +36,6 @@ from dsrflow.certificates import (
     verify_certificate,
     write_certificate,
 )
-from dsrflow.cli import app
 from dsrflow.crypto import encode_key, new_key
 from dsrflow.errors import StepFailed
 from dsrflow.intake import submit
@@ -54,7 +52,7 @@ from tasks import partners
 from tasks.runtime import Runtime, set_runtime
 from tasks.steps import apply_to_system, open_requests, resolve_identities, verify_system
 from tests import sqlworld
-from tests.helpers import make_runtime, ticket
+from tests.helpers import invoke, make_runtime, ticket
 
 RUN = {"flow_run_id": str(uuid.UUID(int=1)), "task_run_id": str(uuid.UUID(int=2))}
 ISSUED = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
@@ -542,10 +540,6 @@ def test_a_url_safe_signing_key_is_accepted() -> None:
 
 
 # -- the command line -------------------------------------------------------------------------
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
-
-
 @pytest.fixture
 def configured(tmp_path: Path) -> tuple[Path, Ed25519PrivateKey]:
     """A dsrflow.yaml whose key file (written by `keys new`) holds a signing key."""

@@ -8,7 +8,6 @@ import contextlib
 import json
 import re
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +22,14 @@ from dsrflow.settings import read_key_file
 from examples.wishe.generate import build_world
 from examples.wishe.subjects import SUBJECTS
 from tasks.runtime import set_runtime
+from tests.helpers import cli_config, flat, invoke, wishe_datamap
 
 WISHE = Path(__file__).resolve().parent.parent / "examples" / "wishe"
 TICKETS = sorted((WISHE / "tickets").glob("*.json"))
 TICKET_IDS = [json.loads(p.read_text())["ticket_id"] for p in TICKETS]
 INVALID_ID = "WSH-2026-11-0010"
 
-
-def invoke(*args: str | Path) -> Result:
-    runner = CliRunner()
-    # A wide terminal, so rich does not wrap or truncate the tables.
-    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-@pytest.fixture(autouse=True)
-def fresh_runtime() -> Iterator[None]:
-    """The CLI installs a process-wide runtime; close it after each test."""
-    yield
-    previous = set_runtime(None)
-    if previous is not None:
-        previous.close()
+pytestmark = pytest.mark.usefixtures("cli_runtime")
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +42,7 @@ def world_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def config(tmp_path: Path, world_url: str) -> Path:
     """A dsrflow.yaml with everything relative to its own folder."""
-    doc = yaml.safe_load((WISHE / "datamap.yaml").read_text())
-    userdb = doc["systems"]["userdb"]
-    del userdb["url_env"]
-    userdb["url"] = world_url
-    (tmp_path / "datamap.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
-    assert invoke("keys", "new", tmp_path / "keys.json").exit_code == 0
-    path = tmp_path / "dsrflow.yaml"
-    path.write_text(yaml.safe_dump({
-        "ledger_url": "sqlite:///state/ledger.db",
-        "datamap": "datamap.yaml",
-        "key_file": "keys.json",
-        "prefect_home": "prefect",
-    }))
-    return path
+    return cli_config(tmp_path, wishe_datamap(world_url), "sqlite:///state/ledger.db")
 
 
 @pytest.fixture

@@ -14,12 +14,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner, Result
 
-from dsrflow.cli import app
 from dsrflow.crypto import Keyring, new_key
 from dsrflow.deadlines import RULES, Deadlines
 from dsrflow.ledger import ExtensionRefused, Ledger, UnknownRequest
@@ -28,9 +25,9 @@ from dsrflow.ledger.schema import audit_events
 from dsrflow.model import Regime, Status
 from dsrflow.sla import deadline_state
 from dsrflow.tickets import Ticket, Verification
-from tasks.runtime import get_runtime, set_runtime
+from tasks.runtime import get_runtime
 from tests import sqlworld
-from tests.helpers import ticket
+from tests.helpers import cli_config, invoke, ticket
 
 DUBLIN = ZoneInfo("Europe/Dublin")
 LOS_ANGELES = ZoneInfo("America/Los_Angeles")
@@ -347,28 +344,9 @@ def test_extend_succeeds_iff_the_date_is_within_the_cap_and_later_than_now_due(
 
 
 # -- the command line ---------------------------------------------------------------------------
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
-
-
 @pytest.fixture
-def config(tmp_path: Path) -> Iterator[Path]:
-    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
-    doc["systems"] = {"db": {**doc["systems"]["db"],
-                             "url": f"sqlite:///{tmp_path / 'userdb.sqlite'}"}}
-    (tmp_path / "datamap.yaml").write_text(yaml.safe_dump(doc))
-    assert invoke("keys", "new", tmp_path / "keys.json").exit_code == 0
-    path = tmp_path / "dsrflow.yaml"
-    path.write_text(yaml.safe_dump({
-        "ledger_url": "sqlite:///ledger.db",
-        "datamap": "datamap.yaml",
-        "key_file": "keys.json",
-        "prefect_home": "prefect",
-    }))
-    yield path
-    previous = set_runtime(None)  # the CLI installs a process-wide runtime
-    if previous is not None:
-        previous.close()
+def config(tmp_path: Path, cli_runtime: None) -> Path:
+    return cli_config(tmp_path, sqlworld.datamap_doc(f"sqlite:///{tmp_path / 'userdb.sqlite'}"))
 
 
 def submit(config: Path, ticket_id: str, regime: str, received: datetime) -> str:

@@ -7,18 +7,15 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from dsrflow.cli import app
 from dsrflow.identities import Identity
 from dsrflow.model import Status
-from tasks.runtime import set_runtime
+from tests.helpers import cli_config, flat, invoke, wishe_datamap
 
 WISHE = Path(__file__).resolve().parent.parent / "examples" / "wishe"
 TICKETS = sorted((WISHE / "tickets").glob("*.json"))
@@ -26,39 +23,13 @@ TICKET_IDS = [json.loads(p.read_text())["ticket_id"] for p in TICKETS]
 INVALID_ID = "WSH-2026-11-0010"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
-
-def invoke(*args: str | Path) -> Result:
-    # A wide terminal, so rich neither wraps nor truncates.
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-@pytest.fixture(autouse=True)
-def fresh_runtime() -> Iterator[None]:
-    """The CLI installs a process-wide runtime; close it after each test."""
-    yield
-    previous = set_runtime(None)
-    if previous is not None:
-        previous.close()
+pytestmark = pytest.mark.usefixtures("cli_runtime")
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    doc = yaml.safe_load((WISHE / "datamap.yaml").read_text())
-    userdb = doc["systems"]["userdb"]
-    del userdb["url_env"]
-    userdb["url"] = f"sqlite:///{tmp_path / 'wishe.db'}"  # never connected to here
-    (tmp_path / "datamap.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
-    assert invoke("keys", "new", tmp_path / "keys.json").exit_code == 0
-    path = tmp_path / "dsrflow.yaml"
-    path.write_text(yaml.safe_dump({
-        "ledger_url": "sqlite:///state/ledger.db", "datamap": "datamap.yaml",
-        "key_file": "keys.json", "prefect_home": "prefect",
-    }))
-    return path
+    doc = wishe_datamap(f"sqlite:///{tmp_path / 'wishe.db'}")  # never connected to here
+    return cli_config(tmp_path, doc, "sqlite:///state/ledger.db")
 
 
 @pytest.fixture
