@@ -38,6 +38,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from dsrflow.datamap import DataMap, Disclosure, LogsSystem, ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.ledger import RequestRecord
+from dsrflow.redaction import mask_others
 
 FORMAT = "dsrflow.access-package/1"
 MANIFEST = "manifest.json"
@@ -79,6 +80,10 @@ class PackageContents:
     generated_at: datetime
     fetch: FetchObject | None = None
     link: LinkObject | None = None
+    # The subject's own identities, normalized: in free text (log lines) every other email
+    # and phone number is withheld (see dsrflow.redaction).
+    own_identities: frozenset[str] = frozenset()
+    phone_region: str = "CN"
 
 
 @dataclass
@@ -113,14 +118,17 @@ def build_package(contents: PackageContents) -> bytes:
                     partner_results.append({"partner": system, **result})
                 continue
             for part in sorted(parts):
-                rows = parts[part]
+                rows, withheld = parts[part], 0
+                if isinstance(spec, LogsSystem):
+                    rows, withheld = _withhold_others(rows, contents)
                 categories = _categories(dm, system, part)
                 about = {"system": system, "part": part, "categories": categories}
                 base = f"data/{_safe(system)}/{_safe(part)}"
                 out.add(f"{base}.json", _json(rows), **about, records=len(rows))
                 out.add(f"{base}.csv", _csv(rows), **about, records=len(rows))
                 sections.append({**about, "records": len(rows), "kind": _kind(spec),
-                                 "files": [f"{base}.json", f"{base}.csv"]})
+                                 "files": [f"{base}.json", f"{base}.csv"],
+                                 "others_withheld": withheld})
                 if isinstance(spec, ObjectsSystem):
                     links += _objects(out, contents, system, part, rows, categories)
         manifest = _manifest(contents, out.files, sections, links, partner_results)
@@ -155,6 +163,19 @@ def _objects(
     return links
 
 
+def _withhold_others(
+    rows: Sequence[dict[str, Any]], contents: PackageContents
+) -> tuple[list[dict[str, Any]], int]:
+    """Log lines with other people's emails and phone numbers withheld, and how many."""
+    masked, total = [], 0
+    for row in rows:
+        text, withheld = mask_others(str(row.get("text", "")), contents.own_identities,
+                                     contents.phone_region)
+        masked.append({**row, "text": text})
+        total += withheld
+    return masked, total
+
+
 def _manifest(
     contents: PackageContents, files: list[dict[str, Any]], sections: list[dict[str, Any]],
     links: list[dict[str, Any]], partner_results: list[dict[str, Any]],
@@ -182,7 +203,8 @@ def _manifest(
             {"category": c, **_disclosure(dm.disclosures.get(c))} for c in used
         ],
         "sources": [
-            {k: s[k] for k in ("system", "kind", "part", "categories", "records", "files")}
+            {k: s[k] for k in ("system", "kind", "part", "categories", "records", "files",
+                               "others_withheld")}
             for s in sections
         ],
         "recipients": recipients,
@@ -308,6 +330,12 @@ def _index(manifest: dict[str, Any]) -> str:
         f"valid until {e(link['expires_at'])})</li>"
         for link in manifest["object_links"]
     )
+    withheld = sum(s["others_withheld"] for s in manifest["sources"])
+    others = (
+        f"<p>{withheld} mentions of other people (their email addresses and phone numbers) "
+        "in our logs were withheld: they are theirs to see, not ours to give.</p>"
+        if withheld else ""
+    )
     recipients = "".join(
         f"<tr><td>{e(r['name'])}</td><td>{e(r['role'])}</td><td>{e(', '.join(r['categories']))}"
         f"</td><td>{e(r['purpose'] or '-')}</td></tr>"
@@ -340,6 +368,7 @@ privacy policy version {e(str(request['policy_version']))}.</p>
 <table><tr><th>system</th><th>table or store</th><th>categories</th><th>records</th>
 <th>files</th></tr>
 {sources}</table>
+{others}
 <h2>Your files</h2>
 <ul>{objects or "<li>none</li>"}</ul>
 <h2>Who we share it with</h2>

@@ -117,7 +117,9 @@ def deliver_package(rt: Runtime, record: RequestRecord) -> dict[str, Any]:
         url = _objects(rt, obj.system).presign(obj.bucket, obj.key, obj.version_id, expires_in)
         return ObjectLink(url, at + timedelta(seconds=expires_in))
 
-    package = build_package(PackageContents(record, rt.datamap, records, at, fetch, link))
+    own = frozenset(i.value for s in rt.ledger.subjects([record.id]) for i in s.identities)
+    package = build_package(PackageContents(record, rt.datamap, records, at, fetch, link,
+                                            own, rt.settings.phone_region))
     key = new_package_key()
     blob = seal(package, key)
     store = PackageStore(settings, rt.settings.base_dir)

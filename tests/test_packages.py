@@ -221,13 +221,16 @@ def _contents(records: dict[str, Any], objects: dict[str, bytes] | None = None
     doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
     doc["systems"] = {**doc["systems"], "media": {
         "kind": "objects", "buckets": {"bkt": {"category": "media", "action": "delete",
-                                             "ownership": [{"key_template": "u/{user_id}/"}]}}}}
+                                             "ownership": [{"key_template": "u/{user_id}/"}]}}},
+        "applogs": {"kind": "logs", "sources": {"app": {
+            "path": "logs/*.log", "format": "text", "identities": ["email", "phone"]}}}}
     from dsrflow.datamap import parse_datamap
 
     def fetch(obj: StoredObject) -> bytes | None:
         return (objects or {}).get(obj.key)
 
-    return PackageContents(record, parse_datamap(doc), records, AT, fetch, None)
+    return PackageContents(record, parse_datamap(doc), records, AT, fetch, None,
+                           frozenset({"a@example.com", "+8613900139000"}), "CN")
 
 
 def test_tampering_is_caught_file_by_file() -> None:
@@ -257,6 +260,28 @@ def test_tampering_is_caught_file_by_file() -> None:
     sealed[40] ^= 1
     with pytest.raises(PackageError):
         unseal(bytes(sealed), key)
+
+
+def test_log_lines_keep_the_subject_and_withhold_everyone_else() -> None:
+    """A log line about the subject can name other people; the package gives the subject
+    their own data and says how much of others' it withheld. Table rows stay as they are:
+    a column says whose value it is."""
+    line = "a@example.com (139 0013 9000) invited b@example.com, +86 138 0013 8000"
+    package = build_package(_contents({
+        "applogs": {"app": [{"file": "app.log", "line": 7, "text": line}]},
+        "db": {"contacts": [{"contact_phone": "13800138000"}]},
+    }))
+    manifest = check_package(package)
+    with zipfile.ZipFile(io.BytesIO(package)) as zf:
+        [row] = json.loads(zf.read("data/applogs/app.json"))
+        assert row["text"] == ("a@example.com (139 0013 9000) invited [email of another "
+                               "person withheld], [phone number of another person withheld]")
+        assert row["line"] == 7
+        assert b"b@example.com" not in zf.read("data/applogs/app.csv")
+        assert json.loads(zf.read("data/db/contacts.json")) == [{"contact_phone": "13800138000"}]
+        assert "2 mentions of other people" in zf.read("index.html").decode()
+    withheld = {s["system"]: s["others_withheld"] for s in manifest["sources"]}
+    assert withheld == {"applogs": 2, "db": 0}
 
 
 @settings(max_examples=60, deadline=None)
