@@ -168,7 +168,8 @@ def verify(
     method: Annotated[str, typer.Option(help="how the identity was confirmed")],
     config: ConfigOption = None,
 ) -> None:
-    """Record that a waiting request's identity has been verified (it runs next time)."""
+    """Record that a waiting request's identity has been verified. It runs with the next
+    `resume-requests` (every 10 minutes, after 30 minutes' grace), or now: `dsrflow run ID`."""
     from datetime import UTC, datetime
 
     from dsrflow.model import InvalidTransition

@@ -92,10 +92,12 @@ def start_deployment_run(deployment: str, request_ids: list[str]) -> str:
     return str(getattr(run, "id", run))
 
 
-def dispatch(qs: QueueSettings, request_ids: list[str]) -> None:
+def dispatch(process_deployment: str | None, request_ids: list[str]) -> None:
+    """Start `process-requests` for a batch: through the deployment when one is named,
+    else in this process."""
     logger = get_run_logger()
-    if qs.process_deployment:
-        run_id = start_deployment_run(qs.process_deployment, request_ids)
+    if process_deployment:
+        run_id = start_deployment_run(process_deployment, request_ids)
         logger.info("batch of %d started as flow run %s", len(request_ids), run_id)
         return
     try:
@@ -119,7 +121,7 @@ def intake(
     try:
         summary = queue.run_loop(
             lambda n, wait: drain_once(n, wait),
-            lambda ids: dispatch(qs, ids),
+            lambda ids: dispatch(qs.process_deployment, ids),
             qs,
             max_batches=max_batches,
             max_seconds=max_seconds,

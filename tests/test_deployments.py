@@ -36,6 +36,8 @@ EXPECTED: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "deadline-report": ("flows/deadlines.py:deadline_report", "deadline-report",
                         {"cron": "0 * * * *", "timezone": "Asia/Shanghai"}),
     "confirm-partner": ("flows/partners.py:confirm_partner", "confirm-partner", None),
+    "resume-requests": ("flows/resume.py:resume_requests", "resume-requests",
+                        {"interval": 600, "timezone": "Asia/Shanghai"}),
 }
 if (ROOT / "flows" / "intake.py").exists():
     EXPECTED["intake"] = ("flows/intake.py:intake", "intake",

@@ -329,6 +329,20 @@ class Ledger:
                 ).scalars()
             )
 
+    def stranded(self, before: datetime) -> list[str]:
+        """Verified requests no run has picked up since `before` (their status has not
+        changed since): verified by hand after waiting, or recorded by an intake that
+        crashed before starting their batch. Oldest first."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(requests.c.id)
+                    .where(requests.c.status == Status.VERIFIED.value)
+                    .where(requests.c.updated_at < before.astimezone(UTC))
+                    .order_by(requests.c.received_at, requests.c.id)
+                ).scalars()
+            )
+
     def subjects(self, request_ids: Iterable[str]) -> list[Subject]:
         """Decrypt the identities of open requests. Only tasks call this, and only for the
         duration of a connector call."""

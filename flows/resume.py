@@ -1,0 +1,49 @@
+"""Resume: verified requests that no run picked up.
+
+    find the requests verified more than `grace_minutes` ago and still waiting
+    start `process-requests` for them, in batches (through its deployment, or here)
+
+Two ways a request ends up there: a person confirms a waiting request's identity
+(`dsrflow verify`), which records it and starts nothing; or intake records a ticket and
+crashes before starting its batch. Either way the deadline runs on, so a schedule looks
+for them. The grace period leaves a batch that intake is about to start alone; if both
+start one anyway, every step is idempotent and a partner is still asked once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.intake import dispatch
+from tasks.runtime import get_runtime
+
+
+def now() -> datetime:
+    """The flow's clock (tests replace it)."""
+    return datetime.now(UTC)
+
+
+@task(name="find-stranded", cache_policy=NO_CACHE, persist_result=False)
+def find_stranded(grace_minutes: float) -> list[str]:
+    return get_runtime().ledger.stranded(now() - timedelta(minutes=grace_minutes))
+
+
+@flow(name="resume-requests", persist_result=False)
+def resume_requests(
+    grace_minutes: float = 30,
+    process_deployment: str | None = None,
+    batch_size: int = 100,
+) -> dict[str, int]:
+    """Start `process-requests` for every verified request left waiting longer than
+    `grace_minutes`, `batch_size` at a time."""
+    stranded = find_stranded(grace_minutes)
+    batches = [stranded[i:i + batch_size] for i in range(0, len(stranded), batch_size)]
+    for batch in batches:
+        dispatch(process_deployment, batch)
+    if stranded:
+        get_run_logger().info("%d verified requests were waiting; %d batches started",
+                              len(stranded), len(batches))
+    return {"resumed": len(stranded), "batches": len(batches)}
