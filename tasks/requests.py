@@ -45,11 +45,21 @@ def plan_systems(request_ids: list[str]) -> steps.Plan:
 @task(name="deliver-results", **_TASK)  # type: ignore[call-overload]
 def deliver_results(request_ids: list[str]) -> dict[str, str]:
     """Access packages and erasure certificates for the requests that are ready."""
-    made = deliverables.produce(get_runtime(), request_ids)
+    rt = get_runtime()
+    made = deliverables.produce(rt, request_ids)
     logger = get_run_logger()
-    for rid, what in made.items():
-        logger.info("request %s: %s", rid, what)
+    for record in rt.ledger.get_many(list(made)):
+        logger.info("request %s: %s", record.id, made[record.id])
+        event = DELIVERED_EVENTS.get(made[record.id])
+        if event is not None:  # made; a failure is announced when the request closes
+            announce(record, event)
     return made
+
+
+DELIVERED_EVENTS = {
+    deliverables.PACKAGE: "dsr.request.package_delivered",
+    deliverables.CERTIFICATE: "dsr.request.certified",
+}
 
 
 @task(name="close-requests", **_TASK)  # type: ignore[call-overload]

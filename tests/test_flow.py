@@ -226,6 +226,10 @@ def test_the_ui_shows_named_runs_artifacts_and_events(
     assert completed == {f"dsrflow.request.{i}" for i in ids[:2]}
     mine = [e for e in events if e.event.startswith("dsr.")]
     assert {e.payload["type"] for e in mine} == {"erasure", "access"}
+    delivered = {(e.event, e.resource.id) for e in mine
+                 if e.event in ("dsr.request.package_delivered", "dsr.request.certified")}
+    assert delivered == {("dsr.request.certified", f"dsrflow.request.{ids[0]}"),
+                         ("dsr.request.package_delivered", f"dsrflow.request.{ids[1]}")}
 
     with get_client(sync_client=True) as client:
         [run] = [r for r in client.read_flow_runs() if r.name == "dsr-batch-UI-1-3"]
