@@ -637,14 +637,13 @@ def package_handed_over(
 
 @package_app.command("expire")
 def package_expire(config: ConfigOption = None) -> None:
-    """Delete local packages whose link has expired (for S3, use a lifecycle rule)."""
-    from datetime import UTC, datetime
+    """Past the link's lifetime: drop keys still in the outbox (recorded as never handed
+    over) and delete local packages. For S3, also give the bucket a lifecycle rule."""
+    from tasks.deliverables import expire
 
-    from dsrflow.delivery import PackageStore
-
-    settings = _settings(config)
-    gone = PackageStore(settings.packages, settings.base_dir).expire_local(datetime.now(UTC))
-    console.print(f"{len(gone)} expired packages deleted")
+    dropped, deleted = expire(_runtime(config))
+    console.print(f"{len(dropped)} unsent keys dropped from the outbox, "
+                  f"{len(deleted)} expired local packages deleted")
 
 
 if __name__ == "__main__":  # pragma: no cover

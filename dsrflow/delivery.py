@@ -3,11 +3,12 @@
 The package (already encrypted) is stored in S3 (any endpoint: AWS, MinIO, moto) or in a
 local directory, and the subject gets an expiring link to it: a presigned GET for S3
 (default 5 days; SigV4 allows at most 7), a `file://` URI for a directory (meant for
-tests and on-premises shares; nothing enforces its expiry but `expire_local`).
+tests and on-premises shares; nothing enforces its expiry but `dsrflow package expire`).
 
 The key goes another way. `handover` writes the link and the key into the support team's
 outbox (one file per request, mode 0600): whoever answers the ticket sends the link by one
-channel and the key by another, then deletes the file (`dsrflow package handed-over`).
+channel and the key by another, then deletes the file (`dsrflow package handed-over`);
+`dsrflow package expire` deletes the files whose link has run out, unsent.
 dsrflow records where the key went and its fingerprint, never the key itself.
 """
 
@@ -135,6 +136,19 @@ class PackageStore:
 
     def handover_path(self, request_id: str) -> Path:
         return self._path(self.settings.handover_dir) / f"{request_id}.json"
+
+    def expired_handovers(self, now: datetime) -> list[str]:
+        """Request ids whose outbox file outlived its link: the key opens nothing the
+        subject can still download, and keeping it would only keep a key."""
+        folder = self._path(self.settings.handover_dir)
+        if not folder.exists():
+            return []
+        expired = []
+        for path in sorted(folder.glob("*.json")):
+            stamp = json.loads(path.read_text()).get("link_expires_at")
+            if stamp is None or datetime.fromisoformat(stamp) <= now:
+                expired.append(path.stem)
+        return expired
 
     def expire_local(self, now: datetime) -> list[Path]:
         """Delete local packages older than the link lifetime (S3: use a lifecycle rule)."""

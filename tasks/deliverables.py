@@ -15,6 +15,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from connectors.objects import ObjectsConnector
@@ -154,6 +155,27 @@ def handed_over(rt: Runtime, request_id: str, channel: str, by: str,
                           StepStatus.SUCCEEDED, details=details)
     store = PackageStore(rt.settings.packages, rt.settings.base_dir)
     store.handover_path(request_id).unlink(missing_ok=True)
+
+
+def expire(rt: Runtime, at: datetime | None = None) -> tuple[list[str], list[Path]]:
+    """Past their links' lifetime: outbox files still holding a key (recorded against the
+    request as never handed over, then deleted) and local packages. Returns the request
+    ids whose key was dropped and the packages deleted."""
+    at = at or now()
+    store = PackageStore(rt.settings.packages, rt.settings.base_dir)
+    dropped = []
+    for request_id in store.expired_handovers(at):
+        step = next((s for s in rt.ledger.steps([request_id])
+                     if s["system"] == PACKAGE and s["status"] == StepStatus.SUCCEEDED.value),
+                    None)
+        if step is not None:
+            details = {**step["details"], "key_handed_to": "nobody: the link expired first",
+                       "key_dropped_at": at.isoformat(timespec="seconds")}
+            rt.ledger.record_step(request_id, PACKAGE, KIND, StepAction.DELIVER.value,
+                                  StepStatus.SUCCEEDED, details=details)
+        store.handover_path(request_id).unlink(missing_ok=True)
+        dropped.append(request_id)
+    return dropped, store.expire_local(at)
 
 
 def _objects(rt: Runtime, system: str) -> ObjectsConnector:

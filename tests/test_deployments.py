@@ -36,6 +36,8 @@ EXPECTED: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "deadline-report": ("flows/deadlines.py:deadline_report", "deadline-report",
                         {"cron": "0 * * * *", "timezone": "Asia/Shanghai"}),
     "confirm-partner": ("flows/partners.py:confirm_partner", "confirm-partner", None),
+    "expire-packages": ("flows/packages.py:expire_packages", "expire-packages",
+                        {"cron": "30 * * * *", "timezone": "Asia/Shanghai"}),
     "resume-requests": ("flows/resume.py:resume_requests", "resume-requests",
                         {"interval": 600, "timezone": "Asia/Shanghai"}),
 }

@@ -9,7 +9,7 @@ import io
 import json
 import random
 import zipfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from dsrflow.packages import (
     unseal,
 )
 from tasks import deliverables, steps
-from tasks.runtime import Runtime
+from tasks.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 
@@ -188,6 +188,51 @@ def test_a_package_is_made_once_and_the_wrong_key_does_not_open_it(
     with pytest.raises(LookupError):
         deliverables.handed_over(rt, "no-such-request", channel="x", by="y")
     rt.close()
+
+
+def test_an_unsent_key_is_dropped_when_its_link_expires(
+    tmp_path: Path, world: tuple[sqlworld.World, str], s3_endpoint: str, uploads: str,
+) -> None:
+    w, url = world
+    rt = _runtime(tmp_path, url, s3_endpoint, uploads, PackageSettings(store="local"))
+    rid = _access(rt, 4, w)
+    deliverables.produce(rt, [rid])
+    step, _, _ = _receive(rt, rid)
+    outbox = Path(step["details"]["key_handed_to"].removeprefix("outbox:"))
+    package = Path(step["details"]["location"])
+    made = datetime.now(UTC)
+
+    # While the link works, nothing goes.
+    assert deliverables.expire(rt, made + timedelta(days=4)) == ([], [])
+    assert outbox.exists() and package.exists()
+
+    # After, the key and the package go, and the ledger says the key never went out.
+    assert deliverables.expire(rt, made + timedelta(days=5, minutes=1)) == ([rid], [package])
+    assert not outbox.exists() and not package.exists()
+    [after] = [s for s in rt.ledger.steps([rid]) if s["system"] == deliverables.PACKAGE]
+    assert after["details"]["key_handed_to"] == "nobody: the link expired first"
+    rt.close()
+
+
+def test_the_scheduled_flow_expires_what_is_due(
+    tmp_path: Path, world: tuple[sqlworld.World, str], s3_endpoint: str, uploads: str,
+    prefect_server: list[Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.packages import expire_packages
+
+    w, url = world
+    rt = _runtime(tmp_path, url, s3_endpoint, uploads, PackageSettings(store="local"))
+    previous = set_runtime(rt)
+    try:
+        rid = _access(rt, 6, w)
+        deliverables.produce(rt, [rid])
+        assert expire_packages() == {"keys_dropped": 0, "packages_deleted": 0}
+        later = datetime.now(UTC) + timedelta(days=6)
+        monkeypatch.setattr(deliverables, "now", lambda: later)
+        assert expire_packages() == {"keys_dropped": 1, "packages_deleted": 1}
+    finally:
+        set_runtime(previous)
+        rt.close()
 
 
 def test_no_package_of_half_the_data(
