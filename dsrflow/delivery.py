@@ -45,6 +45,11 @@ class PackageSettings(BaseModel):
         default=10 * 1024 * 1024, ge=0,
         description="objects up to this size travel inside the package; larger ones as links",
     )
+    inline_total_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=0,
+        description="at most this much of objects inside one package (it is built in "
+        "memory); the rest as links",
+    )
     handover_dir: Path = Field(
         default=Path(".dsrflow/handover"),
         description="the support team's outbox: link and key per request, until sent",

@@ -1,11 +1,13 @@
 """Where collected records wait for delivery: one encrypted file per request and system.
 
 The access package (zip, manifest, delivery link) is built from these; until then they are
-AES-GCM under the installation key, bound to the request and system.
+AES-GCM under the installation key, bound to the request and system, and once it is
+delivered they are deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,15 @@ def exported_systems(root: Path, request_id: str) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(p.name.removesuffix(".json.enc") for p in folder.glob("*.json.enc"))
+
+
+def discard_exports(root: Path, request_id: str) -> None:
+    """Delete a request's collected records (once its package holds them)."""
+    folder = root / request_id
+    for path in folder.glob("*.json.enc"):
+        path.unlink()
+    with contextlib.suppress(FileNotFoundError, OSError):
+        folder.rmdir()
 
 
 def read_export(root: Path, keyring: Keyring, request_id: str, system: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dsrflow.certificates import build_certificate, sign_certificate, write_cert
 from dsrflow.datamap import PartnerSystem
 from dsrflow.delivery import PackageStore
 from dsrflow.errors import safe_error
-from dsrflow.exports import exported_systems, read_export
+from dsrflow.exports import discard_exports, exported_systems, read_export
 from dsrflow.ledger import RequestRecord
 from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, StepAction, StepStatus
 from dsrflow.packages import (
@@ -70,6 +70,9 @@ def produce(rt: Runtime, request_ids: Sequence[str]) -> dict[str, str]:
                 continue
             made[record.id] = _record(rt, record, PACKAGE, StepAction.DELIVER,
                                       lambda r=record: deliver_package(rt, r))
+            if made[record.id] == PACKAGE:
+                # The package is the copy now; the collected records need not wait longer.
+                discard_exports(rt.settings.exports_path, record.id)
         elif record.type.erases:
             made[record.id] = _record(rt, record, CERTIFICATE, StepAction.CERTIFY,
                                       lambda r=record: issue_certificate(rt, r))
@@ -109,9 +112,15 @@ def deliver_package(rt: Runtime, record: RequestRecord) -> dict[str, Any]:
             {"status": row["status"], "reference": row["reference"], "results_url": None}
         ]})
 
+    carried = 0
+
     def fetch(obj: StoredObject) -> bytes | None:
-        if obj.size > settings.inline_object_bytes:
+        nonlocal carried
+        # Too large, or the package would grow past what it may hold in memory: a link.
+        if (obj.size > settings.inline_object_bytes
+                or carried + obj.size > settings.inline_total_bytes):
             return None
+        carried += obj.size
         return _objects(rt, obj.system).fetch(obj.bucket, obj.key, obj.version_id)
 
     def link(obj: StoredObject) -> ObjectLink:

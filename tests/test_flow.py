@@ -3,8 +3,10 @@ ledger, artifacts, failure handling, and that Prefect never receives an identity
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import zipfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from dsrflow.certificates import verify_certificate
-from dsrflow.exports import read_export
+from dsrflow.exports import exported_systems
 from dsrflow.intake import submit
 from dsrflow.leakscan import files_containing
 from dsrflow.model import Status
@@ -90,9 +92,15 @@ def test_a_batch_erases_collects_and_holds_the_unverified(
     assert photos_left == 0
     assert posts_of_5 == len([p for p in w.rows.get("posts", []) if p["user_id"] == 5])
 
-    # The access request's records wait, encrypted, for the access package.
-    records = read_export(runtime.settings.exports_path, ledger.keyring, access, "db")
-    assert [r["id"] for r in records["users"]] == [3]
+    # The access request's records went into its package, and only there: the collected
+    # copy waiting for it is gone.
+    package = next(s for s in ledger.steps([access]) if s["system"] == "access-package")
+    outbox = json.loads(Path(package["details"]["key_handed_to"].removeprefix("outbox:"))
+                        .read_text())
+    opened = unseal(Path(package["details"]["location"]).read_bytes(), outbox["key"].encode())
+    with zipfile.ZipFile(io.BytesIO(opened)) as zf:
+        assert [r["id"] for r in json.loads(zf.read("data/db/users.json"))] == [3]
+    assert exported_systems(runtime.settings.exports_path, access) == []
 
     # Closed requests keep no identities; the open one still can be processed later.
     assert ledger.subjects([erase]) == []

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from dsrflow.delivery import PackageSettings
 from dsrflow.errors import StepFailed
+from dsrflow.exports import exported_systems
 from dsrflow.intake import submit
 from dsrflow.ledger import RequestRecord
 from dsrflow.model import Regime, RequestType, Status
@@ -151,6 +152,9 @@ def test_an_access_package_holds_the_subject_and_nobody_else(
     assert {s["system"] for s in manifest["sources"]} == {"db", "media"}
     assert "The personal data we hold about you" in zf.read("index.html").decode()
 
+    # The collected records that waited for the package are gone: it is the copy now.
+    assert exported_systems(rt.settings.exports_path, rid) == []
+
     # The ledger knows where the package and the key went, never the key.
     details = step["details"]
     assert details["location"] == f"s3://{uploads}/packages/{rid}.zip.fernet"
@@ -158,6 +162,23 @@ def test_an_access_package_holds_the_subject_and_nobody_else(
     key = manifest["_outbox"]["key"].encode()
     assert key not in (tmp_path / "ledger.db").read_bytes()
     assert key not in json.dumps(rt.ledger.steps([rid]), default=str).encode()
+    rt.close()
+
+
+def test_a_package_carries_objects_up_to_its_budget_and_links_the_rest(
+    tmp_path: Path, world: tuple[sqlworld.World, str], s3_endpoint: str, uploads: str,
+) -> None:
+    """Packages are built in memory: past `inline_total_bytes`, objects travel as links
+    however small each one is."""
+    w, url = world
+    packages = PackageSettings(store="local", inline_total_bytes=100)
+    rt = _runtime(tmp_path, url, s3_endpoint, uploads, packages)
+    rid = _access(rt, 5, w)
+    deliverables.produce(rt, [rid])
+    _, _, manifest = _receive(rt, rid)
+    carried = [f["object_key"] for f in manifest["files"] if "object_key" in f]
+    linked = [link["key"] for link in manifest["object_links"]]
+    assert (carried, linked) == (["uploads/5/1.jpg"], ["uploads/5/2.jpg"])  # 64 + 64 > 100
     rt.close()
 
 
