@@ -28,6 +28,7 @@ import pytest  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from dsrflow.crypto import Keyring, new_key  # noqa: E402
+from dsrflow.ledger import Ledger  # noqa: E402
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -143,6 +144,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def keyring() -> Keyring:
     return Keyring(token_key=new_key(), encryption_key=new_key())
+
+
+@pytest.fixture
+def ledger(db_url: str, keyring: Keyring) -> Iterator[Ledger]:
+    """A migrated ledger, on SQLite and on PostgreSQL."""
+    ledger = Ledger(db_url, keyring)
+    ledger.migrate()
+    yield ledger
+    ledger.dispose()
 
 
 # -- Prefect ----------------------------------------------------------------------------------

@@ -69,14 +69,6 @@ def accept(ledger: Ledger, ticket_id: str, regime: Regime, received: datetime,
     return request_id
 
 
-@pytest.fixture
-def ledger(db_url: str, keyring: Keyring) -> Iterator[Ledger]:
-    ledger = Ledger(db_url, keyring, DEADLINES)
-    ledger.migrate()
-    yield ledger
-    ledger.dispose()
-
-
 # GDPR, received Tue 1 Sep 2026 in Dublin: due Thu 1 Oct, at most Tue 1 Dec.
 GDPR_RECEIVED = local(DUBLIN, 2026, 9, 1, 10)
 GDPR_DUE = end_of(date(2026, 10, 1), DUBLIN)

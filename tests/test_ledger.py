@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,14 +46,6 @@ def make_ticket(ticket_id: str, verified: bool = True, **extra: Any) -> Ticket:
         **extra,
     )
     return Ticket.model_validate(doc)
-
-
-@pytest.fixture
-def ledger(db_url: str, keyring: Keyring) -> Iterator[Ledger]:
-    ledger = Ledger(db_url, keyring)
-    ledger.migrate()
-    yield ledger
-    ledger.dispose()
 
 
 def race(n: int, fn: Callable[[], T]) -> list[T]:

@@ -13,14 +13,12 @@ Expected dates are worked out by hand in the comments, from the calendars:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from dsrflow.crypto import Keyring
 from dsrflow.deadlines import Deadlines
 from dsrflow.ledger import Ledger, RequestRecord
 from dsrflow.model import Regime, RequestType, Status
@@ -345,14 +343,6 @@ def test_no_due_date_is_unknown_unless_the_clock_waits_for_verification() -> Non
 
 
 # -- the ledger: UK GDPR waits, the others run ------------------------------------------------
-@pytest.fixture
-def ledger(db_url: str, keyring: Keyring) -> Iterator[Ledger]:
-    ledger = Ledger(db_url, keyring, DEADLINES)
-    ledger.migrate()
-    yield ledger
-    ledger.dispose()
-
-
 def make_ticket(
     ticket_id: str, regime: Regime, received: datetime, verified_at: datetime | None
 ) -> Ticket:
