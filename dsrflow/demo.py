@@ -236,13 +236,16 @@ def _print_report(out: Path, console: Console) -> None:
     import pandas as pd
 
     from dsrflow.cli import STATUS_COLUMNS, frame_table, status_view
+    from dsrflow.model import DELIVERABLE_KIND
 
     report = pd.read_csv(out / "report.csv", dtype=str)
     console.print(frame_table(status_view(report), STATUS_COLUMNS, title="Requests"))
     steps = pd.read_csv(out / "steps.csv", dtype=str).merge(
         report[["request_id", "ticket_id"]], on="request_id"
     )
-    columns = ["system", "found", "deleted", "anonymized", "retained", "remaining", "status"]
+    steps = steps[steps["kind"] != DELIVERABLE_KIND]  # their own table follows
+    columns = ["system", "found", "collected", "deleted", "anonymized", "retained",
+               "remaining", "status"]
     console.print(
         frame_table(steps, {"ticket": "ticket_id", **{c: c for c in columns}}, "Per system")
     )
@@ -255,18 +258,20 @@ def _check_deliverables(runtime: Any, console: Console) -> list[str]:
     import httpx
 
     from dsrflow.certificates import CertificateInvalid, verify_certificate
+    from dsrflow.model import DELIVERABLE_KIND, Status
     from dsrflow.packages import PackageError, check_package, unseal
+    from tasks.deliverables import CERTIFICATE, PACKAGE
 
     table = Table("ticket", "type", "delivered", "check", title="Access packages and certificates")
     problems = []
     public = runtime.settings.signing_key_pair().public_key()
     deliverables = {(s["request_id"], s["system"]): s for s in runtime.ledger.steps()
-                    if s["kind"] == "deliverable"}
+                    if s["kind"] == DELIVERABLE_KIND}
     for record in runtime.ledger.all():
-        if record.type is None or record.status.value != "completed":
+        if record.type is None or record.status is not Status.COMPLETED:
             continue
-        system = ("access-package" if record.type.collects else
-                  "erasure-certificate" if record.type.erases else None)
+        system = (PACKAGE if record.type.collects else
+                  CERTIFICATE if record.type.erases else None)
         if system is None:
             continue
         step = deliverables.get((record.id, system))
