@@ -37,7 +37,7 @@ DEADLINE_STATES = (
 CLOSED_STATES = frozenset({"completed_on_time", "completed_late", "not_applicable"})
 
 
-
+# -- working days, many at once -------------------------------------------------------------
 class _WorkingDays:
     """Working days in (start, end] on a regime's calendar, for many requests at once.
     `WorkingCalendar.working_days_between` asks the calendar day by day, which for 100,000
