@@ -283,8 +283,6 @@ def systems_frame(steps: pd.DataFrame) -> pd.DataFrame:
 # -- filters --------------------------------------------------------------------------------
 
 
-
-
 def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 

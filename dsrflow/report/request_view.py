@@ -118,7 +118,6 @@ def _html_section(frame: pd.DataFrame, empty: str,
     return f'<div class="scroll">\n{table}\n</div>'
 
 
-
 def _md_section(frame: pd.DataFrame, empty: str) -> str:
     return f"{empty}\n" if frame.empty else to_markdown(frame)
 
