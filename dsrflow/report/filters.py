@@ -141,6 +141,3 @@ def filter_requests(frame: pd.DataFrame, report_filter: ReportFilter | None) -> 
 def steps_of(steps: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame:
     """The step rows of these requests (a filtered report's steps)."""
     return steps[steps["request_id"].isin(requests["request_id"])].reset_index(drop=True)
-
-
-# -- rendering ------------------------------------------------------------------------------

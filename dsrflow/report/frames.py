@@ -280,9 +280,7 @@ def systems_frame(steps: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-# -- filters --------------------------------------------------------------------------------
-
-
+# -- values ---------------------------------------------------------------------------------
 def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
@@ -314,4 +312,3 @@ def is_missing(value: Any) -> bool:
     if value is None or value is pd.NA or value is pd.NaT:
         return True
     return isinstance(value, float) and value != value
-

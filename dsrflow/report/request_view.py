@@ -225,6 +225,3 @@ def _deliverable_rows(steps: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             step.get("error"),
         ])
     return pd.DataFrame(rows, columns=VIEW_DELIVERABLE_COLUMNS)
-
-
-# -- values ---------------------------------------------------------------------------------
