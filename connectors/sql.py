@@ -1,10 +1,9 @@
 """SQL connector: any SQLAlchemy database described by the data map.
 
-How it finds a subject's rows: rows whose identity columns hold one of the subject's
-identities, then, hop by hop along the declared references, rows that point at rows
-already found, until nothing new turns up (self-references, multi-hop chains and tables
-reachable two ways all fall out of the same fixpoint). Each hop is one statement per
-reference for the whole batch.
+Whose rows are whose — found along identity columns and declared references, and which of
+them also belong to someone outside the request — is `connectors.sql_ownership`. Rows that
+also belong to someone else are never changed: they are reported as retained, "shared with
+another data subject".
 
 How it erases: one transaction per call, children before parents (order derived from the
 references; reference cycles are broken by nulling the cycle's keys first), a DELETE per
@@ -18,14 +17,14 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     MetaData,
@@ -33,24 +32,17 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     delete,
-    func,
-    select,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import NoSuchTableError
-from sqlalchemy.sql.elements import Tuple
 
-from connectors.base import Outcome, Records, Scope
+from connectors.base import Outcome, PartOutcome, Records, Scope
+from connectors.sql_ownership import SHARED_REASON, Key, Located, Locator, chunks
 from dsrflow.anonymize import is_erased, transform
 from dsrflow.crypto import Pseudonymizer
 from dsrflow.datamap import SqlSystem
 from dsrflow.datamap import Table as TableMap
-from dsrflow.identities import Identity, IdentityType, Subject, phone_variants
-
-CHUNK = 500  # bound parameters per IN list: far below SQLite's and PostgreSQL's limits
-
-Key = tuple[Any, ...]
+from dsrflow.identities import Identity, Subject
 
 
 class SchemaMismatch(ValueError):
@@ -58,15 +50,15 @@ class SchemaMismatch(ValueError):
 
 
 @dataclass
-class Located:
-    """Rows found for a batch: per table, primary key -> the requests that own the row,
-    plus the values children's references point at."""
+class Discovery:
+    """What a subject's own rows say about them: identities the request did not give,
+    identities withheld because another person's rows hold them too (a family's phone, a
+    shared tablet), and values that could not be read as identities (per type; no value
+    is kept)."""
 
-    owners: dict[str, dict[Key, set[str]]] = field(default_factory=lambda: defaultdict(dict))
-    anchors: dict[str, dict[Key, Key]] = field(default_factory=lambda: defaultdict(dict))
-
-    def rows_of(self, table: str, request_id: str) -> list[Key]:
-        return [k for k, who in self.owners[table].items() if request_id in who]
+    found: set[Identity] = field(default_factory=set)
+    withheld: dict[str, int] = field(default_factory=dict)
+    unreadable: dict[str, int] = field(default_factory=dict)
 
 
 class SqlConnector:
@@ -77,6 +69,7 @@ class SqlConnector:
         self.system = system
         self.engine = engine or create_engine(resolve_url(name, system), pool_pre_ping=True)
         self.tables = self._reflect()
+        self.locator = Locator(system, self.tables)
         self._broken = frozenset(
             (child, ref.table)
             for child, ref in cyclic_references(system)
@@ -107,20 +100,26 @@ class SqlConnector:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def locate(self, conn: Connection, subjects: Sequence[Subject]) -> Located:
+        return self.locator.locate(conn, subjects)
+
     # -- contract -----------------------------------------------------------------------
     def collect(self, subjects: Sequence[Subject], scope: Scope) -> dict[str, Records]:
+        """The subjects' rows, per table. A row that also belongs to someone outside the
+        request (another customer's order that ships to the subject's address) is theirs
+        to see, not the subject's: it is left out."""
         records: dict[str, Records] = {s.request_id: {} for s in subjects}
         with self.engine.connect() as conn:
             located = self.locate(conn, subjects)
             for name, mapped in self.system.tables.items():
+                keys = [k for k in located.owners[name] if k not in located.foreign[name]]
+                if not keys or not _in_scope(mapped, scope):
+                    continue
                 wanted = [
                     c for c, col in mapped.columns.items()
                     if scope is None or col.category in scope or c in mapped.primary_key
                 ]
-                if not located.owners[name] or not _in_scope(mapped, scope):
-                    continue
-                rows = self._fetch(conn, name, list(located.owners[name]), wanted)
-                for key, row in rows.items():
+                for key, row in self.locator.fetch(conn, name, keys, wanted).items():
                     for rid in located.owners[name][key]:
                         records[rid].setdefault(name, []).append(_jsonable(row))
         return records
@@ -134,23 +133,26 @@ class SqlConnector:
         outcomes = {s.request_id: Outcome() for s in subjects}
         with self.engine.begin() as conn:
             located = self.locate(conn, subjects)
-            for rid, outcome in outcomes.items():
-                for name, mapped in self.system.tables.items():
-                    if _in_scope(mapped, scope):
-                        outcome.part(name).found = len(located.rows_of(name, rid))
             self._break_cycles(conn, located, scope)
             for name in self._order:
                 mapped = self.system.tables[name]
-                keys = list(located.owners[name])
-                if not keys:
+                if not _in_scope(mapped, scope):
                     continue
-                if mapped.deletes_rows(scope):
-                    self._delete(conn, name, keys, located, outcomes)
-                else:
-                    self._anonymize(conn, name, keys, located, scope, pseudonymizers, outcomes)
+                deletes = mapped.deletes_rows(scope)
+                keys = [k for k in located.owners[name] if not located.kept(name, k, deletes)]
+                done = _Done()
+                if keys and deletes:
+                    self._delete(conn, name, keys, done)
+                elif keys:
+                    self._anonymize(conn, name, keys, located, scope, pseudonymizers, done)
+                for rid, outcome in outcomes.items():
+                    _tally(outcome.part(name), located.rows_of(name, rid), name, located,
+                           deletes, done)
         return outcomes
 
     def verify(self, subjects: Sequence[Subject], scope: Scope) -> dict[str, Outcome]:
+        """Look again: a row still there that should be gone, or a column that is not in
+        its erased form yet, remains; a row kept because it is shared is retained."""
         outcomes = {s.request_id: Outcome() for s in subjects}
         with self.engine.connect() as conn:
             located = self.locate(conn, subjects)
@@ -158,27 +160,28 @@ class SqlConnector:
                 keys = list(located.owners[name])
                 if not keys or not _in_scope(mapped, scope):
                     continue
+                deletes = mapped.deletes_rows(scope)
                 erasable = mapped.erasable_columns(scope)
-                if mapped.deletes_rows(scope):
-                    left = set(keys)
-                else:
-                    rows = self._fetch(conn, name, keys, list(erasable))
-                    left = {
-                        k for k, row in rows.items()
-                        if not all(is_erased(erasable[c], row[c]) for c in erasable)
-                    }
+                retained = mapped.retained_columns(scope)
+                rows = {} if deletes else self.locator.fetch(
+                    conn, name, keys, [*erasable, *retained]
+                )
+                done = _Done()
+                for key in keys:
+                    if located.kept(name, key, deletes):
+                        continue
+                    if deletes or not all(is_erased(erasable[c], rows[key][c]) for c in erasable):
+                        done.remaining.add(key)
+                    elif reasons := _held_reasons(mapped, scope, rows[key]):
+                        done.retained[key] = reasons
                 for rid, outcome in outcomes.items():
-                    mine = located.rows_of(name, rid)
-                    part = outcome.part(name)
-                    part.found = len(mine)
-                    part.remaining = sum(1 for k in mine if k in left)
-                    if mapped.retained_columns(scope):
-                        part.retained = len(mine)
-                        part.retain_reasons = _reasons(mapped, scope)
+                    _tally(outcome.part(name), located.rows_of(name, rid), name, located,
+                           deletes, done)
         return outcomes
 
     def rectify(self, subject: Subject, corrections: Mapping[str, str]) -> Outcome:
-        """Apply `table.column -> value` corrections to the subject's rows."""
+        """Apply `table.column -> value` corrections to the subject's rows (not to a row
+        that is also someone else's: correcting it would change their record)."""
         outcome = Outcome()
         by_table: dict[str, dict[str, str]] = defaultdict(dict)
         for target, value in corrections.items():
@@ -187,233 +190,186 @@ class SqlConnector:
         with self.engine.begin() as conn:
             located = self.locate(conn, [subject])
             for name, values in by_table.items():
-                keys = located.rows_of(name, subject.request_id)
+                mine = located.rows_of(name, subject.request_id)
+                keys = [k for k in mine if k not in located.shared[name]]
                 part = outcome.part(name)
-                part.found = len(keys)
-                for chunk in _chunks(keys):
-                    stmt = update(self.tables[name]).where(self._pk_in(name, chunk)).values(values)
+                part.found = len(mine)
+                _note_shared(part, len(mine) - len(keys))
+                for chunk in chunks(keys):
+                    stmt = (update(self.tables[name]).where(self.locator.pk_in(name, chunk))
+                            .values(values))
                     part.anonymized += conn.execute(stmt).rowcount
                     part.statements.append(_statement_hash(stmt))
         return outcome
 
     def restrict(self, subjects: Sequence[Subject]) -> dict[str, Outcome]:
-        """Mark the subjects' rows as restricted where the data map names a column for it."""
+        """Mark the subjects' rows as restricted where the data map names a column for it
+        (a row that is also someone else's is left as it is)."""
         outcomes = {s.request_id: Outcome() for s in subjects}
         stamp = datetime.now(UTC)
         with self.engine.begin() as conn:
             located = self.locate(conn, subjects)
             for name, mapped in self.system.tables.items():
                 column = mapped.restriction_column
-                keys = list(located.owners[name])
-                if column is None or not keys:
+                keys = [k for k in located.owners[name] if k not in located.shared[name]]
+                if column is None or not located.owners[name]:
                     continue
                 table = self.tables[name]
-                for chunk in _chunks(keys):
+                for chunk in chunks(keys):
                     stmt = (
                         update(table)
-                        .where(self._pk_in(name, chunk), table.c[column].is_(None))
+                        .where(self.locator.pk_in(name, chunk), table.c[column].is_(None))
                         .values({column: stamp})
                     )
                     conn.execute(stmt)
                 for rid, outcome in outcomes.items():
+                    mine = located.rows_of(name, rid)
                     part = outcome.part(name)
-                    part.found = part.retained = len(located.rows_of(name, rid))
-                    part.retain_reasons = ["processing restricted at the subject's request"]
+                    part.found = len(mine)
+                    restricted = sum(1 for k in mine if k not in located.shared[name])
+                    part.retained = restricted
+                    if restricted:
+                        part.retain_reasons = ["processing restricted at the subject's request"]
+                    _note_shared(part, len(mine) - restricted)
         return outcomes
 
-    def discover(self, subjects: Sequence[Subject]) -> dict[str, set[Identity]]:
-        """Account ids (identity columns of type user_id) in the rows the subjects'
-        identities lead to: a ticket that gave only an email still reaches objects and logs
-        keyed by user id, and verification still finds the account after its email was
-        pseudonymized. Device ids are not propagated: a device may be shared by accounts."""
-        found: dict[str, set[Identity]] = {s.request_id: set() for s in subjects}
+    def discover(self, subjects: Sequence[Subject]) -> dict[str, Discovery]:
+        """Every identity the subjects' own rows hold (the data map's identity columns:
+        account ids, emails, phones, device ids, IP addresses, third-party logins) that
+        the request did not give, so every system — and every verification — looks for all
+        of them. Only rows that are the subject's alone count, and an identity is withheld
+        when it leads to a row that is also someone else's (a phone a family shares leads
+        to another account; a shared tablet's device id to another person's devices row):
+        searching logs for it would erase other people's lines."""
+        out = {s.request_id: Discovery() for s in subjects}
+        by_id = {s.request_id: s for s in subjects}
         with self.engine.connect() as conn:
-            located = self.locate(conn, subjects)
-            for name, mapped in self.system.tables.items():
-                columns = [i.column for i in mapped.identities if i.type is IdentityType.USER_ID]
-                keys = list(located.owners[name])
-                if not columns or not keys:
-                    continue
-                for key, row in self._fetch(conn, name, keys, columns).items():
-                    for column in columns:
-                        if row[column] is None:
-                            continue
-                        identity = Identity(type=IdentityType.USER_ID, value=str(row[column]))
-                        for rid in located.owners[name][key]:
-                            found[rid].add(identity)
+            first = self.locate(conn, subjects)
+            candidates = self._identities_in(conn, first, by_id, out)
+            fresh = {rid: found - set(by_id[rid].identities) for rid, found in candidates.items()}
+            if not any(fresh.values()):
+                return out
+            expanded = [
+                s.model_copy(update={"identities": (*s.identities, *sorted(
+                    fresh.get(s.request_id, set()), key=lambda i: (i.type.value, i.value)))})
+                for s in subjects
+            ]
+            # The accounts a request's own identities lead to vouch for its rows; the rows a
+            # candidate leads to must not vouch for themselves.
+            second = self.locator.locate(conn, expanded, accounts=first.accounts)
+        shared: set[tuple[str, Identity]] = set()
+        for name, matched in second.matches.items():
+            for key, pairs in matched.items():
+                for rid, identity in pairs:
+                    if identity not in fresh.get(rid, set()):
+                        continue
+                    # Whose a row is comes from the requests' own identities (the first
+                    # look); a row only a candidate reaches is judged by the second, where
+                    # two requests' candidates meeting in it make it neither's alone.
+                    judge = first if key in first.owners[name] else second
+                    if not judge.alone(name, key, rid):
+                        shared.add((rid, identity))
+        for rid, identities in fresh.items():
+            for identity in identities:
+                if (rid, identity) in shared:
+                    _bump(out[rid].withheld, identity.type.value)
+                else:
+                    out[rid].found.add(identity)
+        return out
+
+    def _identities_in(
+        self, conn: Connection, located: Located, subjects: Mapping[str, Subject],
+        out: dict[str, Discovery],
+    ) -> dict[str, set[Identity]]:
+        """The identities in each request's own rows (read in its phone region)."""
+        found: dict[str, set[Identity]] = {rid: set() for rid in subjects}
+        for name, mapped in self.system.tables.items():
+            if not mapped.identities:
+                continue
+            keys = [k for k, who in located.owners[name].items()
+                    if len(who) == 1 and k not in located.foreign[name]]
+            columns = [i.column for i in mapped.identities]
+            columns += [i.provider_column for i in mapped.identities if i.provider_column]
+            for key, row in self.locator.fetch(conn, name, keys, columns).items():
+                (rid,) = located.owners[name][key]
+                for spec in mapped.identities:
+                    raw = row[spec.column]
+                    if raw is None or str(raw).strip() == "":
+                        continue
+                    text = str(raw)
+                    if spec.provider_column is not None:
+                        text = f"{row[spec.provider_column]}:{text}"
+                    try:
+                        found[rid].add(Identity.read(spec.type, text, subjects[rid].phone_region))
+                    except ValidationError:
+                        _bump(out[rid].unreadable, spec.type.value)
         return found
 
     def column_values(
         self, subjects: Sequence[Subject], table: str, column: str
     ) -> dict[str, list[Any]]:
         """The values of one column in each subject's rows (e.g. the object keys an uploads
-        table lists), read before anything is erased."""
+        table lists), read before anything is erased. A row erasure keeps (shared with
+        someone else) keeps what it lists too."""
         out: dict[str, list[Any]] = {s.request_id: [] for s in subjects}
+        deletes = self.system.tables[table].deletes_rows(None)
         with self.engine.connect() as conn:
             located = self.locate(conn, subjects)
-            rows = self._fetch(conn, table, list(located.owners[table]), [column])
-            for key, row in rows.items():
+            keys = [k for k in located.owners[table] if not located.kept(table, k, deletes)]
+            for key, row in self.locator.fetch(conn, table, keys, [column]).items():
                 if row[column] is None:
                     continue
                 for rid in located.owners[table][key]:
                     out[rid].append(row[column])
         return out
 
-    # -- locating -----------------------------------------------------------------------
-    def locate(self, conn: Connection, subjects: Sequence[Subject]) -> Located:
-        located = Located()
-        frontier: dict[str, set[Key]] = defaultdict(set)
-        for name, mapped in self.system.tables.items():
-            for key, owners in self._match_identities(conn, name, mapped, subjects):
-                if self._own(located, conn, name, key, owners):
-                    frontier[name].add(key)
-        children = _children(self.system)
-        while frontier:
-            parent, keys = frontier.popitem()
-            for child, child_cols, parent_cols in children.get(parent, []):
-                anchors: dict[Key, set[str]] = defaultdict(set)
-                for key in keys:
-                    anchor = self._anchor(conn, located, parent, key, parent_cols)
-                    if None not in anchor:
-                        anchors[anchor] |= located.owners[parent][key]
-                for child_key, anchor in self._rows_pointing_at(
-                    conn, child, child_cols, list(anchors)
-                ):
-                    if self._own(located, conn, child, child_key, anchors[anchor]):
-                        frontier[child].add(child_key)
-        return located
-
-    def _own(
-        self, located: Located, conn: Connection, table: str, key: Key, owners: set[str]
-    ) -> bool:
-        """Record owners of a row; True if that is news (the row must be propagated)."""
-        if not owners:
-            return False
-        current = located.owners[table].setdefault(key, set())
-        if owners <= current:
-            return False
-        current |= owners
-        return True
-
-    def _anchor(
-        self, conn: Connection, located: Located, table: str, key: Key, columns: list[str]
-    ) -> Key:
-        """The values of `columns` in the row `key` (usually just its primary key)."""
-        pk = self.system.tables[table].primary_key
-        if columns == pk:
-            return key
-        cache = located.anchors[f"{table}:{','.join(columns)}"]
-        if key not in cache:
-            row = conn.execute(
-                select(*[self.tables[table].c[c] for c in columns]).where(
-                    self._pk_in(table, [key])
-                )
-            ).one()
-            cache[key] = tuple(row)
-        return cache[key]
-
-    def _match_identities(
-        self, conn: Connection, name: str, mapped: TableMap, subjects: Sequence[Subject]
-    ) -> Iterator[tuple[Key, set[str]]]:
-        table = self.tables[name]
-        pk_cols = [table.c[c] for c in mapped.primary_key]
-        for ident in mapped.identities:
-            column = table.c[ident.column]
-            wanted: dict[Any, set[str]] = defaultdict(set)
-            for subject in subjects:
-                for value in subject.values(ident.type):
-                    for variant in _lookup_values(ident.type, value, column):
-                        wanted[variant].add(subject.request_id)
-            if not wanted:
-                continue
-            if ident.type is IdentityType.EMAIL:
-                probe: Any = func.lower(func.trim(column))
-            elif ident.type is IdentityType.THIRD_PARTY:
-                assert ident.provider_column is not None
-                probe = tuple_(func.lower(table.c[ident.provider_column]), column)
-            else:
-                probe = column
-            probe_cols = _probe_columns(probe)
-            for chunk in _chunks(list(wanted)):
-                rows = conn.execute(select(*pk_cols, *probe_cols).where(probe.in_(chunk)))
-                width = len(pk_cols)
-                for row in rows:
-                    matched = tuple(row[width:])
-                    probed: Any = matched[0] if len(matched) == 1 else matched
-                    yield tuple(row[:width]), set(wanted.get(probed, set()))
-
-    def _rows_pointing_at(
-        self, conn: Connection, child: str, columns: list[str], anchors: list[Key]
-    ) -> Iterator[tuple[Key, Key]]:
-        table = self.tables[child]
-        pk_cols = [table.c[c] for c in self.system.tables[child].primary_key]
-        ref_cols = [table.c[c] for c in columns]
-        probe = ref_cols[0] if len(ref_cols) == 1 else tuple_(*ref_cols)
-        values: list[Any] = [a[0] for a in anchors] if len(ref_cols) == 1 else anchors
-        width = len(pk_cols)
-        for chunk in _chunks(values):
-            for row in conn.execute(select(*pk_cols, *ref_cols).where(probe.in_(chunk))):
-                yield tuple(row[:width]), tuple(row[width:])
-
     # -- erasing ------------------------------------------------------------------------
-    def _delete(
-        self, conn: Connection, name: str, keys: list[Key], located: Located,
-        outcomes: dict[str, Outcome],
-    ) -> None:
-        statements = set()
-        for chunk in _chunks(keys):
-            stmt = delete(self.tables[name]).where(self._pk_in(name, chunk))
+    def _delete(self, conn: Connection, name: str, keys: list[Key], done: _Done) -> None:
+        for chunk in chunks(keys):
+            stmt = delete(self.tables[name]).where(self.locator.pk_in(name, chunk))
             conn.execute(stmt)
-            statements.add(_statement_hash(stmt))
-        for rid, outcome in outcomes.items():
-            part = outcome.part(name)
-            part.deleted = len(located.rows_of(name, rid))
-            part.statements = sorted(statements)
+            done.statements.add(_statement_hash(stmt))
+        done.deleted.update(keys)
 
     def _anonymize(
         self, conn: Connection, name: str, keys: list[Key], located: Located, scope: Scope,
-        pseudonymizers: Mapping[str, Pseudonymizer], outcomes: dict[str, Outcome],
+        pseudonymizers: Mapping[str, Pseudonymizer], done: _Done,
     ) -> None:
         mapped = self.system.tables[name]
         erasable = mapped.erasable_columns(scope)
         retained = mapped.retained_columns(scope)
-        changed: set[Key] = set()
-        statements: set[str] = set()
-        if erasable:
-            table = self.tables[name]
-            current = self._fetch(conn, name, keys, list(erasable))
-            updates = []
-            for key, row in current.items():
-                # A row two subjects of the batch share gets the first owner's pseudonyms:
-                # deterministic, so a retry writes the same value.
-                owner = min(located.owners[name][key])
-                new = {
-                    c: transform(col, pseudonymizers.get(owner))(row[c])
-                    for c, col in erasable.items()
-                }
-                if any(new[c] != row[c] for c in erasable):
-                    changed.add(key)
-                    updates.append({**{f"_pk_{c}": v for c, v in zip(
-                        mapped.primary_key, key, strict=True)}, **{f"_v_{c}": v for c, v in
-                                                                  new.items()}})
-            if updates:
-                stmt = (
-                    update(table)
-                    .where(*[table.c[c] == bindparam(f"_pk_{c}") for c in mapped.primary_key])
-                    .values({c: bindparam(f"_v_{c}") for c in erasable})
-                )
-                # One statement, executed for all changed rows at once (executemany).
-                conn.execute(stmt, updates)
-                statements.add(_statement_hash(stmt))
-        reasons = _reasons(mapped, scope)
-        for rid, outcome in outcomes.items():
-            mine = located.rows_of(name, rid)
-            part = outcome.part(name)
-            part.anonymized = sum(1 for k in mine if k in changed)
-            if retained:
-                part.retained = len(mine)
-                part.retain_reasons = reasons
-            part.statements = sorted(statements)
+        if not erasable and not retained:
+            return
+        table = self.tables[name]
+        current = self.locator.fetch(conn, name, keys, [*erasable, *retained])
+        updates = []
+        for key, row in current.items():
+            if reasons := _held_reasons(mapped, scope, row):
+                done.retained[key] = reasons
+            if not erasable:
+                continue
+            # A row two subjects of the batch share gets the first owner's pseudonyms:
+            # deterministic, so a retry writes the same value.
+            owner = min(located.owners[name][key])
+            new = {
+                c: transform(col, pseudonymizers.get(owner))(row[c])
+                for c, col in erasable.items()
+            }
+            if any(new[c] != row[c] for c in erasable):
+                done.anonymized.add(key)
+                updates.append({
+                    **{f"_pk_{c}": v for c, v in zip(mapped.primary_key, key, strict=True)},
+                    **{f"_v_{c}": v for c, v in new.items()},
+                })
+        if updates:
+            stmt = (
+                update(table)
+                .where(*[table.c[c] == bindparam(f"_pk_{c}") for c in mapped.primary_key])
+                .values({c: bindparam(f"_v_{c}") for c in erasable})
+            )
+            # One statement, executed for all changed rows at once (executemany).
+            conn.execute(stmt, updates)
+            done.statements.add(_statement_hash(stmt))
 
     def _break_cycles(self, conn: Connection, located: Located, scope: Scope) -> None:
         """Rows about to be deleted that point at each other around a reference cycle
@@ -422,40 +378,67 @@ class SqlConnector:
         error is then recorded against the step.)"""
         for child, ref in cyclic_references(self.system):
             mapped = self.system.tables[child]
-            keys = list(located.owners[child])
-            if not keys or not mapped.deletes_rows(scope):
-                continue
-            if (child, ref.table) not in self._broken:
+            if not mapped.deletes_rows(scope) or (child, ref.table) not in self._broken:
                 continue  # one nullable key per cycle is enough to break it
+            keys = [k for k in located.owners[child] if not located.kept(child, k, True)]
             table = self.tables[child]
-            for chunk in _chunks(keys):
+            for chunk in chunks(keys):
                 conn.execute(
                     update(table)
-                    .where(self._pk_in(child, chunk))
+                    .where(self.locator.pk_in(child, chunk))
                     .values({c: None for c in ref.columns})
                 )
 
-    # -- helpers ------------------------------------------------------------------------
-    def _pk_in(self, name: str, keys: Sequence[Key]) -> ColumnElement[bool]:
-        table = self.tables[name]
-        pk = [table.c[c] for c in self.system.tables[name].primary_key]
-        if len(pk) == 1:
-            return pk[0].in_([k[0] for k in keys])
-        return tuple_(*pk).in_(list(keys))
 
-    def _fetch(
-        self, conn: Connection, name: str, keys: list[Key], columns: Iterable[str]
-    ) -> dict[Key, dict[str, Any]]:
-        table = self.tables[name]
-        pk = self.system.tables[name].primary_key
-        wanted = list(dict.fromkeys([*pk, *columns]))
-        out: dict[Key, dict[str, Any]] = {}
-        for chunk in _chunks(keys):
-            stmt = select(*[table.c[c] for c in wanted]).where(self._pk_in(name, chunk))
-            for row in conn.execute(stmt):
-                data = dict(row._mapping)
-                out[tuple(data[c] for c in pk)] = data
-        return out
+@dataclass
+class _Done:
+    """What happened to one table's rows in one call (erase) or what a look found (verify)."""
+
+    deleted: set[Key] = field(default_factory=set)
+    anonymized: set[Key] = field(default_factory=set)
+    remaining: set[Key] = field(default_factory=set)
+    retained: dict[Key, list[str]] = field(default_factory=dict)  # kept columns' reasons
+    statements: set[str] = field(default_factory=set)
+
+
+def _tally(
+    part: PartOutcome, mine: list[Key], name: str, located: Located, deletes: bool, done: _Done
+) -> None:
+    """One request's counts in one table: what was found, done, left and kept, and why."""
+    part.found = len(mine)
+    reasons: set[str] = set()
+    shared = 0
+    for key in mine:
+        if located.kept(name, key, deletes):
+            shared += 1
+        elif key in done.retained:
+            part.retained += 1
+            reasons.update(done.retained[key])
+    part.deleted = sum(1 for k in mine if k in done.deleted)
+    part.anonymized = sum(1 for k in mine if k in done.anonymized)
+    part.remaining = sum(1 for k in mine if k in done.remaining)
+    part.retain_reasons = sorted(reasons)
+    part.statements = sorted(done.statements)
+    _note_shared(part, shared)
+
+
+def _note_shared(part: PartOutcome, count: int) -> None:
+    if count:
+        part.retained += count
+        part.retain_reasons = sorted({*part.retain_reasons, SHARED_REASON})
+
+
+def _held_reasons(mapped: TableMap, scope: Scope, row: Mapping[str, Any]) -> list[str]:
+    """The reasons of the retained columns that hold something in this row: a hold that
+    kept nothing (an empty `cancelled_at` of an account never cancelled) did not apply."""
+    return sorted({
+        col.reason for c, col in mapped.retained_columns(scope).items()
+        if col.reason and row.get(c) is not None
+    })
+
+
+def _bump(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
 
 
 # -- module helpers ---------------------------------------------------------------------
@@ -469,39 +452,6 @@ def resolve_url(name: str, system: SqlSystem) -> str:
             f"systems.{name}.url_env: environment variable {system.url_env} is not set"
         )
     return url
-
-
-def _probe_columns(probe: Any) -> list[Any]:
-    """The columns to select to read back what a probe matched: a tuple's members, or the
-    expression itself (e.g. lower(trim(email)), so the value compares normalized)."""
-    return list(probe.clauses) if isinstance(probe, Tuple) else [probe]
-
-
-def _lookup_values(kind: IdentityType, value: str, column: Any) -> list[Any]:
-    if kind is IdentityType.PHONE:
-        return list(phone_variants(value))
-    if kind is IdentityType.THIRD_PARTY:
-        provider, _, openid = value.partition(":")
-        return [(provider, openid)]
-    try:
-        python_type = column.type.python_type
-    except NotImplementedError:
-        return [value]
-    if python_type is int:
-        # An id typed as text matches an integer key; one that is not a number matches
-        # nothing (rather than failing the batch).
-        return [int(value)] if value.lstrip("-").isdigit() else []
-    return [value]
-
-
-def _children(system: SqlSystem) -> dict[str, list[tuple[str, list[str], list[str]]]]:
-    """parent -> [(child, child columns, parent columns)]"""
-    out: dict[str, list[tuple[str, list[str], list[str]]]] = defaultdict(list)
-    for child, table in system.tables.items():
-        for ref in table.references:
-            parent_cols = ref.to_columns or system.tables[ref.table].primary_key
-            out[ref.table].append((child, list(ref.columns), list(parent_cols)))
-    return out
 
 
 def _sccs(system: SqlSystem) -> list[list[str]]:
@@ -587,15 +537,6 @@ def cyclic_references(system: SqlSystem) -> list[tuple[str, Any]]:
 
 def _in_scope(mapped: TableMap, scope: Scope) -> bool:
     return scope is None or bool(mapped.categories & scope)
-
-
-def _reasons(mapped: TableMap, scope: Scope) -> list[str]:
-    return sorted({c.reason for c in mapped.retained_columns(scope).values() if c.reason})
-
-
-def _chunks(items: Sequence[Any]) -> Iterator[list[Any]]:
-    for start in range(0, len(items), CHUNK):
-        yield list(items[start : start + CHUNK])
 
 
 def _statement_hash(stmt: Any) -> str:

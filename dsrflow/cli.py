@@ -99,7 +99,8 @@ def submit(
         except OSError as exc:
             unreadable.append(f"{path}: {exc.strerror}")
             continue
-        result = submit_ticket(rt.ledger, rt.datamap, raw)
+        result = submit_ticket(rt.ledger, rt.datamap, raw,
+                               phone_regions=rt.settings.phone_regions)
         note = result.reason or ("" if result.created else "already on record")
         table.add_row(result.ticket_id or "?", result.request_id, result.status.value, note)
     console.print(table)

@@ -126,11 +126,17 @@ class IdentityColumn(_Strict):
 
 class Reference(_Strict):
     """`columns` of this table point at `to_columns` (default: primary key) of `table`.
-    Rows of this table belong to whoever owns the row they point at."""
+    Rows of this table belong to whoever owns the row they point at.
+
+    `shared` says what a reference means when the two ends belong to different people.
+    `keep` (the default): a row that points at someone outside the request is theirs
+    too, and so is the row it points at — both are kept. `erase`: the data owner decides
+    that this link does not make rows shared (a follow edge goes with either end)."""
 
     columns: list[Identifier] = Field(min_length=1)
     table: Identifier
     to_columns: list[Identifier] | None = None
+    shared: Literal["keep", "erase"] = "keep"
 
 
 class Table(_Strict):

@@ -95,7 +95,8 @@ def _run(out: Path, users: int, endpoint: str, partner: Any, console: Console) -
     set_runtime(runtime)
     submitted = Table("ticket", "type", "status", "note", title="Tickets received")
     for path in sorted((EXAMPLES / "tickets").glob("*.json")):
-        result = submit(runtime.ledger, runtime.datamap, path.read_bytes())
+        result = submit(runtime.ledger, runtime.datamap, path.read_bytes(),
+                        phone_regions=runtime.settings.phone_regions)
         record = runtime.ledger.get(result.request_id)
         submitted.add_row(result.ticket_id or path.name,
                           record.type.value if record.type else "?",

@@ -1,15 +1,37 @@
-"""Subject identities, normalized on entry so that look-ups match however a value was typed."""
+"""Subject identities, normalized on entry so that look-ups match however a value was typed.
+
+Phone numbers are read by region, never guessed: a number written nationally
+(`(415) 555-2671`, `020 7946 0018`) means different people in different countries, so it
+is read in the subject's region (the ticket's `country`, else the regime's default from
+settings) and refused where there is none. The same rule decides which national spellings
+a store is searched for: a national spelling of a foreign number is someone else's number.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from typing import Annotated, Any
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-DEFAULT_PHONE_REGION = "CN"
 MAX_IDENTITY_LENGTH = 320  # RFC 5321's longest address; nothing legitimate is longer
+NATIONAL_NEEDS_REGION = (
+    "a number written without its country code cannot be read here (no country for the "
+    "subject): write it with + and the country code, or give the ticket's country"
+)
+# Addresses that many people share at once (behind NAT, on loopback, carrier-grade NAT,
+# multicast): as an identity they would match everyone's lines. Documentation ranges stay
+# allowed; they stand in for public addresses in examples and tests.
+_SHARED_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+        "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
+    )
+)
 
 
 class IdentityType(StrEnum):
@@ -18,6 +40,7 @@ class IdentityType(StrEnum):
     USER_ID = "user_id"
     DEVICE_ID = "device_id"
     THIRD_PARTY = "third_party"  # "<provider>:<openid>", e.g. "wechat:oAbC123"
+    IP = "ip"  # an IPv4 or IPv6 address, as `ipaddress` writes it
 
 
 class IdentityError(ValueError):
@@ -36,11 +59,15 @@ def normalize_email(raw: str) -> str:
     return value
 
 
-def normalize_phone(raw: str, region: str = DEFAULT_PHONE_REGION) -> str:
-    """E.164, e.g. '138 0013 8000' -> '+8613800138000'."""
+def normalize_phone(raw: str, region: str | None = None) -> str:
+    """E.164, e.g. '138 0013 8000' read in CN -> '+8613800138000'. A number written
+    without its country code needs `region`; without one it is refused, never guessed."""
     try:
         parsed = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException as exc:
+        no_code = exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE
+        if region is None and no_code and not any(c in raw for c in "+\uff0b"):
+            raise IdentityError(NATIONAL_NEEDS_REGION) from exc
         # The library's message describes the problem, never the number.
         raise IdentityError(f"not a phone number: {exc}") from exc
     if not phonenumbers.is_valid_number(parsed):
@@ -48,19 +75,69 @@ def normalize_phone(raw: str, region: str = DEFAULT_PHONE_REGION) -> str:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-def phone_variants(e164: str) -> list[str]:
-    """The spellings a database may hold for one number: E.164, national, with and without
-    the country code, as digits only."""
+def reads_nationally(e164: str, region: str | None) -> bool:
+    """Whether a national spelling (no country code) of `e164` means this number to a
+    store written in `region`: only when the region dials the same country code (the US
+    and Canada share +1; the UK, Guernsey, Jersey and Man share +44)."""
+    if region is None:
+        return False
+    code = phonenumbers.country_code_for_region(region)
+    return code != 0 and phonenumbers.parse(e164, None).country_code == code
+
+
+def phone_variants(e164: str, region: str | None = None) -> list[str]:
+    """The spellings a store may hold for one number: E.164 and the country code written
+    as digits (`8613800138000`, `008613800138000`) always; the national spellings
+    (`13800138000`, with a trunk prefix `02079460958`) only where they mean this number in
+    the subject's `region` — `020 7946 0018` is London to a British store and Guangzhou
+    to a Chinese one."""
     parsed = phonenumbers.parse(e164, None)
     # The national significant number keeps Italy's leading zero; the national format
     # adds a trunk prefix where the country dials one (Beijing landlines: 010…).
     national = phonenumbers.national_significant_number(parsed)
-    trunk = "".join(
-        c for c in phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
-        if c.isdigit()
-    )
     cc = str(parsed.country_code)
-    return list(dict.fromkeys([e164, national, trunk, cc + national, "00" + cc + national]))
+    spellings = [e164, cc + national, "00" + cc + national]
+    if reads_nationally(e164, region):
+        trunk = "".join(
+            c for c in phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+            if c.isdigit()
+        )
+        spellings[1:1] = [national, trunk]
+    return list(dict.fromkeys(spellings))
+
+
+def normalize_ip(raw: str) -> str:
+    """An IPv4 or IPv6 address as `ipaddress` writes it (IPv6 compressed and lower-case;
+    an IPv4-mapped IPv6 address as the IPv4 address it carries). Addresses many people
+    share at once (private, loopback, link-local, carrier-grade NAT, multicast) are
+    refused: as an identity they would match everyone behind them."""
+    value = raw.strip()
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    if "%" in value:
+        raise IdentityError("an IP address with a zone (%…) names an interface, not a person")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise IdentityError("not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if any(address in network for network in _SHARED_NETWORKS):
+        raise IdentityError(
+            "a private, loopback, link-local, shared or multicast address is used by many "
+            "people at once: it cannot identify one"
+        )
+    return str(address)
+
+
+def ip_variants(value: str) -> list[str]:
+    """The spellings a database column may hold for one address: IPv6 compressed and
+    exploded, in either case; IPv4 also as an IPv4-mapped IPv6 address."""
+    address = ipaddress.ip_address(value)
+    if isinstance(address, ipaddress.IPv4Address):
+        return [value, f"::ffff:{value}"]
+    forms = [address.compressed, address.exploded]
+    return list(dict.fromkeys(forms + [f.upper() for f in forms]))
 
 
 def normalize_opaque(raw: str) -> str:
@@ -79,7 +156,7 @@ def normalize_third_party(raw: str) -> str:
     return f"{provider.strip().casefold()}:{normalize_opaque(openid)}"
 
 
-def normalize(kind: IdentityType, raw: str, phone_region: str = DEFAULT_PHONE_REGION) -> str:
+def normalize(kind: IdentityType, raw: str, phone_region: str | None = None) -> str:
     if len(raw) > MAX_IDENTITY_LENGTH:
         raise IdentityError(f"longer than {MAX_IDENTITY_LENGTH} characters")
     match kind:
@@ -91,12 +168,16 @@ def normalize(kind: IdentityType, raw: str, phone_region: str = DEFAULT_PHONE_RE
             return normalize_third_party(raw)
         case IdentityType.USER_ID | IdentityType.DEVICE_ID:
             return normalize_opaque(raw)
+        case IdentityType.IP:
+            return normalize_ip(raw)
     raise IdentityError(f"unknown identity type {kind!r}")  # pragma: no cover
 
 
 class Identity(BaseModel):
     """One normalized identity of a subject. Construct through the model so that
-    normalization can never be skipped."""
+    normalization can never be skipped. A phone number written nationally is read in the
+    region given as validation context (`{"phone_region": "GB"}`, see `Identity.read`);
+    without one it is refused."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -105,22 +186,31 @@ class Identity(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _normalize(cls, data: Any) -> Any:
+    def _normalize(cls, data: Any, info: ValidationInfo) -> Any:
         if isinstance(data, dict) and "type" in data and isinstance(data.get("value"), str):
             try:
                 kind = IdentityType(data["type"])
             except ValueError:
                 return data  # the field validator reports the unknown type
+            region = (info.context or {}).get("phone_region")
             try:
-                return {**data, "value": normalize(kind, data["value"])}
+                return {**data, "value": normalize(kind, data["value"], region)}
             except IdentityError as exc:
                 raise ValueError(f"{kind.value}: {exc}") from exc
         return data
 
-    def variants(self) -> list[str]:
+    @classmethod
+    def read(cls, kind: IdentityType, raw: str, phone_region: str | None = None) -> Identity:
+        """A value as a store or a person wrote it, read in `phone_region` (phones)."""
+        return cls.model_validate({"type": kind, "value": raw},
+                                  context={"phone_region": phone_region})
+
+    def variants(self, phone_region: str | None = None) -> list[str]:
         """Values to look for in a store that was not normalized on write."""
         if self.type is IdentityType.PHONE:
-            return phone_variants(self.value)
+            return phone_variants(self.value, phone_region)
+        if self.type is IdentityType.IP:
+            return ip_variants(self.value)
         return [self.value]
 
 
@@ -132,6 +222,9 @@ class Subject(BaseModel):
 
     request_id: str
     identities: tuple[Identity, ...]
+    # Where national-format phone numbers are read, and so which national spellings are
+    # the subject's: the ticket's country, else the regime's default; None for neither.
+    phone_region: str | None = None
 
     def values(self, kind: IdentityType) -> list[str]:
         return [i.value for i in self.identities if i.type is kind]

@@ -6,13 +6,14 @@ an invalid one as `rejected` with the reason naming the field.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from dsrflow.datamap import DataMap, SqlSystem
 from dsrflow.ledger import Ledger
-from dsrflow.model import Status
+from dsrflow.model import DEFAULT_PHONE_REGIONS, Regime, Status
 from dsrflow.tickets import Rejection, Ticket, parse_ticket
 
 
@@ -30,8 +31,9 @@ def submit(
     datamap: DataMap,
     raw: bytes | str | dict[str, Any],
     received_at: datetime | None = None,
+    phone_regions: Mapping[Regime, str] = DEFAULT_PHONE_REGIONS,
 ) -> Submitted:
-    parsed = parse_ticket(raw)
+    parsed = parse_ticket(raw, phone_regions)
     if isinstance(parsed, Ticket):
         problem = check_against_datamap(parsed, datamap)
         if problem is not None:

@@ -36,6 +36,15 @@ class Regime(StrEnum):
     UK_GDPR = "uk_gdpr"
 
 
+# Where a national-format phone number is read when the ticket does not give the subject's
+# country (settings: `phone_regions`). GDPR spans many countries: no default.
+DEFAULT_PHONE_REGIONS: dict[Regime, str] = {
+    Regime.PIPL: "CN",
+    Regime.UK_GDPR: "GB",
+    Regime.CCPA: "US",
+}
+
+
 class Status(StrEnum):
     RECEIVED = "received"
     AWAITING_VERIFICATION = "awaiting_verification"
@@ -101,6 +110,9 @@ class StepStatus(StrEnum):
 
 
 class StepAction(StrEnum):
+    # Learning, from a SQL system, the identities the request did not give (the account's
+    # phone behind the ticket's email): every later step and verification looks for them.
+    RESOLVE = "resolve"
     COLLECT = "collect"
     ERASE = "erase"
     VERIFY = "verify"
@@ -117,6 +129,10 @@ DELIVERABLE_KIND = "deliverable"
 # Where a step's details keep the Prefect run that did the work (a leading underscore: the
 # other keys are the connector's parts, named after tables, buckets and log sources).
 RUN_KEY = "_run"
+# ... the identity types the step looked for, and how many of each ({"email": 1, ...}).
+SEARCHED_KEY = "_searched"
+# ... and, for a `resolve` step, what it learnt, withheld and could not read, per type.
+IDENTITIES_KEY = "_identities"
 
 
 # Categories named in the privacy policy (2.x); a data map may add its own.

@@ -20,14 +20,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import OperationalError
 
-from dsrflow.model import Status
+from dsrflow.model import DEFAULT_PHONE_REGIONS, Regime, Status
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,8 @@ class Outcome:
 
 
 def handle_body(
-    ledger: Any, datamap: Any, client: Any, qs: QueueSettings, body: bytes | str
+    ledger: Any, datamap: Any, client: Any, qs: QueueSettings, body: bytes | str,
+    phone_regions: Mapping[Regime, str] = DEFAULT_PHONE_REGIONS,
 ) -> Outcome:
     """One ticket into the ledger, or into the dead-letter queue with the reason. Never
     raises. `ack` is False only when the message could be neither recorded nor
@@ -200,7 +201,7 @@ def handle_body(
     from dsrflow.intake import submit
 
     try:
-        result = submit(ledger, datamap, body)
+        result = submit(ledger, datamap, body, phone_regions=phone_regions)
     except OperationalError as exc:
         # The ledger is unreachable (an outage, not the ticket's fault): leave the message
         # on the queue; it comes back after its visibility timeout.
@@ -257,7 +258,7 @@ class IntakeCounts:
 
 def drain(
     ledger: Any, datamap: Any, client: Any, qs: QueueSettings, max_messages: int,
-    wait_seconds: int,
+    wait_seconds: int, phone_regions: Mapping[Regime, str] = DEFAULT_PHONE_REGIONS,
 ) -> IntakeCounts:
     """One poll: every message handled, then deleted (after its commit or dead-lettering).
     A failed poll is reported, not raised."""
@@ -270,7 +271,8 @@ def drain(
         return counts
     for message in messages:
         counts.received += 1
-        outcome = handle_body(ledger, datamap, client, qs, message.get("Body") or "")
+        outcome = handle_body(ledger, datamap, client, qs, message.get("Body") or "",
+                              phone_regions)
         if outcome.kind == "accepted":
             counts.accepted += 1
         elif outcome.kind == "duplicate":

@@ -24,7 +24,7 @@ PHONE_WITHHELD = "[phone number of another person withheld]"
 _EMAIL = re.compile(r"[\w.+-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+", re.IGNORECASE)
 
 
-def mask_others(text: str, own: Iterable[str], region: str) -> tuple[str, int]:
+def mask_others(text: str, own: Iterable[str], region: str | None) -> tuple[str, int]:
     """`text` with the emails and phone numbers that are not among `own` (normalized:
     emails casefolded, phones E.164) withheld, and how many were."""
     mine = frozenset(own)

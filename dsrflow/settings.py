@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from dsrflow.crypto import KeyMaterialError, Keyring, decode_key, encode_key, new_key
 from dsrflow.delivery import PackageSettings
+from dsrflow.model import DEFAULT_PHONE_REGIONS, Regime
 from dsrflow.queue import QueueSettings
 from dsrflow.signing import decode_signing_key, encode_signing_key, new_signing_key
 
@@ -98,7 +99,11 @@ class Settings(BaseSettings):
         default=None,
         description="public URL of `dsrflow serve`, where OpenDSR partners send callbacks",
     )
-    phone_region: str = "CN"
+    phone_regions: dict[Regime, str] = Field(
+        default_factory=lambda: dict(DEFAULT_PHONE_REGIONS),
+        description="per regime, the country whose national phone format a ticket without "
+        "`country` is read in (ISO 3166 alpha-2); a regime without one takes only +…",
+    )
     at_risk_days: int = Field(default=3, ge=0)
     calendar_overrides: Path | None = None
     task_retries: int = Field(default=3, ge=0)
@@ -108,14 +113,25 @@ class Settings(BaseSettings):
     )
     task_retry_delays: list[float] = Field(default_factory=lambda: [2.0, 10.0, 30.0])
 
-    @field_validator("phone_region")
+    @model_validator(mode="before")
     @classmethod
-    def _region(cls, value: str) -> str:
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "phone_region" in data:
+            raise ValueError(
+                "phone_region was replaced by phone_regions, one country per regime "
+                "(e.g. phone_regions: {pipl: CN, ccpa: US})"
+            )
+        return data
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _regions(cls, value: dict[Regime, str]) -> dict[Regime, str]:
         import phonenumbers
 
-        if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
-            raise ValueError(f"unknown phone region {value!r}")
-        return value.upper()
+        for regime, region in value.items():
+            if region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+                raise ValueError(f"{regime.value}: unknown country {region!r}")
+        return {regime: region.upper() for regime, region in value.items()}
 
     @classmethod
     def settings_customise_sources(

@@ -64,7 +64,8 @@ def drain_once(max_messages: int, wait_seconds: int) -> IntakeCounts:
     if qs is None:
         raise RuntimeError("drain-queue runs inside the intake flow")
     rt = get_runtime()
-    counts = queue.drain(rt.ledger, rt.datamap, sqs_client(qs), qs, max_messages, wait_seconds)
+    counts = queue.drain(rt.ledger, rt.datamap, sqs_client(qs), qs, max_messages, wait_seconds,
+                         rt.settings.phone_regions)
     for record in rt.ledger.get_many(counts.ready):
         announce(record, "dsr.request.received")
     if counts.received or counts.poll_failed:

@@ -127,9 +127,11 @@ def deliver_package(rt: Runtime, record: RequestRecord) -> dict[str, Any]:
         url = _objects(rt, obj.system).presign(obj.bucket, obj.key, obj.version_id, expires_in)
         return ObjectLink(url, at + timedelta(seconds=expires_in))
 
-    own = frozenset(i.value for s in rt.ledger.subjects([record.id]) for i in s.identities)
+    subjects = rt.ledger.subjects([record.id])
+    own = frozenset(i.value for s in subjects for i in s.identities)
+    region = subjects[0].phone_region if subjects else None
     package = build_package(PackageContents(record, rt.datamap, records, at, fetch, link,
-                                            own, rt.settings.phone_region))
+                                            own, region))
     key = new_package_key()
     blob = seal(package, key)
     store = PackageStore(settings, rt.settings.base_dir)

@@ -8,17 +8,28 @@ however many requests the batch holds.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from connectors.base import Outcome, Scope
+from connectors.sql import Discovery
 from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
+from dsrflow.identities import Identity, Subject
 from dsrflow.ledger import RequestRecord, StepCounts
-from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, RequestType, Status, StepAction, StepStatus
+from dsrflow.model import (
+    DELIVERABLE_KIND,
+    IDENTITIES_KEY,
+    RUN_KEY,
+    SEARCHED_KEY,
+    RequestType,
+    Status,
+    StepAction,
+    StepStatus,
+)
 from tasks import partners
 from tasks.monitoring import current_run
 from tasks.runtime import Runtime
@@ -141,18 +152,19 @@ def verify_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[
 
 
 def _verify(
-    rt: Runtime, system: str, members: list[RequestRecord], scope: Scope
+    rt: Runtime, system: str, members: list[RequestRecord], scope: Scope,
+    subjects: list[Subject],
 ) -> dict[str, Outcome]:
-    return rt.connector(system).verify(rt.ledger.subjects(m.id for m in members), scope)
+    return rt.connector(system).verify(subjects, scope)
 
 
 def _do(
-    rt: Runtime, system: str, action: StepAction, members: list[RequestRecord], scope: Scope
+    rt: Runtime, system: str, action: StepAction, members: list[RequestRecord], scope: Scope,
+    subjects: list[Subject],
 ) -> dict[str, Outcome]:
     if isinstance(rt.datamap.systems[system], PartnerSystem):
         return partners.send(rt, system, members)
     connector = rt.connector(system)
-    subjects = rt.ledger.subjects(m.id for m in members)
     if action is StepAction.ERASE:
         keys = {s.request_id: rt.ledger.pseudonymizer(s.request_id) for s in subjects}
         return connector.erase(subjects, scope, keys)
@@ -187,13 +199,18 @@ def _run_group(
     system: str,
     action: StepAction,
     members: list[RequestRecord],
-    work: Callable[[], dict[str, Outcome]],
+    work: Callable[[list[Subject]], dict[str, Outcome]],
 ) -> list[StepResult]:
-    kind = rt.datamap.systems[system].kind
+    spec = rt.datamap.systems[system]
+    kind = spec.kind
     for member in members:
         rt.ledger.record_step(member.id, system, kind, action.value, StepStatus.RUNNING)
+    searched: dict[str, dict[str, int]] = {}
     try:
-        outcomes = work()
+        subjects = rt.ledger.subjects(m.id for m in members)
+        if not isinstance(spec, PartnerSystem):  # a partner is sent what it accepts
+            searched = {s.request_id: _by_type(s.identities) for s in subjects}
+        outcomes = work(subjects)
     except Exception as exc:  # recorded, then re-raised as StepFailed by the caller
         failure = safe_error(exc)
         for member in members:
@@ -226,6 +243,8 @@ def _run_group(
         details = outcome.details()
         if run := current_run():
             details[RUN_KEY] = run
+        if member.id in searched:
+            details[SEARCHED_KEY] = searched[member.id]
         rt.ledger.record_step(member.id, system, kind, action.value, status, counts, error, details)
         results.append(StepResult(member.id, system, action, status, **counts.__dict__,
                                   error=error))
@@ -272,27 +291,50 @@ def open_requests(rt: Runtime, request_ids: Sequence[str]) -> Gate:
 
 
 def resolve_identities(rt: Runtime, request_ids: Sequence[str]) -> dict[str, int]:
-    """Before anything is erased, learn each subject's account ids from the SQL systems,
-    so every system (objects and logs keyed by user id) and every later verification can
-    find the subject, whichever identities the ticket gave. Returns how many were learnt."""
+    """Before anything is erased, learn every identity each subject's own rows hold in the
+    SQL systems (the account ids, phones, emails, device ids and IP addresses behind the
+    ticket's email), so every system and every later verification looks for all of them,
+    whichever identities the ticket gave. Recorded as a `resolve` step per SQL system: a
+    look-up that failed is a failed step, never "nothing to learn", so the request cannot
+    close as completed on what the other systems could not look for. Returns how many
+    identities were learnt per request."""
     subjects = rt.ledger.subjects(request_ids)
     learnt = dict.fromkeys(request_ids, 0)
+    known = {s.request_id: set(s.identities) for s in subjects}
     for name, _ in rt.datamap.sql_systems():
         try:
             discovered = rt.sql(name).discover(subjects)
         except Exception as exc:
-            # Best effort: the system's own step will fail the same way and be recorded
-            # against each request; the other systems still get their chance.
-            rt.ledger.audit("identities.unresolved", None, {"system": name,
-                                                            "error": safe_error(exc)})
+            failure = safe_error(exc)
+            for subject in subjects:
+                rt.ledger.record_step(
+                    subject.request_id, name, "sql", StepAction.RESOLVE.value,
+                    StepStatus.FAILED, error=f"identities not resolved: {failure}",
+                )
             continue
-        for rid, found in discovered.items():
-            known = {i for s in subjects if s.request_id == rid for i in s.identities}
-            new = found - known
+        for subject in subjects:
+            rid = subject.request_id
+            found = discovered.get(rid, Discovery())
+            new = found.found - known[rid]
             if new:
                 rt.ledger.add_identities(rid, new)
+                known[rid] |= new
                 learnt[rid] += len(new)
+            rt.ledger.record_step(
+                rid, name, "sql", StepAction.RESOLVE.value, StepStatus.SUCCEEDED,
+                StepCounts(found=len(found.found)),
+                details={IDENTITIES_KEY: {
+                    "learnt": _by_type(found.found),
+                    "withheld": dict(sorted(found.withheld.items())),
+                    "unreadable": dict(sorted(found.unreadable.items())),
+                }},
+            )
     return learnt
+
+
+def _by_type(identities: Iterable[Identity]) -> dict[str, int]:
+    """How many identities of each type (never the values)."""
+    return dict(sorted(Counter(i.type.value for i in identities).items()))
 
 
 @dataclass(frozen=True)
@@ -341,10 +383,11 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
     unfinished = (StepStatus.FAILED.value, StepStatus.BLOCKED.value)
     for rid in request_ids:
         # What the systems did decides between partial and failed; a certificate issued for
-        # an erasure that failed everywhere does not make it partial. A deliverable that
-        # failed does keep the request from completing.
+        # an erasure that failed everywhere does not make it partial, nor do identities
+        # learnt for systems that then failed. A deliverable or a look-up of identities
+        # that failed does keep the request from completing.
         statuses = {StepStatus(str(s["status"])) for s in steps_by_request[rid]
-                    if s["kind"] != DELIVERABLE_KIND}
+                    if s["kind"] != DELIVERABLE_KIND and s["action"] != StepAction.RESOLVE}
         failed = [s for s in steps_by_request[rid] if s["status"] in unfinished]
         if StepStatus.PENDING_EXTERNAL in statuses:
             # Open until every partner has answered (no worker waits meanwhile); a failed

@@ -126,8 +126,8 @@ DATAMAP_DOC: dict[str, Any] = {
                 "follows": {
                     "primary_key": ["follower_id", "followee_id"],
                     "references": [
-                        {"columns": ["follower_id"], "table": "users"},
-                        {"columns": ["followee_id"], "table": "users"},
+                        {"columns": ["follower_id"], "table": "users", "shared": "erase"},
+                        {"columns": ["followee_id"], "table": "users", "shared": "erase"},
                     ],
                     "columns": {
                         "follower_id": {"category": "behaviour", "action": "delete"},
@@ -194,8 +194,9 @@ class World:
         user = self.user(uid)
         value = {IdentityType.EMAIL: user["email"], IdentityType.PHONE: user["phone"],
                  IdentityType.USER_ID: str(uid)}[by]
-        return Subject(request_id=request_id,
-                       identities=(Identity(type=by, value=value),))
+        # The world's numbers are written as China writes them.
+        return Subject(request_id=request_id, phone_region="CN",
+                       identities=(Identity.read(by, value, "CN"),))
 
 
 def phone_for(uid: int) -> str:

@@ -296,7 +296,9 @@ def resolve(conn: sa.Connection, identity: Identity) -> set[int]:
                 sa.func.lower(sa.func.trim(users.c.email)) == identity.value
             )
         case IdentityType.PHONE:
-            stmt = sa.select(users.c.id).where(users.c.phone.in_(phone_variants(identity.value)))
+            stmt = sa.select(users.c.id).where(
+                users.c.phone.in_(phone_variants(identity.value, "CN"))
+            )
         case IdentityType.DEVICE_ID:
             devices = t["trusted_devices"]
             stmt = sa.select(devices.c.user_id).where(devices.c.device_id == identity.value)

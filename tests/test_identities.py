@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -13,11 +14,14 @@ from dsrflow.identities import (
     IdentityError,
     IdentityType,
     Subject,
+    ip_variants,
     normalize,
     normalize_email,
+    normalize_ip,
     normalize_phone,
     normalize_third_party,
     phone_variants,
+    reads_nationally,
 )
 
 # -- email -------------------------------------------------------------------------------
@@ -105,23 +109,50 @@ def test_email_normalization_is_idempotent_at_the_length_limit() -> None:
     ],
 )
 def test_cn_phone_to_e164(raw: str) -> None:
-    assert normalize_phone(raw) == "+8613800138000"
-    assert Identity(type=IdentityType.PHONE, value=raw).value == "+8613800138000"
+    assert normalize_phone(raw, "CN") == "+8613800138000"
+    assert Identity.read(IdentityType.PHONE, raw, "CN").value == "+8613800138000"
 
 
 def test_foreign_phone_keeps_its_country_code() -> None:
     assert normalize_phone("+44 20 7946 0958") == "+442079460958"
-    assert normalize_phone("+1 650-253-0000") == "+16502530000"
+    assert normalize_phone("+1 650-253-0000", "CN") == "+16502530000"
     # A national number is read in the given region.
     assert normalize_phone("020 7946 0958", "GB") == "+442079460958"
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "expected"),
+    [
+        # The same national digits are different people in different countries.
+        ("(415) 555-2671", "US", "+14155552671"),
+        ("020 7946 0018", "GB", "+442079460018"),
+        ("020 7946 0018", "CN", "+862079460018"),
+        ("030 901820", "DE", "+4930901820"),
+    ],
+)
+def test_a_national_number_is_read_in_the_subjects_region(
+    raw: str, region: str, expected: str
+) -> None:
+    assert normalize_phone(raw, region) == expected
+    assert Identity.read(IdentityType.PHONE, raw, region).value == expected
+
+
+@pytest.mark.parametrize("raw", ["(415) 555-2671", "020 7946 0018", "138 0013 8000",
+                                 "0086 138 0013 8000"])
+def test_a_national_number_without_a_region_is_refused_not_guessed(raw: str) -> None:
+    # Today's bug: every national number was read as Chinese, whatever the regime.
+    with pytest.raises(IdentityError, match=r"with \+ and the country code"):
+        normalize_phone(raw)
+    with pytest.raises(ValidationError, match=r"with \+ and the country code"):
+        Identity(type=IdentityType.PHONE, value=raw)
 
 
 @pytest.mark.parametrize("raw", ["12345", "1380013800", "+86 138 0013 800", "138001380001"])
 def test_invalid_phone_numbers_are_rejected(raw: str) -> None:
     with pytest.raises(IdentityError):
-        normalize_phone(raw)
+        normalize_phone(raw, "CN")
     with pytest.raises(ValidationError):
-        Identity(type=IdentityType.PHONE, value=raw)
+        Identity.read(IdentityType.PHONE, raw, "CN")
 
 
 @pytest.mark.parametrize("raw", ["call me", "", "+", "+86", "+999 1234 5678", "tel:"])
@@ -129,20 +160,20 @@ def test_unparseable_phone_numbers_raise_identity_error(raw: str) -> None:
     # Text that phonenumbers cannot parse at all must be an IdentityError like any other
     # bad phone number (and a ValidationError through the model), not a crash.
     with pytest.raises(IdentityError):
-        normalize_phone(raw)
+        normalize_phone(raw, "CN")
     with pytest.raises(ValidationError):
-        Identity(type=IdentityType.PHONE, value=raw)
+        Identity.read(IdentityType.PHONE, raw, "CN")
 
 
 def test_phone_variants_cn_mobile() -> None:
-    assert phone_variants("+8613800138000") == [
+    assert phone_variants("+8613800138000", "CN") == [
         "+8613800138000",
         "13800138000",
         "8613800138000",
         "008613800138000",
     ]
-    identity = Identity(type=IdentityType.PHONE, value="138 0013 8000")
-    assert identity.variants() == phone_variants("+8613800138000")
+    identity = Identity.read(IdentityType.PHONE, "138 0013 8000", "CN")
+    assert identity.variants("CN") == phone_variants("+8613800138000", "CN")
 
 
 @pytest.mark.parametrize(
@@ -162,19 +193,94 @@ def test_phone_variants_cn_mobile() -> None:
 def test_phone_variants_are_the_spellings_of_the_same_number(
     e164: str, expected: list[str]
 ) -> None:
-    variants = phone_variants(e164)
+    region = phonenumbers.region_code_for_number(phonenumbers.parse(e164))
+    variants = phone_variants(e164, region)
     assert variants[0] == e164
     assert sorted(variants) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    ("e164", "region"),
+    [
+        ("+442079460018", "CN"),  # London: in China, 020 7946 0018 is Guangzhou
+        ("+442079460018", None),
+        ("+14155552671", "CN"),
+        ("+8613800138000", "US"),
+    ],
+)
+def test_national_spellings_are_searched_only_in_the_numbers_own_country(
+    e164: str, region: str | None
+) -> None:
+    parsed = phonenumbers.parse(e164)
+    national = phonenumbers.national_significant_number(parsed)
+    cc = str(parsed.country_code)
+    assert phone_variants(e164, region) == [e164, cc + national, "00" + cc + national]
+
+
+def test_north_american_numbers_read_nationally_across_the_plan() -> None:
+    # Canada and the US share +1 and write numbers the same way.
+    assert reads_nationally("+16135550123", "US")
+    assert "6135550123" in phone_variants("+16135550123", "US")
+    assert not reads_nationally("+16135550123", "GB")
+
 
 def test_phone_variants_keep_the_italian_leading_zero() -> None:
     # Italian numbers keep their leading 0 after the country code: +39 02 3661 8300 is
     # written 0039 02 3661 8300. Dropping the zero spells a different number.
     e164 = normalize_phone("+39 02 3661 8300")
     assert e164 == "+390236618300"
-    variants = phone_variants(e164)
+    variants = phone_variants(e164, "IT")
     assert "390236618300" in variants
     assert "00390236618300" in variants
+    assert "0236618300" in variants
     assert "39236618300" not in variants  # +39 236 618300 is someone else's number
+
+
+# -- IP addresses ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        (" 198.51.100.23 ", "198.51.100.23"),
+        ("2001:DB8::0:1", "2001:db8::1"),
+        ("2001:0db8:0000:0000:0000:0000:0000:0001", "2001:db8::1"),
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),  # an IPv4 address carried in IPv6
+        ("8.8.8.8", "8.8.8.8"),
+    ],
+)
+def test_ip_addresses_are_normalized_with_ipaddress(raw: str, expected: str) -> None:
+    assert normalize_ip(raw) == expected
+    assert Identity(type=IdentityType.IP, value=raw).value == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["10.1.2.3", "192.168.0.10", "172.16.5.4", "127.0.0.1", "100.64.0.1", "169.254.1.1",
+     "0.0.0.0", "::1", "::", "fe80::1", "fd00::1", "224.0.0.1"],
+)
+def test_addresses_many_people_share_are_refused(raw: str) -> None:
+    # Behind NAT or on loopback, one address is everybody's: as an identity it would
+    # match every other user's log lines.
+    with pytest.raises(IdentityError, match="many people"):
+        normalize_ip(raw)
+
+
+@pytest.mark.parametrize("raw", ["1.2.3", "1.2.3.4.5", "01.2.3.4", "256.1.1.1", "fe80::1%eth0",
+                                 "example.com", "1.2.3.4/24", ""])
+def test_what_is_not_one_address_is_refused(raw: str) -> None:
+    with pytest.raises(IdentityError):
+        normalize_ip(raw)
+
+
+def test_ip_variants_are_the_spellings_a_column_may_hold() -> None:
+    assert ip_variants("203.0.113.7") == ["203.0.113.7", "::ffff:203.0.113.7"]
+    assert ip_variants("2001:db8::1") == [
+        "2001:db8::1", "2001:0db8:0000:0000:0000:0000:0000:0001",
+        "2001:DB8::1", "2001:0DB8:0000:0000:0000:0000:0000:0001",
+    ]
 
 
 def test_non_phone_identity_variants_are_the_value() -> None:
@@ -225,7 +331,7 @@ def test_identity_is_frozen_and_subject_filters_by_type() -> None:
         email.value = "other@b.cn"  # type: ignore[misc]
     subject = Subject(
         request_id="r1",
-        identities=(email, Identity(type=IdentityType.PHONE, value="13800138000")),
+        identities=(email, Identity.read(IdentityType.PHONE, "13800138000", "CN")),
     )
     assert subject.values(IdentityType.PHONE) == ["+8613800138000"]
     assert subject.values(IdentityType.EMAIL) == ["a@b.cn"]
@@ -288,14 +394,15 @@ def _spell(digits: str, country: str, style: int) -> str:
 def test_phone_normalization_is_idempotent(digits: str, style: int) -> None:
     raw = _spell(digits, "86", style)
     try:
-        once = normalize(IdentityType.PHONE, raw)
+        once = normalize(IdentityType.PHONE, raw, "CN")
     except IdentityError:
         assume(False)
         return
     assert once == "+86" + digits
     assert normalize(IdentityType.PHONE, once) == once
-    assert once in phone_variants(once)
-    assert digits in phone_variants(once)
+    assert once in phone_variants(once, "CN")
+    assert digits in phone_variants(once, "CN")
+    assert digits not in phone_variants(once, "GB")
 
 
 @settings(max_examples=200)
@@ -305,7 +412,7 @@ def test_phone_normalization_is_idempotent_on_digit_soup(raw: str) -> None:
     # Parseable national spellings only (unparseable text is covered below).
     assume(7 <= len(digits) <= 15 and not digits.startswith("00"))
     try:
-        once = normalize(IdentityType.PHONE, raw)
+        once = normalize(IdentityType.PHONE, raw, "CN")
     except IdentityError:
         return
     assert once.startswith("+") and once[1:].isdigit()

@@ -712,10 +712,10 @@ def test_demo_logs_and_their_datamap_fragment(tmp_path: Path) -> None:
     assert isinstance(system, LogsSystem)
 
     demo = SUBJECTS[0]
-    zhang = Subject(request_id="r1", identities=(
+    zhang = Subject(request_id="r1", phone_region="CN", identities=(
         Identity(type=IdentityType.USER_ID, value=str(demo.user_id)),
         Identity(type=IdentityType.EMAIL, value=demo.email),
-        Identity(type=IdentityType.PHONE, value=demo.phone),
+        Identity.read(IdentityType.PHONE, demo.phone, "CN"),
     ))
     c = LogsConnector("applogs", system, base_dir=tmp_path, state_dir=tmp_path / "state")
     before = {name: read_lines(tmp_path / "logs" / name) for name in counts}

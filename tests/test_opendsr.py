@@ -43,7 +43,7 @@ from connectors.opendsr import (
     verify_signature,
 )
 from dsrflow.datamap import PartnerIdentity, PartnerSystem
-from dsrflow.identities import Identity, Subject
+from dsrflow.identities import Identity, IdentityType, Subject
 from examples.partner import (
     DEFAULT_DOMAIN,
     CallbackSink,
@@ -75,7 +75,7 @@ def subject() -> Subject:
         request_id=str(uuid.uuid4()),
         identities=(
             Identity(type="email", value=EMAIL_RAW),  # type: ignore[arg-type]
-            Identity(type="phone", value=PHONE_RAW),  # type: ignore[arg-type]
+            Identity.read(IdentityType.PHONE, PHONE_RAW, "CN"),
             Identity(type="user_id", value=USER_ID),  # type: ignore[arg-type]
         ),
     )

@@ -37,7 +37,7 @@ from dsrflow.tickets import Rejection, Ticket, parse_ticket
 # Friday 20 November 2026, noon in Shanghai.
 NOW = datetime(2026, 11, 20, 4, 0, tzinfo=UTC)
 EMAIL = "Report.Subject@Example.com"
-PHONE = "139 1234 5678"
+PHONE = "+86 139 1234 5678"
 IDENTITY_SPELLINGS = (
     "report.subject@example.com", "Report.Subject@Example.com", "+8613912345678",
     "13912345678", "139 1234 5678",

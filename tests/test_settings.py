@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from dsrflow.crypto import encode_key, new_key
+from dsrflow.model import Regime
 from dsrflow.settings import ConfigError, load_settings, read_key_file, write_key_file
 
 
@@ -34,12 +35,23 @@ def write_config(folder: Path, doc: dict[str, object]) -> Path:
 
 
 def test_yaml_values_are_read(tmp_path: Path) -> None:
-    path = write_config(tmp_path / "conf", {"at_risk_days": 5, "phone_region": "de",
+    path = write_config(tmp_path / "conf", {"at_risk_days": 5, "phone_regions": {"gdpr": "de"},
                                             "task_retry_delays": [1, 2]})
     settings = load_settings(path)
     assert settings.at_risk_days == 5
-    assert settings.phone_region == "DE"
+    # A mapping given replaces the defaults: regimes it leaves out read only +… numbers.
+    assert settings.phone_regions == {Regime.GDPR: "DE"}
     assert settings.task_retry_delays == [1.0, 2.0]
+
+
+def test_phone_regions_default_to_each_regimes_country(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, {}))
+    assert settings.phone_regions == {Regime.PIPL: "CN", Regime.UK_GDPR: "GB", Regime.CCPA: "US"}
+
+
+def test_the_old_single_phone_region_is_refused_with_the_new_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="phone_regions"):
+        load_settings(write_config(tmp_path, {"phone_region": "CN"}))
 
 
 def test_the_environment_beats_the_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,7 +263,8 @@ def test_an_unknown_yaml_key_is_named(tmp_path: Path) -> None:
     [
         ({"at_risk_days": -1}, "at_risk_days"),
         ({"at_risk_days": "soon"}, "at_risk_days"),
-        ({"phone_region": "XX"}, "phone_region"),
+        ({"phone_regions": {"ccpa": "XX"}}, "phone_regions"),
+        ({"phone_regions": {"narnia": "US"}}, "phone_regions"),
         ({"task_retries": -2}, "task_retries"),
     ],
 )

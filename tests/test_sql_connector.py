@@ -228,14 +228,25 @@ def test_property_erasure_touches_nothing_of_anyone_else(
         connector.dispose()
 
 
-def test_discover_learns_the_account_id_behind_an_email(db_url: str) -> None:
+def test_discover_learns_every_identity_the_account_holds(db_url: str) -> None:
     connector, world = build(db_url, seed=8)
     found = connector.discover([world.subject(3, "r3"), world.subject(5, "r5",
                                                                       IdentityType.PHONE)])
-    assert found == {
-        "r3": {Identity(type=IdentityType.USER_ID, value="3")},
-        "r5": {Identity(type=IdentityType.USER_ID, value="5")},
-    }
+
+    def expected(uid: int, given: IdentityType) -> set[Identity]:
+        user = world.user(uid)
+        every = {
+            Identity(type=IdentityType.USER_ID, value=str(uid)),
+            Identity(type=IdentityType.EMAIL, value=user["email"]),
+            Identity.read(IdentityType.PHONE, user["phone"], "CN"),
+            *(Identity(type=IdentityType.DEVICE_ID, value=d["device_id"])
+              for d in world.rows.get("devices", []) if d["user_id"] == uid),
+        }
+        return {i for i in every if i.type is not given}
+
+    assert found["r3"].found == expected(3, IdentityType.EMAIL)
+    assert found["r5"].found == expected(5, IdentityType.PHONE)
+    assert not found["r3"].withheld and not found["r3"].unreadable
 
 
 def test_column_values_reads_a_column_of_the_subjects_rows(db_url: str) -> None:

@@ -174,7 +174,9 @@ def test_unknown_type_is_named_and_other_readable_fields_kept() -> None:
 
 
 def test_unreadable_non_personal_fields_are_dropped_not_copied() -> None:
-    rejection = rejected(ticket(ticket_id="bad id with spaces", regime="lgpd", channel="x" * 65))
+    # (`country` reads the phone number: an unknown regime has no region of its own.)
+    rejection = rejected(ticket(ticket_id="bad id with spaces", regime="lgpd", channel="x" * 65,
+                                country="CN"))
     assert "ticket_id:" in rejection.reason
     assert "regime:" in rejection.reason
     assert "channel:" in rejection.reason
@@ -189,6 +191,78 @@ def test_future_received_at_is_rejected() -> None:
     assert "received_at:" in rejection.reason
     assert "future" in rejection.reason
     assert rejection.ticket_id == "WSH-2025-03-0001"
+
+
+@pytest.mark.parametrize(
+    ("regime", "country", "raw", "e164"),
+    [
+        # Today's bug: every national number was read as Chinese, whatever the regime.
+        ("ccpa", None, "(415) 555-2671", "+14155552671"),
+        ("uk_gdpr", None, "020 7946 0018", "+442079460018"),
+        ("pipl", None, "020 7946 0018", "+862079460018"),
+        ("gdpr", "GB", "020 7946 0018", "+442079460018"),
+        ("gdpr", "de", "030 901820", "+4930901820"),  # the country wins over the regime
+        ("ccpa", "GB", "020 7946 0018", "+442079460018"),
+    ],
+)
+def test_phone_numbers_are_read_in_the_ticket_country_else_the_regimes_region(
+    regime: str, country: str | None, raw: str, e164: str
+) -> None:
+    doc = ticket(regime=regime, country=country or ...,
+                 identities=[{"type": "phone", "value": raw}])
+    parsed = parse_ticket(doc)
+    assert isinstance(parsed, Ticket), parsed
+    assert [i.value for i in parsed.identities] == [e164]
+    assert parsed.phone_region == (country.upper() if country else
+                                   {"ccpa": "US", "uk_gdpr": "GB", "pipl": "CN"}[regime])
+
+
+def test_a_national_number_with_no_region_to_read_it_is_refused() -> None:
+    # GDPR spans many countries: without the subject's country, `020 7946 0018` could be
+    # London or Guangzhou, and an erasure could hit a stranger.
+    rejection = rejected(ticket(regime="gdpr", identities=[
+        {"type": "email", "value": "a@example.com"}, {"type": "phone", "value": "020 7946 0018"}]))
+    assert rejection.reason.startswith("identities.1: phone:")
+    assert "+ and the country code" in rejection.reason
+    assert "7946" not in rejection.reason
+    accepted = parse_ticket(ticket(regime="gdpr", identities=[
+        {"type": "phone", "value": "+44 20 7946 0018"}]))
+    assert isinstance(accepted, Ticket) and accepted.phone_region is None
+
+
+def test_settings_choose_each_regimes_region() -> None:
+    doc = ticket(regime="gdpr", identities=[{"type": "phone", "value": "030 901820"}])
+    parsed = parse_ticket(doc, {Regime.GDPR: "DE"})
+    assert isinstance(parsed, Ticket) and parsed.identities[0].value == "+4930901820"
+    # A regime the settings leave out has no region: national numbers are refused.
+    assert isinstance(parse_ticket(ticket(), {Regime.GDPR: "DE"}), Rejection)
+
+
+@pytest.mark.parametrize("country", ["XX", "China", "1", "", "UK"])
+def test_an_unknown_country_is_refused_and_named(country: str) -> None:
+    rejection = rejected(ticket(country=country))
+    assert "country:" in rejection.reason
+
+
+def test_the_region_cannot_be_set_by_the_sender() -> None:
+    assert "_phone_region" in rejected(ticket(_phone_region="US")).reason
+
+
+@pytest.mark.parametrize(
+    ("verified_at", "why"),
+    [
+        ("2999-01-01T00:00:00+00:00", "verification.verified_at: in the future"),
+        ("2025-03-03T09:15:01+08:00", "verification.verified_at: before received_at"),
+        ("2025-03-03T01:15:01+00:00", "verification.verified_at: before received_at"),
+    ],
+)
+def test_a_verification_time_that_cannot_be_true_is_refused(verified_at: str, why: str) -> None:
+    # A future verification would start UK GDPR's clock months from now.
+    rejection = rejected(ticket(verification={"method": "sms_otp", "verified_at": verified_at}))
+    assert why in rejection.reason
+    same_instant = ticket(verification={"method": "sms_otp",
+                                        "verified_at": "2025-03-03T01:15:02+00:00"})
+    assert isinstance(parse_ticket(same_instant), Ticket)
 
 
 def test_consent_withdrawal_needs_scope() -> None:

@@ -41,7 +41,7 @@ from connectors.webhook import (
     verify_webhook,
 )
 from dsrflow.datamap import PartnerIdentity, PartnerSystem
-from dsrflow.identities import Identity, Subject
+from dsrflow.identities import Identity, IdentityType, Subject
 from examples.partner.webhook import WebhookFaults, WebhookReceiver
 
 SECRET = "whsec-test-0f9e8d7c6b5a"
@@ -61,7 +61,7 @@ def subject() -> Subject:
         request_id=str(uuid.uuid4()),
         identities=(
             Identity(type="email", value=EMAIL_RAW),  # type: ignore[arg-type]
-            Identity(type="phone", value=PHONE_RAW),  # type: ignore[arg-type]
+            Identity.read(IdentityType.PHONE, PHONE_RAW, "CN"),
             Identity(type="user_id", value=USER_ID),  # type: ignore[arg-type]
         ),
     )

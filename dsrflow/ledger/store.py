@@ -43,7 +43,14 @@ from dsrflow.ledger.schema import (
     requests,
     steps,
 )
-from dsrflow.model import Regime, RequestType, Status, StepStatus, check_transition
+from dsrflow.model import (
+    DEFAULT_PHONE_REGIONS,
+    Regime,
+    RequestType,
+    Status,
+    StepStatus,
+    check_transition,
+)
 from dsrflow.tickets import Rejection, Ticket
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -209,6 +216,9 @@ class Ledger:
         secret = {
             "identities": [i.model_dump(mode="json") for i in ticket.identities],
             "corrections": ticket.corrections or {},
+            # How the subject's phone numbers read nationally; the systems are searched
+            # for national spellings only in this region.
+            "phone_region": ticket.phone_region,
         }
         stamp = now()
         row = {
@@ -346,10 +356,21 @@ class Ledger:
     def subjects(self, request_ids: Iterable[str]) -> list[Subject]:
         """Decrypt the identities of open requests. Only tasks call this, and only for the
         duration of a connector call."""
-        return [
-            Subject(request_id=rid, identities=tuple(Identity(**i) for i in secret["identities"]))
-            for rid, secret in self._secrets(request_ids)
-        ]
+        ids = list(request_ids)
+        regimes = {r.id: r.regime for r in self.get_many(ids)}
+        out = []
+        for rid, secret in self._secrets(ids):
+            regime = regimes.get(rid)
+            if "phone_region" in secret:
+                region = secret["phone_region"]
+            else:  # recorded before regions were kept: the regime's default
+                region = DEFAULT_PHONE_REGIONS.get(regime) if regime is not None else None
+            out.append(Subject(
+                request_id=rid,
+                identities=tuple(Identity(**i) for i in secret["identities"]),
+                phone_region=region,
+            ))
+        return out
 
     def corrections(self, request_id: str) -> dict[str, str]:
         for _, secret in self._secrets([request_id]):

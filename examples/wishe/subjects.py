@@ -51,7 +51,7 @@ class DemoSubject:
 
     @property
     def phone_e164(self) -> str:
-        return normalize_phone(self.phone)
+        return normalize_phone(self.phone, "CN")  # Wishe stores numbers as China writes them
 
 
 SUBJECTS: tuple[DemoSubject, ...] = (

@@ -1,0 +1,512 @@
+"""Whose rows are whose in a SQL system: the rows a batch of subjects owns, and which of
+them also belong to someone the request is not about.
+
+Finding. A subject's rows are the rows whose identity columns hold one of their
+identities, then, hop by hop along the data map's references, the rows that point at rows
+already found, until nothing new turns up (self-references, multi-hop chains and tables
+reachable two ways fall out of the same fixpoint). Each hop is one statement per reference
+for the whole batch. Phones are looked for in the spellings of the subject's region only
+(`dsrflow.identities.phone_variants`), IP addresses in their usual text forms.
+
+Sharing. A row found this way can also belong to someone else: an order found because it
+ships to the subject's address is the buyer's order; a household's card is every member's.
+A found row is *foreign* when
+
+  (a) it points, through a `shared: keep` reference, at a row that was not found for the
+      batch and belongs to someone (it holds an identity, or points the same way at a row
+      that does);
+  (b) it holds an account id (a `user_id` identity column) that is not an account of the
+      requests it was found for (their own ids, and the ids in the rows their account ids,
+      emails, phones or third-party logins matched directly — a device id or an IP address
+      is often several people's, and vouches for no account). Such a row does not lead on:
+      the rows that point at it are that account's, and are not looked at; or
+  (c) it points, through a `shared: keep` reference, at a found row that is foreign; or
+      every found row it points at is foreign and no identity of the request matched it
+      (found only by way of other people's rows, whatever the references say).
+
+A foreign row is kept untouched, and so is every found row a foreign row points at through
+a `shared: keep` reference (the address on the other person's order): together they are
+*shared*. A found row that a kept row still points at is *pinned*: it is not deleted (the
+reference needs its target) but its columns are anonymized as the data map says. Rows owned
+only by requests of the batch are erased once every owner is in it: the batch is the set of
+subjects of one call. A `shared: erase` reference never makes a row shared (a follow edge
+goes with either end); the data owner decides that in the data map.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Table, func, select, tuple_
+from sqlalchemy.sql.elements import Tuple
+
+from dsrflow.datamap import Reference, SqlSystem
+from dsrflow.datamap import Table as TableMap
+from dsrflow.identities import Identity, IdentityType, Subject, ip_variants, phone_variants
+
+CHUNK = 500  # bound parameters per IN list: far below SQLite's and PostgreSQL's limits
+SHARED_REASON = "shared with another data subject"
+# Identities that name one account. Device ids and IP addresses do not: a family tablet, an
+# office's address. A row they lead to is someone's, but not thereby the subject's account.
+ACCOUNT_GRADE = frozenset(
+    {IdentityType.USER_ID, IdentityType.EMAIL, IdentityType.PHONE, IdentityType.THIRD_PARTY}
+)
+
+_INTEGER = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: `²` is a digit to str.isdigit
+
+Key = tuple[Any, ...]
+Anchor = tuple[Any, ...]
+Node = tuple[str, tuple[str, ...], Anchor]  # a row as a reference names it: table, columns, values
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One declared reference: rows of `child` point at rows of `ref.table`."""
+
+    child: str
+    ref: Reference
+    parent_columns: tuple[str, ...]
+
+    @property
+    def parent(self) -> str:
+        return self.ref.table
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.ref.columns)
+
+    @property
+    def keeps(self) -> bool:
+        """Whether the two ends of this reference being different people shares a row."""
+        return self.ref.shared == "keep"
+
+    @property
+    def target(self) -> tuple[str, tuple[str, ...]]:
+        return self.parent, self.parent_columns
+
+
+# Per table and found row: the references it holds (non-null), and what they point at.
+Points = dict[str, dict[Key, list[tuple["Edge", Anchor]]]]
+
+
+@dataclass
+class Located:
+    """Rows found for a batch, per table: primary key -> the requests that own the row;
+    which rows an identity matched directly (and which identity); which rows also belong to
+    someone outside the batch, and which must be kept because of them."""
+
+    owners: dict[str, dict[Key, set[str]]] = field(default_factory=lambda: defaultdict(dict))
+    matches: dict[str, dict[Key, set[tuple[str, Identity]]]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    foreign: dict[str, set[Key]] = field(default_factory=lambda: defaultdict(set))
+    shared: dict[str, set[Key]] = field(default_factory=lambda: defaultdict(set))
+    pinned: dict[str, set[Key]] = field(default_factory=lambda: defaultdict(set))
+    accounts: dict[str, set[str]] = field(default_factory=dict)  # request -> its account ids
+    _by_request: dict[str, dict[str, list[Key]]] | None = field(default=None, repr=False)
+
+    def rows_of(self, table: str, request_id: str) -> list[Key]:
+        """One request's rows of a table (an index built once: no scan of the batch)."""
+        if self._by_request is None:
+            index: dict[str, dict[str, list[Key]]] = defaultdict(lambda: defaultdict(list))
+            for name, rows in self.owners.items():
+                for key, who in rows.items():
+                    for rid in who:
+                        index[name][rid].append(key)
+            self._by_request = index
+        return self._by_request.get(table, {}).get(request_id, [])
+
+    def kept(self, table: str, key: Key, deletes: bool) -> bool:
+        """Whether erasure must leave the row: shared, or pinned in a row-deleting table."""
+        return key in self.shared[table] or (deletes and key in self.pinned[table])
+
+    def alone(self, table: str, key: Key, request_id: str) -> bool:
+        """Whether the row is the request's and nobody else's, in or outside the batch."""
+        return key not in self.foreign[table] and self.owners[table].get(key) == {request_id}
+
+
+class Locator:
+    """Finds a batch's rows in one SQL system and decides which are shared."""
+
+    def __init__(self, system: SqlSystem, tables: Mapping[str, Table]) -> None:
+        self.system = system
+        self.tables = tables
+        self.edges = [
+            Edge(child, ref, tuple(ref.to_columns or system.tables[ref.table].primary_key))
+            for child, mapped in system.tables.items()
+            for ref in mapped.references
+        ]
+        self.children: dict[str, list[Edge]] = defaultdict(list)
+        self.parents: dict[str, list[Edge]] = defaultdict(list)
+        for edge in self.edges:
+            self.children[edge.parent].append(edge)
+            self.parents[edge.child].append(edge)
+        self.account_columns = {
+            name: [i.column for i in mapped.identities if i.type is IdentityType.USER_ID]
+            for name, mapped in system.tables.items()
+        }
+
+    def locate(
+        self, conn: Connection, subjects: Sequence[Subject],
+        accounts: Mapping[str, set[str]] | None = None,
+    ) -> Located:
+        """The subjects' rows and which of them are shared. `accounts` fixes each request's
+        account ids instead of reading them from the rows its identities match (identity
+        discovery: a candidate identity must not vouch for the account it leads to)."""
+        located = Located()
+        self._find(conn, subjects, located, accounts)
+        self._share(conn, located)
+        return located
+
+    # -- finding ------------------------------------------------------------------------
+    def _find(
+        self, conn: Connection, subjects: Sequence[Subject], located: Located,
+        accounts: Mapping[str, set[str]] | None,
+    ) -> None:
+        frontier: dict[str, set[Key]] = defaultdict(set)
+        for name, mapped in self.system.tables.items():
+            for key, rid, identity in self._match_identities(conn, name, mapped, subjects):
+                located.matches[name].setdefault(key, set()).add((rid, identity))
+                if _own(located, name, key, {rid}):
+                    frontier[name].add(key)
+        held: dict[str, dict[Key, set[str]]] = defaultdict(dict)
+        for name, matched in located.matches.items():
+            if self.account_columns.get(name):
+                columns = self.account_columns[name]
+                for key, row in self.fetch(conn, name, list(matched), columns).items():
+                    held[name][key] = {str(row[c]) for c in columns if row[c] is not None}
+        located.accounts = (
+            {rid: set(ids) for rid, ids in accounts.items()} if accounts is not None
+            else self._accounts(subjects, located, held)
+        )
+        for name, rows in held.items():
+            for key, holds in rows.items():
+                # (b) for rows an identity matched: a device id or an IP address in another
+                # account's row makes that row neither the subject's nor a way on.
+                theirs = self._whose(located, holds, located.owners[name][key])
+                if theirs:
+                    located.owners[name][key] = theirs
+                else:
+                    located.foreign[name].add(key)
+                    frontier[name].discard(key)
+        while frontier:
+            parent, keys = frontier.popitem()
+            for edge in self.children.get(parent, []):
+                anchors: dict[Anchor, set[str]] = defaultdict(set)
+                for key, anchor in self.anchors(conn, parent, keys, edge.parent_columns).items():
+                    if None not in anchor:
+                        anchors[anchor] |= located.owners[parent][key]
+                for child_key, anchor, ids in self._rows_pointing_at(conn, edge, list(anchors)):
+                    if self._reach(located, edge.child, child_key, anchors[anchor], ids):
+                        frontier[edge.child].add(child_key)
+
+    def _reach(
+        self, located: Located, table: str, key: Key, owners: set[str], ids: set[str] | None
+    ) -> bool:
+        """A row reached from rows of `owners`: True if it must lead on (news). A row that
+        holds account ids belongs only to the requests whose accounts those are (b); if
+        none, it is another account's: found (so what points at it is judged), foreign,
+        and a dead end."""
+        if not ids:
+            return _own(located, table, key, owners)
+        theirs = self._whose(located, ids, owners)
+        if theirs:
+            if key in located.foreign[table]:  # reached before only by others: now ours
+                located.foreign[table].discard(key)
+                located.owners[table][key] = set()
+            return _own(located, table, key, theirs)
+        if key not in located.owners[table]:
+            _own(located, table, key, owners)
+            located.foreign[table].add(key)
+        return False
+
+    @staticmethod
+    def _whose(located: Located, ids: set[str], owners: Iterable[str]) -> set[str]:
+        """The owners whose accounts include every account id a row holds."""
+        return {r for r in owners if ids <= located.accounts.get(r, set())}
+
+    def _match_identities(
+        self, conn: Connection, name: str, mapped: TableMap, subjects: Sequence[Subject]
+    ) -> Iterator[tuple[Key, str, Identity]]:
+        table = self.tables[name]
+        pk_cols = [table.c[c] for c in mapped.primary_key]
+        for spec in mapped.identities:
+            column = table.c[spec.column]
+            wanted: dict[Any, set[tuple[str, Identity]]] = defaultdict(set)
+            for subject in subjects:
+                for identity in subject.identities:
+                    if identity.type is not spec.type:
+                        continue
+                    for value in _lookup_values(identity, column, subject.phone_region):
+                        wanted[value].add((subject.request_id, identity))
+            if not wanted:
+                continue
+            if spec.type is IdentityType.EMAIL:
+                probe: Any = func.lower(func.trim(column))
+            elif spec.type is IdentityType.THIRD_PARTY:
+                assert spec.provider_column is not None
+                probe = tuple_(func.lower(table.c[spec.provider_column]), column)
+            else:
+                probe = column
+            probe_cols = list(probe.clauses) if isinstance(probe, Tuple) else [probe]
+            width = len(pk_cols)
+            for chunk in chunks(list(wanted)):
+                for row in conn.execute(select(*pk_cols, *probe_cols).where(probe.in_(chunk))):
+                    matched = tuple(row[width:])
+                    probed: Any = matched[0] if len(matched) == 1 else matched
+                    for rid, identity in wanted.get(probed, ()):
+                        yield tuple(row[:width]), rid, identity
+
+    def _rows_pointing_at(
+        self, conn: Connection, edge: Edge, anchors: list[Anchor]
+    ) -> Iterator[tuple[Key, Anchor, set[str] | None]]:
+        """Rows of the edge's child table that point at `anchors`: their key, what they
+        point at, and the account ids they hold (None: the table holds none)."""
+        table = self.tables[edge.child]
+        pk_cols = [table.c[c] for c in self.system.tables[edge.child].primary_key]
+        ref_cols = [table.c[c] for c in edge.columns]
+        account_cols = [table.c[c] for c in self.account_columns.get(edge.child, [])]
+        probe = ref_cols[0] if len(ref_cols) == 1 else tuple_(*ref_cols)
+        values: list[Any] = [a[0] for a in anchors] if len(ref_cols) == 1 else anchors
+        width, refs = len(pk_cols), len(ref_cols)
+        for chunk in chunks(values):
+            stmt = select(*pk_cols, *ref_cols, *account_cols).where(probe.in_(chunk))
+            for row in conn.execute(stmt):
+                ids = ({str(v) for v in row[width + refs:] if v is not None}
+                       if account_cols else None)
+                yield tuple(row[:width]), tuple(row[width:width + refs]), ids
+
+    # -- sharing ------------------------------------------------------------------------
+    def _share(self, conn: Connection, located: Located) -> None:
+        points = self._outgoing(conn, located)
+        found_at = self._found_at(conn, located)
+
+        foreign = located.foreign
+        outside: dict[tuple[str, tuple[str, ...]], set[Anchor]] = defaultdict(set)
+        for refs in points.values():
+            for edges in refs.values():
+                for edge, anchor in edges:
+                    if edge.keeps and anchor not in found_at[edge.target]:
+                        outside[edge.target].add(anchor)
+        owned = self._owned_outside(conn, outside, found_at)
+        for table, refs in points.items():
+            for key, edges in refs.items():
+                if any(e.keeps and (*e.target, a) in owned for e, a in edges):  # (a)
+                    foreign[table].add(key)
+        changed = True
+        while changed:  # (c), to a fixpoint: references may form cycles
+            changed = False
+            for table, refs in points.items():
+                matched = located.matches.get(table, {})
+                for key, edges in refs.items():
+                    if key in foreign[table]:
+                        continue
+                    parents = [
+                        (e, k) for e, a in edges for k in found_at[e.target].get(a, ())
+                    ]
+                    through_keep = any(e.keeps and k in foreign[e.parent] for e, k in parents)
+                    # Found only by way of other people's rows (a follow edge of the other
+                    # person's account): not the subject's, whatever the reference says.
+                    only_theirs = key not in matched and bool(parents) and all(
+                        k in foreign[e.parent] for e, k in parents
+                    )
+                    if through_keep or only_theirs:
+                        foreign[table].add(key)
+                        changed = True
+
+        for table, keys in foreign.items():
+            located.shared[table] |= keys
+            for key in keys:
+                for edge, anchor in points.get(table, {}).get(key, []):
+                    if edge.keeps:
+                        located.shared[edge.parent].update(found_at[edge.target].get(anchor, ()))
+        kept = [(t, k) for t, keys in located.shared.items() for k in keys]
+        while kept:
+            table, key = kept.pop()
+            for edge, anchor in points.get(table, {}).get(key, []):
+                if not edge.keeps:
+                    continue
+                for parent_key in found_at[edge.target].get(anchor, ()):
+                    if (parent_key not in located.shared[edge.parent]
+                            and parent_key not in located.pinned[edge.parent]):
+                        located.pinned[edge.parent].add(parent_key)
+                        kept.append((edge.parent, parent_key))
+
+    def _outgoing(self, conn: Connection, located: Located) -> Points:
+        """For every found row: what it points at (its non-null references)."""
+        points: Points = defaultdict(dict)
+        for table, owners in list(located.owners.items()):
+            edges = self.parents.get(table, [])
+            if not owners or not edges:
+                continue
+            columns = [c for e in edges for c in e.columns]
+            for key, row in self.fetch(conn, table, list(owners), columns).items():
+                points[table][key] = [
+                    (e, anchor) for e in edges
+                    if None not in (anchor := tuple(row[c] for c in e.columns))
+                ]
+        return points
+
+    def _accounts(
+        self, subjects: Sequence[Subject], located: Located, held: dict[str, dict[Key, set[str]]]
+    ) -> dict[str, set[str]]:
+        """Each request's account ids: those it gave, and those in rows its account-grade
+        identities matched directly (a device id or an IP address is often several
+        people's: the account it leads to is not thereby the subject's)."""
+        out = {s.request_id: set(s.values(IdentityType.USER_ID)) for s in subjects}
+        for table, matched in located.matches.items():
+            for key, pairs in matched.items():
+                ids = held.get(table, {}).get(key, set())
+                for rid, identity in pairs:
+                    if identity.type in ACCOUNT_GRADE:
+                        out.setdefault(rid, set()).update(ids)
+        return out
+
+    def _found_at(
+        self, conn: Connection, located: Located
+    ) -> dict[tuple[str, tuple[str, ...]], dict[Anchor, list[Key]]]:
+        """Found rows by the values references point at (usually the primary key)."""
+        out: dict[tuple[str, tuple[str, ...]], dict[Anchor, list[Key]]] = {}
+        for edge in self.edges:
+            if edge.target in out:
+                continue
+            index: dict[Anchor, list[Key]] = defaultdict(list)
+            keys = list(located.owners[edge.parent])
+            for key, anchor in self.anchors(conn, edge.parent, keys, edge.parent_columns).items():
+                index[anchor].append(key)
+            out[edge.target] = index
+        return out
+
+    def _owned_outside(
+        self, conn: Connection, wanted: Mapping[tuple[str, tuple[str, ...]], set[Anchor]],
+        found_at: Mapping[tuple[str, tuple[str, ...]], Mapping[Anchor, list[Key]]],
+    ) -> set[Node]:
+        """Which of the rows (not found for the batch) that found rows point at belong to
+        someone: a row holding an identity, or pointing (through `shared: keep` references)
+        at a row that does. One statement per table and level, whatever the batch."""
+        owned: set[Node] = set()
+        depends: dict[Node, set[Node]] = defaultdict(set)
+        seen: set[Node] = set()
+        pending = {target: set(anchors) for target, anchors in wanted.items()}
+        while pending:
+            (name, columns), anchors = pending.popitem()
+            fresh = [a for a in anchors if (name, columns, a) not in seen]
+            seen.update((name, columns, a) for a in fresh)
+            if not fresh:
+                continue
+            mapped = self.system.tables[name]
+            identity_columns = [i.column for i in mapped.identities]
+            edges = [e for e in self.parents.get(name, []) if e.keeps]
+            table = self.tables[name]
+            wanted_cols = list(dict.fromkeys(
+                [*columns, *identity_columns, *(c for e in edges for c in e.columns)]
+            ))
+            probe = _probe(table, list(columns))
+            values: list[Any] = [a[0] for a in fresh] if len(columns) == 1 else fresh
+            for chunk in chunks(values):
+                stmt = select(*[table.c[c] for c in wanted_cols]).where(probe.in_(chunk))
+                for row in conn.execute(stmt):
+                    data = row._mapping
+                    node = (name, columns, tuple(data[c] for c in columns))
+                    if any(data[c] is not None for c in identity_columns):
+                        owned.add(node)
+                        continue
+                    for edge in edges:
+                        anchor = tuple(data[c] for c in edge.columns)
+                        if None in anchor:
+                            continue
+                        if anchor in found_at.get(edge.target, {}):
+                            owned.add(node)  # it points at a row of the batch: someone's
+                            break
+                        depends[node].add((*edge.target, anchor))
+                        pending.setdefault(edge.target, set()).add(anchor)
+        changed = True
+        while changed:  # least fixpoint: a cycle of rows nobody holds stays nobody's
+            changed = False
+            for node, needs in depends.items():
+                if node not in owned and needs & owned:
+                    owned.add(node)
+                    changed = True
+        return owned
+
+    # -- reading rows -------------------------------------------------------------------
+    def anchors(
+        self, conn: Connection, name: str, keys: Iterable[Key], columns: tuple[str, ...]
+    ) -> dict[Key, Anchor]:
+        """The values of `columns` in each row (usually just its primary key)."""
+        keys = list(keys)
+        if list(columns) == self.system.tables[name].primary_key:
+            return {key: key for key in keys}
+        rows = self.fetch(conn, name, keys, columns)
+        return {key: tuple(row[c] for c in columns) for key, row in rows.items()}
+
+    def pk_in(self, name: str, keys: Sequence[Key]) -> ColumnElement[bool]:
+        table = self.tables[name]
+        pk = [table.c[c] for c in self.system.tables[name].primary_key]
+        if len(pk) == 1:
+            return pk[0].in_([k[0] for k in keys])
+        return tuple_(*pk).in_(list(keys))
+
+    def fetch(
+        self, conn: Connection, name: str, keys: list[Key], columns: Iterable[str]
+    ) -> dict[Key, dict[str, Any]]:
+        table = self.tables[name]
+        pk = self.system.tables[name].primary_key
+        wanted = list(dict.fromkeys([*pk, *columns]))
+        out: dict[Key, dict[str, Any]] = {}
+        for chunk in chunks(keys):
+            stmt = select(*[table.c[c] for c in wanted]).where(self.pk_in(name, chunk))
+            for row in conn.execute(stmt):
+                data = dict(row._mapping)
+                out[tuple(data[c] for c in pk)] = data
+        return out
+
+
+def _own(located: Located, table: str, key: Key, owners: set[str]) -> bool:
+    """Record owners of a row; True if that is news (the row must be propagated)."""
+    if not owners:
+        return False
+    current = located.owners[table].setdefault(key, set())
+    if owners <= current:
+        return False
+    current |= owners
+    return True
+
+
+def _probe(table: Table, columns: list[str]) -> Any:
+    cols = [table.c[c] for c in columns]
+    return cols[0] if len(cols) == 1 else tuple_(*cols)
+
+
+def _lookup_values(identity: Identity, column: Any, phone_region: str | None) -> list[Any]:
+    """What to compare a column with for one identity: every spelling a store may hold,
+    typed as the column is."""
+    if identity.type is IdentityType.PHONE:
+        return phone_variants(identity.value, phone_region)
+    if identity.type is IdentityType.IP:
+        return ip_variants(identity.value)
+    if identity.type is IdentityType.THIRD_PARTY:
+        provider, _, openid = identity.value.partition(":")
+        return [(provider, openid)]
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return [identity.value]
+    if python_type is int:
+        # An id typed as text matches an integer key; one that is not a number an integer
+        # column can hold matches nothing (rather than failing the batch).
+        value = identity.value
+        if not _INTEGER.fullmatch(value):
+            return []
+        number = int(value)
+        return [number] if -(2**63) <= number < 2**63 else []
+    return [identity.value]
+
+
+def chunks(items: Sequence[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield list(items[start : start + CHUNK])
