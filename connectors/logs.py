@@ -44,11 +44,28 @@ worker thread copies every unchanged stretch in the kernel (copy_file_range, whe
 system has it) and writes each new line. It lives next to the old file
 (`.<name>.<random>.dsrflow-tmp`), gets the old file's mode, owner and times, and replaces it
 with `os.replace`: a reader sees the old file or the new one, never half of one. Gzip files
-(by content) are read, then rewritten as gzip. On S3, an object is downloaded into
-`state_dir`, rewritten there, put back under its key with its content type and metadata
-(one PUT: objects up to 5 GiB), and in a versioned bucket every other version and delete
-marker of that key is then deleted. Only current versions are read. Pseudonyms and markers
-are not identities, so a second run finds nothing and rewrites nothing.
+(by content) are read, then rewritten as gzip.
+
+Links: a glob match is read and rewritten as the real file behind it (symbolic links and
+chains of them resolved), so a link stays a link to where it pointed and the data is what
+changes; the new version is written beside the real file. A real file that several names
+reach (links, hard links, overlapping globs, several sources; by device and inode) is read,
+rewritten and counted once per call, under the first source in data-map order (so in that
+source's format) and the first name (what records and errors show). Collect and verify read
+the same real files, each once. A link to nothing holds no data and is skipped. A file
+with hard links (st_nlink > 1, whether or not the sources reach every name) keeps its inode,
+so that every name sees the new version: the new version is written into `state_dir`, a
+journal there (`in-place/`) records it, and it is copied over the file from its first byte,
+cut to its length, given back its times and synced; other processes may read the file half
+copied meanwhile (collect and verify wait for it). A file that cannot be rewritten (no
+temporary file beside it, the replace or the in-place write refused, the file gone half-way)
+fails the call with `LogsError`, never a skip.
+
+On S3, an object is downloaded into `state_dir`, rewritten there, put back under its key
+with its content type and metadata (one PUT: objects up to 5 GiB), and in a versioned bucket
+every other version and delete marker of that key is then deleted. Only current versions
+are read. Pseudonyms and markers are not identities, so a second run finds nothing and
+rewrites nothing.
 
 Resuming: each finished file is appended to `state_dir/erase-<batch>.jsonl` (the batch is a
 fingerprint of its request ids and of its identities keyed under each request's key: no
@@ -57,11 +74,16 @@ on S3) and its counts. The entry is written before the new file is moved into pl
 rerun of the same batch skips a file that still looks like its entry and reports the
 recorded counts, so a crash at any point followed by a rerun gives the same files and the
 same outcome as one clean run. An interrupted rewrite leaves a temporary file that the
-next run deletes. One erasure per system runs at a time (a lock in `state_dir`).
+next run deletes (beside the glob's matches and beside the real files behind links: only
+`.….dsrflow-tmp` files). An in-place copy a crash interrupted is finished by the next
+erasure of the system before it reads anything, whatever its batch (and by collect and
+verify), and recorded in its batch's checkpoint with its counts. One erasure per system runs
+at a time (a lock in `state_dir`).
 
 A file that grows while it is rewritten (an active log) has its new lines read and
 processed too before the replacement; a writer that keeps the old file open goes on writing
-into the replaced one, so rotate such files before erasing them.
+into the replaced one, and lines a writer appends to a file with hard links while it is
+copied in place can be lost, so rotate such files before erasing them.
 
 Errors name the system, the source, the file and the operation, never a line or a value.
 """
