@@ -44,11 +44,28 @@ worker thread copies every unchanged stretch in the kernel (copy_file_range, whe
 system has it) and writes each new line. It lives next to the old file
 (`.<name>.<random>.dsrflow-tmp`), gets the old file's mode, owner and times, and replaces it
 with `os.replace`: a reader sees the old file or the new one, never half of one. Gzip files
-(by content) are read, then rewritten as gzip. On S3, an object is downloaded into
-`state_dir`, rewritten there, put back under its key with its content type and metadata
-(one PUT: objects up to 5 GiB), and in a versioned bucket every other version and delete
-marker of that key is then deleted. Only current versions are read. Pseudonyms and markers
-are not identities, so a second run finds nothing and rewrites nothing.
+(by content) are read, then rewritten as gzip.
+
+Links: a glob match is read and rewritten as the real file behind it (symbolic links and
+chains of them resolved), so a link stays a link to where it pointed and the data is what
+changes; the new version is written beside the real file. A real file that several names
+reach (links, hard links, overlapping globs, several sources; by device and inode) is read,
+rewritten and counted once per call, under the first source in data-map order (so in that
+source's format) and the first name (what records and errors show). Collect and verify read
+the same real files, each once. A link to nothing holds no data and is skipped. A file
+with hard links (st_nlink > 1, whether or not the sources reach every name) keeps its inode,
+so that every name sees the new version: the new version is written into `state_dir`, a
+journal there (`in-place/`) records it, and it is copied over the file from its first byte,
+cut to its length, given back its times and synced; other processes may read the file half
+copied meanwhile (collect and verify wait for it). A file that cannot be rewritten (no
+temporary file beside it, the replace or the in-place write refused, the file gone half-way)
+fails the call with `LogsError`, never a skip.
+
+On S3, an object is downloaded into `state_dir`, rewritten there, put back under its key
+with its content type and metadata (one PUT: objects up to 5 GiB), and in a versioned bucket
+every other version and delete marker of that key is then deleted. Only current versions
+are read. Pseudonyms and markers are not identities, so a second run finds nothing and
+rewrites nothing.
 
 Resuming: each finished file is appended to `state_dir/erase-<batch>.jsonl` (the batch is a
 fingerprint of its request ids and of its identities keyed under each request's key: no
@@ -57,11 +74,16 @@ on S3) and its counts. The entry is written before the new file is moved into pl
 rerun of the same batch skips a file that still looks like its entry and reports the
 recorded counts, so a crash at any point followed by a rerun gives the same files and the
 same outcome as one clean run. An interrupted rewrite leaves a temporary file that the
-next run deletes. One erasure per system runs at a time (a lock in `state_dir`).
+next run deletes (beside the glob's matches and beside the real files behind links: only
+`.….dsrflow-tmp` files). An in-place copy a crash interrupted is finished by the next
+erasure of the system before it reads anything, whatever its batch (and by collect and
+verify), and recorded in its batch's checkpoint with its counts. One erasure per system runs
+at a time (a lock in `state_dir`).
 
 A file that grows while it is rewritten (an active log) has its new lines read and
 processed too before the replacement; a writer that keeps the old file open goes on writing
-into the replaced one, so rotate such files before erasing them.
+into the replaced one, and lines a writer appends to a file with hard links while it is
+copied in place can be lost, so rotate such files before erasing them.
 
 Errors name the system, the source, the file and the operation, never a line or a value.
 """
@@ -69,6 +91,7 @@ Errors name the system, the source, the file and the operation, never a line or 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import glob as globmod
@@ -77,7 +100,9 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+import stat
 import tempfile
 import zlib
 from collections import deque
@@ -103,11 +128,14 @@ except ImportError:  # pragma: no cover - exercised by forcing the fallback in t
 
 BLOCK = 1 << 20  # bytes read per step: large enough for C to dominate, small for the cache
 TMP_SUFFIX = ".dsrflow-tmp"
+PENDING_SUFFIX = ".dsrflow-pending"  # the new version of a file being rewritten in place
 GZIP_LEVEL = 6
 MAX_PHONE_DIGITS = 17  # 00 + a 3-digit country code + 12 digits
 SHORT_ID = 6  # identifiers shorter than this are looked for as whole tokens only
 DELETE_BATCH = 1000  # S3's limit of keys per DeleteObjects request
 _GZIP_MAGIC = b"\x1f\x8b"
+# A glob match whose stat fails with one of these is not a file: a link to nothing.
+_NO_FILE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
 # -- the view the prefilter scans --------------------------------------------------------
 _SPACE = 0x20
@@ -713,22 +741,40 @@ def _lines(
 # -- files ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _File:
-    """A log file or object: `name` is what records and errors show (a path relative to
-    the base directory, or the S3 key)."""
+    """A log file or object: `name` is what records and errors show (the path the glob
+    matched, relative to the base directory, or the S3 key).
+
+    A local file is read and rewritten at `path`, the real file: behind every symbolic
+    link, so that the link stays a link and the data it points at is what changes."""
 
     source: str
     name: str
-    path: str | None = None  # local files
+    path: str | None = None  # local files: the real file (links resolved)
     bucket: str | None = None  # S3 objects
     etag: str | None = None
     size: int = 0
+    real_name: str = ""  # local: the real file relative to the real base directory
+    inode: tuple[int, int] = (0, 0)  # local: (st_dev, st_ino) when it was listed
+
+    @property
+    def linked(self) -> bool:
+        """The glob matched a link (or a path through a linked directory)."""
+        return self.path is not None and self.real_name != self.name
+
+    @property
+    def key(self) -> str:
+        """Its checkpoint key: the real file, so any name that reaches it finds its entry."""
+        return f"{self.source}\x00{self.bucket or ''}\x00{self.real_name or self.name}"
 
     def look(self) -> list[Any]:
         """What the file looks like now (inode, size, mtime; S3: ETag, size)."""
         if self.path is not None:
-            st = os.stat(self.path)
-            return [st.st_ino, st.st_size, st.st_mtime_ns]
+            return _look(os.stat(self.path))
         return [self.etag, self.size]
+
+
+def _look(st: os.stat_result) -> list[Any]:
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def _is_gzip(head: bytes) -> bool:
@@ -770,6 +816,22 @@ def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
 Change = tuple[int, int, bytes]  # offset, length of the old line, new line
 
 
+class _NoTemp(Exception):
+    """The new version's temporary file could not be created (a directory that is not
+    writable, a full disk): told apart from a failure to read the file."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _new_temp(directory: str, prefix: str) -> tuple[int, str]:
+    try:
+        return tempfile.mkstemp(dir=directory, prefix=prefix, suffix=TMP_SUFFIX)
+    except OSError as exc:
+        raise _NoTemp(exc) from None
+
+
 class _Rewriter:
     """Writes the new version of a plain file while the scan goes on: the first change
     creates the temporary file, and a worker thread copies the unchanged stretch before
@@ -793,9 +855,7 @@ class _Rewriter:
 
     def change(self, offset: int, length: int, new: bytes) -> None:
         if self._pool is None:
-            self._dst, self.tmp = tempfile.mkstemp(
-                dir=self.directory, prefix=self.prefix, suffix=TMP_SUFFIX
-            )
+            self._dst, self.tmp = _new_temp(self.directory, self.prefix)
             self._src = os.open(self.src_path, os.O_RDONLY)
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logs-write")
         self._futures.append(self._pool.submit(self._copy, self._pos, offset - self._pos, new))
@@ -886,6 +946,72 @@ def _replace_file(tmp: str, path: str) -> None:
     os.replace(tmp, path)
 
 
+# -- in-place rewrites (files with hard links) ---------------------------------------------
+def _open_in_place(path: str, expected: os.stat_result) -> int:
+    """The real file, open for writing, if it is still the inode that was read."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (expected.st_dev, expected.st_ino):
+        os.close(fd)
+        raise FileNotFoundError(errno.ENOENT, "the file was replaced while it was read")
+    return fd
+
+
+def _commit_in_place(directory: Path, token: str, tmp: str, record: dict[str, Any]) -> str:
+    """Journal an in-place rewrite: the new version goes under a name that no clean-up
+    deletes, then the journal that says where it is copied to is written whole (the
+    commit). A crash before the journal leaves a new version that nothing was copied from,
+    which the next run deletes. Returns the new version's path."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())  # on disk before the journal says it exists
+    content = str(directory / f".{token}{PENDING_SUFFIX}")
+    os.replace(tmp, content)
+    fd, part = tempfile.mkstemp(dir=directory, prefix=".journal.", suffix=TMP_SUFFIX)
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, f"{content}.json")
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
+        raise
+    _fsync_directory(directory)
+    return content
+
+
+def _copy_in_place(src: str, fd: int, times: tuple[int, int]) -> os.stat_result:
+    """Copy `src` over the open file `fd` from its first byte, cut it to that length and
+    give it back its times: the same inode now holds the new version. Repeating it after a
+    crash part-way gives the same file (one function, so a test can fail it)."""
+    with open(src, "rb") as new:
+        size = os.fstat(new.fileno()).st_size
+        os.lseek(fd, 0, os.SEEK_SET)
+        _copy_range(new.fileno(), fd, 0, size)
+    os.ftruncate(fd, size)
+    with contextlib.suppress(PermissionError):  # a writer that does not own the file
+        os.utime(fd, ns=times)
+    os.fsync(fd)
+    return os.fstat(fd)
+
+
+def _drop_in_place(content: str) -> None:
+    """A finished in-place rewrite: the journal first (a new version without one is
+    deleted by the next run), then the new version."""
+    for path in (f"{content}.json", content):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _remove_stale_temps(directory: str) -> None:
     """Temporary files of an interrupted rewrite hold a partial copy of a log: delete."""
     with contextlib.suppress(FileNotFoundError):
@@ -902,6 +1028,7 @@ class _Checkpoint:
     ignored), so recording a file costs one short write however many came before."""
 
     def __init__(self, state_dir: Path, batch: str) -> None:
+        self.batch = batch
         self.path = state_dir / f"erase-{batch}.jsonl"
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path.exists():
@@ -956,15 +1083,16 @@ class LogsConnector:
         if not self._in_scope(scope):
             return records
         index = _Index.build(subjects)
-        for source_name, source in self.system.sources.items():
-            reader, prefilter = self._stages(source, index)
-            for file in self._files(source_name, source):
-                for hit in self._scan_file(file, reader, prefilter, line_numbers=True):
-                    text = hit.line.decode("utf-8", "replace").rstrip("\r")
-                    for rid in sorted(hit.hits.request_ids):
-                        records[rid].setdefault(source_name, []).append(
-                            {"file": file.name, "line": hit.lineno, "text": text}
-                        )
+        with self._reading():
+            for source_name, source, files in self._plan():
+                reader, prefilter = self._stages(source, index)
+                for file in files:
+                    for hit in self._scan_file(file, reader, prefilter, line_numbers=True):
+                        text = hit.line.decode("utf-8", "replace").rstrip("\r")
+                        for rid in sorted(hit.hits.request_ids):
+                            records[rid].setdefault(source_name, []).append(
+                                {"file": file.name, "line": hit.lineno, "text": text}
+                            )
         return records
 
     def verify(self, subjects: Sequence[Subject], scope: Scope) -> dict[str, Outcome]:
@@ -972,16 +1100,17 @@ class LogsConnector:
         if not self._in_scope(scope):
             return outcomes
         index = _Index.build(subjects)
-        for source_name, source in self.system.sources.items():
-            reader, prefilter = self._stages(source, index)
-            for outcome in outcomes.values():
-                outcome.part(source_name)
-            for file in self._files(source_name, source):
-                for hit in self._scan_file(file, reader, prefilter):
-                    for rid in hit.hits.request_ids:
-                        part = outcomes[rid].part(source_name)
-                        part.found += 1
-                        part.remaining += 1
+        with self._reading():
+            for source_name, source, files in self._plan():
+                reader, prefilter = self._stages(source, index)
+                for outcome in outcomes.values():
+                    outcome.part(source_name)
+                for file in files:
+                    for hit in self._scan_file(file, reader, prefilter):
+                        for rid in hit.hits.request_ids:
+                            part = outcomes[rid].part(source_name)
+                            part.found += 1
+                            part.remaining += 1
         return outcomes
 
     def erase(
@@ -997,14 +1126,16 @@ class LogsConnector:
         replace = self._replacement(pseudonymizers)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
+            # Before anything is read: no run may read a file half copied into its inode.
+            self._finish_in_place_copies()
             checkpoint = _Checkpoint(self.state_dir, self._batch(subjects, pseudonymizers))
             self._remove_stale_temps()
-            for source_name, source in self.system.sources.items():
+            for source_name, source, files in self._plan():
                 reader, prefilter = self._stages(source, index)
                 statement = hashlib.sha256(f"{source_name}:rewrite".encode()).hexdigest()
                 for outcome in outcomes.values():
                     outcome.part(source_name)
-                for file in self._files(source_name, source):
+                for file in files:
                     counts = self._erase_file(file, reader, prefilter, replace, checkpoint)
                     for rid, (found, anonymized) in counts.items():
                         part = outcomes[rid].part(source_name)
@@ -1021,53 +1152,48 @@ class LogsConnector:
     ) -> Counts:
         if prefilter.empty:
             return {}
-        key = f"{file.source}\x00{file.bucket or ''}\x00{file.name}"
+        key = file.key
         done = checkpoint.get(key)
-        if done is not None and done.get("look") == file.look():
+        if done is not None and done.get("look") == self._look(file):
             if file.bucket is not None and not done.get("purged", True):
                 self._purge_versions(file, done.get("version_id"))
                 checkpoint.put(key, {**done, "purged": True})
             return {rid: list(c) for rid, c in done.get("counts", {}).items()}
         if file.bucket is not None:
             return self._erase_object(file, reader, prefilter, replace, checkpoint, key)
-        assert file.path is not None
-        return self._erase_local(file, file.path, reader, prefilter, replace, checkpoint, key)
+        return self._erase_local(file, reader, prefilter, replace, checkpoint, key)
 
     def _erase_local(
-        self, file: _File, path: str, reader: _LineReader, prefilter: _Prefilter,
-        replace: Replacement, checkpoint: _Checkpoint, key: str,
+        self, file: _File, reader: _LineReader, prefilter: _Prefilter, replace: Replacement,
+        checkpoint: _Checkpoint, key: str,
     ) -> Counts:
-        directory = os.path.dirname(path) or "."
+        assert file.path is not None
+        path = file.path
         for _attempt in range(5):
-            before = os.stat(path)
+            before = self._stat(file)
+            # A file with other names (hard links, some perhaps outside every source) must
+            # keep its inode, or those names would keep the old version.
+            in_place = before.st_nlink > 1
+            directory = str(self._pending_dir) if in_place else os.path.dirname(path) or "."
             rewritten = self._rewrite(file, path, directory, reader, prefilter, replace)
             if rewritten is None:
                 continue  # the last line was still being written when we read it
             tmp, counts, covered = rewritten
-            after = os.stat(path)
-            # A plain file may have grown while we read it (we read on to its end); a
-            # gzip file may not change at all.
-            unchanged = after.st_size == covered if covered >= 0 else _same(before, after)
             if tmp is None:
-                if unchanged:
-                    checkpoint.put(key, {"look": file.look(), "counts": counts})
+                after = self._stat(file)
+                if _unchanged(before, after, covered):
+                    checkpoint.put(key, {"look": _look(after), "counts": counts})
                     return counts
                 continue
             try:
-                if not unchanged:
+                after = self._stat(file)
+                if not _unchanged(before, after, covered):
                     os.unlink(tmp)
                     continue  # it changed in a way we cannot follow: start over
-                os.chmod(tmp, after.st_mode & 0o7777)
-                with contextlib.suppress(PermissionError):
-                    os.chown(tmp, after.st_uid, after.st_gid)
-                os.utime(tmp, ns=(after.st_atime_ns, after.st_mtime_ns))
-                st = os.stat(tmp)
-                # Recorded before the move: if we die in between, the old file's look does
-                # not match the record and the rerun does the file again.
-                checkpoint.put(
-                    key, {"look": [st.st_ino, st.st_size, st.st_mtime_ns], "counts": counts}
-                )
-                _replace_file(tmp, path)
+                if in_place:
+                    self._copy_into_place(file, tmp, after, counts, checkpoint, key)
+                else:
+                    self._move_into_place(file, tmp, after, counts, checkpoint, key)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
@@ -1077,6 +1203,125 @@ class LogsConnector:
             f"systems.{self.name}.sources.{file.source}: {file.name} kept changing while it "
             "was rewritten; run again"
         )
+
+    def _move_into_place(
+        self, file: _File, tmp: str, old: os.stat_result, counts: Counts,
+        checkpoint: _Checkpoint, key: str,
+    ) -> None:
+        """Replace the real file by its new version, with the old one's mode, owner and
+        times: a reader sees the old file or the new one, never half of one."""
+        assert file.path is not None
+        try:
+            os.chmod(tmp, old.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):
+                os.chown(tmp, old.st_uid, old.st_gid)
+            os.utime(tmp, ns=(old.st_atime_ns, old.st_mtime_ns))
+            new = os.stat(tmp)
+        except OSError as exc:
+            raise self._error(file, "write the new version", exc) from None
+        # Recorded before the move: if we die in between, the old file's look does not
+        # match the record and the rerun does the file again.
+        checkpoint.put(key, {"look": _look(new), "counts": counts})
+        try:
+            _replace_file(tmp, file.path)
+        except OSError as exc:
+            raise self._error(file, "replace", exc) from None
+
+    def _copy_into_place(
+        self, file: _File, tmp: str, old: os.stat_result, counts: Counts,
+        checkpoint: _Checkpoint, key: str,
+    ) -> None:
+        """Copy the new version into the file's own inode (a file with hard links), so
+        that every name sees it. Readers may see a half-copied file meanwhile; a crash
+        leaves a journal that the next erase of this system finishes before it reads
+        anything, whatever its batch (see `_finish_in_place_copies`)."""
+        assert file.path is not None
+        try:
+            fd = _open_in_place(file.path, old)
+        except OSError as exc:
+            raise self._error(file, "open for an in-place rewrite", exc) from None
+        token = secrets.token_hex(8)
+        record = {
+            "batch": checkpoint.batch, "key": key, "counts": counts, "source": file.source,
+            "name": file.name, "real_name": file.real_name, "path": file.path,
+            "inode": [old.st_dev, old.st_ino], "times": [old.st_atime_ns, old.st_mtime_ns],
+        }
+        try:
+            # Said before the first byte of the file changes. This entry never matches a
+            # look, so if the journal was not committed the rerun does the file again.
+            pending = str(self._pending_dir / f".{token}{PENDING_SUFFIX}")
+            checkpoint.put(key, {"look": None, "counts": counts, "in_place": pending})
+            try:
+                content = _commit_in_place(self._pending_dir, token, tmp, record)
+            except OSError as exc:
+                raise self._error(file, "record the in-place rewrite", exc) from None
+            try:
+                with self._copy_lock(shared=False):
+                    new = _copy_in_place(content, fd, (old.st_atime_ns, old.st_mtime_ns))
+            except OSError as exc:
+                error = self._error(file, "rewrite in place", exc)
+                raise LogsError(f"{error}; the next erase of this system finishes it") \
+                    from None
+        finally:
+            os.close(fd)
+        checkpoint.put(key, {"look": _look(new), "counts": counts})
+        _drop_in_place(content)
+
+    def _finish_in_place_copies(self) -> None:
+        """Finish every in-place rewrite a crash interrupted (of any batch: a file half
+        copied into its inode must not be read by anyone), and record it as done in its
+        batch's checkpoint with the counts it had, so a rerun reports them."""
+        directory = self._pending_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        for journal in sorted(directory.glob(f".*{PENDING_SUFFIX}.json")):
+            content = str(journal)[: -len(".json")]
+            record = json.loads(journal.read_text(encoding="utf-8"))
+            file = _File(record["source"], record["name"], path=record["path"],
+                         real_name=record["real_name"])
+            operation = f"finishing an interrupted in-place rewrite (journal {journal})"
+            try:
+                fd = os.open(file.path or "", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                raise self._error(file, operation, exc) from None
+            try:
+                st = os.fstat(fd)
+                if [st.st_dev, st.st_ino] != record["inode"]:
+                    raise LogsError(
+                        f"systems.{self.name}.sources.{file.source}: {file.name}: the file "
+                        f"was replaced before its interrupted in-place rewrite was finished; "
+                        f"check its other names, then delete {journal} and {content}"
+                    )
+                with self._copy_lock(shared=False):
+                    new = _copy_in_place(content, fd, (record["times"][0], record["times"][1]))
+            except OSError as exc:
+                raise self._error(file, operation, exc) from None
+            finally:
+                os.close(fd)
+            _Checkpoint(self.state_dir, record["batch"]).put(
+                record["key"], {"look": _look(new), "counts": record["counts"]}
+            )
+            _drop_in_place(content)
+        for content_path in directory.glob(f".*{PENDING_SUFFIX}"):
+            # A new version whose journal was never written: nothing was copied from it.
+            if not os.path.exists(f"{content_path}.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    content_path.unlink()
+
+    @property
+    def _pending_dir(self) -> Path:
+        """In-place rewrites in progress: outside every log directory, so no clean-up of
+        temporary files there deletes what a crashed copy still needs."""
+        return self.state_dir / "in-place"
+
+    def _look(self, file: _File) -> list[Any]:
+        return file.look() if file.path is None else _look(self._stat(file))
+
+    def _stat(self, file: _File) -> os.stat_result:
+        assert file.path is not None
+        try:
+            return os.stat(file.path)
+        except OSError as exc:
+            raise self._error(file, "stat", exc) from None
 
     def _rewrite(
         self, file: _File, path: str, directory: str, reader: _LineReader,
@@ -1098,7 +1343,7 @@ class LogsConnector:
                             _count(counts, hit.hits)
                     if not changes:
                         return None, counts, -1
-                    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=TMP_SUFFIX)
+                    fd, tmp = _new_temp(directory, prefix)
                     try:
                         _write_gzip(path, fd, changes)
                     except BaseException:
@@ -1129,6 +1374,9 @@ class LogsConnector:
                 except BaseException:
                     rewriter.discard()
                     raise
+        except _NoTemp as exc:
+            raise self._error(file, f"create a temporary file in {directory}", exc.error) \
+                from None
         except (OSError, EOFError, zlib.error) as exc:
             raise self._error(file, "read", exc) from None
 
@@ -1251,14 +1499,29 @@ class LogsConnector:
                 raise
             raise self._error(file, "read", exc) from None
 
+    def _plan(self) -> list[tuple[str, LogSource, list[_File]]]:
+        """Every source with its files, in data-map order. A real file that several names
+        reach (symbolic links, link chains, hard links, overlapping globs, several sources)
+        appears once, under the first source and the first name that reach it: it is read,
+        rewritten and counted once. A file that two sources of different formats reach is
+        therefore read in the first source's format. Every source is listed before any file
+        is rewritten: a rewrite gives a file a new inode, which must not make it look new."""
+        seen: set[tuple[int, int]] = set()
+        plan = []
+        for source_name, source in self.system.sources.items():
+            files = []
+            for file in self._files(source_name, source):
+                if file.path is not None:
+                    if file.inode in seen:
+                        continue
+                    seen.add(file.inode)
+                files.append(file)
+            plan.append((source_name, source, files))
+        return plan
+
     def _files(self, source_name: str, source: LogSource) -> list[_File]:
         if source.path is not None:
-            pattern = os.path.join(self.base_dir, source.path)
-            paths = sorted(p for p in globmod.glob(pattern, recursive=True) if os.path.isfile(p))
-            return [
-                _File(source_name, Path(os.path.relpath(p, self.base_dir)).as_posix(), path=p)
-                for p in paths
-            ]
+            return self._local_files(source_name, source.path)
         assert source.s3 is not None
         files = []
         client = self.client  # a configuration error is reported as such, not as S3's
@@ -1278,6 +1541,29 @@ class LogsConnector:
                 f"{source.s3.prefix} failed ({_code(exc)})"
             ) from None
         return sorted(files, key=lambda f: f.name)
+
+    def _local_files(self, source_name: str, path: str) -> list[_File]:
+        pattern = os.path.join(self.base_dir, path)
+        real_base = os.path.realpath(self.base_dir)
+        files = []
+        for match in sorted(globmod.glob(pattern, recursive=True)):
+            name = Path(os.path.relpath(match, self.base_dir)).as_posix()
+            real = os.path.realpath(match)
+            try:
+                st = os.stat(real)
+            except OSError as exc:
+                if exc.errno in _NO_FILE:
+                    continue  # a dangling link (or a loop of links) holds no data
+                raise LogsError(
+                    f"systems.{self.name}.sources.{source_name}: {name}: stat failed "
+                    f"({_code(exc)})"
+                ) from None
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            real_name = Path(os.path.relpath(real, real_base)).as_posix()
+            files.append(_File(source_name, name, path=real, real_name=real_name,
+                               inode=(st.st_dev, st.st_ino)))
+        return files
 
     # -- helpers ----------------------------------------------------------------------------
     def _stages(self, source: LogSource, index: _Index) -> tuple[_LineReader, _Prefilter]:
@@ -1331,21 +1617,51 @@ class LogsConnector:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def _copy_lock(self, shared: bool) -> Iterator[None]:
+        """Held exclusively while a file is copied into its inode, shared while collect or
+        verify read: they never read a file half copied."""
+        with open(self.state_dir / ".in-place.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Around collect and verify: an in-place rewrite a crash interrupted is finished
+        first (a half-copied file is nobody's data), and none starts while they read."""
+        if all(source.path is None for source in self.system.sources.values()):
+            yield  # S3 only: nothing is rewritten in place
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if any(self._pending_dir.glob(f".*{PENDING_SUFFIX}.json")):
+            with self._lock():
+                self._finish_in_place_copies()
+        with self._copy_lock(shared=True):
+            yield
+
     def _remove_stale_temps(self) -> None:
-        _remove_stale_temps(str(self.state_dir / "tmp"))
+        directories = {str(self.state_dir / "tmp"), str(self._pending_dir)}
         for source in self.system.sources.values():
             if source.path is None:
                 continue
             pattern = os.path.join(self.base_dir, source.path)
-            directories = {os.path.dirname(p) for p in globmod.glob(pattern, recursive=True)}
+            for match in globmod.glob(pattern, recursive=True):
+                directories.add(os.path.dirname(match) or ".")
+                # The new version of a file behind a link is written beside that file.
+                directories.add(os.path.dirname(os.path.realpath(match)))
             literal_dir = os.path.dirname(pattern)
             if not globmod.has_magic(literal_dir):
-                directories.add(literal_dir)
-            for directory in directories:
-                _remove_stale_temps(directory or ".")
+                directories.add(literal_dir or ".")
+        for directory in sorted(directories):
+            _remove_stale_temps(directory)
 
     def _error(self, file: _File, operation: str, exc: BaseException) -> LogsError:
         where = f"s3://{file.bucket}/{file.name}" if file.bucket else file.name
+        if file.linked:
+            where += f" (-> {file.path})"
         return LogsError(
             f"systems.{self.name}.sources.{file.source}: {where}: {operation} failed "
             f"({_code(exc)})"
@@ -1378,6 +1694,12 @@ def _count(counts: Counts, hits: _LineHits) -> None:
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns)
+
+
+def _unchanged(before: os.stat_result, after: os.stat_result, covered: int) -> bool:
+    """A plain file may have grown while we read it (we read on to its end, `covered`
+    bytes); a gzip file (covered -1) may not change at all."""
+    return after.st_size == covered if covered >= 0 else _same(before, after)
 
 
 def _code(exc: BaseException) -> str:
