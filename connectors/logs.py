@@ -1501,20 +1501,24 @@ class LogsConnector:
 
     def _plan(self) -> list[tuple[str, LogSource, list[_File]]]:
         """Every source with its files, in data-map order. A real file that several names
-        reach (symbolic links, link chains, hard links, overlapping globs, several sources)
-        appears once, under the first source and the first name that reach it: it is read,
-        rewritten and counted once. A file that two sources of different formats reach is
-        therefore read in the first source's format. Every source is listed before any file
-        is rewritten: a rewrite gives a file a new inode, which must not make it look new."""
-        seen: set[tuple[int, int]] = set()
+        reach (symbolic links, link chains, hard links, overlapping globs, several sources
+        that read it alike) appears once, under the first source and the first name that
+        reach it: it is read, rewritten and counted once. Sources that read it differently
+        (another format, other fields or identity types) each read it in their own way, one
+        after the other, so that nothing either of them would find is left. Every source is
+        listed before any file is rewritten: a rewrite gives a file a new inode, which must
+        not make it look new."""
+        seen: set[tuple[tuple[int, int], Any]] = set()
         plan = []
         for source_name, source in self.system.sources.items():
+            reading = (source.format, tuple(sorted(source.fields.items())),
+                       tuple(sorted(source.identities)))
             files = []
             for file in self._files(source_name, source):
                 if file.path is not None:
-                    if file.inode in seen:
+                    if (file.inode, reading) in seen:
                         continue
-                    seen.add(file.inode)
+                    seen.add((file.inode, reading))
                 files.append(file)
             plan.append((source_name, source, files))
         return plan

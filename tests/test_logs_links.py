@@ -166,6 +166,27 @@ def test_two_sources_and_several_links_reaching_one_file_read_and_rewrite_it_onc
     assert verify_parts(c, zhang) == {"current": 0, "archive": 0}
 
 
+def test_sources_that_read_one_file_differently_each_erase_what_they_look_for(
+    tmp_path: Path,
+) -> None:
+    # One source looks for emails, another (through a link) for user ids: neither may
+    # leave what the other would have found, and verification looks for both.
+    real = tmp_path / "app/app.log"
+    write(real, ["uid=12 logged in", "zhang.wei@example.com invited", "uid=123 left"])
+    link(tmp_path / "current/app.log", "../app/app.log")
+    sources = {"emails": {"path": "app/*.log", "format": "text", "identities": ["email"]},
+               "ids": {"path": "current/*.log", "format": "text", "identities": ["user_id"]}}
+    c = connector(tmp_path, sources)
+    zhang = subject("r1", ZHANG)
+    assert verify_parts(c, zhang) == {"emails": 1, "ids": 1}
+    outcomes = c.erase([zhang], None, keys_for(zhang))["r1"]
+    assert {n: p.anonymized for n, p in outcomes.parts.items()} == {"emails": 1, "ids": 1}
+    text = real.read_text()
+    assert "zhang.wei" not in text and "uid=12 " not in text and "uid=123 left" in text
+    assert (tmp_path / "current/app.log").is_symlink()
+    assert verify_parts(c, zhang) == {"emails": 0, "ids": 0}
+
+
 def verify_parts(c: LogsConnector, person: Subject) -> dict[str, int]:
     outcome = c.verify([person], None)[person.request_id]
     return {name: part.remaining for name, part in outcome.parts.items()}
