@@ -281,7 +281,8 @@ class SqlConnector:
         self, conn: Connection, located: Located, subjects: Mapping[str, Subject],
         out: dict[str, Discovery],
     ) -> dict[str, set[Identity]]:
-        """The identities in each request's own rows (read in its phone region)."""
+        """The identities in each request's own rows. Phone numbers are read in the
+        system's region (the format it writes them in), else in the subject's."""
         found: dict[str, set[Identity]] = {rid: set() for rid in subjects}
         for name, mapped in self.system.tables.items():
             if not mapped.identities:
@@ -299,8 +300,9 @@ class SqlConnector:
                     text = str(raw)
                     if spec.provider_column is not None:
                         text = f"{row[spec.provider_column]}:{text}"
+                    region = self.system.phone_region or subjects[rid].phone_region
                     try:
-                        found[rid].add(Identity.read(spec.type, text, subjects[rid].phone_region))
+                        found[rid].add(Identity.read(spec.type, text, region))
                     except ValidationError:
                         _bump(out[rid].unreadable, spec.type.value)
         return found

@@ -241,7 +241,8 @@ class Locator:
                 for identity in subject.identities:
                     if identity.type is not spec.type:
                         continue
-                    for value in _lookup_values(identity, column, subject.phone_region):
+                    region = self.system.phone_region or subject.phone_region
+                    for value in _lookup_values(identity, column, region):
                         wanted[value].add((subject.request_id, identity))
             if not wanted:
                 continue

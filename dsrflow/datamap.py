@@ -194,8 +194,27 @@ class Table(_Strict):
         return frozenset(c.category for c in self.columns.values()) - {NON_PERSONAL}
 
 
+def _phone_region(value: str | None) -> str | None:
+    import phonenumbers
+
+    if value is None:
+        return None
+    if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown country {value!r} (ISO 3166 alpha-2 with a numbering plan)")
+    return value.upper()
+
+
+PhoneRegion = Annotated[
+    str | None,
+    AfterValidator(_phone_region),
+    Field(description="the country whose national format this system writes phone numbers "
+          "in (a Chinese app's database: CN); unset: each subject's own region"),
+]
+
+
 class SqlSystem(_Strict):
     kind: Literal["sql"]
+    phone_region: PhoneRegion = None
     url: str | None = Field(default=None, description="a URL without a password")
     url_env: str | None = Field(default=None, description="environment variable holding the URL")
     tables: dict[Identifier, Table] = Field(min_length=1)
@@ -368,6 +387,7 @@ class LogSource(_Strict):
 
 class LogsSystem(S3Endpoint):
     kind: Literal["logs"]
+    phone_region: PhoneRegion = None
     category: Category = "logs"
     action: Literal[Action.PSEUDONYMIZE, Action.REDACT] = Action.PSEUDONYMIZE
     redact_with: str = REDACTION_MARKER

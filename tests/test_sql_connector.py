@@ -256,3 +256,57 @@ def test_column_values_reads_a_column_of_the_subjects_rows(db_url: str) -> None:
     assert sorted(values["r"]) == sorted(
         o["id"] for o in world.rows["orders"] if o["user_id"] == buyer
     )
+
+
+def _connector_with_region(url: str, region: str | None, seed: int = 8) -> tuple[
+    SqlConnector, sqlworld.World
+]:
+    engine = make_engine(url)
+    world = sqlworld.generate(random.Random(seed), 6)
+    sqlworld.load(engine, world)
+    doc = {**sqlworld.DATAMAP_DOC["systems"]["db"], "phone_region": region}
+    system = sqlworld.parse_datamap({**sqlworld.DATAMAP_DOC, "systems": {"db": doc}}).sql("db")
+    return SqlConnector("db", system, engine), world
+
+
+def test_a_systems_own_region_reads_its_national_numbers_for_a_subject_without_one(
+    db_url: str,
+) -> None:
+    # A GDPR ticket has no region of its own; a Chinese app's database writes numbers as
+    # China does. The system's region says how to read them.
+    e164 = "+86" + sqlworld.phone_for(1)  # stored nationally for user 1
+    subject = Subject(request_id="r", identities=(Identity(type=IdentityType.PHONE,
+                                                           value=e164),))
+    plain, _ = _connector_with_region(db_url, None)
+    with plain.engine.connect() as conn:
+        assert not plain.locate(conn, [subject]).owners["users"]
+    plain.dispose()
+    chinese, _ = _connector_with_region(db_url, "CN")
+    with chinese.engine.connect() as conn:
+        assert set(chinese.locate(conn, [subject]).owners["users"]) == {(1,)}
+    # ...and discovery reads the account's stored number in that region too.
+    by_email = sqlworld.World.subject(_world_of(chinese), 1, "r", IdentityType.EMAIL)
+    found = chinese.discover([by_email.model_copy(update={"phone_region": None})])["r"]
+    assert Identity(type=IdentityType.PHONE, value=e164) in found.found
+    chinese.dispose()
+
+
+def _world_of(connector: SqlConnector) -> sqlworld.World:
+    return sqlworld.generate(random.Random(8), 6)
+
+
+def test_a_london_number_never_matches_a_guangzhou_number_written_nationally(
+    db_url: str,
+) -> None:
+    connector, _ = _connector_with_region(db_url, "CN")
+    with connector.engine.begin() as conn:
+        conn.execute(sqlworld.users.insert().values(
+            id=99, email="gz@example.com", phone="02079460018", nickname="gz"))
+    london = Subject(request_id="r", phone_region="GB", identities=(
+        Identity(type=IdentityType.PHONE, value="+442079460018"),))
+    guangzhou = Subject(request_id="g", phone_region="CN", identities=(
+        Identity(type=IdentityType.PHONE, value="+862079460018"),))
+    with connector.engine.connect() as conn:
+        assert not connector.locate(conn, [london]).owners["users"]
+        assert set(connector.locate(conn, [guangzhou]).owners["users"]) == {(99,)}
+    connector.dispose()
