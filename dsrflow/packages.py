@@ -83,7 +83,8 @@ class PackageContents:
     # The subject's own identities, normalized: in free text (log lines) every other email
     # and phone number is withheld (see dsrflow.redaction).
     own_identities: frozenset[str] = frozenset()
-    phone_region: str = "CN"
+    # None (a regime with no single country): only international numbers are read.
+    phone_region: str | None = "CN"
 
 
 @dataclass
