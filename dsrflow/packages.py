@@ -121,7 +121,9 @@ def build_package(contents: PackageContents) -> bytes:
             for part in sorted(parts):
                 rows, withheld = parts[part], 0
                 if isinstance(spec, LogsSystem):
-                    rows, withheld = _withhold_others(rows, contents)
+                    # Numbers in a system's lines are written as that system writes them.
+                    region = spec.phone_region or contents.phone_region
+                    rows, withheld = _withhold_others(rows, contents.own_identities, region)
                 categories = _categories(dm, system, part)
                 about = {"system": system, "part": part, "categories": categories}
                 base = f"data/{_safe(system)}/{_safe(part)}"
@@ -165,13 +167,12 @@ def _objects(
 
 
 def _withhold_others(
-    rows: Sequence[dict[str, Any]], contents: PackageContents
+    rows: Sequence[dict[str, Any]], own: frozenset[str], region: str | None
 ) -> tuple[list[dict[str, Any]], int]:
     """Log lines with other people's emails and phone numbers withheld, and how many."""
     masked, total = [], 0
     for row in rows:
-        text, withheld = mask_others(str(row.get("text", "")), contents.own_identities,
-                                     contents.phone_region)
+        text, withheld = mask_others(str(row.get("text", "")), own, region)
         masked.append({**row, "text": text})
         total += withheld
     return masked, total

@@ -38,7 +38,9 @@ _filler = st.text(alphabet="abc XYZ:=,;()[]/", max_size=12)
 
 @settings(max_examples=200, deadline=None)
 @given(
-    other=st.tuples(_local, _domain).map(lambda p: f"{p[0].strip('.') or 'x'}@{p[1]}"),
+    # Not a tail of the subject's own address, which stays (and so would "contain" it).
+    other=st.tuples(_local, _domain).map(lambda p: f"{p[0].strip('.') or 'x'}@{p[1]}")
+    .filter(lambda email: not "li.na@example.com".endswith(email)),
     digits=st.integers(min_value=0, max_value=99_999_999),
     before=_filler, between=_filler, after=_filler,
 )
