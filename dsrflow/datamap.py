@@ -253,6 +253,15 @@ class SqlSystem(_Strict):
                     raise ValueError(
                         f"tables.{name}.references: {ref.table} has no column {missing[0]!r}"
                     )
+                kept = [c for c in ref.columns
+                        if table.columns[c].action in (Action.RETAIN, Action.KEEP)]
+                if parent.deletes_rows(None) and not table.deletes_rows(None) and kept:
+                    # The row stays and keeps pointing at a row erasure deletes.
+                    raise ValueError(
+                        f"tables.{name}.references: {name}.{kept[0]} outlives erasure but "
+                        f"{ref.table} deletes its rows: the reference would point at nothing; "
+                        f"null or pseudonymize {kept[0]}, or keep {ref.table}'s rows"
+                    )
         unreachable = sorted(set(self.tables) - self.reachable_tables())
         if unreachable:
             raise ValueError(

@@ -33,7 +33,7 @@ def resolve_identities(request_ids: list[str]) -> dict[str, int]:
     logger = get_run_logger()
     for rid, count in learnt.items():
         if count:
-            logger.info("request %s: %d account ids learnt from the user database", rid, count)
+            logger.info("request %s: %d identities learnt from its own rows", rid, count)
     return learnt
 
 

@@ -215,6 +215,35 @@ def test_reference_to_missing_column_and_arity() -> None:
     assert "1 columns point at 2 columns of users" in err.message
 
 
+def test_a_retained_reference_to_rows_erasure_deletes_is_refused() -> None:
+    # orders.user_id would outlive erasure and point at a users row that is deleted.
+    def mutate(d: dict[str, Any]) -> None:
+        orders_column(d, "user_id").update(action="retain", reason="tax law")
+
+    err = error_for(mutate)
+    assert err.path == "systems.userdb"
+    assert "orders.user_id outlives erasure but users deletes its rows" in err.message
+
+
+def test_a_reference_to_rows_that_stay_may_be_retained() -> None:
+    data = minimal()
+    orders_column(data, "user_id").update(action="retain", reason="tax law")
+    for column in tables(data)["users"]["columns"].values():
+        column.update(action="null")
+    tables(data)["users"]["columns"]["id"] = {"category": "identifier", "action": "retain",
+                                              "reason": "tombstone"}
+    assert parse_datamap(data, SOURCE).sql("userdb").tables["orders"]
+
+
+def test_a_reference_may_say_what_sharing_it_means() -> None:
+    data = minimal()
+    tables(data)["orders"]["references"][0]["shared"] = "erase"
+    system = parse_datamap(data, SOURCE).sql("userdb")
+    assert system.tables["orders"].references[0].shared == "erase"
+    err = error_for(lambda d: tables(d)["orders"]["references"][0].update(shared="maybe"))
+    assert "shared" in err.path
+
+
 def test_unreachable_table() -> None:
     err = error_for(lambda d: tables(d)["orders"].pop("references"))
     assert err.path == "systems.userdb"
@@ -364,3 +393,12 @@ def test_load_reports_the_file_path_with_the_dotted_path(tmp_path: Path) -> None
     assert str(info.value).startswith(
         f"{path}: systems.userdb.tables.orders.columns.email.category: unknown category"
     )
+
+
+def test_a_systems_phone_region_is_a_known_country() -> None:
+    data = minimal()
+    data["systems"]["userdb"]["phone_region"] = "cn"
+    assert parse_datamap(data, SOURCE).sql("userdb").phone_region == "CN"
+    err = error_for(lambda d: d["systems"]["userdb"].update(phone_region="Narnia"))
+    assert err.path == "systems.userdb.phone_region"
+    assert "unknown country" in err.message
