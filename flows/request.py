@@ -1,7 +1,7 @@
 """The request flow: the business process, top to bottom.
 
     open the batch (only verified requests pass the gate)
-    resolve identities (account ids behind the ticket's email or phone)
+    resolve identities (every identity the account's own rows hold, beyond the ticket's)
     plan which systems each request concerns
     apply to every system at once (collect, erase, rectify, restrict); a system whose
       rows list another system's keys (uploads.s3_key) waits until that one is done
