@@ -455,6 +455,29 @@ def test_failed_and_partial_requests_can_run_again(ledger: Ledger) -> None:
     assert request_id not in ledger.runnable()
 
 
+def test_a_request_that_succeeds_on_a_rerun_drops_the_earlier_failure(ledger: Ledger) -> None:
+    request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
+    ledger.transition(request_id, Status.IN_PROGRESS)
+    ledger.transition(request_id, Status.PARTIALLY_COMPLETED, "userdb erase: TimeoutError")
+    assert ledger.get(request_id).reason == "userdb erase: TimeoutError"
+
+    # The rerun: running again, the old failure no longer describes the request...
+    ledger.transition(request_id, Status.IN_PROGRESS)
+    assert ledger.get(request_id).reason is None
+    ledger.transition(request_id, Status.FAILED, "logs erase: PermissionError")
+    ledger.transition(request_id, Status.IN_PROGRESS)
+    # ...and once everything succeeded (close_requests gives no reason), none is shown.
+    ledger.transition(request_id, Status.COMPLETED)
+    record = ledger.get(request_id)
+    assert (record.status, record.reason) == (Status.COMPLETED, None)
+    # A reason given with the final status is kept.
+    other, _ = ledger.accept(make_ticket("T-2"), "dm", "pol")
+    ledger.transition(other, Status.IN_PROGRESS)
+    ledger.transition(other, Status.COMPLETED, "no system holds data in the request's scope")
+    assert ledger.get(other).reason == "no system holds data in the request's scope"
+    assert ledger.verify_audit_chain() is None
+
+
 # -- steps ----------------------------------------------------------------------------------
 def test_record_step_counts_attempts_and_keeps_the_outcome(ledger: Ledger) -> None:
     request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")

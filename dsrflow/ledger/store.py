@@ -457,15 +457,18 @@ class Ledger:
     def transition(
         self, request_id: str, target: Status, reason: str | None = None, **values: Any
     ) -> None:
+        """Move a request to `target`. `reason` explains the new status, and only it: a
+        transition without one clears the old reason, so a request that completes on a rerun
+        does not go on showing the failure that made the rerun necessary."""
         with self.engine.begin() as conn:
             current = Status(self._locked(conn, requests.c.status, request_id))
             if current is target:
                 return  # idempotent: a retried step may set the same status again
             check_transition(current, target)
             stamp = now()
-            changes: dict[str, Any] = {"status": target.value, "updated_at": stamp, **values}
-            if reason is not None:
-                changes["reason"] = reason
+            changes: dict[str, Any] = {
+                "status": target.value, "updated_at": stamp, "reason": reason, **values,
+            }
             if target in (Status.COMPLETED, Status.PARTIALLY_COMPLETED, Status.REFUSED):
                 changes["completed_at"] = stamp
             elif target is Status.IN_PROGRESS:
