@@ -160,6 +160,10 @@ class Deadlines:
         self._overrides = overrides or CalendarOverrides()
         self._calendars: dict[Regime, WorkingCalendar] = {}
 
+    @property
+    def overrides(self) -> CalendarOverrides:
+        return self._overrides
+
     def calendar(self, regime: Regime) -> WorkingCalendar:
         if regime not in self._calendars:
             rule = RULES[regime]

@@ -47,6 +47,21 @@ class Runtime:
         path = self.settings.path(overrides) if overrides else None
         return Deadlines(CalendarOverrides.load(path))
 
+    def reload_calendars(self) -> Deadlines:
+        """Read the calendar overrides file again: a notice typed in while this process
+        runs (`dsrflow serve` runs for months) counts from the next deadline report on.
+        The ledger computes with the new calendars too. Returns the calendars in use;
+        raises ValueError or OSError for a file that cannot be used, and then the
+        current calendars stay."""
+        path = self.settings.calendar_overrides
+        loaded = CalendarOverrides.load(self.settings.path(path) if path else None)
+        if loaded != self.deadlines.overrides:
+            fresh = Deadlines(loaded)
+            self.__dict__["deadlines"] = fresh  # where cached_property keeps it
+            if "ledger" in self.__dict__:
+                self.ledger.deadlines = fresh
+        return self.deadlines
+
     @cached_property
     def ledger(self) -> Ledger:
         ledger = Ledger(self.settings.resolved_ledger_url, self.settings.keyring(), self.deadlines)

@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,12 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsrflow.crypto import Keyring
+from dsrflow.deadlines import CalendarOverrides, Deadlines
 from dsrflow.identities import Identity, IdentityType
 from dsrflow.ledger import ClosedRequest, Ledger, StepCounts, UnknownRequest
 from dsrflow.ledger.schema import audit_events, audit_head, identity_tokens, requests, steps
 from dsrflow.model import InvalidTransition, Status, StepStatus
 from dsrflow.tickets import Rejection, Ticket
-from tests.helpers import ticket
+from tests import helpers
+from tests.helpers import CN_2027, DUE_2027, RECEIVED_2027, ticket
 
 EMAIL = "Alice.Wang@Example.COM"
 EMAIL_NORMALIZED = "alice.wang@example.com"
@@ -227,6 +229,75 @@ def test_a_deadline_in_an_unpublished_year_is_flagged_not_rejected(ledger: Ledge
     assert record.deadline_error is not None
     assert str(last + 1) in record.deadline_error
     assert request_id in ledger.runnable()
+
+
+def ticket_2027(ticket_id: str, verified: bool = True) -> Ticket:
+    return helpers.ticket_2027(make_ticket(ticket_id, verified=verified))
+
+
+def deadline_events(ledger: Ledger) -> list[tuple[str, Any]]:
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(audit_events.c.request_id, audit_events.c.detail)
+            .where(audit_events.c.event == "request.deadline_computed")
+            .order_by(audit_events.c.id)
+        ).all()
+    return [(row.request_id, row.detail) for row in rows]
+
+
+def test_an_unknown_deadline_is_computed_once_a_calendar_has_the_year(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request_id, _ = ledger.accept(ticket_2027("T-2027"), "dm", "pol")
+    unknown = ledger.get(request_id)
+    assert unknown.due_at is None
+    assert unknown.deadline_error is not None and "2027" in unknown.deadline_error
+    # Without a calendar for the year, nothing changes.
+    assert ledger.recompute_unknown_deadlines() == {}
+    assert ledger.get(request_id) == unknown
+
+    path = tmp_path / "calendar-overrides.yaml"
+    path.write_text(CN_2027)
+    ledger.deadlines = Deadlines(CalendarOverrides.load(path))
+    read_by_another_run = ledger._unknown_deadlines()
+
+    assert ledger.recompute_unknown_deadlines() == {request_id: DUE_2027}
+
+    record = ledger.get(request_id)
+    assert (record.due_at, record.deadline_error) == (DUE_2027, None)
+    assert record.status is Status.VERIFIED
+    # Idempotent; and a run that read the request as unknown before this one wrote (a
+    # second deadline report, another worker) finds it no longer unknown and writes nothing.
+    assert ledger.recompute_unknown_deadlines() == {}
+    monkeypatch.setattr(ledger, "_unknown_deadlines", lambda: read_by_another_run)
+    assert ledger.recompute_unknown_deadlines() == {}
+    assert ledger.get(request_id) == record
+    # Audited once, with dates only.
+    assert deadline_events(ledger) == [(request_id, {
+        "regime": "pipl", "clock_started_at": "2027-03-01T02:00:00+00:00",
+        "due_at": "2027-03-23T15:59:59+00:00"})]
+    assert ledger.verify_audit_chain() is None
+
+
+def test_a_computed_deadline_counts_from_receipt_and_survives_a_later_verification(
+    ledger: Ledger, tmp_path: Path, keyring: Keyring, db_url: str
+) -> None:
+    """PIPL's clock runs from receipt, verified or not; a verification recorded afterwards
+    by a process still without the calendar does not make the due date unknown again."""
+    request_id, _ = ledger.accept(ticket_2027("T-2027-u", verified=False), "dm", "pol")
+    path = tmp_path / "calendar-overrides.yaml"
+    path.write_text(CN_2027)
+    ledger.deadlines = Deadlines(CalendarOverrides.load(path))
+    assert ledger.recompute_unknown_deadlines() == {request_id: DUE_2027}
+
+    elsewhere = Ledger(db_url, keyring)  # the installed calendars only
+    try:
+        elsewhere.mark_verified(request_id, "sms_code", RECEIVED_2027 + timedelta(days=3))
+    finally:
+        elsewhere.dispose()
+    record = ledger.get(request_id)
+    assert (record.status, record.due_at, record.deadline_error) == (
+        Status.VERIFIED, DUE_2027, None)
 
 
 # -- identities -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from alembic import command
 from alembic.config import Config
@@ -113,6 +113,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: datetime | None) -> datetime | None: ...
 def _utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every time in the ledger is UTC."""
     if value is None:
@@ -462,43 +466,55 @@ class Ledger:
         does not go on showing the failure that made the rerun necessary."""
         with self.engine.begin() as conn:
             current = Status(self._locked(conn, requests.c.status, request_id))
-            if current is target:
-                return  # idempotent: a retried step may set the same status again
-            check_transition(current, target)
-            stamp = now()
-            changes: dict[str, Any] = {
-                "status": target.value, "updated_at": stamp, "reason": reason, **values,
-            }
-            if target in (Status.COMPLETED, Status.PARTIALLY_COMPLETED, Status.REFUSED):
-                changes["completed_at"] = stamp
-            elif target is Status.IN_PROGRESS:
-                changes["completed_at"] = None  # a rerun: the clock runs again
-            if target in (Status.COMPLETED, Status.REFUSED):
-                # Closed: drop the identities and destroy the pseudonym key.
-                changes["subject_enc"] = None
-                changes["pseudonym_key_enc"] = None
-            conn.execute(update(requests).where(requests.c.id == request_id).values(changes))
-            self._audit(
-                conn, "request.status", request_id,
-                {"from": current.value, "to": target.value, "reason": reason},
-            )
+            self._transition(conn, request_id, current, target, reason, values)
+
+    def _transition(
+        self, conn: Connection, request_id: str, current: Status, target: Status,
+        reason: str | None, values: dict[str, Any],
+    ) -> None:
+        """The transition itself, on a connection that holds the request's row lock."""
+        if current is target:
+            return  # idempotent: a retried step may set the same status again
+        check_transition(current, target)
+        stamp = now()
+        changes: dict[str, Any] = {
+            "status": target.value, "updated_at": stamp, "reason": reason, **values,
+        }
+        if target in (Status.COMPLETED, Status.PARTIALLY_COMPLETED, Status.REFUSED):
+            changes["completed_at"] = stamp
+        elif target is Status.IN_PROGRESS:
+            changes["completed_at"] = None  # a rerun: the clock runs again
+        if target in (Status.COMPLETED, Status.REFUSED):
+            # Closed: drop the identities and destroy the pseudonym key.
+            changes["subject_enc"] = None
+            changes["pseudonym_key_enc"] = None
+        conn.execute(update(requests).where(requests.c.id == request_id).values(changes))
+        self._audit(
+            conn, "request.status", request_id,
+            {"from": current.value, "to": target.value, "reason": reason},
+        )
 
     def mark_verified(self, request_id: str, method: str, verified_at: datetime) -> None:
         """The subject's identity was confirmed after the ticket arrived. Where the clock
         waited for it (UK GDPR), the due date is set now, from the verification time."""
         verified_at = verified_at.astimezone(UTC)
         values: dict[str, Any] = {"verification_method": method, "verified_at": verified_at}
-        record = self.get(request_id)
-        if record.due_at is None and record.regime is not None:
-            # Unlocked read: due_at is only ever set here and in `accept`, and `transition`
-            # ignores a second verification, so a racing call cannot overwrite this one.
-            # A request whose calendar was missing at intake gets another try, from
-            # receipt (its clock did not wait), in case an override file now has the year.
-            start = self.deadlines.clock_start(record.regime, record.received_at, verified_at)
-            due, error = self._due(record.regime, start)
-            if due is not None or error is not None:
-                values.update(due_at=due, deadline_error=error)
-        self.transition(request_id, Status.VERIFIED, **values)
+        with self.engine.begin() as conn:
+            # Read under the row lock: `recompute_unknown_deadlines` may set the due date
+            # at the same moment, and an older "unknown" must not overwrite it.
+            self._locked(conn, requests.c.id, request_id)
+            row = conn.execute(select(requests).where(requests.c.id == request_id)).one()
+            record = _record(row._mapping)
+            if record.due_at is None and record.regime is not None:
+                # A request whose calendar was missing at intake gets another try, from
+                # receipt (its clock did not wait), in case a calendar now has the year.
+                start = self.deadlines.clock_start(
+                    record.regime, record.received_at, verified_at
+                )
+                due, error = self._due(record.regime, start)
+                if due is not None or error is not None:
+                    values.update(due_at=due, deadline_error=error)
+            self._transition(conn, request_id, record.status, Status.VERIFIED, None, values)
 
     def _due(self, regime: Regime, start: datetime | None) -> tuple[datetime | None, str | None]:
         """(due date, deadline error) for a clock started at `start` (None: not started)."""
@@ -509,6 +525,63 @@ class Ledger:
         except CalendarUnavailable as exc:
             # Accept the request anyway (losing it would be worse) and flag it loudly.
             return None, str(exc)
+
+    def recompute_unknown_deadlines(self) -> dict[str, datetime]:
+        """Give a due date to every request that has none because its calendar was
+        missing (`deadline_error` set), where `self.deadlines` now knows the year: an
+        override file typed in from the official notice, or a newer `holidays`. Counted
+        from the request's clock start, as at intake (receipt; verification where the
+        clock waits for it). Returns request id -> the due date set.
+
+        Idempotent, and safe beside another run or a verification: each write is a
+        compare-and-set on "still unknown", so a request gets its due date, and its audit
+        event, once."""
+        computed: dict[str, datetime] = {}
+        for request_id, regime, received_at, verified_at in self._unknown_deadlines():
+            start = self.deadlines.clock_start(regime, received_at, verified_at)
+            due, _ = self._due(regime, start)
+            if due is None or start is None:
+                continue  # still no calendar for it
+            if self._set_due_once_known(request_id, regime, due, start):
+                computed[request_id] = due
+        return computed
+
+    def _unknown_deadlines(self) -> list[tuple[str, Regime, datetime, datetime | None]]:
+        """(id, regime, received, verified) of the requests whose due date is unknown."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(requests.c.id, requests.c.regime, requests.c.received_at,
+                       requests.c.verified_at)
+                .where(requests.c.due_at.is_(None), requests.c.deadline_error.is_not(None),
+                       requests.c.regime.is_not(None))
+                .order_by(requests.c.received_at, requests.c.id)
+            ).all()
+        return [
+            (row.id, Regime(row.regime), _utc(row.received_at), _utc(row.verified_at))
+            for row in rows
+        ]
+
+    def _set_due_once_known(
+        self, request_id: str, regime: Regime, due: datetime, start: datetime
+    ) -> bool:
+        """Set a computed due date if the request's is still unknown; False if another
+        writer got there first. `updated_at` is left alone: `stranded` reads it as the time
+        of the last status change, and this is none."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(requests)
+                .where(requests.c.id == request_id, requests.c.due_at.is_(None),
+                       requests.c.deadline_error.is_not(None))
+                .values(due_at=due, deadline_error=None)
+            )
+            if result.rowcount != 1:
+                return False
+            self._audit(
+                conn, "request.deadline_computed", request_id,
+                {"regime": regime.value, "clock_started_at": start.astimezone(UTC).isoformat(),
+                 "due_at": due.astimezone(UTC).isoformat()},
+            )
+        return True
 
     def extend(
         self,
