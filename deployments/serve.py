@@ -7,8 +7,8 @@ deployments/prefect.yaml` registers them for workers on the `dsrflow` work pool,
 `prefect.serve()` — what `dsrflow serve` does next to the callback endpoint.
 
 `apply_automations()` creates or updates (matched by name) the automations in
-`deployments/automations.yaml`, which turn `dsr.request.at_risk`, `.overdue` and
-`.failed` events into notifications.
+`deployments/automations.yaml`, which turn `dsr.request.at_risk`, `.overdue`,
+`.deadline_unknown` and `.failed` events into notifications.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """The hourly deadline report.
 
+    compute  a due date for each request whose calendar was missing, if one now has its
+             year (the calendar overrides file is read again first)
     assess   the deadline state of every request in the ledger (on time, at risk,
-             overdue, awaiting verification, completed on time or late, ...)
-    alert    a `dsr.request.at_risk` or `dsr.request.overdue` event for each request that
-             entered that state since the last alert (remembered in the ledger's audit
-             chain, so an hourly schedule does not repeat itself; see tasks/deadlines.py)
+             overdue, unknown, awaiting verification, completed on time or late, ...)
+    alert    a `dsr.request.at_risk`, `dsr.request.overdue` or
+             `dsr.request.deadline_unknown` event for each request that entered that state
+             since the last alert (remembered in the ledger's audit chain, so an hourly
+             schedule does not repeat itself; see tasks/deadlines.py)
     publish  a markdown artifact `deadline-report`: counts per state and the requests at
-             risk or overdue, by ticket and request id
+             risk, overdue or without a known deadline, by ticket and request id
 
 A Prefect automation (deployments/automations.yaml) turns the events into notifications.
 """
@@ -15,14 +18,20 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.deadlines import alert_deadlines, assess_deadlines, publish_deadline_report
+from tasks.deadlines import (
+    alert_deadlines,
+    assess_deadlines,
+    compute_unknown_deadlines,
+    publish_deadline_report,
+)
 
 
 @flow(name="deadline-report", persist_result=False)
 def deadline_report(remind_every_hours: float | None = None) -> dict[str, int]:
-    """Counts per deadline state; alerts for requests newly at risk or overdue (and again
-    every `remind_every_hours`, if set, while they stay so)."""
+    """Counts per deadline state; alerts for requests newly at risk, overdue or without a
+    known deadline (and again every `remind_every_hours`, if set, while they stay so)."""
+    computed = compute_unknown_deadlines()
     report = assess_deadlines()
     alerted = alert_deadlines(report, remind_every_hours)
-    publish_deadline_report(report, alerted)
+    publish_deadline_report(report, alerted, computed)
     return report.counts

@@ -1,11 +1,18 @@
-"""The deadline report's tasks: the SLA state of every request, the alerts Prefect
-automations turn into notifications, and a summary artifact. Ids, counts and dates only:
-the ledger's records carry no identities, and nothing here reads them.
+"""The deadline report's tasks: due dates for requests whose calendar has become
+available, the SLA state of every request, the alerts Prefect automations turn into
+notifications, and a summary artifact. Ids, counts and dates only: the ledger's records
+carry no identities, and nothing here reads them.
+
+A request whose deadline could not be computed (no working-day calendar for its year) is
+`unknown`, and not knowing a legal deadline is itself a risk: it alerts like at-risk and
+overdue ones. Each report first reads the calendar overrides file again and gives every
+such request its due date if a calendar now has the year (`compute_unknown_deadlines`).
 
 Alerting once, not every hour. A request at risk stays at risk for days; an hourly event
 for each would bury the one that matters. So an event is emitted when a request *enters*
-an alerting state — `dsr.request.at_risk`, later `dsr.request.overdue` — and the alert is
-remembered in the ledger's audit chain (`deadline.alerted`, with the state and due date).
+an alerting state — `dsr.request.at_risk`, later `dsr.request.overdue`, or
+`dsr.request.deadline_unknown` — and the alert is remembered in the ledger's audit chain
+(`deadline.alerted`, with the state and due date, none for an unknown one).
 The next run sees it there and stays quiet; a new state, or a new due date, alerts again.
 `remind_every_hours` (a flow parameter) re-sends an unchanged alert once the last one is
 that old. The event is handed to Prefect before the audit row is written, so a crash in
@@ -34,7 +41,13 @@ from tasks.runtime import get_runtime
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
-EVENTS = {"at_risk": "dsr.request.at_risk", "overdue": "dsr.request.overdue"}
+EVENTS = {
+    "at_risk": "dsr.request.at_risk",
+    "overdue": "dsr.request.overdue",
+    "unknown": "dsr.request.deadline_unknown",
+}
+# Most urgent first: the artifact's table and the alerts go in this order.
+_ALERT_ORDER = ["overdue", "at_risk", "unknown"]
 AUDIT_EVENT = "deadline.alerted"
 # The order the artifact lists states in (others, if any, follow alphabetically).
 STATE_ORDER = [
@@ -51,7 +64,8 @@ def now() -> datetime:
 
 @dataclass(frozen=True)
 class Alerting:
-    """A request at risk or overdue, as an event and the artifact show it."""
+    """A request at risk, overdue or without a known deadline, as an event and the
+    artifact show it."""
 
     request_id: str
     ticket_id: str | None
@@ -59,18 +73,26 @@ class Alerting:
     type: str | None
     regime: str | None
     status: str
-    due_at: datetime
+    due_at: datetime | None  # None: unknown
     business_days_left: int | None
+    reason: str | None = None  # why the deadline is unknown (which calendar is missing)
+
+    @property
+    def due(self) -> str | None:
+        return self.due_at.isoformat() if self.due_at is not None else None
 
     def payload(self) -> dict[str, object]:
-        return {
+        payload: dict[str, object] = {
             "type": self.type,
             "regime": self.regime,
             "status": self.status,
             "state": self.state,
-            "due_at": self.due_at.isoformat(),
+            "due_at": self.due,
             "business_days_left": self.business_days_left,
         }
+        if self.reason is not None:
+            payload["reason"] = self.reason
+        return payload
 
 
 @dataclass(frozen=True)
@@ -89,29 +111,34 @@ def assess(
     for record in records:
         state = deadline_state(record, deadlines, at, at_risk_days)
         counts[state] += 1
-        # The due date that binds now: an extension moves the alert to its own date.
-        due = record.effective_due_at
-        if state in EVENTS and due is not None:
-            alerting.append(
-                Alerting(
-                    request_id=record.id,
-                    ticket_id=record.ticket_id,
-                    state=state,
-                    type=record.type.value if record.type else None,
-                    regime=record.regime.value if record.regime else None,
-                    status=record.status.value,
-                    due_at=due,
-                    business_days_left=business_days_left(deadlines, record, at),
-                )
+        if state not in EVENTS:
+            continue
+        alerting.append(
+            Alerting(
+                request_id=record.id,
+                ticket_id=record.ticket_id,
+                state=state,
+                type=record.type.value if record.type else None,
+                regime=record.regime.value if record.regime else None,
+                status=record.status.value,
+                # The due date that binds now: an extension moves the alert to its date.
+                due_at=record.effective_due_at,
+                business_days_left=business_days_left(deadlines, record, at),
+                reason=record.deadline_error if state == "unknown" else None,
             )
-    alerting.sort(key=lambda a: (a.state != "overdue", a.due_at, a.request_id))
+        )
+    alerting.sort(key=lambda a: (
+        _ALERT_ORDER.index(a.state), a.due_at or datetime.max.replace(tzinfo=UTC),
+        a.request_id))
     return DeadlineReport(at=at, at_risk_days=at_risk_days, counts=dict(counts),
                           alerting=alerting)
 
 
-def last_alerts(ledger: Ledger, request_ids: Sequence[str]) -> dict[str, tuple[str, str, datetime]]:
-    """The last alert recorded per request: (state, due date, when)."""
-    found: dict[str, tuple[str, str, datetime]] = {}
+def last_alerts(
+    ledger: Ledger, request_ids: Sequence[str]
+) -> dict[str, tuple[str, str | None, datetime]]:
+    """The last alert recorded per request: (state, due date or None, when)."""
+    found: dict[str, tuple[str, str | None, datetime]] = {}
     ids = list(request_ids)
     with ledger.engine.connect() as conn:
         for start in range(0, len(ids), 500):
@@ -127,13 +154,15 @@ def last_alerts(ledger: Ledger, request_ids: Sequence[str]) -> dict[str, tuple[s
                 stamp = detail.get("report_at")
                 when = datetime.fromisoformat(stamp) if stamp else at
                 when = when if when.tzinfo else when.replace(tzinfo=UTC)
-                found[request_id] = (str(detail.get("state")), str(detail.get("due_at")), when)
+                due = detail.get("due_at")
+                found[request_id] = (str(detail.get("state")),
+                                     None if due is None else str(due), when)
     return found
 
 
 def due_for_alert(
     report: DeadlineReport,
-    previous: dict[str, tuple[str, str, datetime]],
+    previous: dict[str, tuple[str, str | None, datetime]],
     remind_every_hours: float | None = None,
 ) -> list[Alerting]:
     """The alerting requests whose state (or due date) changed since the last alert, or
@@ -141,7 +170,7 @@ def due_for_alert(
     chosen = []
     for alert in report.alerting:
         last = previous.get(alert.request_id)
-        changed = last is None or (last[0], last[1]) != (alert.state, alert.due_at.isoformat())
+        changed = last is None or (last[0], last[1]) != (alert.state, alert.due)
         remind = (
             last is not None and remind_every_hours is not None
             and report.at - last[2] >= timedelta(hours=remind_every_hours)
@@ -162,6 +191,26 @@ def emit_alert(alert: Alerting) -> None:
     )
 
 
+@task(name="compute-unknown-deadlines", **_TASK)  # type: ignore[call-overload]
+def compute_unknown_deadlines() -> list[str]:
+    """Give their due dates to the requests whose calendar was missing, if one has the year
+    now: the overrides file is read again first (a notice typed in since this process
+    started counts now). Returns the request ids that got one."""
+    rt = get_runtime()
+    logger = get_run_logger()
+    try:
+        rt.reload_calendars()
+    except (OSError, ValueError) as exc:
+        # The report must still run (overdue requests must still alert): with the
+        # calendars the process already has, and the file's problem in the log.
+        logger.error("calendar overrides not reloaded, the current ones stay: %s", exc)
+    computed = rt.ledger.recompute_unknown_deadlines()
+    if computed:
+        logger.info("%d requests got their due date from a calendar now available",
+                    len(computed))
+    return list(computed)
+
+
 @task(name="assess-deadlines", **_TASK)  # type: ignore[call-overload]
 def assess_deadlines() -> DeadlineReport:
     rt = get_runtime()
@@ -170,26 +219,29 @@ def assess_deadlines() -> DeadlineReport:
 
 @task(name="alert-deadlines", **_TASK)  # type: ignore[call-overload]
 def alert_deadlines(report: DeadlineReport, remind_every_hours: float | None = None) -> list[str]:
-    """Emit `dsr.request.at_risk` / `.overdue` for requests not yet alerted in their
-    current state; returns the request ids alerted."""
+    """Emit `dsr.request.at_risk` / `.overdue` / `.deadline_unknown` for requests not yet
+    alerted in their current state; returns the request ids alerted."""
     ledger = get_runtime().ledger
     previous = last_alerts(ledger, [a.request_id for a in report.alerting])
     alerted = []
     for alert in due_for_alert(report, previous, remind_every_hours):
         emit_alert(alert)
         ledger.audit(AUDIT_EVENT, alert.request_id,
-                     {"state": alert.state, "due_at": alert.due_at.isoformat(),
+                     {"state": alert.state, "due_at": alert.due,
                       "business_days_left": alert.business_days_left,
                       "report_at": report.at.isoformat()})
         alerted.append(alert.request_id)
     get_run_logger().info(
-        "%d requests at risk or overdue; %d alerted now, %d already alerted",
+        "%d requests at risk, overdue or without a known deadline; %d alerted now, "
+        "%d already alerted",
         len(report.alerting), len(alerted), len(report.alerting) - len(alerted),
     )
     return alerted
 
 
-def summary(report: DeadlineReport, alerted: Sequence[str]) -> str:
+def summary(
+    report: DeadlineReport, alerted: Sequence[str], computed: Sequence[str] = ()
+) -> str:
     states = sorted(report.counts, key=lambda s: (
         STATE_ORDER.index(s) if s in STATE_ORDER else len(STATE_ORDER), s))
     lines = [
@@ -202,11 +254,14 @@ def summary(report: DeadlineReport, alerted: Sequence[str]) -> str:
         "|---|---|",
         *(f"| {state} | {report.counts[state]} |" for state in states),
     ]
+    if computed:
+        lines += ["", f"{len(computed)} requests got their due date this run: a calendar "
+                      "for their year is now available."]
     if report.alerting:
         now_alerted = set(alerted)
         lines += [
             "",
-            "## At risk and overdue",
+            "## At risk, overdue and unknown",
             "",
             "| ticket | request | type | regime | status | state | due | working days left "
             "| alerted this run |",
@@ -214,21 +269,28 @@ def summary(report: DeadlineReport, alerted: Sequence[str]) -> str:
         ]
         for a in report.alerting[:_TABLE_LIMIT]:
             left = "" if a.business_days_left is None else str(a.business_days_left)
+            due = a.due_at.astimezone(UTC).isoformat() if a.due_at is not None else "unknown"
             lines.append(
                 f"| {a.ticket_id or ''} | `{a.request_id}` | {a.type or ''} | {a.regime or ''} "
-                f"| {a.status} | **{a.state}** | {a.due_at.astimezone(UTC).isoformat()} "
+                f"| {a.status} | **{a.state}** | {due} "
                 f"| {left} | {'yes' if a.request_id in now_alerted else 'no'} |"
             )
         if len(report.alerting) > _TABLE_LIMIT:
             lines.append(f"\n… and {len(report.alerting) - _TABLE_LIMIT} more "
                          "(`dsrflow status` lists them all).")
+        # Why a deadline is unknown: the calendar that is missing (one line per reason).
+        reasons = sorted({a.reason for a in report.alerting if a.reason})
+        if reasons:
+            lines += ["", "Unknown deadlines, because:", "", *(f"- {r}" for r in reasons)]
     return "\n".join(lines) + "\n"
 
 
 @task(name="publish-deadline-report", **_TASK)  # type: ignore[call-overload]
-def publish_deadline_report(report: DeadlineReport, alerted: list[str]) -> None:
+def publish_deadline_report(
+    report: DeadlineReport, alerted: list[str], computed: list[str] | None = None
+) -> None:
     create_markdown_artifact(
         key="deadline-report",
-        markdown=summary(report, alerted),
+        markdown=summary(report, alerted, computed or []),
         description="Deadline state of every request",
     )

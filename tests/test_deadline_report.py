@@ -1,6 +1,8 @@
 """The hourly deadline report on a real Prefect server, on a fixed clock: which requests
-raise `dsr.request.at_risk` / `dsr.request.overdue`, that a request is alerted once per
-state (not every hour), that nothing carries an identity, and the summary artifact."""
+raise `dsr.request.at_risk` / `dsr.request.overdue` / `dsr.request.deadline_unknown`, that
+a request is alerted once per state (not every hour), that nothing carries an identity, the
+summary artifact, and that a request whose calendar was missing gets its due date once the
+calendar is there."""
 
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ import pytest
 from dsrflow.intake import submit
 from dsrflow.ledger import store as ledger_store
 from dsrflow.model import Status
+from dsrflow.tickets import Ticket
 from flows.deadlines import deadline_report
 from tasks import deadlines as deadline_tasks
 from tasks.runtime import Runtime, set_runtime
 from tests import sqlworld
-from tests.helpers import make_runtime
+from tests.helpers import CN_2027, DUE_2027, RECEIVED_2027, make_runtime, ticket_2027
 
 EMAILS = {name: f"{name.lower()}.subject@example.org" for name in
           ("RISK", "LATE", "DONE", "FRESH", "WAIT", "OLDDONE")}
@@ -80,9 +83,10 @@ def world(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def events(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[Any]]:
+def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], list[Any]]]:
     """Records events on their way to the server; calling it drains the worker and
-    returns (and forgets) the dsr.* events seen so far."""
+    returns (and forgets) the dsr.* events seen so far. Drained at the end too: a worker
+    left running would keep a client the next test's recorder does not know."""
     from prefect.events.clients import AssertingPassthroughEventsClient
     from prefect.events.worker import EventsWorker
 
@@ -99,7 +103,8 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[Any]]:
         AssertingPassthroughEventsClient.reset()
         return seen
 
-    return collect
+    yield collect
+    collect()
 
 
 def _clock(monkeypatch: pytest.MonkeyPatch, at: datetime) -> None:
@@ -204,3 +209,97 @@ def test_assess_skips_closed_and_rejected_requests(runtime: Runtime) -> None:
     assert report.counts["not_applicable"] == 1
     assert sum(report.counts.values()) == 2  # the refused one counts as completed
     assert rejected.status is Status.REJECTED
+
+
+# -- deadlines not known yet ------------------------------------------------------------------
+@pytest.fixture
+def waiting_for_a_calendar(
+    tmp_path: Path, prefect_server: list[Path]
+) -> Iterator[tuple[Runtime, Path]]:
+    """A runtime whose `calendar_overrides` file is configured but has no notice yet (as an
+    installation has it between two State Council notices), and the file."""
+    overrides = tmp_path / "calendar-overrides.yaml"
+    overrides.write_text("# the State Council's notices, once published\n")
+    doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
+    doc["systems"] = {"db": {**doc["systems"]["db"],
+                             "url": f"sqlite:///{tmp_path / 'userdb.sqlite'}"}}
+    rt = make_runtime(tmp_path, doc, calendar_overrides=overrides)
+    previous = set_runtime(rt)
+    yield rt, overrides
+    set_runtime(previous)
+    rt.close()
+
+
+def _received_in_2027(name: str) -> Ticket:
+    """A PIPL ticket received on 1 March 2027, a year the installed calendars lack."""
+    return ticket_2027(Ticket.model_validate(_ticket(name, datetime(2026, 11, 2, tzinfo=UTC))))
+
+
+def test_an_unknown_deadline_alerts_and_is_computed_once_the_calendar_appears(
+    waiting_for_a_calendar: tuple[Runtime, Path], events: Callable[[], list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
+    )
+
+    def artifact() -> str:
+        with get_client(sync_client=True) as client:
+            [found] = client.read_latest_artifacts(
+                artifact_filter=ArtifactCollectionFilter(
+                    key=ArtifactCollectionFilterKey(any_=["deadline-report"])))
+        return str(found.data)
+
+    runtime, overrides = waiting_for_a_calendar
+    request_id, _ = runtime.ledger.accept(_received_in_2027("RISK"), "dm", "pol")
+    assert runtime.ledger.get(request_id).due_at is None
+    _clock(monkeypatch, RECEIVED_2027 + timedelta(days=1))
+
+    # Not knowing the deadline is a risk of its own: alerted, once.
+    assert deadline_report() == {"unknown": 1}
+    [unknown] = events()
+    assert unknown.event == "dsr.request.deadline_unknown"
+    assert unknown.resource.id == f"dsrflow.request.{request_id}"
+    assert unknown.payload["state"] == "unknown"
+    assert unknown.payload["due_at"] is None and unknown.payload["business_days_left"] is None
+    assert "2027" in unknown.payload["reason"] and "calendar_overrides" in unknown.payload["reason"]
+    text = artifact()
+    assert "| unknown | 1 |" in text and request_id in text and "**unknown**" in text
+    assert EMAILS["RISK"] not in json.dumps(unknown.model_dump(mode="json")) + text
+    deadline_report()
+    assert events() == []
+
+    # The notice is typed in while the process runs: the next report computes the date.
+    overrides.write_text(CN_2027)
+    counts = deadline_report()
+
+    record = runtime.ledger.get(request_id)
+    assert (record.due_at, record.deadline_error) == (DUE_2027, None)
+    assert counts == {"on_time": 1}
+    assert events() == []  # on time: nothing to say
+    assert "1 requests got their due date this run" in artifact()
+    # Later runs change nothing more.
+    deadline_report()
+    assert runtime.ledger.get(request_id) == record
+    assert runtime.ledger.verify_audit_chain() is None
+
+
+def test_a_broken_overrides_file_does_not_stop_the_report(
+    waiting_for_a_calendar: tuple[Runtime, Path], events: Callable[[], list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A typo in the file leaves the calendars as they were; overdue requests still alert."""
+    runtime, overrides = waiting_for_a_calendar
+    late = submit(runtime.ledger, runtime.datamap,
+                  _ticket("LATE", datetime(2026, 10, 9, 9, 30, tzinfo=UTC))).request_id
+    unknown, _ = runtime.ledger.accept(_received_in_2027("RISK"), "dm", "pol")
+    overrides.write_text("CN:\n  2027:\n    holiday: [2027-03-03]\n")  # 'holiday': a typo
+    _clock(monkeypatch, RECEIVED_2027 + timedelta(days=1))
+
+    assert deadline_report() == {"overdue": 1, "unknown": 1}
+    assert {(e.event, e.resource.id) for e in events()} == {
+        ("dsr.request.overdue", f"dsrflow.request.{late}"),
+        ("dsr.request.deadline_unknown", f"dsrflow.request.{unknown}"),
+    }

@@ -168,7 +168,8 @@ def test_automations_apply_once_by_name(prefect_server: list[Path]) -> None:
         _check_applied(first, block_id)
     finally:  # no notification attempts from the other tests' events
         with get_client(sync_client=True) as client:
-            for name in ("dsrflow-deadline-alerts", "dsrflow-request-failed"):
+            for name in ("dsrflow-deadline-alerts", "dsrflow-deadline-unknown",
+                         "dsrflow-request-failed"):
                 for automation in client.read_automations_by_name(name):
                     client.delete_automation(automation.id)
 
@@ -176,7 +177,8 @@ def test_automations_apply_once_by_name(prefect_server: list[Path]) -> None:
 def _check_applied(first: dict[str, UUID], block_id: UUID) -> None:
     from prefect import get_client
 
-    assert set(first) == {"dsrflow-deadline-alerts", "dsrflow-request-failed"}
+    assert set(first) == {"dsrflow-deadline-alerts", "dsrflow-deadline-unknown",
+                          "dsrflow-request-failed"}
     assert apply_automations(notification_block=str(block_id)) == first  # updated in place
 
     with get_client(sync_client=True) as client:
@@ -196,6 +198,9 @@ def _check_applied(first: dict[str, UUID], block_id: UUID) -> None:
         deadline = client.read_automations_by_name("dsrflow-deadline-alerts")[0]
         assert deadline.trigger.expect == {  # type: ignore[union-attr]
             "dsr.request.at_risk", "dsr.request.overdue"}
+        unknown = client.read_automations_by_name("dsrflow-deadline-unknown")[0]
+        assert unknown.trigger.expect == {  # type: ignore[union-attr]
+            "dsr.request.deadline_unknown"}
         failed = client.read_automations_by_name("dsrflow-request-failed")[0]
         assert failed.trigger.expect == {"dsr.request.failed"}  # type: ignore[union-attr]
 
