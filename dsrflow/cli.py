@@ -6,7 +6,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pandas as pd
 import typer
@@ -22,6 +22,9 @@ from dsrflow.settings import (
     load_settings,
     write_key_file,
 )
+
+if TYPE_CHECKING:  # the calendars load `holidays`: only the commands that need them do
+    from dsrflow.deadlines import Deadlines
 
 app = typer.Typer(help="Data-subject requests, answered by Prefect flows.", no_args_is_help=True)
 datamap_app = typer.Typer(help="Draft and check data maps.", no_args_is_help=True)
@@ -271,18 +274,31 @@ STATUS_COLUMNS = {
 }
 
 
-def status_view(report: pd.DataFrame) -> pd.DataFrame:
+def status_view(report: pd.DataFrame, deadlines: Deadlines) -> pd.DataFrame:
     """The report's rows as `status` shows them: the due date that binds now (extended, if
-    the request was) as a day."""
+    the request was) as the day it is in the regime's time zone. The report keeps UTC
+    moments, and the end of a CCPA day in Los Angeles is already the next day in UTC."""
     due = report["extended_due_at"].fillna(report["due_at"])
-    return report.assign(due=due.astype("string").str[:10])
+    days = [_local_day(deadlines, regime, moment)
+            for regime, moment in zip(report["regime"], due, strict=True)]
+    return report.assign(due=pd.Series(days, index=report.index, dtype="object"))
+
+
+def _local_day(deadlines: Deadlines, regime: Any, moment: Any) -> str | None:
+    """`moment` (ISO text, UTC) as a day in `regime`'s time zone; None without one."""
+    from dsrflow.model import Regime
+
+    if _cell(moment) == "" or _cell(regime) == "":
+        return None
+    return deadlines.local_date(Regime(str(regime)),
+                                datetime.fromisoformat(str(moment))).isoformat()
 
 
 def _print_status(rt: Any, ids: list[str]) -> None:
     from dsrflow.report import requests_frame
 
     frame = requests_frame(rt.ledger, rt.deadlines, at_risk_days=rt.settings.at_risk_days)
-    console.print(frame_table(status_view(frame[frame["request_id"].isin(ids)]),
+    console.print(frame_table(status_view(frame[frame["request_id"].isin(ids)], rt.deadlines),
                               STATUS_COLUMNS))
 
 

@@ -237,10 +237,13 @@ def _print_report(out: Path, console: Console) -> None:
     import pandas as pd
 
     from dsrflow.cli import STATUS_COLUMNS, frame_table, status_view
+    from dsrflow.deadlines import Deadlines
     from dsrflow.model import DELIVERABLE_KIND
 
     report = pd.read_csv(out / "report.csv", dtype=str)
-    console.print(frame_table(status_view(report), STATUS_COLUMNS, title="Requests"))
+    # Deadlines only to tell the day in each regime's time zone: no calendar is asked.
+    console.print(frame_table(status_view(report, Deadlines()), STATUS_COLUMNS,
+                              title="Requests"))
     steps = pd.read_csv(out / "steps.csv", dtype=str).merge(
         report[["request_id", "ticket_id"]], on="request_id"
     )

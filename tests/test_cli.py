@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import stat
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,53 @@ def test_status_of_one_request(submitted: Result, config: Path) -> None:
     assert "WSH-2026-11-0003" in result.stdout
     assert "WSH-2026-11-0001" not in result.stdout
     assert "system" in result.stdout  # the (still empty) steps table
+
+
+def _status_line(config: Path, ticket_id: str) -> str:
+    result = invoke("status", "--config", config)
+    assert result.exit_code == 0, result.output
+    [line] = [ln for ln in result.stdout.splitlines() if ticket_id in ln]
+    return line
+
+
+def test_status_shows_due_dates_as_the_regime_local_day(config: Path, tmp_path: Path) -> None:
+    """A CCPA due date is the end of a day in Los Angeles, already the next day in UTC:
+    `status` shows the Los Angeles day, as the request's page does; the CSV keeps the UTC
+    moment."""
+    from dsrflow.settings import load_settings
+    from tasks.runtime import Runtime
+
+    doc = json.loads((WISHE / "tickets" / "02-portability.json").read_text())
+    doc.update(ticket_id="CA-1", received_at="2026-11-20T09:30:00+00:00",
+               verification={"method": "email_link", "verified_at": "2026-11-20T09:35:00Z"})
+    path = tmp_path / "ca.json"
+    path.write_text(json.dumps(doc))
+    submitted = invoke("submit", "--config", config, path)
+    assert submitted.exit_code == 0, submitted.output
+    request_id = re.search(r"[0-9a-f]{8}-[0-9a-f-]{27}", submitted.stdout)
+    assert request_id is not None
+    rid = request_id.group(0)
+
+    # Received 01:30 on 20 Nov in Los Angeles; 45 days: the end of Mon 4 Jan 2027 there,
+    # 07:59:59 on 5 Jan in UTC.
+    line = _status_line(config, "CA-1")
+    assert " 2027-01-04 " in line and "2027-01-05" not in line
+    page = invoke("report", "--request", rid, "--config", config)
+    assert "end of 2027-01-04 America/Los_Angeles (2027-01-05T07:59:59+00:00)" in page.stdout
+    out = tmp_path / "reports"
+    assert invoke("report", "--out", out, "--config", config).exit_code == 0
+    row = pd.read_csv(out / "report.csv").set_index("ticket_id").loc["CA-1"]
+    assert row["due_at"] == "2027-01-05T07:59:59+00:00"
+
+    # Extended to 10 Feb (a Los Angeles day): the extended date, as that day.
+    runtime = Runtime(load_settings(config))
+    try:
+        runtime.ledger.extend(rid, "complex request", date(2027, 2, 10),
+                              at=datetime(2026, 11, 25, 18, 0, tzinfo=UTC))
+    finally:
+        runtime.close()
+    line = _status_line(config, "CA-1")
+    assert " 2027-02-10 " in line and "2027-02-11" not in line
 
 
 def test_status_of_an_unknown_request_says_so(submitted: Result, config: Path) -> None:
