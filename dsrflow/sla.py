@@ -58,6 +58,21 @@ def deadline_state(
     return "on_time"
 
 
+def business_days_used(deadlines: Deadlines, record: RequestRecord, until: datetime) -> int | None:
+    """Working days of the response period used by `until`, counted from when its clock
+    started (receipt; verification where the clock waits for it, as for UK GDPR): 0 while
+    it has not started, None without a regime or a calendar for the years in between."""
+    if record.regime is None:
+        return None
+    start = deadlines.clock_start(record.regime, record.received_at, record.verified_at)
+    if start is None:
+        return 0
+    try:
+        return deadlines.working_days_used(record.regime, start, until)
+    except CalendarUnavailable:
+        return None
+
+
 def business_days_left(deadlines: Deadlines, record: RequestRecord, at: datetime) -> int | None:
     """Working days from `at` to the due date; negative once overdue (None without a due
     date, or without a calendar for the years in between)."""

@@ -511,29 +511,34 @@ REGIMES = [Regime.PIPL, Regime.GDPR, Regime.CCPA, Regime.UK_GDPR]
         st.none() | st.integers(min_value=1, max_value=60),  # extended by
         st.integers(min_value=-30, max_value=120),  # the clock, days after receipt
         st.integers(min_value=0, max_value=86_399),  # seconds into those days
+        st.none() | st.integers(min_value=-2, max_value=20),  # verified, days after receipt
     ), min_size=1, max_size=8),
 )
 def test_days_used_and_left_match_the_calendars_day_by_day(
-    cases: list[tuple[Regime, date, int, int | None, int, int]],
+    cases: list[tuple[Regime, date, int, int | None, int, int, int | None]],
 ) -> None:
     """The frame counts working days for all requests at once; each count equals what the
-    regime's calendar gives for that request alone (`Deadlines.working_days_used`,
-    `dsrflow.sla.business_days_left`), unknown where the calendar raises: China's 2027
-    is not published."""
+    regime's calendar gives for that request alone (`Deadlines.working_days_used` from the
+    clock's start, `dsrflow.sla.business_days_left`), unknown where the calendar raises:
+    China's 2027 is not published."""
     from dsrflow.deadlines import CalendarUnavailable
     from dsrflow.sla import business_days_left
 
     deadlines = Deadlines()
     now = datetime(2026, 11, 20, 4, tzinfo=UTC)
     records = []
-    for i, (regime, received, due_in, extended_by, clock, second) in enumerate(cases):
+    for i, (regime, received, due_in, extended_by, clock, second, verified_in) in enumerate(
+        cases
+    ):
         received_at = datetime.combine(received, datetime.min.time(), UTC) + timedelta(
             seconds=second)
         due = received_at + timedelta(days=due_in)
+        verified_at = (None if verified_in is None
+                       else received_at + timedelta(days=verified_in, hours=5))
         records.append(RequestRecord(
             id=f"r{i}", ticket_id=f"T-{i}", type=RequestType.ERASURE, regime=regime,
             channel="app", scope=None, status=Status.IN_PROGRESS, reason=None,
-            received_at=received_at, verified_at=received_at, due_at=due,
+            received_at=received_at, verified_at=verified_at, due_at=due,
             deadline_error=None, completed_at=None, datamap_version="dm",
             policy_version="p",
             extended_due_at=due + timedelta(days=extended_by) if extended_by else None,
@@ -543,9 +548,12 @@ def test_days_used_and_left_match_the_calendars_day_by_day(
 
     for record, used, left in zip(records, frame["business_days_used"],
                                   frame["business_days_left"], strict=True):
+        assert record.regime is not None
+        # UK GDPR's clock waits for verification: no days are used before it starts.
+        start = deadlines.clock_start(record.regime, record.received_at, record.verified_at)
         try:
-            expected_used: int | None = deadlines.working_days_used(
-                record.regime, record.received_at, now)  # type: ignore[arg-type]
+            expected_used: int | None = (
+                0 if start is None else deadlines.working_days_used(record.regime, start, now))
         except CalendarUnavailable:
             expected_used = None
         assert (None if pd.isna(used) else used) == expected_used

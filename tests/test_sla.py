@@ -408,3 +408,39 @@ def test_other_regimes_start_the_clock_at_receipt_even_unverified(
 
     # Verification does not move a running clock.
     assert ledger.get(request_id).due_at == DEADLINES.due(regime, received)
+
+
+def test_uk_gdpr_days_used_count_from_verification(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the clock waits for identification, so does the count of days used: in the
+    state functions, the report's frame and the request's page alike. No UK-wide bank
+    holiday falls in March 2026."""
+    from dsrflow.ledger import store
+    from dsrflow.report import build_request_view, requests_frame
+    from dsrflow.sla import business_days_used
+
+    received = local(LONDON, 2026, 3, 2, 10)  # Mon 2 Mar
+    uk, _ = ledger.accept(make_ticket("T-uk", Regime.UK_GDPR, received, None), "d", "p")
+    pipl, _ = ledger.accept(make_ticket("T-cn", Regime.PIPL, received, None), "d", "p")
+
+    def used(request_id: str, at: datetime) -> tuple[Any, ...]:
+        frame = requests_frame(ledger, DEADLINES, now=at).set_index("request_id")
+        facts = dict(build_request_view(ledger, DEADLINES, request_id, now=at).facts)
+        record = ledger.get(request_id)
+        return (business_days_used(DEADLINES, record, record.completed_at or at),
+                frame.at[request_id, "business_days_used"], facts["business days used"])
+
+    # Not verified on Fri 13 Mar: UK GDPR's clock has not started; PIPL's runs from receipt.
+    assert used(uk, local(LONDON, 2026, 3, 13, 16)) == (0, 0, "0")
+    assert used(pipl, local(LONDON, 2026, 3, 13, 16)) == (9, 9, "9")
+
+    # Verified Mon 16 Mar: on Fri 20 Mar, 17..20 are four days used (from receipt: 14).
+    for request_id in (uk, pipl):
+        ledger.mark_verified(request_id, "id_document", local(LONDON, 2026, 3, 16, 10))
+    assert used(uk, local(LONDON, 2026, 3, 20, 16)) == (4, 4, "4")
+    # Completed that Friday: the count stops there.
+    monkeypatch.setattr(store, "now", lambda: local(LONDON, 2026, 3, 20, 16))
+    ledger.transition(uk, Status.IN_PROGRESS)
+    ledger.transition(uk, Status.COMPLETED)
+    assert used(uk, local(LONDON, 2026, 4, 20, 16)) == (4, 4, "4")

@@ -112,17 +112,25 @@ def requests_frame(
     )
     due = times["extended_due_at"].where(times["extended_due_at"].notna(), times["due_at"])
     until = times["completed_at"].where(times["completed_at"].notna(), pd.Timestamp(now))
+    # Days used count from the clock's start (`sla.business_days_used`): receipt, or
+    # verification where the clock waits for it (UK GDPR); none are used before it starts.
+    started = utc_series([
+        deadlines.clock_start(r.regime, r.received_at, r.verified_at) if r.regime else None
+        for r in records
+    ])
+    not_started = started.isna().to_numpy()
     # Counts and their "unknown" masks, made Int64 at the end.
     used, used_unknown = np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
     left, left_unknown = np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
     counter = _WorkingDays(deadlines)
     for regime in Regime:
         mine = (regimes == regime.value) & ~rejected
-        rows = np.flatnonzero(mine)
-        if rows.size == 0:
+        if not mine.any():
             continue
+        used_unknown[mine & not_started] = False  # 0 used
+        rows = np.flatnonzero(mine & ~not_started)
         used[rows], used_unknown[rows] = counter.between(
-            regime, _local_days(times["received_at"].iloc[rows], regime),
+            regime, _local_days(started.iloc[rows], regime),
             _local_days(until.iloc[rows], regime))
         rows = np.flatnonzero(mine & ~closed & due.notna().to_numpy())
         if rows.size == 0:

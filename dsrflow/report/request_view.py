@@ -11,12 +11,12 @@ from typing import Any
 
 import pandas as pd
 
-from dsrflow.deadlines import RULES, CalendarUnavailable, Deadlines
+from dsrflow.deadlines import RULES, Deadlines
 from dsrflow.ledger import Ledger, RequestRecord
 from dsrflow.model import DELIVERABLE_KIND, Status
 from dsrflow.report.frames import aware, iso, step_table
 from dsrflow.report.pages import TEXT_COLUMNS, html_table, page, to_markdown
-from dsrflow.sla import business_days_left, deadline_state
+from dsrflow.sla import business_days_left, business_days_used, deadline_state
 
 
 @dataclass(frozen=True)
@@ -139,13 +139,8 @@ def _facts(
         return f"end of {deadlines.local_date(regime, value)} {zone} ({when(value)})"
 
     closed = record.completed_at is not None and not record.status.is_open
-    used: int | None = None
-    if regime is not None and record.status is not Status.REJECTED:
-        try:
-            used = deadlines.working_days_used(regime, record.received_at,
-                                               record.completed_at or now)
-        except CalendarUnavailable:
-            used = None
+    used = (business_days_used(deadlines, record, record.completed_at or now)
+            if record.status is not Status.REJECTED else None)
     left = (business_days_left(deadlines, record, now)
             if not closed and record.status is not Status.REJECTED else None)
     facts = [
