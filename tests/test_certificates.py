@@ -49,6 +49,7 @@ from dsrflow.signing import (
     new_signing_key,
 )
 from tasks import partners
+from tasks.deliverables import CERTIFICATE
 from tasks.runtime import Runtime, set_runtime
 from tasks.steps import apply_to_system, open_requests, resolve_identities, verify_system
 from tests import sqlworld
@@ -308,6 +309,82 @@ def test_issued_at_needs_a_time_zone(erasure: Erasure) -> None:
     with pytest.raises(ValueError, match="time zone"):
         build_certificate(erasure.rt.ledger, erasure.rt.datamap, erasure.request_id,
                           datetime(2026, 11, 22, 8, 0))
+
+
+class LedgerClock:
+    """The ledger's clock, moved by hand: which moment a step was recorded at is the point."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+def _issued(e: Erasure) -> dict[str, Any]:
+    """The certificate the ledger points to, read from its file and verified."""
+    [step] = [s for s in e.rt.ledger.steps([e.request_id]) if s["system"] == CERTIFICATE]
+    document = read_certificate(Path(step["details"]["path"]))
+    return verify_certificate(document, [e.rt.settings.signing_key_pair().public_key()]).body
+
+
+def test_a_certificate_issued_again_keeps_when_the_partner_finished(
+    tmp_path: Path, db_url: str, prefect_server: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request flow on a real Prefect server: the database cannot be erased at first,
+    the courier is confirmed meanwhile, and the request closes partial with a certificate.
+    Once the database is back, a rerun completes it and issues the certificate again. The
+    courier finished once, on the day it was confirmed: its entry is the same in both
+    certificates. And the completed request no longer carries the failure's reason."""
+    from dsrflow.ledger import store
+    from flows.request import BatchIncomplete, process_requests
+
+    clock = LedgerClock(datetime(2026, 11, 20, 10, 0, tzinfo=UTC))
+    monkeypatch.setattr(store, "now", clock)
+    e = _start(tmp_path, db_url, db_url)
+    previous = set_runtime(e.rt)
+    try:
+        engine = sa.create_engine(e.url)
+        e.rt.connector("db")  # reflect the schema first, then take a table away under it
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE post_tags RENAME TO post_tags_away"))
+
+        assert process_requests([e.request_id]) == {e.request_id: "in_progress"}
+        clock.at = datetime(2026, 11, 21, 16, 5, tzinfo=UTC)
+        partners.confirm(e.rt, e.request_id, "courier", by="privacy desk", reference="CR-77",
+                         at=CONFIRMED)
+        partial = e.rt.ledger.get(e.request_id)
+        assert partial.status is Status.PARTIALLY_COMPLETED
+        assert partial.reason is not None and "post_tags" in partial.reason
+        first = _issued(e)
+        assert first["outcome"]["status"] == "incomplete"
+
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE post_tags_away RENAME TO post_tags"))
+        engine.dispose()
+        clock.at = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+        try:
+            outcome = process_requests([e.request_id])
+        except BatchIncomplete as exc:  # pragma: no cover - the message says which
+            pytest.fail(str(exc))
+        assert outcome == {e.request_id: "completed"}
+        assert e.rt.ledger.get(e.request_id).reason is None
+        second = _issued(e)
+    finally:
+        set_runtime(previous)
+        e.rt.close()
+
+    assert second["outcome"] == {"status": "complete", "reasons": []}
+    assert second["issued_at"] != first["issued_at"]
+    [courier] = second["partners"]
+    assert second["partners"] == first["partners"]
+    assert courier["finished_at"] == "2026-11-21T16:05:00Z"  # the ledger's confirmation
+    assert courier["confirmed_at"] == "2026-11-21T16:00:00Z"  # the time the person gave
+    assert (courier["confirmed_by"], courier["reference"]) == ("privacy desk", "CR-77")
+    assert courier["run"] is None  # confirmed by a person, in no Prefect run
+    # The database's own entry is the rerun's: it did the work then.
+    [db] = second["systems"]
+    assert db["erase"]["finished_at"] == "2026-11-25T09:00:00Z"
 
 
 # -- signatures -------------------------------------------------------------------------------

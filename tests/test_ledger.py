@@ -25,7 +25,7 @@ from dsrflow.deadlines import CalendarOverrides, Deadlines
 from dsrflow.identities import Identity, IdentityType
 from dsrflow.ledger import ClosedRequest, Ledger, StepCounts, UnknownRequest
 from dsrflow.ledger.schema import audit_events, audit_head, identity_tokens, requests, steps
-from dsrflow.model import InvalidTransition, Status, StepStatus
+from dsrflow.model import RUN_KEY, InvalidTransition, Status, StepStatus
 from dsrflow.tickets import Rejection, Ticket
 from tests import helpers
 from tests.helpers import CN_2027, DUE_2027, RECEIVED_2027, ticket
@@ -580,6 +580,73 @@ def test_record_step_counts_attempts_and_keeps_the_outcome(ledger: Ledger) -> No
     assert by_action["verify"]["remaining"] == 0
     assert by_action["verify"]["attempts"] == 0  # recorded without a RUNNING
     assert ledger.steps(["someone-else"]) == []
+
+
+def test_a_rerun_with_nothing_to_do_keeps_the_step_as_its_success_recorded_it(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partner confirmed on 21 Nov; a rerun on 25 Nov (another system had failed) finds
+    the partner done and reports nothing for it: the step still says 21 Nov, who confirmed
+    it, and which run. A rerun that does report work is recorded at its own time."""
+    from dsrflow.ledger import store
+
+    clock = {"now": datetime(2026, 11, 21, 16, 0, tzinfo=UTC)}
+    monkeypatch.setattr(store, "now", lambda: clock["now"])
+    request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
+    confirmed = {"confirmed_by": "privacy desk", "reference": "CR-77",
+                 "confirmed_at": "2026-11-21T16:00:00+00:00"}
+    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.SUCCEEDED,
+                       details=confirmed)
+    ledger.record_step(request_id, "db", "sql", "erase", StepStatus.SUCCEEDED,
+                       StepCounts(found=3, deleted=3), details={"posts": {"deleted": 3}})
+    before = {s["system"]: s for s in ledger.steps([request_id])}
+
+    clock["now"] = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    run2 = {RUN_KEY: {"flow_run_id": "run-2"}}
+    for system, kind in (("courier", "partner"), ("db", "sql")):
+        ledger.record_step(request_id, system, kind, "erase", StepStatus.RUNNING)
+    running = {s["system"]: s for s in ledger.steps([request_id])}
+    assert running["courier"]["status"] == "running"
+    assert running["courier"]["finished_at"] == before["courier"]["finished_at"]
+    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.SUCCEEDED,
+                       StepCounts(), details=run2)
+    ledger.record_step(request_id, "db", "sql", "erase", StepStatus.SUCCEEDED,
+                       StepCounts(found=1, deleted=1), details={"posts": {"deleted": 1}, **run2})
+
+    after = {s["system"]: s for s in ledger.steps([request_id])}
+    courier = after["courier"]
+    assert courier["status"] == "succeeded"
+    assert courier["finished_at"] == before["courier"]["finished_at"]
+    assert courier["details"] == confirmed
+    assert courier["attempts"] == 1  # it did run again
+    # New work is the step's new outcome, at the rerun's time.
+    db = after["db"]
+    assert (db["found"], db["deleted"], db["details"]) == (1, 1, {"posts": {"deleted": 1},
+                                                                 **run2})
+    assert db["finished_at"] is not None and db["finished_at"] != before["db"]["finished_at"]
+    assert ledger.verify_audit_chain() is None
+
+
+def test_a_step_that_succeeds_after_failing_is_finished_when_it_succeeded(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dsrflow.ledger import store
+
+    clock = {"now": datetime(2026, 11, 21, 16, 0, tzinfo=UTC)}
+    monkeypatch.setattr(store, "now", lambda: clock["now"])
+    request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
+    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.RUNNING)
+    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.FAILED,
+                       error="ConnectError")
+    clock["now"] = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.RUNNING)
+    assert ledger.steps([request_id])[0]["finished_at"] is None
+    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.SUCCEEDED,
+                       StepCounts())
+    [step] = ledger.steps([request_id])
+    assert (step["status"], step["error"]) == ("succeeded", None)
+    finished = step["finished_at"]
+    assert (finished if finished.tzinfo else finished.replace(tzinfo=UTC)) == clock["now"]
 
 
 # -- pseudonyms -----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from dsrflow.ledger.schema import (
 )
 from dsrflow.model import (
     DEFAULT_PHONE_REGIONS,
+    RUN_KEY,
     Regime,
     RequestType,
     Status,
@@ -679,32 +680,45 @@ class Ledger:
         error: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
+        """Record a step's progress or outcome (one row per request × system × action).
+
+        A step that had succeeded keeps the record of its success through a rerun that
+        finds nothing more to do there (a partner that had already answered): its finish
+        time, what it recorded (a partner's confirmation, the run that did the work) and
+        its counts stay, so a certificate issued again says when that system really
+        finished. Whatever the rerun does report (counts, parts, a new certificate file) is
+        recorded as the step's outcome, at the rerun's time."""
         stamp = now()
-        values: dict[str, Any] = {
-            "kind": kind,
-            "status": status.value,
-            "error": error,
-            "details": details,
-            "finished_at": stamp if status is not StepStatus.RUNNING else None,
-        }
-        if counts is not None:
-            values.update(
-                found=counts.found,
-                deleted=counts.deleted,
-                anonymized=counts.anonymized,
-                retained=counts.retained,
-                remaining=counts.remaining,
-            )
         key = (
             (steps.c.request_id == request_id)
             & (steps.c.system == system)
             & (steps.c.action == action)
         )
         with self.engine.begin() as conn:
-            exists = conn.execute(select(steps.c.id).where(key)).scalar_one_or_none()
+            found = conn.execute(
+                select(steps.c.id, steps.c.status, steps.c.finished_at).where(key)
+            ).one_or_none()
+            succeeded = found is not None and _had_succeeded(found.status, found.finished_at)
+            kept = (status is StepStatus.SUCCEEDED and succeeded
+                    and _reports_no_work(counts, error, details))
+            values: dict[str, Any] = {"kind": kind, "status": status.value, "error": error}
             if status is StepStatus.RUNNING:
                 values.update(started_at=stamp, attempts=steps.c.attempts + 1)
-            if exists is None:
+                if not succeeded:
+                    # A success's finish time and details wait for what the rerun reports:
+                    # `_had_succeeded` reads them as the mark of a rerun over a success.
+                    values.update(details=None, finished_at=None)
+            elif not kept:
+                values.update(details=details, finished_at=stamp)
+                if counts is not None:
+                    values.update(
+                        found=counts.found,
+                        deleted=counts.deleted,
+                        anonymized=counts.anonymized,
+                        retained=counts.retained,
+                        remaining=counts.remaining,
+                    )
+            if found is None:
                 if status is StepStatus.RUNNING:
                     values["attempts"] = 1
                 conn.execute(
@@ -717,7 +731,8 @@ class Ledger:
             self._audit(
                 conn, f"step.{status.value}", request_id,
                 {"system": system, "action": action, "error": error,
-                 "counts": counts.__dict__ if counts else None},
+                 "counts": counts.__dict__ if counts else None,
+                 **({"kept": "the earlier success"} if kept else {})},
             )
 
     def steps(self, request_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -839,6 +854,27 @@ class Ledger:
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(requests)).scalar_one())
+
+
+def _had_succeeded(status: str, finished_at: datetime | None) -> bool:
+    """Whether a step's last outcome was a success: it is `succeeded`, or running again
+    after one (a rerun keeps the finish time of the success it runs over, and only then
+    does a running step have one)."""
+    return status == StepStatus.SUCCEEDED.value or (
+        status == StepStatus.RUNNING.value and finished_at is not None
+    )
+
+
+def _reports_no_work(
+    counts: StepCounts | None, error: str | None, details: dict[str, Any] | None
+) -> bool:
+    """An outcome with nothing in it: no counts (a verification's `remaining` is a count),
+    no error, no details but the run that recorded it."""
+    return (
+        counts in (None, StepCounts())
+        and error is None
+        and not set(details or {}) - {RUN_KEY}
+    )
 
 
 def _record(row: Any) -> RequestRecord:
