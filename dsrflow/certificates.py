@@ -9,6 +9,11 @@ It is signed with Ed25519 over canonical JSON, so anyone holding the installatio
 key can check it years later with `dsrflow certificate verify FILE`, without the ledger.
 The public key inside a certificate is a convenience for humans; trust comes only from a
 key the verifier already has, or anyone could re-sign a forgery with a key of their own.
+
+A file holds the signed body and the signature, and nothing else: a key beside them, a
+key the signature object does not define, a key twice in one object (JSON parsers keep
+the last; a reader may see the first) or anything after the document would be read as
+part of the certificate without being signed, so verification refuses them.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ PARTNER_DONE = frozenset({"completed", "confirmed"})
 COUNTS = ("found", "deleted", "anonymized", "retained")
 COMPLETE = "complete"
 INCOMPLETE = "incomplete"
+# What a certificate file may hold: anything more would be unsigned.
+DOCUMENT_KEYS = frozenset({"certificate", "signature"})
+SIGNATURE_KEYS = frozenset({"algorithm", "key_id", "public_key", "value"})
+_JSON_WHITESPACE = " \t\n\r"
 # Request ids are UUIDs; anything else must not become a path.
 _SAFE_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]*")
 
@@ -312,6 +321,16 @@ def verify_certificate(
     body, signature = document.get("certificate"), document.get("signature")
     if not isinstance(body, dict) or not isinstance(signature, dict):
         raise CertificateInvalid("malformed document: needs 'certificate' and 'signature'")
+    if extra := set(document) - DOCUMENT_KEYS:
+        raise CertificateInvalid(
+            f"unsigned data beside the certificate: {_keys(extra)}; a certificate file "
+            "holds only 'certificate' and 'signature'"
+        )
+    if extra := set(signature) - SIGNATURE_KEYS:
+        raise CertificateInvalid(
+            f"unsigned data in the signature: {_keys(extra)}; a signature holds only "
+            f"{', '.join(sorted(SIGNATURE_KEYS))}"
+        )
     if body.get("format") != FORMAT:
         raise CertificateInvalid(f"unknown format {body.get('format')!r}; expected {FORMAT}")
     if signature.get("algorithm") != ALGORITHM:
@@ -353,11 +372,53 @@ def verify_certificate(
 
 
 def read_certificate(path: Path) -> object:
-    """A certificate file's JSON; OSError for a file that cannot be read."""
+    """A certificate file's JSON; OSError for a file that cannot be read, and
+    `CertificateInvalid` for one that is not exactly one JSON document, or says a key twice
+    in one object."""
+    return parse_certificate(path.read_bytes())
+
+
+def parse_certificate(data: bytes) -> object:
+    """One JSON document and nothing after it but whitespace; no key twice in an object,
+    no NaN or Infinity (not JSON, and never signed here)."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     try:
-        return json.loads(path.read_bytes())
+        # The encodings `json.loads` accepts (UTF-8, with or without a BOM; UTF-16/32).
+        text = data.decode(json.detect_encoding(data), "surrogatepass")
+        start = len(text) - len(text.lstrip(_JSON_WHITESPACE))
+        document, end = decoder.raw_decode(text, start)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CertificateInvalid(f"malformed document: not JSON ({exc})") from exc
+    if text[end:].strip(_JSON_WHITESPACE):
+        raise CertificateInvalid(
+            f"unsigned data after the JSON document (from character {end}); a certificate "
+            "file holds one JSON document"
+        )
+    return document
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            # A parser keeps the last; a person (or another parser) may read the first.
+            raise CertificateInvalid(
+                f"malformed document: the {_keys([key])} appears twice in one object"
+            )
+        found[key] = value
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise CertificateInvalid(f"malformed document: {name} is not JSON")
+
+
+def _keys(keys: Iterable[str]) -> str:
+    """Keys from a file, quoted and cut short: they are shown to whoever verifies it."""
+    names = sorted(keys)
+    shown = ", ".join(repr(k if len(k) <= 40 else k[:40] + "…") for k in names[:5])
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"{'key' if len(names) == 1 else 'keys'} {shown}{more}"
 
 
 # -- files ------------------------------------------------------------------------------------

@@ -506,7 +506,7 @@ def certificate_verify(
     config: ConfigOption = None,
 ) -> None:
     """Check an erasure certificate's signature against a trusted key. Exit 0 if it holds,
-    1 if it does not."""
+    1 if it does not or the file holds anything the signature does not cover."""
     from dsrflow.certificates import CertificateInvalid, read_certificate, verify_certificate
     from dsrflow.crypto import KeyMaterialError
     from dsrflow.signing import decode_public_key

@@ -53,7 +53,7 @@ from tasks.deliverables import CERTIFICATE
 from tasks.runtime import Runtime, set_runtime
 from tasks.steps import apply_to_system, open_requests, resolve_identities, verify_system
 from tests import sqlworld
-from tests.helpers import invoke, make_runtime, ticket
+from tests.helpers import flat, invoke, make_runtime, ticket
 
 RUN = {"flow_run_id": str(uuid.UUID(int=1)), "task_run_id": str(uuid.UUID(int=2))}
 ISSUED = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
@@ -746,3 +746,62 @@ def test_certificate_verify_without_a_trusted_key_is_an_error(
                      encode_public_key(new_signing_key().public_key()))
     assert missing.exit_code == 2
     assert "cannot read" in missing.stderr
+
+
+def _forged_duplicate_body(signed: dict[str, Any]) -> str:
+    """The signed document with a second 'certificate' first: a reader sees the forged one
+    (no holds), a JSON parser keeps the last, which the signature matches."""
+    forged = {**signed["certificate"], "holds": []}
+    return ('{"certificate": ' + json.dumps(forged) + ', "certificate": '
+            + json.dumps(signed["certificate"]) + ', "signature": '
+            + json.dumps(signed["signature"]) + "}\n")
+
+
+def _duplicate_inner_key(signed: dict[str, Any]) -> str:
+    """An 'outcome' said twice inside the signed body: 'complete' last, as signed."""
+    text = json.dumps(signed)
+    return text.replace('"outcome": {', '"outcome": {"status": "incomplete", "reasons": []}, '
+                                         '"outcome": {', 1)
+
+
+# What a file may not hold beside the signed body, and the reason `verify` gives.
+OUTSIDE_THE_BODY: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
+    "an extra top-level key": (
+        lambda d: json.dumps({**d, "approved_by": "the DPO"}),
+        "unsigned data beside the certificate: key 'approved_by'"),
+    "extra keys in the signature": (
+        lambda d: json.dumps({**d, "signature": {**d["signature"], "note": "re-signed",
+                                                  "valid_until": "2030"}}),
+        "unsigned data in the signature: keys 'note', 'valid_until'"),
+    "a second certificate": (
+        _forged_duplicate_body, "the key 'certificate' appears twice in one object"),
+    "a key twice inside the body": (
+        _duplicate_inner_key, "the key 'outcome' appears twice in one object"),
+    "trailing data": (
+        lambda d: json.dumps(d) + '\n{"certificate": {"outcome": "complete"}}\n',
+        "unsigned data after the JSON document"),
+    "trailing text": (lambda d: json.dumps(d) + " -- verified by hand\n",
+                      "unsigned data after the JSON document"),
+    "NaN": (lambda d: json.dumps({**d, "certificate": {**d["certificate"], "x": 1}})
+            .replace('"x": 1', '"x": NaN'), "NaN is not JSON"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(OUTSIDE_THE_BODY))
+def test_certificate_verify_refuses_anything_outside_the_signed_body(
+    signed_body: dict[str, Any], tmp_path: Path, what: str
+) -> None:
+    key = new_signing_key()
+    document = sign_certificate(signed_body, key)
+    path, _ = write_certificate(document, tmp_path)
+    public = encode_public_key(key.public_key())
+    assert invoke("certificate", "verify", path, "--public-key", public).exit_code == 0
+    make, reason = OUTSIDE_THE_BODY[what]
+    path.write_text(make(json.loads(path.read_text())))
+
+    result = invoke("certificate", "verify", path, "--public-key", public)
+
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith("INVALID: ")
+    assert reason in flat(result.stderr)
