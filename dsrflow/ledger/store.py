@@ -46,6 +46,7 @@ from dsrflow.ledger.schema import (
 from dsrflow.model import (
     DEFAULT_PHONE_REGIONS,
     RUN_KEY,
+    SEARCHED_KEY,
     Regime,
     RequestType,
     Status,
@@ -869,11 +870,11 @@ def _reports_no_work(
     counts: StepCounts | None, error: str | None, details: dict[str, Any] | None
 ) -> bool:
     """An outcome with nothing in it: no counts (a verification's `remaining` is a count),
-    no error, no details but the run that recorded it."""
+    no error, no details but the run that recorded it and what it searched for."""
     return (
         counts in (None, StepCounts())
         and error is None
-        and not set(details or {}) - {RUN_KEY}
+        and not set(details or {}) - {RUN_KEY, SEARCHED_KEY}
     )
 
 
