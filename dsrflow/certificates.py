@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +36,14 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, StepAction, StepStatus
+from dsrflow.model import (
+    DELIVERABLE_KIND,
+    IDENTITIES_KEY,
+    RUN_KEY,
+    SEARCHED_KEY,
+    StepAction,
+    StepStatus,
+)
 from dsrflow.signing import encode_public_key, key_id
 
 if TYPE_CHECKING:  # the ledger pulls in SQLAlchemy and Alembic; `verify` needs neither
@@ -117,7 +124,10 @@ def build_certificate(
         for s in systems if s["erase"] is not None
         for p in s["erase"]["parts"] if p["retained"]
     ]
-    reasons = _system_reasons(systems) + _partner_reasons(partners)
+    resolved = [steps[StepAction.RESOLVE.value] for _, steps in sorted(by_system.items())
+                if StepAction.RESOLVE.value in steps]
+    reasons = (_resolve_reasons(resolved) + _system_reasons(systems)
+               + _partner_reasons(partners))
     return {
         "format": FORMAT,
         "issued_at": _time(issued_at),
@@ -134,6 +144,7 @@ def build_certificate(
             "datamap_version": record.datamap_version,
             "policy_version": record.policy_version,
         },
+        "identities": _identities(resolved, systems),
         "systems": systems,
         "partners": partners,
         "holds": holds,
@@ -154,6 +165,34 @@ def _system(name: str, datamap: DataMap, steps: Mapping[str, dict[str, Any]]) ->
     }
 
 
+def _identities(
+    resolved: Sequence[Mapping[str, Any]], systems: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Which identity types the proof looked for (per type, how many: never a value), and
+    what identity resolution learnt from the subject's own rows, withheld because they lead
+    to someone else's, and could not read."""
+    searched: set[str] = set()
+    for entry in systems:
+        for step in (entry["erase"], entry["verification"]):
+            if step is not None:
+                searched.update(step["searched"])
+    learnt: dict[str, dict[str, int]] = {"learnt": {}, "withheld": {}, "unreadable": {}}
+    for step in resolved:
+        found = _details(step).get(IDENTITIES_KEY)
+        if not isinstance(found, dict):
+            continue
+        for what, counts in learnt.items():
+            for kind, n in (found.get(what) or {}).items():
+                counts[str(kind)] = counts.get(str(kind), 0) + int(n)
+    return {"searched": sorted(searched),
+            **{what: dict(sorted(counts.items())) for what, counts in learnt.items()}}
+
+
+def _searched(step: Mapping[str, Any]) -> dict[str, int]:
+    found = _details(step).get(SEARCHED_KEY)
+    return {str(k): int(v) for k, v in sorted(found.items())} if isinstance(found, dict) else {}
+
+
 def _erase(step: Mapping[str, Any]) -> dict[str, Any]:
     parts = [
         {
@@ -172,6 +211,7 @@ def _erase(step: Mapping[str, Any]) -> dict[str, Any]:
         "error": step["error"],
         "started_at": _time(step["started_at"]),
         "finished_at": _time(step["finished_at"]),
+        "searched": _searched(step),
         "run": _run(step),
     }
 
@@ -180,6 +220,7 @@ def _verification(step: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "status": step["status"],
         "remaining": _count(step["remaining"]),
+        "searched": _searched(step),
         "parts": [
             {"part": part, "remaining": _count(values.get("remaining"))}
             for part, values in _parts(step)
@@ -240,6 +281,15 @@ def _system_reasons(systems: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 error = f"{verify['remaining']} rows remain"
             reasons.append(_reason(name, "verify", verify["status"], error))
     return reasons
+
+
+def _resolve_reasons(resolved: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A look-up of the subject's identities that failed: what the other systems looked
+    for may be short of what the account holds."""
+    return [
+        _reason(str(step["system"]), "resolve", str(step["status"]), step["error"])
+        for step in resolved if step["status"] != StepStatus.SUCCEEDED
+    ]
 
 
 def _partner_reasons(partners: list[dict[str, Any]]) -> list[dict[str, Any]]:

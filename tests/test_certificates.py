@@ -225,6 +225,16 @@ def test_the_certificate_says_what_the_ledger_recorded(erasure: Erasure) -> None
     assert courier["subject_request_id"]
     assert courier["updated_at"]
 
+    # Which identities the proof looked for: the ticket's email, and what resolution learnt
+    # from the account's own rows (its id, its phone, its devices), by type, never values.
+    devices = [r for r in erasure.world.rows.get("devices", []) if r["user_id"] == erasure.uid]
+    expected = {"user_id": 1, "phone": 1, **({"device_id": len(devices)} if devices else {})}
+    assert body["identities"]["learnt"] == expected
+    assert body["identities"]["withheld"] == {} and body["identities"]["unreadable"] == {}
+    assert body["identities"]["searched"] == sorted({"email", *expected})
+    assert db["verification"]["searched"] == {"email": 1, **expected}
+    assert db["erase"]["searched"] == db["verification"]["searched"]
+
     assert body["outcome"] == {"status": "complete", "reasons": []}
     # The same ledger gives the same certificate.
     again = build_certificate(ledger, erasure.rt.datamap, erasure.request_id, ISSUED)
@@ -295,6 +305,26 @@ def test_a_failed_step_and_a_waiting_partner_make_it_incomplete(erasure: Erasure
     [courier] = body["partners"]
     assert courier["status"] == "awaiting_confirmation"
     assert body["systems"][0]["verification"] is None
+
+
+def test_identities_that_could_not_be_resolved_make_it_incomplete(
+    erasure: Erasure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The look-up of the account's other identities failed: whatever the other systems
+    # found, they may not have looked for the phone in the logs. Never "complete".
+    def unreachable(self: Any, subjects: Any) -> Any:
+        raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr("connectors.sql.SqlConnector.discover", unreachable)
+    _erase(erasure)
+    _confirm(erasure)
+    body = build_certificate(erasure.rt.ledger, erasure.rt.datamap, erasure.request_id, ISSUED)
+    assert body["outcome"]["status"] == "incomplete"
+    [reason] = body["outcome"]["reasons"]
+    assert (reason["system"], reason["step"], reason["status"]) == ("db", "resolve", "failed")
+    assert "identities not resolved" in reason["error"]
+    assert body["identities"]["learnt"] == {}
+    assert erasure.rt.ledger.get(erasure.request_id).status is Status.PARTIALLY_COMPLETED
 
 
 def test_an_access_request_gets_no_certificate(erasure: Erasure) -> None:
