@@ -320,9 +320,9 @@ def resolve_identities(rt: Runtime, request_ids: Sequence[str]) -> dict[str, int
                 rt.ledger.add_identities(rid, new)
                 known[rid] |= new
                 learnt[rid] += len(new)
+            # Identities, not rows: the counts stay in the details, out of the row totals.
             rt.ledger.record_step(
                 rid, name, "sql", StepAction.RESOLVE.value, StepStatus.SUCCEEDED,
-                StepCounts(found=len(found.found)),
                 details={IDENTITIES_KEY: {
                     "learnt": _by_type(found.found),
                     "withheld": dict(sorted(found.withheld.items())),
