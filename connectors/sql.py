@@ -170,9 +170,11 @@ class SqlConnector:
                 for key in keys:
                     if located.kept(name, key, deletes):
                         continue
-                    if deletes or not all(is_erased(erasable[c], rows[key][c]) for c in erasable):
+                    row = rows.get(key)
+                    if deletes or (row is not None and not all(
+                            is_erased(erasable[c], row[c]) for c in erasable)):
                         done.remaining.add(key)
-                    elif reasons := _held_reasons(mapped, scope, rows[key]):
+                    elif row is not None and (reasons := _held_reasons(mapped, scope, row)):
                         done.retained[key] = reasons
                 for rid, outcome in outcomes.items():
                     _tally(outcome.part(name), located.rows_of(name, rid), name, located,
