@@ -327,6 +327,9 @@ def test_steps_frame_merges_work_and_verification(accept: Accept, ledger: Ledger
     erased = accept("T-1", at("2026-11-02"), Status.IN_PROGRESS)
     collected = accept("T-2", at("2026-11-02"), Status.IN_PROGRESS)
 
+    # The look-up of identities comes first in the ledger; the erase is what counts.
+    record(ledger, erased, "userdb", "resolve", StepStatus.SUCCEEDED,
+           details={"_identities": {"learnt": {"phone": 1}}})
     record(ledger, erased, "userdb", "erase", StepStatus.RUNNING)
     record(ledger, erased, "userdb", "erase", StepStatus.SUCCEEDED,
            StepCounts(found=9, deleted=5, anonymized=2, retained=2),
@@ -352,7 +355,7 @@ def test_steps_frame_merges_work_and_verification(accept: Accept, ledger: Ledger
         "sql", 9, 5, 2, 2,
     )
     assert userdb.remaining == 0  # from the verification, not the erase
-    assert userdb.status == "succeeded"
+    assert userdb.action == "erase" and userdb.status == "succeeded"
     assert userdb.reason == "fraud hold; tax law: orders kept 3 years"
     logs = rows[(erased, "logs")]
     assert logs.status == "failed"
@@ -375,6 +378,18 @@ def test_a_failed_verification_shows_what_remains(accept: Accept, ledger: Ledger
     assert row.remaining == 2
     assert row.status == "failed"
     assert row.reason == "verify: 2 rows remain after erasure in users"
+
+
+def test_a_failed_look_up_of_identities_shows_as_the_systems_failure(
+    accept: Accept, ledger: Ledger
+) -> None:
+    rid = accept("T-1", at("2026-11-02"), Status.IN_PROGRESS)
+    record(ledger, rid, "userdb", "resolve", StepStatus.FAILED,
+           error="identities not resolved: OperationalError")
+    record(ledger, rid, "userdb", "erase", StepStatus.SUCCEEDED, StepCounts(found=3, deleted=3))
+    [row] = steps_frame(ledger).itertuples(index=False)
+    assert (row.action, row.deleted, row.status) == ("erase", 3, "failed")
+    assert row.reason == "resolve: identities not resolved: OperationalError"
 
 
 def test_steps_frame_of_an_empty_ledger(ledger: Ledger) -> None:

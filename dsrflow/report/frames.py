@@ -189,8 +189,9 @@ def step_table(
     groups = int(group.max()) + 1
     checks = (raw["action"] == "verify").to_numpy()
     # The work step is the row that counts (the first, in the ledger's order); a system
-    # with nothing but a verification keeps that.
-    order = np.lexsort((np.arange(len(raw)), checks, group))
+    # with nothing but a verification (or a look-up of identities) keeps that.
+    rank = np.where(checks, 1, np.where((raw["action"] == "resolve").to_numpy(), 2, 0))
+    order = np.lexsort((np.arange(len(raw)), rank, group))
     frame = raw.iloc[order[np.unique(group[order], return_index=True)[1]]]
     frame = frame.reset_index(drop=True)
 
