@@ -91,6 +91,16 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
     for spelling in (erased.email_normalized, erased.email_normalized.replace("@", "%40")):
         assert spelling.encode() not in logs
     assert kept.email_normalized.encode() in logs
+    # Her ticket gave an email and a device id, never her phone: the account's number was
+    # learnt from the user database and is gone from the logs too, in every spelling. So is
+    # that of the account cancelled by user id and phone.
+    cancelled = next(s for s in SUBJECTS if s.email_normalized == "zhao.min@example.org")
+    for subject in (erased, cancelled):
+        national = subject.phone_e164[3:]
+        for spelling in (national, f"{national[:3]} {national[3:7]} {national[7:]}",
+                         f"{national[:3]}-{national[3:7]}-{national[7:]}"):
+            assert spelling.encode() not in logs, (subject.email_normalized, spelling)
+    assert kept.phone_e164[3:].encode() in logs
 
     # Prefect's database (and everything else under its home) holds no identity.
     needles = {v for s in SUBJECTS for v in (s.email, s.email_normalized, s.phone,
