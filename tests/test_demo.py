@@ -4,6 +4,7 @@ the sample tickets through a real (embedded) Prefect, and writes the report."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -43,12 +44,7 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
                                         "account_cancellation"])]
     done = erasing[erasing["status"] == "completed"]
     mine = steps[steps["request_id"].isin(erasing["request_id"])]
-    proven = mine[~mine["kind"].isin(["partner", "deliverable"]) & (mine["action"] != "resolve")]
-    # Every identity of each account was looked up first, in the user database.
-    resolved = mine[mine["action"] == "resolve"]
-    started = erasing[erasing["status"] != "awaiting_verification"]
-    assert set(resolved["request_id"]) == set(started["request_id"])
-    assert (resolved["status"] == "succeeded").all()
+    proven = mine[~mine["kind"].isin(["partner", "deliverable"])]
     assert len(done) >= 3
     assert len(proven) >= len(done)
     assert (proven["remaining"] == 0).all()
@@ -72,7 +68,10 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
     certified = set(made[made["system"] == "erasure-certificate"]["request_id"])
     assert certified == set(done["request_id"])
     for request_id in certified:
-        assert (out / "certificates" / f"{request_id}.json").is_file()
+        certificate = json.loads((out / "certificates" / f"{request_id}.json").read_text())
+        # Every identity of the account was looked for: the phone too, whatever the ticket
+        # gave (the account's own rows hold one for every demo subject).
+        assert "phone" in certificate["certificate"]["identities"]["searched"]
     collecting = valid[valid["type"].isin(["access", "portability"])]
     packaged = set(made[made["system"] == "access-package"]["request_id"])
     assert packaged == set(collecting["request_id"]) and len(packaged) == 2
