@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from dsrflow.datamap import DataMap, parse_datamap
 from dsrflow.identities import Identity, IdentityType, Subject
+from tests import sqlworld
 
 Key = tuple[Any, ...]
 OFFICE_IP = "198.51.100.7"  # one office, many users behind it
@@ -315,15 +316,7 @@ def generate(rng: random.Random, n_users: int) -> World:
 
 
 def load(engine: sa.Engine, world: World) -> None:
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(sa.text("DROP SCHEMA public CASCADE"))
-            conn.execute(sa.text("CREATE SCHEMA public"))
-        else:
-            conn.execute(sa.text("PRAGMA foreign_keys=OFF"))
-            for table in reversed(metadata.sorted_tables):
-                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
-            conn.execute(sa.text("PRAGMA foreign_keys=ON"))
+    sqlworld.reset(engine, metadata)
     metadata.create_all(engine)
     with engine.begin() as conn:
         for name in LOAD_ORDER:
@@ -343,12 +336,4 @@ def load(engine: sa.Engine, world: World) -> None:
 
 
 def snapshot(engine: sa.Engine) -> dict[str, dict[Key, dict[str, Any]]]:
-    out: dict[str, dict[Key, dict[str, Any]]] = {}
-    with engine.connect() as conn:
-        for table in metadata.sorted_tables:
-            pk = DATAMAP_DOC["systems"]["db"]["tables"][table.name]["primary_key"]
-            out[table.name] = {
-                tuple(row._mapping[c] for c in pk): dict(row._mapping)
-                for row in conn.execute(sa.select(table))
-            }
-    return out
+    return sqlworld.snapshot(engine, metadata)

@@ -248,7 +248,7 @@ def generate(rng: random.Random, n_users: int) -> World:
     return world
 
 
-def reset(engine: sa.Engine) -> None:
+def reset(engine: sa.Engine, schema: sa.MetaData = metadata) -> None:
     """An empty schema, whatever the previous example left (the cycle's foreign keys make
     a plain drop_all fail)."""
     with engine.begin() as conn:
@@ -257,8 +257,9 @@ def reset(engine: sa.Engine) -> None:
             conn.execute(sa.text("CREATE SCHEMA public"))
         else:
             conn.execute(sa.text("PRAGMA foreign_keys=OFF"))
-            for table in reversed(metadata.sorted_tables):
+            for table in reversed(schema.sorted_tables):
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
+            conn.execute(sa.text("PRAGMA foreign_keys=ON"))
 
 
 def sqlite_world(folder: Path, seed: int, n_users: int) -> tuple[World, str]:
@@ -305,10 +306,13 @@ def load(engine: sa.Engine, world: World) -> None:
                              .values(cover_photo_id=album["cover_photo_id"]))
 
 
-def snapshot(engine: sa.Engine) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
+def snapshot(
+    engine: sa.Engine, schema: sa.MetaData = metadata
+) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
+    """Every row of every table, by primary key."""
     out: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
     with engine.connect() as conn:
-        for table in metadata.sorted_tables:
+        for table in schema.sorted_tables:
             pk = [c.name for c in table.primary_key.columns]
             out[table.name] = {
                 tuple(row._mapping[c] for c in pk): dict(row._mapping)
