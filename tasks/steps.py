@@ -31,6 +31,7 @@ from dsrflow.model import (
     StepStatus,
 )
 from tasks import partners
+from tasks.isolation import run_isolated
 from tasks.monitoring import current_run
 from tasks.runtime import Runtime
 
@@ -206,22 +207,24 @@ def _run_group(
     for member in members:
         rt.ledger.record_step(member.id, system, kind, action.value, StepStatus.RUNNING)
     searched: dict[str, dict[str, int]] = {}
+    outcomes: dict[str, Outcome] = {}
     try:
         subjects = rt.ledger.subjects(m.id for m in members)
+    except Exception as exc:  # recorded, then re-raised as StepFailed by the caller
+        failures = dict.fromkeys((m.id for m in members), safe_error(exc))
+    else:
         if not isinstance(spec, PartnerSystem):  # a partner is sent what it accepts
             searched = {s.request_id: _by_type(s.identities) for s in subjects}
-        outcomes = work(subjects)
-    except Exception as exc:  # recorded, then re-raised as StepFailed by the caller
-        failure = safe_error(exc)
-        for member in members:
-            rt.ledger.record_step(
-                member.id, system, kind, action.value, StepStatus.FAILED, error=failure
-            )
-        return [
-            StepResult(m.id, system, action, StepStatus.FAILED, error=failure) for m in members
-        ]
+        # A request whose identity the system cannot use fails alone; the batch goes on.
+        outcomes, failures = run_isolated(work, subjects)
     results = []
     for member in members:
+        if member.id in failures:
+            rt.ledger.record_step(member.id, system, kind, action.value, StepStatus.FAILED,
+                                  error=failures[member.id])
+            results.append(StepResult(member.id, system, action, StepStatus.FAILED,
+                                      error=failures[member.id]))
+            continue
         outcome = outcomes.get(member.id, Outcome())
         counts = StepCounts(
             found=outcome.total("found"),
@@ -302,18 +305,15 @@ def resolve_identities(rt: Runtime, request_ids: Sequence[str]) -> dict[str, int
     learnt = dict.fromkeys(request_ids, 0)
     known = {s.request_id: set(s.identities) for s in subjects}
     for name, _ in rt.datamap.sql_systems():
-        try:
-            discovered = rt.sql(name).discover(subjects)
-        except Exception as exc:
-            failure = safe_error(exc)
-            for subject in subjects:
-                rt.ledger.record_step(
-                    subject.request_id, name, "sql", StepAction.RESOLVE.value,
-                    StepStatus.FAILED, error=f"identities not resolved: {failure}",
-                )
-            continue
+        discovered, failures = run_isolated(partial(_discover, rt, name), subjects)
         for subject in subjects:
             rid = subject.request_id
+            if rid in failures:
+                rt.ledger.record_step(
+                    rid, name, "sql", StepAction.RESOLVE.value, StepStatus.FAILED,
+                    error=f"identities not resolved: {failures[rid]}",
+                )
+                continue
             found = discovered.get(rid, Discovery())
             new = found.found - known[rid]
             if new:
@@ -332,6 +332,10 @@ def resolve_identities(rt: Runtime, request_ids: Sequence[str]) -> dict[str, int
     return learnt
 
 
+def _discover(rt: Runtime, system: str, subjects: list[Subject]) -> dict[str, Discovery]:
+    return rt.sql(system).discover(subjects)
+
+
 def _by_type(identities: Iterable[Identity]) -> dict[str, int]:
     """How many identities of each type (never the values)."""
     return dict(sorted(Counter(i.type.value for i in identities).items()))
@@ -346,7 +350,10 @@ class Plan:
 
 
 def plan_systems(rt: Runtime, request_ids: Sequence[str]) -> Plan:
-    records = rt.ledger.get_many(request_ids)
+    """Which systems each request concerns, in waves. A request whose identities could not
+    be resolved goes nowhere this run: every system would look for less than the account
+    holds, and a look-up that failed must never end as "nothing left"."""
+    records = _resolved(rt, rt.ledger.get_many(request_ids))
     apply: dict[str, list[str]] = {}
     verify: dict[str, list[str]] = {}
     for system in rt.datamap.systems:
@@ -371,6 +378,28 @@ def plan_systems(rt: Runtime, request_ids: Sequence[str]) -> Plan:
             waves.append({})
         waves[index][system] = ids
     return Plan([w for w in waves if w], verify)
+
+
+def _resolved(rt: Runtime, records: list[RequestRecord]) -> list[RequestRecord]:
+    """The requests whose identity resolution succeeded; the others get a failed step, with
+    the reason, in every system they concern that has not already done its part."""
+    steps = rt.ledger.steps([r.id for r in records])
+    unresolved = {str(s["request_id"]): str(s["system"]) for s in steps
+                  if s["action"] == StepAction.RESOLVE and s["status"] == StepStatus.FAILED}
+    done = {(str(s["request_id"]), str(s["system"])) for s in steps
+            if s["status"] in (StepStatus.SUCCEEDED, StepStatus.PENDING_EXTERNAL,
+                               StepStatus.BLOCKED) and s["action"] != StepAction.RESOLVE}
+    for record in records:
+        if record.id not in unresolved or record.type is None:
+            continue
+        for system, spec in rt.datamap.systems.items():
+            if applies(rt, system, record) and (record.id, system) not in done:
+                rt.ledger.record_step(
+                    record.id, system, spec.kind, action_for(record.type).value,
+                    StepStatus.FAILED, error=f"not run: the request's identities could not "
+                    f"be resolved in {unresolved[record.id]}; rerun once they can",
+                )
+    return [r for r in records if r.id not in unresolved]
 
 
 def close_requests(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
