@@ -203,11 +203,14 @@ def system_for(fmt: str) -> LogsSystem:
 
 def subjects_of(users: list[User]) -> list[Subject]:
     return [
+        # The population is Chinese: its national numbers are read in CN, as a PIPL
+        # request's would be (and only then are national spellings the subject's).
         Subject(
             request_id=f"00000000-0000-4000-8000-{i:012d}",
+            phone_region="CN",
             identities=(
                 Identity(type=IdentityType.EMAIL, value=u.email),
-                Identity(type=IdentityType.PHONE, value=u.phone),
+                Identity.read(IdentityType.PHONE, u.phone, "CN"),
                 Identity(type=IdentityType.USER_ID, value=str(u.uid)),
                 Identity(type=IdentityType.DEVICE_ID, value=u.device),
             ),
