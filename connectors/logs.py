@@ -16,25 +16,48 @@ How it finds a subject's lines, in two stages whose cost does not grow with the 
    the same, slowly. Only the lines the prefilter reports are parsed.
 2. Each candidate line is read precisely, with fixed patterns that do not depend on the
    batch: email addresses (any case, `%40`, `%2B` in the local part), phone numbers (runs of
-   digits with single spaces, dashes, `+` or `%20` between them, a leading `+` or `%2B`; a
-   slice of the run counts only when it starts and ends at a digit-group boundary, and a
-   bare `86` written apart from a national number is taken for another number: `+86 138…`
-   and `0086 138…` count), identifier tokens (whole tokens only: user 12 is not in `123`
-   or `abc12`). Each normalized value is looked up in a dictionary of the batch's
-   identities. In a `text` source, the declared identity types are searched anywhere in
-   the line, except numeric user ids: a bare number is a status code, a size or a count far
-   more often than a user id, so a numeric user id counts only after a key (`uid=12`,
-   `user_id: 12`, `"userId":"12"`, `user 12`, `/users/12`). In a `jsonl` source, only the
-   declared fields are searched (dotted paths into nested objects; arrays element by
-   element), each for its own type, and the rest of the value is kept around a match; a
-   line that is not JSON is searched as text for the types the fields declare.
+   digit groups with single spaces, dashes, `+` or `%20` between them, a leading `+` or
+   `%2B`, an area code in parentheses as in `(415) 555-2671` and `+1(415)555-2671`, and
+   the `(0)` of `+44 (0)20 7946 0018`; a slice of the run counts only when it starts and
+   ends at a group boundary, and a bare country code written apart from a national number
+   (`86 138…`, `1-415-…`) is taken for another number: `+86 138…` and `0086 138…` count;
+   after a country code written apart with its `+` or `00` the rest of the run is a number
+   of that country, so `+44 20 7946 0018` is never Guangzhou's `20 7946 0018`),
+   identifier tokens (whole tokens only: user 12 is not in `123` or `abc12`). Each
+   normalized value is looked up in a dictionary of the batch's identities. In a `text`
+   source, the declared identity types are searched anywhere in the line, except numeric
+   user ids: a bare number is a status code, a size or a count far more often than a user
+   id, so a numeric user id counts only after a key (`uid=12`, `user_id: 12`,
+   `"userId":"12"`, `user 12`, `/users/12`). In a `jsonl` source, only the declared fields
+   are searched (dotted paths into nested objects; arrays element by element), each for
+   its own type, and the rest of the value is kept around a match; a line that is not JSON
+   is searched as text for the types the fields declare.
+
+Phone numbers by region, as `dsrflow.identities.phone_variants` reads them in the
+source's `phone_region` (the country whose national format its logs are written in) or,
+where the source declares none, in each subject's `phone_region`: the international
+spellings of a number (`+442079460018`, `442079460018`, `00442079460018`, `%2B44…`, and
+grouped after the country code: `+44 20 7946 0018`, `0044-20-7946-0018`) are always its
+subject's; its national spellings (the national significant number `2079460018`, with the
+trunk prefix `02079460018`, grouped: `020 7946 0018`, `(415) 555-2671`) only when that
+region dials the number's country code. `020 7946 0018` is London in a British log and
+Guangzhou in a Chinese one: in a source declared `phone_region: CN` a GB subject's number
+is not found in it, while in a source that declares no region it is read in the GB
+subject's own region, as theirs. No region at all (a GDPR request without a country, a
+source without one) means international spellings only. A national spelling that two
+subjects of the batch read as their own numbers counts for both.
 
 What the prefilter recognizes, so what erasure and verification can promise: emails as
-above; phones as digits with or without +86 / 86 / 0086 / %2B86, written together or
-grouped as the country writes them (`138 0013 8000`, `010 1234 5678`) with any single
-separator; identifiers of six characters or more anywhere, shorter ones between
-delimiters (so not `uid%3D12`: a short id glued to a percent escape). Other spellings
-(`1380 013 8000`) are caught only on lines that mention the subject in another way.
+above; phones as the digits of the national significant number written together, alone
+(where national spellings count) or after +44 / 44 / 0044 / %2B44; grouped as the country
+writes it nationally with any single separator (`138 0013 8000`, `020-7946-0018`,
+`(415) 555-2671`, also after the country code: `+86 138-0013-8000`) where national
+spellings count, else grouped that way after the country code only (`+44 20 7946 0018`,
+`+44 (0)20 7946 0018`, `+1 (415) 555-2671`); identifiers of six characters or more
+anywhere, shorter ones between delimiters (so not `uid%3D12`: a short id glued to a
+percent escape). Other spellings (`1380 013 8000`, `+44 207 946 0018`, `%20` between
+groups) are caught only on lines that mention the subject in another way; digits
+separated by dots (`415.555.2671`) never, as those are IP addresses and versions.
 
 How it erases: each file is read once for the whole batch, and rewritten only if one of
 its lines mentions a subject. Each mention is replaced by the request's keyed pseudonym of
@@ -164,9 +187,12 @@ _EMAIL = (
     r"((?:[A-Za-z0-9._+-]|%2[Bb])+)(?:@|%40)"
     r"([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)(?![A-Za-z0-9-]|\.[A-Za-z0-9-])"
 )
+# A group of a phone number: digits, or an area code or trunk prefix in parentheses
+# (`(415) 555-2671`, `+44 (0)20 7946 0018`), which needs no separator next to it.
+_PHONE_GROUP = r"(?:[0-9]+|\([0-9]{1,4}\))"
 _PHONE = (
-    rf"(?:{_HEX_BEFORE}|(?<![A-Za-z0-9]))"
-    r"(?:\+|%2[Bb])?[0-9]+(?:(?:[ +-]|%20)[0-9]+)*(?![A-Za-z0-9])"
+    rf"(?:{_HEX_BEFORE}|(?<![A-Za-z0-9]))(?:\+|%2[Bb])?{_PHONE_GROUP}"
+    rf"(?:(?:[ +-]|%20|(?<=\))|(?=\()){_PHONE_GROUP})*(?![A-Za-z0-9])"
 )
 _UID_KEY = (
     rf"(?:{_HEX_BEFORE}|(?<![A-Za-z0-9_]))(?:uid|userid|user_id|user-id|users?|account_?id)"
@@ -174,7 +200,7 @@ _UID_KEY = (
     r"([0-9]+)(?![A-Za-z0-9_]|[.-][A-Za-z0-9])"
 )
 _TOKEN = r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]+"
-_DIGITS = r"[0-9]+"
+_GROUPS = r"%20|\([0-9]+\)|[0-9]+"
 
 
 @dataclass(frozen=True)
@@ -183,7 +209,7 @@ class _Patterns:
     phone: re.Pattern[Any]
     uid_key: re.Pattern[Any]
     token: re.Pattern[Any]
-    digits: re.Pattern[Any]
+    groups: re.Pattern[Any]
 
 
 def _compile(as_bytes: bool) -> _Patterns:
@@ -191,7 +217,7 @@ def _compile(as_bytes: bool) -> _Patterns:
         return re.compile(p.encode() if as_bytes else p, flags | re.ASCII)
 
     return _Patterns(
-        c(_EMAIL), c(_PHONE), c(_UID_KEY, re.IGNORECASE), c(_TOKEN), c(_DIGITS)
+        c(_EMAIL), c(_PHONE), c(_UID_KEY, re.IGNORECASE), c(_TOKEN), c(_GROUPS),
     )
 
 
@@ -219,46 +245,63 @@ class _Owner:
 
 @dataclass
 class _Index:
-    """Normalized look-up keys of every identity in the batch."""
+    """Normalized look-up keys of every identity in the batch.
+
+    A key is owned by the requests whose subject it spells: a national spelling of a
+    phone number only by the requests whose region reads it as that number, and a key
+    that two identities spell (`2079460018` is London to a GB subject and Guangzhou to a
+    CN one) by the requests of both."""
 
     emails: dict[str, _Owner] = field(default_factory=dict)
-    phones: dict[str, _Owner] = field(default_factory=dict)  # every spelling of phone_variants
+    phones: dict[str, _Owner] = field(default_factory=dict)  # phone_variants, by region
     user_ids: dict[str, _Owner] = field(default_factory=dict)
     device_ids: dict[str, _Owner] = field(default_factory=dict)  # case-folded
     openids: dict[str, _Owner] = field(default_factory=dict)  # third_party, provider dropped
-    grouped: dict[str, str] = field(default_factory=dict)  # E.164 -> "138 0013 8000"
     country_codes: dict[str, str] = field(default_factory=dict)  # E.164 -> "86"
+    phone_literals: set[bytes] = field(default_factory=set)
 
     @classmethod
-    def build(cls, subjects: Sequence[Subject]) -> _Index:
-        owners: dict[Identity, set[str]] = {}
-        for subject in subjects:
-            for ident in subject.identities:
-                owners.setdefault(ident, set()).add(subject.request_id)
+    def build(cls, subjects: Sequence[Subject], store_region: str | None = None) -> _Index:
+        """`store_region`: where the logs' national phone numbers are written (a source's
+        `phone_region`); without one, each subject's own region."""
         index = cls()
-        for ident, rids in owners.items():
-            owner = _Owner(ident, tuple(sorted(rids)))
-            for table, key in index._keys(ident):
-                # Two identities with one key (cannot happen after normalization, but a
-                # batch may repeat a subject): the first one keeps the key.
-                table.setdefault(key, owner)
+        forms: dict[str, _PhoneForms] = {}  # one parse per number, however many subjects
+        claims: dict[tuple[str, str], dict[str, Identity]] = {}  # (table, key) -> rid -> id
+        for subject in subjects:
+            region = store_region or subject.phone_region
+            for ident in subject.identities:
+                for table, key in index._keys(ident, region, forms):
+                    # A batch may repeat a request: its first identity keeps the key.
+                    claims.setdefault((table, key), {}).setdefault(subject.request_id, ident)
+        owners: dict[tuple[Identity, tuple[str, ...]], _Owner] = {}
+        for (table, key), by_request in claims.items():
+            rids = tuple(sorted(by_request))
+            # The pseudonym written is the first request's, of that request's identity.
+            ident = by_request[rids[0]]
+            owner = owners.setdefault((ident, rids), _Owner(ident, rids))
+            getattr(index, table)[key] = owner
         return index
 
-    def _keys(self, ident: Identity) -> list[tuple[dict[str, _Owner], str]]:
+    def _keys(
+        self, ident: Identity, region: str | None, forms: dict[str, _PhoneForms]
+    ) -> list[tuple[str, str]]:
         match ident.type:
             case IdentityType.EMAIL:
-                return [(self.emails, ident.value.casefold())]
+                return [("emails", ident.value.casefold())]
             case IdentityType.PHONE:
-                variants, grouped, cc = _phone_forms(ident.value)
-                self.grouped[ident.value] = grouped
-                self.country_codes[ident.value] = cc
-                return [(self.phones, v) for v in variants]
+                phone = forms.get(ident.value)
+                if phone is None:
+                    phone = forms[ident.value] = _PhoneForms.of(ident.value)
+                    self.country_codes[ident.value] = phone.cc
+                national = phone.reads_nationally(region)
+                self.phone_literals.update(phone.literals(national))
+                return [("phones", v) for v in phone.spellings(national)]
             case IdentityType.USER_ID:
-                return [(self.user_ids, ident.value)]
+                return [("user_ids", ident.value)]
             case IdentityType.DEVICE_ID:
-                return [(self.device_ids, ident.value.casefold())]
+                return [("device_ids", ident.value.casefold())]
             case IdentityType.THIRD_PARTY:
-                return [(self.openids, ident.value.partition(":")[2])]
+                return [("openids", ident.value.partition(":")[2])]
         return []  # pragma: no cover
 
     def literals(self, types: frozenset[IdentityType]) -> list[bytes]:
@@ -268,10 +311,7 @@ class _Index:
             for email in self.emails:
                 out.update(_email_literals(email))
         if IdentityType.PHONE in types:
-            for grouped in self.grouped.values():
-                out.add(grouped.replace(" ", "").encode())  # the national digits
-                if " " in grouped:
-                    out.add(grouped.encode())
+            out |= self.phone_literals
         if IdentityType.USER_ID in types:
             out.update(_id_literal(v) for v in self.user_ids)
         if IdentityType.DEVICE_ID in types:
@@ -290,6 +330,21 @@ class _Index:
         return frozenset(len(v) for d in (self.user_ids, self.device_ids, self.openids) for v in d)
 
 
+class _Indexes:
+    """The batch's index for each source, by the region its phone numbers are read in:
+    built once per region (sources without one share the subjects' regions)."""
+
+    def __init__(self, subjects: Sequence[Subject]) -> None:
+        self.subjects = subjects
+        self._built: dict[str | None, _Index] = {}
+
+    def of(self, source: LogSource) -> _Index:
+        region = source.phone_region
+        if region not in self._built:
+            self._built[region] = _Index.build(self.subjects, region)
+        return self._built[region]
+
+
 def _email_literals(email: str) -> list[bytes]:
     local, _, domain = email.rpartition("@")
     spellings = {local, quote(local, safe="")}
@@ -303,25 +358,75 @@ def _email_literals(email: str) -> list[bytes]:
     return out
 
 
-def _phone_forms(e164: str) -> tuple[list[str], str, str]:
-    """The spellings of `phone_variants` (E.164, national significant number, national
-    with trunk prefix, with country code, with 00 and country code), and the national
-    significant number grouped as the country writes it ("138 0013 8000", "10 1234 5678"),
-    and the country code: one parse and one format, the cost that matters in a batch of
-    10,000."""
-    parsed = phonenumbers.parse(e164, None)
-    nsn = phonenumbers.national_significant_number(parsed)
-    national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
-    trunk = "".join(c for c in national if c.isdigit())
-    cc = str(parsed.country_code)
-    variants = list(dict.fromkeys([e164, nsn, trunk, cc + nsn, "00" + cc + nsn]))
-    groups = [g for g in re.split(r"[^0-9]+", national) if g]
-    if groups and trunk != nsn and trunk.endswith(nsn):
-        groups[0] = groups[0][len(trunk) - len(nsn):]  # "010 1234 5678" -> "10 1234 5678"
-    grouped = " ".join(g for g in groups if g)
-    if grouped.replace(" ", "") != nsn:
-        grouped = nsn  # a format that does not spell the digits in order: no grouping
-    return variants, grouped, cc
+@functools.cache
+def _dialling_code(region: str) -> int:
+    return int(phonenumbers.country_code_for_region(region))
+
+
+@dataclass(frozen=True)
+class _PhoneForms:
+    """What the logs may hold of one number, from one parse and one format (the cost that
+    matters in a batch of 10,000)."""
+
+    e164: str
+    cc: str  # country code: "44"
+    nsn: str  # national significant number: "2079460018"
+    trunk: str  # the national format's digits, with a trunk prefix: "02079460018"
+    grouped: str  # the nsn grouped as the country writes it: "20 7946 0018"
+    national_view: bytes  # the national format as the view reads it: b"415  555 2671"
+
+    @classmethod
+    def of(cls, e164: str) -> _PhoneForms:
+        parsed = phonenumbers.parse(e164, None)
+        nsn = phonenumbers.national_significant_number(parsed)
+        national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+        trunk = "".join(c for c in national if c.isdigit())
+        groups = [g for g in re.split(r"[^0-9]+", national) if g]
+        if groups and trunk != nsn and trunk.endswith(nsn):
+            groups[0] = groups[0][len(trunk) - len(nsn):]  # "020 7946 0018" -> "20 7946 0018"
+        grouped = " ".join(g for g in groups if g)
+        if grouped.replace(" ", "") != nsn:
+            grouped = nsn  # a format that does not spell the digits in order: no grouping
+        return cls(e164, str(parsed.country_code), nsn, trunk, grouped,
+                   view_of(national).strip())
+
+    def reads_nationally(self, region: str | None) -> bool:
+        """`dsrflow.identities.reads_nationally`, without parsing the number again."""
+        return region is not None and _dialling_code(region) == int(self.cc) != 0
+
+    def spellings(self, national: bool) -> list[str]:
+        """`phone_variants(e164, region)`: the national spellings (national significant
+        number, with a trunk prefix) only where `national`."""
+        international = [self.e164, self.cc + self.nsn, "00" + self.cc + self.nsn]
+        if not national:
+            return international
+        return list(dict.fromkeys([self.e164, self.nsn, self.trunk, *international[1:]]))
+
+    def literals(self, national: bool) -> list[bytes]:
+        """Literals that every spelling stage 2 reads as this number contains (in view
+        form). The national significant number's digits are in every spelling written
+        without groups (`+442079460018`, `00442079460018`, `%2B44…`, `+44 2079460018`,
+        `02079460018`). Grouped spellings: where the number reads nationally, the nsn as
+        grouped nationally (`20 7946 0018` is in `020 7946 0018` and `+44 20 7946 0018`)
+        and the national format where it has parentheses (`415  555 2671` of
+        `(415) 555-2671`); otherwise only grouped after the country code (`44 20 7946
+        0018`, `44  0 20 7946 0018` of `+44 (0)20 …`, `1  415  555 2671`)."""
+        digits = self.nsn.encode()
+        grouped = self.grouped.encode()
+        out = [digits]
+        if national:
+            out.append(grouped)
+            if grouped not in self.national_view and digits not in self.national_view:
+                out.append(self.national_view)
+            return out
+        cc = self.cc.encode()
+        out.append(cc + b" " + grouped)
+        prefix = self.trunk[: len(self.trunk) - len(self.nsn)]
+        if prefix and self.trunk.endswith(self.nsn):
+            out.append(cc + b"  " + prefix.encode() + b" " + grouped)  # the (0) of +44 (0)20
+        elif grouped not in self.national_view and digits not in self.national_view:
+            out.append(cc + b"  " + self.national_view)  # +1 (415) 555-2671
+        return out
 
 
 def _id_literal(value: str) -> bytes:
@@ -375,21 +480,27 @@ def _phone_mentions(run: re.Match[Any], pats: _Patterns, index: _Index) -> list[
     base = run.start()
     lead = 1 if text[:1] in ("+", b"+") else 3 if text[:1] in ("%", b"%") else 0
     plus = lead > 0
-    groups = [(g.start(), g.end(), g.group(0)) for g in pats.digits.finditer(text, lead)]
-    if isinstance(text, bytes):
-        groups = [(s, e, d.decode("ascii")) for s, e, d in groups]
+    groups = _phone_groups(text, lead, pats)
+    # `+44 20 7946 0018`, `0044 …`: what follows the country code is a number of that
+    # country, whatever its digits spell elsewhere (`20 7946 0018` is not Guangzhou's).
+    country = _leading_country_code(groups[0][2], plus) if groups else None
     out = []
     i = 0
     while i < len(groups):
         best = None
         digits = ""
         for j in range(i, len(groups)):
+            if j == 1 and plus and groups[j][3] == "(0)":
+                continue  # "+44 (0)20 …": the trunk prefix that a caller abroad leaves out
             digits += groups[j][2]
             if len(digits) > MAX_PHONE_DIGITS:
                 break
             owner = index.phones.get(digits)
             if owner is None and i == 0 and plus:
                 owner = index.phones.get("+" + digits)
+            if owner is not None and i > 0 and country is not None \
+                    and index.country_codes.get(owner.identity.value) != country:
+                owner = None
             if owner is not None and not (
                 j > i and not (i == 0 and plus)
                 and groups[i][2] == index.country_codes.get(owner.identity.value)
@@ -405,6 +516,30 @@ def _phone_mentions(run: re.Match[Any], pats: _Patterns, index: _Index) -> list[
         out.append(_Mention(base + start, base + groups[j][1], owner))
         i = j + 1
     return out
+
+
+def _leading_country_code(first: str, plus: bool) -> str | None:
+    """The country code a run starts with, written apart from the rest (`+44 20…`,
+    `0044 20…`), or None."""
+    code = first if plus else first[2:] if first.startswith("00") else ""
+    if code.isdigit() and int(code) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        return code
+    return None
+
+
+def _phone_groups(text: Any, lead: int, pats: _Patterns) -> list[tuple[int, int, str, str]]:
+    """The digit groups of a phone run after its `+`: (start, end, digits, as written). A
+    group in parentheses spans them, so that a mention replaces `(415)` whole; `%20` is a
+    separator, never digits."""
+    groups = []
+    for g in pats.groups.finditer(text, lead):
+        written = g.group(0)
+        if isinstance(written, bytes):
+            written = written.decode("ascii")
+        if written == "%20":
+            continue
+        groups.append((g.start(), g.end(), written.strip("()"), written))
+    return groups
 
 
 def _id_mentions(
@@ -1082,10 +1217,10 @@ class LogsConnector:
         records: dict[str, Records] = {s.request_id: {} for s in subjects}
         if not self._in_scope(scope):
             return records
-        index = _Index.build(subjects)
+        indexes = _Indexes(subjects)
         with self._reading():
             for source_name, source, files in self._plan():
-                reader, prefilter = self._stages(source, index)
+                reader, prefilter = self._stages(source, indexes)
                 for file in files:
                     for hit in self._scan_file(file, reader, prefilter, line_numbers=True):
                         text = hit.line.decode("utf-8", "replace").rstrip("\r")
@@ -1099,10 +1234,10 @@ class LogsConnector:
         outcomes = {s.request_id: Outcome() for s in subjects}
         if not self._in_scope(scope):
             return outcomes
-        index = _Index.build(subjects)
+        indexes = _Indexes(subjects)
         with self._reading():
             for source_name, source, files in self._plan():
-                reader, prefilter = self._stages(source, index)
+                reader, prefilter = self._stages(source, indexes)
                 for outcome in outcomes.values():
                     outcome.part(source_name)
                 for file in files:
@@ -1122,7 +1257,7 @@ class LogsConnector:
         outcomes = {s.request_id: Outcome() for s in subjects}
         if not self._in_scope(scope):
             return outcomes
-        index = _Index.build(subjects)
+        indexes = _Indexes(subjects)
         replace = self._replacement(pseudonymizers)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
@@ -1131,7 +1266,7 @@ class LogsConnector:
             checkpoint = _Checkpoint(self.state_dir, self._batch(subjects, pseudonymizers))
             self._remove_stale_temps()
             for source_name, source, files in self._plan():
-                reader, prefilter = self._stages(source, index)
+                reader, prefilter = self._stages(source, indexes)
                 statement = hashlib.sha256(f"{source_name}:rewrite".encode()).hexdigest()
                 for outcome in outcomes.values():
                     outcome.part(source_name)
@@ -1570,9 +1705,9 @@ class LogsConnector:
         return files
 
     # -- helpers ----------------------------------------------------------------------------
-    def _stages(self, source: LogSource, index: _Index) -> tuple[_LineReader, _Prefilter]:
-        reader = _LineReader(source, index)
-        return reader, _Prefilter(index.literals(reader.types), self.engine)
+    def _stages(self, source: LogSource, indexes: _Indexes) -> tuple[_LineReader, _Prefilter]:
+        reader = _LineReader(source, indexes.of(source))
+        return reader, _Prefilter(reader.index.literals(reader.types), self.engine)
 
     def _in_scope(self, scope: Scope) -> bool:
         return scope is None or self.system.category in scope

@@ -39,10 +39,12 @@ JSONL = {"path": "app/*.jsonl*", "format": "jsonl",
                     "devices": "device_id", "msg": "email"}}
 
 
-def subject(rid: str, person: dict[str, str], **extra: str) -> Subject:
+def subject(rid: str, person: dict[str, str], region: str | None = "CN", **extra: str,
+            ) -> Subject:
+    """A subject of a PIPL request by default: national spellings of +86 numbers are its."""
     values = {**person, **extra}
     return Subject(
-        request_id=rid,
+        request_id=rid, phone_region=region,
         identities=tuple(Identity(type=IdentityType(t), value=v) for t, v in values.items()),
     )
 
