@@ -21,17 +21,18 @@ How it finds a subject's lines, in two stages whose cost does not grow with the 
    the `(0)` of `+44 (0)20 7946 0018`; a slice of the run counts only when it starts and
    ends at a group boundary, and a bare country code written apart from a national number
    (`86 138…`, `1-415-…`) is taken for another number: `+86 138…` and `0086 138…` count;
-   after a country code written apart with its `+` or `00` the rest of the run is a number
-   of that country, so `+44 20 7946 0018` is never Guangzhou's `20 7946 0018`),
+   after a country code written apart with its `+` or `00`, the run is a number of that
+   country for as many digits as its longest national number, so `+44 20 7946 0018` is
+   never Guangzhou's `20 7946 0018`),
    identifier tokens (whole tokens only: user 12 is not in `123` or `abc12`). Each
-   normalized value is looked up in a dictionary of the batch's identities. In a `text`
-   source, the declared identity types are searched anywhere in the line, except numeric
-   user ids: a bare number is a status code, a size or a count far more often than a user
-   id, so a numeric user id counts only after a key (`uid=12`, `user_id: 12`,
-   `"userId":"12"`, `user 12`, `/users/12`). In a `jsonl` source, only the declared fields
-   are searched (dotted paths into nested objects; arrays element by element), each for
-   its own type, and the rest of the value is kept around a match; a line that is not JSON
-   is searched as text for the types the fields declare.
+   normalized value is looked up in a dictionary of the batch's identities.
+   In a `text` source, the declared identity types are searched anywhere in the line,
+   except numeric user ids: a bare number is a status code, a size or a count far more
+   often than a user id, so a numeric user id counts only after a key (`uid=12`,
+   `user_id: 12`, `"userId":"12"`, `user 12`, `/users/12`). In a `jsonl` source, only the
+   declared fields are searched (dotted paths into nested objects; arrays element by
+   element), each for its own type, and the rest of the value is kept around a match; a
+   line that is not JSON is searched as text for the types the fields declare.
 
 Phone numbers by region, as `dsrflow.identities.phone_variants` reads them in the
 source's `phone_region` (the country whose national format its logs are written in) or,
@@ -56,8 +57,9 @@ spellings count, else grouped that way after the country code only (`+44 20 7946
 `+44 (0)20 7946 0018`, `+1 (415) 555-2671`); identifiers of six characters or more
 anywhere, shorter ones between delimiters (so not `uid%3D12`: a short id glued to a
 percent escape). Other spellings (`1380 013 8000`, `+44 207 946 0018`, `%20` between
-groups) are caught only on lines that mention the subject in another way; digits
-separated by dots (`415.555.2671`) never, as those are IP addresses and versions.
+phone groups) are caught only on lines that mention the subject
+in another way; digits separated by dots (`415.555.2671`) are never a phone number, as
+those are IP addresses and versions.
 
 How it erases: each file is read once for the whole batch, and rewritten only if one of
 its lines mentions a subject. Each mention is replaced by the request's keyed pseudonym of
@@ -482,8 +484,15 @@ def _phone_mentions(run: re.Match[Any], pats: _Patterns, index: _Index) -> list[
     plus = lead > 0
     groups = _phone_groups(text, lead, pats)
     # `+44 20 7946 0018`, `0044 …`: what follows the country code is a number of that
-    # country, whatever its digits spell elsewhere (`20 7946 0018` is not Guangzhou's).
+    # country, whatever its digits spell elsewhere (`20 7946 0018` is not Guangzhou's),
+    # up to the longest national number the country has; a run may go on with another.
     country = _leading_country_code(groups[0][2], plus) if groups else None
+    abroad = 0  # groups after the country code that are still its national number
+    if country is not None:
+        longest, national = _longest_national(country), 0
+        while abroad + 1 < len(groups) and national < longest:
+            abroad += 1
+            national += len(groups[abroad][2]) if groups[abroad][3] != "(0)" else 0
     out = []
     i = 0
     while i < len(groups):
@@ -498,7 +507,7 @@ def _phone_mentions(run: re.Match[Any], pats: _Patterns, index: _Index) -> list[
             owner = index.phones.get(digits)
             if owner is None and i == 0 and plus:
                 owner = index.phones.get("+" + digits)
-            if owner is not None and i > 0 and country is not None \
+            if owner is not None and 0 < i <= abroad \
                     and index.country_codes.get(owner.identity.value) != country:
                 owner = None
             if owner is not None and not (
@@ -525,6 +534,16 @@ def _leading_country_code(first: str, plus: bool) -> str | None:
     if code.isdigit() and int(code) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
         return code
     return None
+
+
+@functools.cache
+def _longest_national(country: str) -> int:
+    """The most digits a national number of `country` has (phonenumbers' metadata)."""
+    code = int(country)
+    meta = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+        code, phonenumbers.region_code_for_country_code(code))
+    lengths = meta.general_desc.possible_length if meta and meta.general_desc else ()
+    return max(lengths, default=MAX_PHONE_DIGITS)
 
 
 def _phone_groups(text: Any, lead: int, pats: _Patterns) -> list[tuple[int, int, str, str]]:

@@ -145,6 +145,18 @@ def test_what_follows_a_country_code_is_that_countrys_number(
     assert (tmp_path / "logs/app.log").read_bytes() == data
 
 
+def test_a_run_goes_on_after_the_longest_national_number_of_its_country(
+    tmp_path: Path,
+) -> None:
+    # Two numbers one space apart: London's ten national digits, then a Chinese mobile.
+    write(tmp_path / "logs/app.log", ["notify +44 20 7946 0018 138 0013 8000 done"])
+    cn = person("r1", "+8613800138000", "CN")
+    key = keys_for(cn)
+    connector(tmp_path).erase([cn], None, key)
+    assert (tmp_path / "logs/app.log").read_text() == (
+        f"notify +44 20 7946 0018 {key['r1']('+8613800138000')} done\n")
+
+
 def test_a_number_both_subjects_read_as_their_own_counts_for_both(tmp_path: Path) -> None:
     write(tmp_path / "logs/app.log", [
         "callback 020 7946 0018 answered",
