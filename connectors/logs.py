@@ -22,8 +22,8 @@ How it finds a subject's lines, in two stages whose cost does not grow with the 
    ends at a group boundary, and a bare country code written apart from a national number
    (`86 138…`, `1-415-…`) is taken for another number: `+86 138…` and `0086 138…` count;
    after a country code written apart with its `+` or `00`, the run is a number of that
-   country for as many digits as its longest national number, so `+44 20 7946 0018` is
-   never Guangzhou's `20 7946 0018`),
+   country as far as it makes a valid one (else for as many digits as the country's
+   longest number), so `+44 20 7946 0018` is never Guangzhou's `20 7946 0018`),
    identifier tokens (whole tokens only: user 12 is not in `123` or `abc12`). Each
    normalized value is looked up in a dictionary of the batch's identities.
    In a `text` source, the declared identity types are searched anywhere in the line,
@@ -484,15 +484,10 @@ def _phone_mentions(run: re.Match[Any], pats: _Patterns, index: _Index) -> list[
     plus = lead > 0
     groups = _phone_groups(text, lead, pats)
     # `+44 20 7946 0018`, `0044 …`: what follows the country code is a number of that
-    # country, whatever its digits spell elsewhere (`20 7946 0018` is not Guangzhou's),
-    # up to the longest national number the country has; a run may go on with another.
+    # country, whatever its digits spell elsewhere (`20 7946 0018` is not Guangzhou's);
+    # a run may go on with another number (`_abroad`, worked out only when it matters).
     country = _leading_country_code(groups[0][2], plus) if groups else None
-    abroad = 0  # groups after the country code that are still its national number
-    if country is not None:
-        longest, national = _longest_national(country), 0
-        while abroad + 1 < len(groups) and national < longest:
-            abroad += 1
-            national += len(groups[abroad][2]) if groups[abroad][3] != "(0)" else 0
+    abroad: int | None = None  # groups after the country code that are its number
     out = []
     i = 0
     while i < len(groups):
@@ -507,9 +502,12 @@ def _phone_mentions(run: re.Match[Any], pats: _Patterns, index: _Index) -> list[
             owner = index.phones.get(digits)
             if owner is None and i == 0 and plus:
                 owner = index.phones.get("+" + digits)
-            if owner is not None and 0 < i <= abroad \
+            if owner is not None and i > 0 and country is not None \
                     and index.country_codes.get(owner.identity.value) != country:
-                owner = None
+                if abroad is None:
+                    abroad = _abroad(groups, country)
+                if i <= abroad:
+                    owner = None
             if owner is not None and not (
                 j > i and not (i == 0 and plus)
                 and groups[i][2] == index.country_codes.get(owner.identity.value)
@@ -534,6 +532,25 @@ def _leading_country_code(first: str, plus: bool) -> str | None:
     if code.isdigit() and int(code) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
         return code
     return None
+
+
+def _abroad(groups: list[tuple[int, int, str, str]], country: str) -> int:
+    """How many groups after a leading country code are that country's number: the most
+    that make a valid number of it (`+86 20 7946 0019` in `+86 20 7946 0019 2079460018`),
+    else as many as make its longest national number."""
+    longest = _longest_national(country)
+    digits, valid, within = "", 0, 0
+    for k in range(1, len(groups)):
+        if k == 1 and groups[k][3] == "(0)":
+            continue
+        if len(digits) >= longest:
+            break
+        digits += groups[k][2]
+        within = k
+        with contextlib.suppress(phonenumbers.NumberParseException):
+            if phonenumbers.is_valid_number(phonenumbers.parse(f"+{country}{digits}")):
+                valid = k
+    return valid or within
 
 
 @functools.cache

@@ -47,6 +47,12 @@ def keys_for(*subjects: Subject) -> dict[str, Pseudonymizer]:
     return {s.request_id: Pseudonymizer(new_key()) for s in subjects}
 
 
+def pseudonym(keys: dict[str, Pseudonymizer], rid: str, value: str) -> str:
+    out = keys[rid](value)
+    assert out is not None
+    return out
+
+
 def write(path: Path, lines: list[str]) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = ("\n".join(lines) + "\n").encode()
@@ -93,7 +99,7 @@ def test_international_spellings_are_the_subjects_in_any_region(
     c.erase([subject], None, key)
     new = (tmp_path / "logs/app.log").read_text().split("\n")
     before, _, after = line.partition(spelling.removeprefix("tel="))
-    pn = key["r1"](LONDON)
+    pn = pseudonym(key, "r1", LONDON)
     assert new[0] == f"{before}{pn}{after}" or new[0] == line.replace("%2B442079460018", pn)
     assert new[1] == "Dec  3 10:00:01 gw sms[411]: queue empty"
     assert remaining(c, [subject]) == {"r1": 0}
@@ -120,7 +126,7 @@ def test_a_chinese_subjects_national_number_in_a_chinese_log(tmp_path: Path) -> 
         assert remaining(c, [cn]) == {"r1": 2}
     key = keys_for(cn)
     connector(tmp_path).erase([cn], None, key)
-    pn = key["r1"](GUANGZHOU)
+    pn = pseudonym(key, "r1", GUANGZHOU)
     new = (tmp_path / "logs/orders.log").read_text(encoding="utf-8").split("\n")
     assert new[0] == CHINESE_LOG[0].replace("020 7946 0018", pn)
     assert new[2] == CHINESE_LOG[2].replace("02079460018", pn)
@@ -154,7 +160,18 @@ def test_a_run_goes_on_after_the_longest_national_number_of_its_country(
     key = keys_for(cn)
     connector(tmp_path).erase([cn], None, key)
     assert (tmp_path / "logs/app.log").read_text() == (
-        f"notify +44 20 7946 0018 {key['r1']('+8613800138000')} done\n")
+        f"notify +44 20 7946 0018 {pseudonym(key, 'r1', '+8613800138000')} done\n")
+
+
+def test_a_run_goes_on_after_a_valid_number_of_its_country(tmp_path: Path) -> None:
+    # Guangzhou's +86 20 7946 0019 could go on for two more digits; it is valid as it is,
+    # so the next group is another number: a British subject's, written nationally.
+    write(tmp_path / "logs/app.log", ["forward +86 20 7946 0019 2079460018"])
+    gb = person("r1", LONDON, "GB")
+    key = keys_for(gb)
+    connector(tmp_path).erase([gb], None, key)
+    assert (tmp_path / "logs/app.log").read_text() == (
+        f"forward +86 20 7946 0019 {pseudonym(key, 'r1', LONDON)}\n")
 
 
 def test_a_number_both_subjects_read_as_their_own_counts_for_both(tmp_path: Path) -> None:
@@ -185,8 +202,8 @@ def test_a_us_subject_in_the_us_and_the_spellings_caught(tmp_path: Path, spellin
     key = keys_for(us)
     c.erase([us], None, key)
     # The parentheses are part of the mention: nothing of the number is left around it.
-    assert (tmp_path / "logs/app.log").read_text() == line.replace(spelling,
-                                                                    key["r1"](SAN_FRANCISCO)) + "\n"
+    pn = pseudonym(key, "r1", SAN_FRANCISCO)
+    assert (tmp_path / "logs/app.log").read_text() == line.replace(spelling, pn) + "\n"
 
 
 @pytest.mark.parametrize("text", [
