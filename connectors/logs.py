@@ -8,7 +8,8 @@ How it finds a subject's lines, in two stages whose cost does not grow with the 
    `%` read as `@`, every byte that cannot be part of an identifier read as a space), so
    that one literal per identity covers many spellings: `Zhang.Wei@Example.com` and
    `zhang.wei%40example.com` both contain `zhang wei@`; `138 0013 8000`, `138-0013-8000`
-   and `+86 138+0013+8000` all contain `138 0013 8000`; `uid=12&` and `"id": 12,` contain
+   and `+86 138+0013+8000` all contain `138 0013 8000`; `203.0.113.7:443` and
+   `host-203-0-113-7.example.net` contain `203 0 113 7`; `uid=12&` and `"id": 12,` contain
    ` 12 `. All literals of the batch go into one Hyperscan database, compiled once per
    call. For a small batch each literal is compiled instead as the byte-class pattern it
    stands for (`[Zz][Hh]…[^A-Za-z0-9_@%][Ww]…[@%]`) and matched against the block itself,
@@ -24,8 +25,8 @@ How it finds a subject's lines, in two stages whose cost does not grow with the 
    after a country code written apart with its `+` or `00`, the run is a number of that
    country as far as it makes a valid one (else for as many digits as the country's
    longest number), so `+44 20 7946 0018` is never Guangzhou's `20 7946 0018`),
-   identifier tokens (whole tokens only: user 12 is not in `123` or `abc12`). Each
-   normalized value is looked up in a dictionary of the batch's identities.
+   identifier tokens (whole tokens only: user 12 is not in `123` or `abc12`), IP addresses
+   (below). Each normalized value is looked up in a dictionary of the batch's identities.
    In a `text` source, the declared identity types are searched anywhere in the line,
    except numeric user ids: a bare number is a status code, a size or a count far more
    often than a user id, so a numeric user id counts only after a key (`uid=12`,
@@ -48,6 +49,30 @@ subject's own region, as theirs. No region at all (a GDPR request without a coun
 source without one) means international spellings only. A national spelling that two
 subjects of the batch read as their own numbers counts for both.
 
+IP addresses (`ip`), IPv4 and IPv6. A candidate is read by `ipaddress` and compared
+normalized, so `2001:DB8::1`, `2001:0db8:0:0:0:0:0:1` and `[2001:db8::1]:443` are
+`2001:db8::1`, and `::ffff:203.0.113.7` (also `::ffff:cb00:7107`) is `203.0.113.7`. It is
+a whole token: not after a letter, digit or `_` (`v1.2.3.4`, `x1.2.3.4`), not continuing a
+dotted or dashed number (`5.1.2.3.4`, `5-203-0-113-7`, `11.2.3.45`) nor continued by one
+(`1.2.3.4.5`, `1.2.3.40`, `203-0-113-70`); ports, brackets, quotes, `,`, `;`, `=` and `/`
+around it are not part of it (`1.2.3.4:443`, `client=1.2.3.4,`, `for=1.2.3.4;`,
+`X-Forwarded-For: 9.9.9.9, 1.2.3.4`). With a prefix length only a host counts: `/32`,
+`/128`, or host bits set (`203.0.113.7/24`, an interface); a network (`203.0.113.0/24`,
+`2001:db8::/32`) and a range (`203.0.113.0-203.0.113.7`) are nobody's. Reverse DNS
+spells the address too, and is found: IPv4 dashed in a host name
+(`host-203-0-113-7.example.net`, `ec2-203-0-113-7.compute-1.amazonaws.com`,
+`203-0-113-7.dyn.isp.example`), dotted in one (`203.0.113.7.nip.io`), reversed before
+`.in-addr.arpa` (`7.113.0.203.in-addr.arpa`); IPv6 as the 32 nibbles before `.ip6.arpa`
+and dashed before `.ipv6-literal.net` (`2001-db8--1.ipv6-literal.net`). A dashed name is
+read forward (`7-113-0-203.isp.example` is 7.113.0.203, another address). IPv6 colons may
+be written `%3A`; a key glued to an IPv6 address by a colon (`ip:2001:db8::1`) is not part
+of it unless the whole reads as one address. The address alone is replaced
+(`host-pn_….example.net`, `[pn_…]:443`, `pn_….in-addr.arpa`). Not read as an address:
+octets with leading zeros (`203.000.113.007`, which `ipaddress` refuses as ambiguous),
+integer and hex spellings, an IPv6 address followed by `:port` without brackets (read as
+a longer address). A dotted version equal to an address (`Chrome/1.2.3.4`) cannot be told
+from it and counts.
+
 What the prefilter recognizes, so what erasure and verification can promise: emails as
 above; phones as the digits of the national significant number written together, alone
 (where national spellings count) or after +44 / 44 / 0044 / %2B44; grouped as the country
@@ -56,9 +81,16 @@ writes it nationally with any single separator (`138 0013 8000`, `020-7946-0018`
 spellings count, else grouped that way after the country code only (`+44 20 7946 0018`,
 `+44 (0)20 7946 0018`, `+1 (415) 555-2671`); identifiers of six characters or more
 anywhere, shorter ones between delimiters (so not `uid%3D12`: a short id glued to a
-percent escape). Other spellings (`1380 013 8000`, `+44 207 946 0018`, `%20` between
-phone groups) are caught only on lines that mention the subject
-in another way; digits separated by dots (`415.555.2671`) are never a phone number, as
+percent escape); IPv4 addresses in each spelling above (the four numbers with one
+separator between them, forward and reversed, and the mapped hex); IPv6 addresses in any
+spelling `ipaddress` reads (any zero compression, leading zeros and case), with `:`, `-`
+or `%3A` between groups, and as ip6.arpa nibbles, except addresses with no group of three
+digits or more after the first (`2001::1`, `2001:db8::1` has `db8`), which are looked for
+compressed, exploded, and uncompressed with or without leading zeros
+(`2001:0:0:0:0:0:0:1`, `2001:0:0:0:0:0:0:0001`). Other spellings (`1380 013 8000`,
+`+44 207 946 0018`, `%20` between phone groups, an IPv6 address with a dotted IPv4 tail
+such as `64:ff9b::203.0.113.7`) are caught only on lines that mention the subject in
+another way; digits separated by dots (`415.555.2671`) are never a phone number, as
 those are IP addresses and versions.
 
 How it erases: each file is read once for the whole batch, and rewritten only if one of
@@ -122,6 +154,7 @@ import functools
 import glob as globmod
 import gzip
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -203,6 +236,39 @@ _UID_KEY = (
 )
 _TOKEN = r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]+"
 _GROUPS = r"%20|\([0-9]+\)|[0-9]+"
+# IP addresses. A candidate is a whole token (never a piece of `11.2.3.45`, `1.2.3.4.5`,
+# `v1.2.3.4`), read by `ipaddress` and looked up normalized. IPv4: dotted (optionally with
+# a /prefix), dashed inside a host name (`ip-203-0-113-7.ec2.internal`: reverse DNS spells
+# the address so), or reversed before `.in-addr.arpa`. A dashed name that reverses the
+# address (`7-113-0-203.isp`) is read forward, as the address it spells.
+_IP4 = r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
+_IPV4 = (
+    rf"(?:{_HEX_BEFORE}|(?<![A-Za-z0-9_]))(?<![0-9]\.)(?:"
+    rf"(?P<arpa>{_IP4})\.(?i:in-addr\.arpa)(?![A-Za-z0-9_-])"
+    rf"|(?P<dot>{_IP4})(?!\.(?i:in-addr)\.)(?:/(?P<len>[0-9]{{1,3}})(?![0-9]))?"
+    r"(?![A-Za-z0-9_]|[.-][0-9])"
+    r"|(?P<dash>[0-9]{1,3}(?:-[0-9]{1,3}){3})(?![A-Za-z0-9_]|[.-][0-9])"
+    r")"
+)
+# IPv6: hex groups and colons (`:` or `%3A`), an IPv4 tail, brackets and ports outside the
+# token. A key glued on with a colon (`ip:2001:db8::1`) is not part of the address, unless
+# the whole reads as one (`face:b00c::1`).
+_HEXTET = r"[0-9A-Fa-f]{0,4}"
+_COLON = r"(?::|%3[Aa])"
+_IPV6 = (
+    rf"(?:{_HEX_BEFORE}|(?<![0-9A-Za-z_.:]))"
+    rf"(?:(?P<key>[A-Za-z_][A-Za-z0-9_.-]*){_COLON})?"
+    rf"(?P<addr>{_HEXTET}(?:{_COLON}{_HEXTET}){{2,7}}(?:(?:(?<=:)|(?<=%3[Aa])){_IP4})?)"
+    r"(?:/(?P<len>[0-9]{1,3})(?![0-9]))?"
+    r"(?![0-9A-Za-z_:]|\.[0-9A-Za-z]|%3[Aa])"
+)
+# The reverse-DNS name of an IPv6 address (32 nibbles, last first) and the dashed form
+# Windows writes for UNC paths (`2001-db8--1.ipv6-literal.net`).
+_ARPA6 = r"(?<![0-9A-Za-z_.-])(?P<nib>(?:[0-9A-Fa-f]\.){32})(?i:ip6\.arpa)(?![A-Za-z0-9_-])"
+_DASH6 = (
+    rf"(?<![0-9A-Za-z_.-])(?P<addr>{_HEXTET}(?:-{_HEXTET}){{2,7}})"
+    r"\.(?i:ipv6-literal\.net)(?![A-Za-z0-9_-])"
+)
 
 
 @dataclass(frozen=True)
@@ -212,6 +278,10 @@ class _Patterns:
     uid_key: re.Pattern[Any]
     token: re.Pattern[Any]
     groups: re.Pattern[Any]
+    ipv4: re.Pattern[Any]
+    ipv6: re.Pattern[Any]
+    arpa6: re.Pattern[Any]
+    dash6: re.Pattern[Any]
 
 
 def _compile(as_bytes: bool) -> _Patterns:
@@ -220,6 +290,7 @@ def _compile(as_bytes: bool) -> _Patterns:
 
     return _Patterns(
         c(_EMAIL), c(_PHONE), c(_UID_KEY, re.IGNORECASE), c(_TOKEN), c(_GROUPS),
+        c(_IPV4), c(_IPV6), c(_ARPA6), c(_DASH6),
     )
 
 
@@ -259,8 +330,10 @@ class _Index:
     user_ids: dict[str, _Owner] = field(default_factory=dict)
     device_ids: dict[str, _Owner] = field(default_factory=dict)  # case-folded
     openids: dict[str, _Owner] = field(default_factory=dict)  # third_party, provider dropped
+    ips: dict[str, _Owner] = field(default_factory=dict)  # as normalize_ip writes them
     country_codes: dict[str, str] = field(default_factory=dict)  # E.164 -> "86"
     phone_literals: set[bytes] = field(default_factory=set)
+    ip_literals: set[bytes] = field(default_factory=set)
 
     @classmethod
     def build(cls, subjects: Sequence[Subject], store_region: str | None = None) -> _Index:
@@ -304,6 +377,9 @@ class _Index:
                 return [("device_ids", ident.value.casefold())]
             case IdentityType.THIRD_PARTY:
                 return [("openids", ident.value.partition(":")[2])]
+            case IdentityType.IP:
+                self.ip_literals.update(_ip_literals(ident.value))
+                return [("ips", ident.value)]
         return []  # pragma: no cover
 
     def literals(self, types: frozenset[IdentityType]) -> list[bytes]:
@@ -320,6 +396,8 @@ class _Index:
             out.update(_id_literal(v) for v in self.device_ids)
         if IdentityType.THIRD_PARTY in types:
             out.update(_id_literal(v) for v in self.openids if v)
+        if IdentityType.IP in types:
+            out |= self.ip_literals
         return sorted(lit for lit in out if lit.strip())
 
     @functools.cached_property
@@ -431,6 +509,63 @@ class _PhoneForms:
         return out
 
 
+def _ip_literals(value: str) -> list[bytes]:
+    """Literals for one address that the spellings stage 2 reads contain (in view form,
+    where `.`, `:` and `-` read as spaces). IPv4 `203.0.113.7`: `203 0 113 7` (dotted,
+    dashed, an IPv4-mapped IPv6 tail `::ffff:203.0.113.7`), `7 113 0 203` (in-addr.arpa)
+    and the mapped hex (`ffff cb00 7107`, `ffff 102 304` and `ffff 0102 0304` for 1.2.3.4).
+    IPv6: a run of groups that every spelling writes alike (`_ipv6_run`), with `:` and with
+    `%3A` between them, and the nibbles of ip6.arpa."""
+    address = ipaddress.ip_address(value)
+    if isinstance(address, ipaddress.IPv4Address):
+        octets = value.split(".")
+        hextets = ipaddress.IPv6Address(f"::ffff:{value}").exploded.split(":")[-2:]
+        return [" ".join(octets).encode(), " ".join(reversed(octets)).encode(),
+                view_of(":".join(["ffff", *hextets])),
+                view_of(":".join(["ffff", *(h.lstrip("0") or "0" for h in hextets)]))]
+    exploded = address.exploded
+    nibbles = " ".join(reversed(exploded.replace(":", ""))).encode()
+    run = _ipv6_run(exploded, b" ")
+    if run is not None:
+        return [run, _ipv6_run(exploded, b"@3a") or b"", nibbles]
+    # Nothing after the first group is long enough to be rare (`2001::1`): the first group
+    # alone would flag every line of its registry's addresses. Its usual spellings instead.
+    groups = exploded.split(":")
+    forms = [address.compressed, exploded,
+             ":".join(g.lstrip("0") or "0" for g in groups),  # as Java writes it
+             ":".join(g if g.strip("0") else "0" for g in groups)]
+    return [*(view_of(f) for f in forms), view_of(quote(address.compressed, safe="")), nibbles]
+
+
+def _ipv6_run(exploded: str, sep: bytes) -> bytes | None:
+    """The longest run of groups that every spelling of the address contains, whatever
+    its zero compression (`::` may stand for any zero groups), leading zeros and case: a
+    non-zero group as written without leading zeros (`db8` is in `0db8`), then groups of
+    four digits (nothing can pad them), each with the colons around it that are certain.
+    The first group (`2001`, `2a02`) is shared by the addresses of a whole registry: only
+    runs after it count, and only with three digits or more (None if there is none).
+    `sep` is how a colon reads in the view (`%3A`: `@3a`)."""
+    groups = [g.lstrip("0") for g in exploded.split(":")]
+    runs: list[bytes] = []
+    for i, first in enumerate(groups):
+        if not first:
+            continue
+        run = [first]
+        k = i
+        while k + 1 < 8 and len(groups[k + 1]) == 4:
+            k += 1
+            run.append(groups[k])
+        literal = sep.join(g.encode() for g in run)
+        if i > 0 and len(first) == 4:
+            literal = sep + literal  # a colon before it, and no zero can come between
+        if k < 7:
+            literal += sep  # a colon after it (single, or the first of `::`)
+        if i > 0:
+            runs.append(literal)
+    best = max(runs, key=len, default=b"")
+    return best if len(best.replace(sep, b"")) >= 3 else None
+
+
 def _id_literal(value: str) -> bytes:
     lit = view_of(value).strip()
     return lit if len(lit) >= SHORT_ID else b" " + lit + b" "
@@ -461,6 +596,8 @@ def _text_mentions(
     id_types = types & {IdentityType.USER_ID, IdentityType.DEVICE_ID, IdentityType.THIRD_PARTY}
     if id_types:
         found += _id_mentions(text, id_types, index, pats, keyed_numeric_ids)
+    if IdentityType.IP in types and index.ips:
+        found += _ip_mentions(text, pats, index)
     return _without_overlaps(found)
 
 
@@ -576,6 +713,98 @@ def _phone_groups(text: Any, lead: int, pats: _Patterns) -> list[tuple[int, int,
             continue
         groups.append((g.start(), g.end(), written.strip("()"), written))
     return groups
+
+
+def _ip_mentions(text: Any, pats: _Patterns, index: _Index) -> list[_Mention]:
+    """Whole-token IP addresses in `text` that are the batch's, in every spelling of the
+    patterns above; `ipaddress` reads each candidate, so `2001:DB8::1`,
+    `2001:0db8:0:0:0:0:0:1` and `::ffff:203.0.113.7` are the addresses they mean."""
+    out = []
+    for m in pats.ipv4.finditer(text):
+        if m.group("arpa") is not None:
+            span, value = m.span("arpa"), ".".join(reversed(_str(m.group("arpa")).split(".")))
+        elif m.group("dot") is not None:
+            span, value = m.span("dot"), _str(m.group("dot"))
+        else:
+            span, value = m.span("dash"), _str(m.group("dash")).replace("-", ".")
+        if _inside_numbers(text, span[0]):
+            continue  # `5-203-0-113-7`, `0-203.0.113.7` (a range): not this address alone
+        owner = _ip_owner(value, m.group("len"), index)
+        if owner is not None:
+            out.append(_Mention(span[0], span[1], owner))
+    for m in pats.ipv6.finditer(text):
+        span, value = m.span("addr"), _str(m.group("addr"))
+        if m.group("key") is not None:
+            whole = _str(m.group(0)).partition("/")[0]
+            if _ip6(whole) is not None:  # `face:b00c::1` is one address, not a key
+                span, value = (m.start("key"), m.end("addr")), whole
+        owner = _ip_owner(value, m.group("len"), index)
+        if owner is not None:
+            out.append(_Mention(span[0], span[1], owner))
+    for m in pats.arpa6.finditer(text):
+        nibbles = _str(m.group("nib")).replace(".", "")[::-1]
+        owner = index.ips.get(_ip_key(ipaddress.IPv6Address(int(nibbles, 16))))
+        if owner is not None:
+            out.append(_Mention(m.start("nib"), m.end("nib") - 1, owner))  # up to the last dot
+    for m in pats.dash6.finditer(text):
+        owner = _ip_owner(_str(m.group("addr")).replace("-", ":"), None, index)
+        if owner is not None:
+            out.append(_Mention(m.start("addr"), m.end("addr"), owner))
+    return out
+
+
+def _str(value: Any) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+def _inside_numbers(text: Any, start: int) -> bool:
+    """Whether the token at `start` continues a run of numbers before it (`5-203-0-113-7`,
+    `203.0.113.0-203.0.113.7`): a `.` or `-` right before it, after a group of digits that
+    starts its token. A label ending in digits (`ec2-203-0-113-7`) is not a number."""
+    sep = start - 1
+    if sep < 0 or text[sep:start] not in (".", "-", b".", b"-"):
+        return False
+    first = sep
+    while first > 0 and text[first - 1:first].isdigit():
+        first -= 1
+    return first < sep and (first == 0 or not text[first - 1:first].isalnum())
+
+
+def _ip6(value: str) -> ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.IPv6Address(value.replace("%3A", ":").replace("%3a", ":"))
+    except ValueError:
+        return None
+
+
+def _ip_owner(value: str, prefix: Any, index: _Index) -> _Owner | None:
+    """The batch's owner of the address `value`, unless `prefix` makes it a network
+    (`203.0.113.0/24`): with a prefix, only a host address counts (`/32`, `/128`, or host
+    bits set, as in `203.0.113.7/24`, an interface)."""
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    if ":" in value or "%" in value:
+        address = _ip6(value)
+    else:
+        try:
+            address = ipaddress.IPv4Address(value)
+        except ValueError:  # an octet over 255, or with a leading zero
+            address = None
+    if address is None:
+        return None
+    if prefix is not None:
+        length = int(prefix)
+        if length < address.max_prefixlen:
+            network = ipaddress.ip_network(f"{address}/{length}", strict=False)
+            if address == network.network_address:
+                return None
+    return index.ips.get(_ip_key(address))
+
+
+def _ip_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The address as `normalize_ip` writes it: an IPv4-mapped IPv6 address as its IPv4."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _id_mentions(
