@@ -308,6 +308,18 @@ def test_short_addresses_make_few_lines_candidates(engine: str) -> None:
     assert len(candidates) <= 0.002 * len(lines)
 
 
+def test_the_engine_is_chosen_by_what_compiling_and_translating_cost() -> None:
+    # 100 subjects' IPv4 literals (forward, reversed, mapped): short digit runs between
+    # byte classes, slow to compile as raw patterns; a view of 64 MiB is quicker.
+    subjects = [person(f"r{i}", f"198.51.{i}.{i + 1}") for i in range(100)]
+    literals = logs._Index.build(subjects).literals(frozenset({IdentityType.IP}))
+    assert logs._engine_for(literals, 64 << 20) == "view"
+    assert logs._engine_for(literals, 64 << 30) == "raw"
+    assert logs._engine_for(literals[:4], 64 << 20) == "raw"
+    assert logs._engine_for(literals, None) == "raw"  # sizes unknown: the count decides
+    assert logs._engine_for([b"x"] * (logs.RAW_MAX + 1), 64 << 30) == "view"
+
+
 # -- property: nothing of anyone else changes, no spelling of the batch survives ----------------
 _ADDRESSES = ["203.0.113.7", "198.51.100.23", "1.2.3.4", "192.0.2.44", "2001:db8::1",
               "2001:db8:85a3::8a2e:370:7334", "2001:db8::2", "8.8.8.8"]
