@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_logs                       # 64 MiB, K = 1, 100, 10000
     python -m benchmarks.bench_logs --size-mb 1024 --repeat 3
+    python -m benchmarks.bench_logs --ips                 # subjects have an IP address too
 
 It writes a log file of realistic lines (nginx access lines by default, `--format jsonl`
 for JSON-lines app logs) for a population of 2,000,000 users: emails in several domains
@@ -10,6 +11,12 @@ for JSON-lines app logs) for a population of 2,000,000 users: emails in several 
 lines mention one of the chosen subjects: a third of those mention subject #1, a third one
 of subjects #1-100, a third one of subjects #1-10,000, so that for every K the file has
 lines to rewrite and so is rewritten.
+
+With `--ips`, every user has an address of their own (public IPv4; IPv6 for one user in
+five) that their lines carry as the client address, the subjects have it as an `ip`
+identity, the sources look for IPs too (text: `identities` + ip; jsonl: the `ip` field),
+and the ids file for grep has it as well. Without it the file and the subjects are as
+before: random client addresses, no `ip` identity.
 
 For each K it writes the K subjects' identity values, one a line (email, phone digits, user
 id), to an ids file, copies the generated file afresh, and times on that copy
@@ -26,6 +33,7 @@ and erase / grep.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import random
 import shutil
@@ -44,7 +52,7 @@ from connectors.base import Outcome
 from connectors.logs import LogsConnector
 from dsrflow.crypto import Pseudonymizer, new_key
 from dsrflow.datamap import LogsSystem
-from dsrflow.identities import Identity, IdentityType, Subject
+from dsrflow.identities import Identity, IdentityError, IdentityType, Subject, normalize_ip
 
 POPULATION = 2_000_000
 FIRST_UID = 10_000_000
@@ -96,10 +104,27 @@ class User:
     def device(self) -> str:
         return f"{(self.index * 2654435761) % 2**64:016x}"
 
+    @property
+    def ip(self) -> str:
+        """A public address of the user's own, the same in every run (IPv6 for one in
+        five): a multiplicative hash of the index, stepped past shared ranges."""
+        step = 0
+        while True:
+            n = (self.index * 2654435761 + step * 40503) % 2**32
+            if self.index % 5 == 0:
+                value = str(ipaddress.IPv6Address((0x2A02 << 112) | (n << 64) | (n * 48271)))
+            else:
+                value = str(ipaddress.IPv4Address(n))
+            try:
+                return normalize_ip(value)
+            except IdentityError:  # private, loopback, multicast ...: many people's
+                step += 1
+
 
 class _Lines:
-    def __init__(self, fmt: str, seed: int, subjects: list[User]) -> None:
+    def __init__(self, fmt: str, seed: int, subjects: list[User], ips: bool = False) -> None:
         self.fmt = fmt
+        self.ips = ips
         self.rng = random.Random(seed)
         self.subjects = subjects
         self.subject_set = set(subjects)
@@ -114,9 +139,10 @@ class _Lines:
             if user not in self.subject_set:
                 return user
 
-    def _ip(self) -> str:
+    def _ip(self, user: User) -> str:
         r = self.rng.randrange
-        return f"{r(1, 224)}.{r(256)}.{r(256)}.{r(1, 255)}"
+        random_ip = f"{r(1, 224)}.{r(256)}.{r(256)}.{r(1, 255)}"
+        return user.ip if self.ips else random_ip
 
     def line(self) -> str:
         return self._nginx() if self.fmt == "text" else self._jsonl()
@@ -130,7 +156,7 @@ class _Lines:
     def _nginx(self) -> str:
         rng = self.rng
         user = self.user()
-        ip = self._ip()
+        ip = self._ip(user)
         ts = (f"{rng.randrange(1, 29):02d}/Nov/2026:{rng.randrange(24):02d}:"
               f"{rng.randrange(60):02d}:{rng.randrange(60):02d} +0800")
         path = rng.choice(PATHS).format(n=rng.randrange(1, 10_000_000))
@@ -157,7 +183,7 @@ class _Lines:
         user = self.user()
         ts = (f"2026-11-{rng.randrange(1, 29):02d}T{rng.randrange(24):02d}:"
               f"{rng.randrange(60):02d}:{rng.randrange(60):02d}.{rng.randrange(1000):03d}Z")
-        ip = self._ip()
+        ip = self._ip(user)
         email = user.email if rng.random() < 0.8 else user.email.title()
         phone = self._phone_spelling(user) if rng.random() < 0.5 else None
         phone_json = "null" if phone is None else f'"{phone}"'
@@ -174,9 +200,9 @@ def chosen_subjects(seed: int) -> list[User]:
     return [User(i) for i in rng.sample(range(POPULATION), MAX_K)]
 
 
-def generate(path: Path, size_mb: int, fmt: str, seed: int) -> int:
+def generate(path: Path, size_mb: int, fmt: str, seed: int, ips: bool = False) -> int:
     """Write about `size_mb` MiB of log lines; returns the number of lines."""
-    lines = _Lines(fmt, seed, chosen_subjects(seed))
+    lines = _Lines(fmt, seed, chosen_subjects(seed), ips)
     target = size_mb * 1024 * 1024
     written = count = 0
     with open(path, "w", encoding="ascii", buffering=1 << 20) as out:
@@ -189,19 +215,20 @@ def generate(path: Path, size_mb: int, fmt: str, seed: int) -> int:
     return count
 
 
-def system_for(fmt: str) -> LogsSystem:
+def system_for(fmt: str, ips: bool = False) -> LogsSystem:
     source: dict[str, object]
     if fmt == "text":
         source = {"path": "work/*.log", "format": "text",
-                  "identities": ["email", "phone", "user_id", "device_id"]}
+                  "identities": ["email", "phone", "user_id", "device_id"] + (
+                      ["ip"] if ips else [])}
     else:
         source = {"path": "work/*.log", "format": "jsonl",
                   "fields": {"user.id": "user_id", "user.email": "email", "phone": "phone",
-                             "device": "device_id"}}
+                             "device": "device_id", **({"ip": "ip"} if ips else {})}}
     return LogsSystem.model_validate({"kind": "logs", "sources": {"bench": source}})
 
 
-def subjects_of(users: list[User]) -> list[Subject]:
+def subjects_of(users: list[User], ips: bool = False) -> list[Subject]:
     return [
         # The population is Chinese: its national numbers are read in CN, as a PIPL
         # request's would be (and only then are national spellings the subject's).
@@ -213,6 +240,7 @@ def subjects_of(users: list[User]) -> list[Subject]:
                 Identity.read(IdentityType.PHONE, u.phone, "CN"),
                 Identity(type=IdentityType.USER_ID, value=str(u.uid)),
                 Identity(type=IdentityType.DEVICE_ID, value=u.device),
+                *([Identity(type=IdentityType.IP, value=u.ip)] if ips else []),
             ),
         )
         for i, u in enumerate(users)
@@ -234,12 +262,14 @@ class Row:
         return self.erase_s / self.grep_s
 
 
-def run_k(workdir: Path, master: Path, fmt: str, users: list[User], repeat: int) -> Row:
+def run_k(workdir: Path, master: Path, fmt: str, users: list[User], repeat: int,
+          ips: bool = False) -> Row:
     ids = workdir / f"ids-{len(users)}.txt"
-    ids.write_text("".join(f"{u.email}\n{u.phone}\n{u.uid}\n" for u in users))
+    ids.write_text("".join(f"{u.email}\n{u.phone}\n{u.uid}\n" + (f"{u.ip}\n" if ips else "")
+                           for u in users))
     work = workdir / "work"
     target = work / "access.log"
-    subjects = subjects_of(users)
+    subjects = subjects_of(users, ips)
     keys = {s.request_id: Pseudonymizer(new_key()) for s in subjects}
     best: Row | None = None
     for _ in range(repeat):
@@ -256,7 +286,7 @@ def run_k(workdir: Path, master: Path, fmt: str, users: list[User], repeat: int)
         grep_s = time.perf_counter() - start
         if grep.returncode not in (0, 1):
             sys.exit(f"grep failed: {grep.stderr.strip()}")
-        connector = LogsConnector("bench", system_for(fmt), workdir, workdir / "state")
+        connector = LogsConnector("bench", system_for(fmt, ips), workdir, workdir / "state")
         start = time.perf_counter()
         erased = connector.erase(subjects, None, keys)
         erase_s = time.perf_counter() - start
@@ -304,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("text", "jsonl"), default="text")
     parser.add_argument("--repeat", type=int, default=1, help="best of N fresh copies")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--ips", action="store_true",
+                        help="users have IP addresses of their own, searched as an identity")
     parser.add_argument("--dir", type=Path, default=None,
                         help="working folder (default: a temporary one, removed afterwards); "
                              "a generated file found there is reused")
@@ -315,24 +347,26 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="dsrflow-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        master = workdir / f"master-{args.format}-{args.size_mb}mb-{args.seed}.log"
+        ips = "-ips" if args.ips else ""
+        master = workdir / f"master-{args.format}-{args.size_mb}mb-{args.seed}{ips}.log"
         if not master.exists():
             start = time.perf_counter()
             partial = master.with_suffix(".partial")
-            lines = generate(partial, args.size_mb, args.format, args.seed)
+            lines = generate(partial, args.size_mb, args.format, args.seed, args.ips)
             partial.replace(master)
             print(f"generated {lines:,} lines in {time.perf_counter() - start:.0f} s",
                   file=sys.stderr)
         size = master.stat().st_size
         users = chosen_subjects(args.seed)
-        print(f"# {args.format} logs, {size / 2**20:,.0f} MiB; {machine()}")
+        what = " (subjects with IP addresses)" if args.ips else ""
+        print(f"# {args.format} logs{what}, {size / 2**20:,.0f} MiB; {machine()}")
         print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; best of {args.repeat}")
         print()
         print("| K subjects | grep -F -c (s) | erase (s) | erase / grep | verify (s) "
               "| lines rewritten | left after |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for k in ks:
-            row = run_k(workdir, master, args.format, users[:k], args.repeat)
+            row = run_k(workdir, master, args.format, users[:k], args.repeat, args.ips)
             print(f"| {row.k:,} | {row.grep_s:.2f} | {row.erase_s:.2f} | {row.ratio:.2f}x "
                   f"| {row.verify_s:.2f} | {row.rewritten:,} | {row.remaining} |", flush=True)
     finally:
