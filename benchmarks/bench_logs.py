@@ -107,10 +107,11 @@ class User:
     @property
     def ip(self) -> str:
         """A public address of the user's own, the same in every run (IPv6 for one in
-        five): a multiplicative hash of the index, stepped past shared ranges."""
+        five): a multiplicative hash of the index, hashed again while it falls in a
+        range many people share."""
         step = 0
         while True:
-            n = (self.index * 2654435761 + step * 40503) % 2**32
+            n = ((self.index + step * 1_000_003) * 2654435761) % 2**32
             if self.index % 5 == 0:
                 value = str(ipaddress.IPv6Address((0x2A02 << 112) | (n << 64) | (n * 48271)))
             else:
