@@ -528,13 +528,14 @@ def _ip_literals(value: str) -> list[bytes]:
     and the mapped hex (`ffff cb00 7107`, `ffff 102 304` and `ffff 0102 0304` for 1.2.3.4).
     IPv6: a run of groups that every spelling writes alike (`_ipv6_run`), with `:` and with
     `%3A` between them, and the nibbles of ip6.arpa."""
-    address = ipaddress.ip_address(value)
-    if isinstance(address, ipaddress.IPv4Address):
+    if ":" not in value:  # IPv4, dotted as normalize_ip writes it
         octets = value.split(".")
-        hextets = ipaddress.IPv6Address(f"::ffff:{value}").exploded.split(":")[-2:]
+        a, b, c, d = (int(o) for o in octets)
+        hextets = [f"{a << 8 | b:04x}", f"{c << 8 | d:04x}"]  # as in ::ffff:cb00:7107
         return [" ".join(octets).encode(), " ".join(reversed(octets)).encode(),
-                view_of(":".join(["ffff", *hextets])),
-                view_of(":".join(["ffff", *(h.lstrip("0") or "0" for h in hextets)]))]
+                " ".join(["ffff", *hextets]).encode(),
+                " ".join(["ffff", *(h.lstrip("0") or "0" for h in hextets)]).encode()]
+    address = ipaddress.IPv6Address(value)
     exploded = address.exploded
     nibbles = " ".join(reversed(exploded.replace(":", ""))).encode()
     run = _ipv6_run(exploded, b" ")
