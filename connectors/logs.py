@@ -342,31 +342,27 @@ class _Index:
         `phone_region`); without one, each subject's own region."""
         index = cls()
         forms: dict[str, _PhoneForms] = {}  # one parse per number, however many subjects
-        first: dict[tuple[str, str], tuple[str, Identity]] = {}  # (table, key) -> claim
         shared: dict[tuple[str, str], dict[str, Identity]] = {}  # keys of several requests
         for subject in subjects:
             rid = subject.request_id
             region = store_region or subject.phone_region
             for ident in subject.identities:
-                for claim in index._keys(ident, region, forms):
-                    held = first.setdefault(claim, (rid, ident))
-                    if held[0] != rid:
-                        # A batch may repeat a request: its first identity keeps the key.
-                        shared.setdefault(claim, dict([held])).setdefault(rid, ident)
-        # One owner per identity and requests (keyed by strings: hashing a pydantic model
-        # is what a batch of 10,000 would spend its time on).
-        owners: dict[tuple[str, str, tuple[str, ...]], _Owner] = {}
-        for claim, (rid, ident) in first.items():
-            rids: tuple[str, ...] = (rid,)
-            if claim in shared:
-                rids = tuple(sorted(shared[claim]))
-                # The pseudonym written is the first request's, of its identity.
-                ident = shared[claim][rids[0]]
-            key = (ident.type.value, ident.value, rids)
-            owner = owners.get(key)
-            if owner is None:
-                owner = owners[key] = _Owner(ident, rids)
-            getattr(index, claim[0])[claim[1]] = owner
+                owner = _Owner(ident, (rid,))
+                for table, key in index._keys(ident, region, forms):
+                    # A batch may repeat a request: its first identity keeps the key.
+                    held = getattr(index, table).setdefault(key, owner)
+                    if rid not in held.request_ids:
+                        claims = shared.setdefault((table, key), {held.request_ids[0]:
+                                                                  held.identity})
+                        claims.setdefault(rid, ident)
+        owners: dict[tuple[int, tuple[str, ...]], _Owner] = {}
+        for (table, key), claims in shared.items():
+            rids = tuple(sorted(claims))
+            ident = claims[rids[0]]  # the pseudonym written: the first request's
+            merged = owners.get((id(ident), rids))
+            if merged is None:
+                merged = owners[(id(ident), rids)] = _Owner(ident, rids)
+            getattr(index, table)[key] = merged
         return index
 
     def _keys(
