@@ -37,17 +37,17 @@ How it finds a subject's lines, in two stages whose cost does not grow with the 
    line that is not JSON is searched as text for the types the fields declare.
 
 Phone numbers by region, as `dsrflow.identities.phone_variants` reads them in the
-source's `phone_region` (the country whose national format its logs are written in) or,
-where the source declares none, in each subject's `phone_region`: the international
+system's `phone_region` (the country whose national format its logs are written in) or,
+where the data map gives none, in each subject's `phone_region`: the international
 spellings of a number (`+442079460018`, `442079460018`, `00442079460018`, `%2B44…`, and
 grouped after the country code: `+44 20 7946 0018`, `0044-20-7946-0018`) are always its
 subject's; its national spellings (the national significant number `2079460018`, with the
 trunk prefix `02079460018`, grouped: `020 7946 0018`, `(415) 555-2671`) only when that
 region dials the number's country code. `020 7946 0018` is London in a British log and
-Guangzhou in a Chinese one: in a source declared `phone_region: CN` a GB subject's number
-is not found in it, while in a source that declares no region it is read in the GB
-subject's own region, as theirs. No region at all (a GDPR request without a country, a
-source without one) means international spellings only. A national spelling that two
+Guangzhou in a Chinese one: in logs declared `phone_region: CN` a GB subject's number is
+not found in it, while in logs that declare no region it is read in the GB subject's own
+region, as theirs. No region at all (a GDPR request without a country, a system without
+one) means international spellings only. A national spelling that two
 subjects of the batch read as their own numbers counts for both.
 
 IP addresses (`ip`), IPv4 and IPv6. A candidate is read by `ipaddress` and compared
@@ -338,8 +338,8 @@ class _Index:
 
     @classmethod
     def build(cls, subjects: Sequence[Subject], store_region: str | None = None) -> _Index:
-        """`store_region`: where the logs' national phone numbers are written (a source's
-        `phone_region`); without one, each subject's own region."""
+        """`store_region`: where the logs' national phone numbers are written (the
+        system's `phone_region`); without one, each subject's own region."""
         index = cls()
         forms: dict[str, _PhoneForms] = {}  # one parse per number, however many subjects
         shared: dict[tuple[str, str], dict[str, Identity]] = {}  # keys of several requests
@@ -416,21 +416,6 @@ class _Index:
     def token_lengths(self) -> frozenset[int]:
         """Lengths of the identifiers looked for as tokens: other tokens are skipped."""
         return frozenset(len(v) for d in (self.user_ids, self.device_ids, self.openids) for v in d)
-
-
-class _Indexes:
-    """The batch's index for each source, by the region its phone numbers are read in:
-    built once per region (sources without one share the subjects' regions)."""
-
-    def __init__(self, subjects: Sequence[Subject]) -> None:
-        self.subjects = subjects
-        self._built: dict[str | None, _Index] = {}
-
-    def of(self, source: LogSource) -> _Index:
-        region = source.phone_region
-        if region not in self._built:
-            self._built[region] = _Index.build(self.subjects, region)
-        return self._built[region]
 
 
 def _email_literals(email: str) -> list[bytes]:
@@ -1512,10 +1497,10 @@ class LogsConnector:
         records: dict[str, Records] = {s.request_id: {} for s in subjects}
         if not self._in_scope(scope):
             return records
-        indexes = _Indexes(subjects)
+        index = _Index.build(subjects, self.system.phone_region)
         with self._reading():
             for source_name, source, files in self._plan():
-                reader, prefilter = self._stages(source, indexes, files)
+                reader, prefilter = self._stages(source, index, files)
                 for file in files:
                     for hit in self._scan_file(file, reader, prefilter, line_numbers=True):
                         text = hit.line.decode("utf-8", "replace").rstrip("\r")
@@ -1529,10 +1514,10 @@ class LogsConnector:
         outcomes = {s.request_id: Outcome() for s in subjects}
         if not self._in_scope(scope):
             return outcomes
-        indexes = _Indexes(subjects)
+        index = _Index.build(subjects, self.system.phone_region)
         with self._reading():
             for source_name, source, files in self._plan():
-                reader, prefilter = self._stages(source, indexes, files)
+                reader, prefilter = self._stages(source, index, files)
                 for outcome in outcomes.values():
                     outcome.part(source_name)
                 for file in files:
@@ -1552,7 +1537,7 @@ class LogsConnector:
         outcomes = {s.request_id: Outcome() for s in subjects}
         if not self._in_scope(scope):
             return outcomes
-        indexes = _Indexes(subjects)
+        index = _Index.build(subjects, self.system.phone_region)
         replace = self._replacement(pseudonymizers)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
@@ -1561,7 +1546,7 @@ class LogsConnector:
             checkpoint = _Checkpoint(self.state_dir, self._batch(subjects, pseudonymizers))
             self._remove_stale_temps()
             for source_name, source, files in self._plan():
-                reader, prefilter = self._stages(source, indexes, files)
+                reader, prefilter = self._stages(source, index, files)
                 statement = hashlib.sha256(f"{source_name}:rewrite".encode()).hexdigest()
                 for outcome in outcomes.values():
                     outcome.part(source_name)
@@ -2001,9 +1986,9 @@ class LogsConnector:
 
     # -- helpers ----------------------------------------------------------------------------
     def _stages(
-        self, source: LogSource, indexes: _Indexes, files: Sequence[_File],
+        self, source: LogSource, index: _Index, files: Sequence[_File],
     ) -> tuple[_LineReader, _Prefilter]:
-        reader = _LineReader(source, indexes.of(source))
+        reader = _LineReader(source, index)
         size = sum(f.size for f in files)  # gzip: compressed, so the view's cost is more
         return reader, _Prefilter(reader.index.literals(reader.types), self.engine, size)
 

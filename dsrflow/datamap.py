@@ -382,21 +382,6 @@ class LogSource(_Strict):
     identities: list[IdentityType] = Field(
         default=[], description="text: the identity types to look for in each line"
     )
-    phone_region: str | None = Field(
-        default=None,
-        description="the country (ISO 3166 alpha-2) whose national format the phone numbers "
-        "in these logs are written in; unset: each subject's own region",
-    )
-
-    @field_validator("phone_region")
-    @classmethod
-    def _region(cls, value: str | None) -> str | None:
-        import phonenumbers
-
-        if value is not None and value.upper() not in phonenumbers.SUPPORTED_REGIONS:
-            raise ValueError("unknown country: expected an ISO 3166 alpha-2 code such as CN")
-        return None if value is None else value.upper()
-
     @model_validator(mode="after")
     def _consistent(self) -> LogSource:
         if (self.path is None) == (self.s3 is None):
