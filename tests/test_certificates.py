@@ -25,6 +25,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import tasks.steps
+from connectors.sql import SqlConnector
 from dsrflow.certificates import (
     FORMAT,
     CertificateInvalid,
@@ -374,10 +375,17 @@ def test_a_certificate_issued_again_keeps_when_the_partner_finished(
     e = _start(tmp_path, db_url, db_url)
     previous = set_runtime(e.rt)
     try:
-        engine = sa.create_engine(e.url)
-        e.rt.connector("db")  # reflect the schema first, then take a table away under it
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE post_tags RENAME TO post_tags_away"))
+        # The database goes away while it erases (its identities were resolved before).
+        real_erase = SqlConnector.erase
+        down = sa.exc.OperationalError("DELETE", {}, Exception("no such table: post_tags"))
+
+        def erase(self: SqlConnector, *args: Any) -> Any:
+            if database_down:
+                raise down
+            return real_erase(self, *args)
+
+        database_down = True
+        monkeypatch.setattr(SqlConnector, "erase", erase)
 
         assert process_requests([e.request_id]) == {e.request_id: "in_progress"}
         clock.at = datetime(2026, 11, 21, 16, 5, tzinfo=UTC)
@@ -389,9 +397,7 @@ def test_a_certificate_issued_again_keeps_when_the_partner_finished(
         first = _issued(e)
         assert first["outcome"]["status"] == "incomplete"
 
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE post_tags_away RENAME TO post_tags"))
-        engine.dispose()
+        database_down = False
         clock.at = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
         try:
             outcome = process_requests([e.request_id])
