@@ -33,7 +33,6 @@ import base64
 import hashlib
 import itertools
 import string
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from connectors.base import ConnectorConfigError, Outcome, Records, Scope, resolve_endpoint
 from dsrflow.crypto import Pseudonymizer
 from dsrflow.datamap import Action, Bucket, ColumnRef, ObjectOwnership, ObjectsSystem
-from dsrflow.identities import IdentityError, IdentityType, Subject, normalize
+from dsrflow.identities import IdentityError, IdentityType, Subject, normalize, unsafe_reason
 
 DELETE_BATCH = 1000  # S3's limit of objects per DeleteObjects request
 WORKERS = 8  # concurrent listings and per-object reads (boto3 clients are thread-safe)
@@ -545,19 +544,6 @@ def fill_template(template: str, subject: Subject) -> list[str]:
                 )
         choices.append(values)
     return ["".join(parts) for parts in itertools.product(*choices)]
-
-
-def unsafe_reason(value: str) -> str | None:
-    """Why a value cannot be put into a key, or None if it can (never quotes the value)."""
-    if not value.strip():
-        return "is empty"
-    if "/" in value or "\\" in value:
-        return "contains a path separator"
-    if ".." in value or value == ".":
-        return "is or contains a relative path step (dot or dot-dot)"
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        return "contains a control character"
-    return None
 
 
 def _check_template(system: str, bucket: str, template: str) -> None:

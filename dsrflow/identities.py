@@ -10,10 +10,13 @@ a store is searched for: a national spelling of a foreign number is someone else
 from __future__ import annotations
 
 import ipaddress
+import re
+import unicodedata
 from enum import StrEnum
 from typing import Annotated, Any
 
 import phonenumbers
+from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 MAX_IDENTITY_LENGTH = 320  # RFC 5321's longest address; nothing legitimate is longer
@@ -48,14 +51,23 @@ class IdentityError(ValueError):
 
 
 def normalize_email(raw: str) -> str:
-    value = raw.strip().casefold()
-    local, sep, domain = value.partition("@")
-    if not sep or not local or not domain or "@" in domain or "." not in domain:
-        raise IdentityError("not an email address")
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
-        raise IdentityError("an email address cannot contain white space or control characters")
+    """An address as `email-validator` reads it (syntax only, no DNS: `a@.com`, `a@b..com`
+    and `a@-b.com` are refused, internationalized domains accepted), its local part
+    case-folded. Domains come back lower-case, an IDNA domain in Unicode."""
+    try:
+        parsed = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError:
+        # The library's message can quote the offending characters: it is not repeated.
+        raise IdentityError("not an email address") from None
+    value = f"{parsed.local_part.casefold()}@{parsed.domain}"
     if len(value) > MAX_IDENTITY_LENGTH:
         raise IdentityError(f"longer than {MAX_IDENTITY_LENGTH} characters once case-folded")
+    # Case folding can lengthen a local part ('ﬃ' is 'ffi') past what the validator allows:
+    # refused now rather than accepted once and refused when the stored value is read again.
+    try:
+        validate_email(value, check_deliverability=False)
+    except EmailNotValidError:
+        raise IdentityError("not an email address once case-folded") from None
     return value
 
 
@@ -173,13 +185,54 @@ def normalize(kind: IdentityType, raw: str, phone_region: str | None = None) -> 
     raise IdentityError(f"unknown identity type {kind!r}")  # pragma: no cover
 
 
+# -- what a value may be used for -------------------------------------------------------------
+# A user id is compared with key columns (integer or text) and sent to partners: letters,
+# ASCII digits and `. _ : @ -`, starting with a letter or digit, or a negative integer.
+# `²` and `٣` are digits to `str.isdigit` and to `int()`, not to a database.
+MAX_USER_ID_LENGTH = 128
+_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
+_INTEGER = re.compile(r"-?[0-9]+")
+_INT64 = range(-(2**63), 2**63)
+
+
+def user_id_problem(value: str) -> str | None:
+    """Why `value` cannot be a user id, or None if it can (never quotes the value). One that
+    is all digits must fit a signed 64-bit key column: a longer one would match no row of
+    an integer key and the erasure would report "nothing found" for an account it never
+    looked at."""
+    if len(value) > MAX_USER_ID_LENGTH:
+        return f"longer than {MAX_USER_ID_LENGTH} characters"
+    if _INTEGER.fullmatch(value):
+        return None if int(value) in _INT64 else "a number outside the signed 64-bit range"
+    if not _USER_ID.fullmatch(value):
+        return ("not a user id: ASCII letters, digits and . _ : @ -, starting with a letter "
+                "or digit (or a negative integer)")
+    return None
+
+
+def unsafe_reason(value: str) -> str | None:
+    """Why a value cannot be put into an object key or a file path, or None if it can
+    (never quotes the value): it could leave its place (`a/b`, `..`) or name nothing."""
+    if not value.strip():
+        return "is empty"
+    if "/" in value or "\\" in value:
+        return "contains a path separator"
+    if ".." in value or value == ".":
+        return "is or contains a relative path step (dot or dot-dot)"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        return "contains a control character or a lone surrogate"
+    return None
+
+
 class Identity(BaseModel):
     """One normalized identity of a subject. Construct through the model so that
     normalization can never be skipped. A phone number written nationally is read in the
     region given as validation context (`{"phone_region": "GB"}`, see `Identity.read`);
     without one it is refused."""
 
-    model_config = ConfigDict(frozen=True)
+    # Extra keys are refused, not dropped: a ticket's `{"type", "value", "region"}` must not
+    # lose a constraint its sender thought they gave.
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     type: IdentityType
     value: Annotated[str, Field(min_length=1, max_length=MAX_IDENTITY_LENGTH)]

@@ -22,6 +22,8 @@ from dsrflow.identities import (
     normalize_third_party,
     phone_variants,
     reads_nationally,
+    unsafe_reason,
+    user_id_problem,
 )
 
 # -- email -------------------------------------------------------------------------------
@@ -80,17 +82,123 @@ def test_identity_longer_than_limit_is_rejected() -> None:
         normalize(IdentityType.EMAIL, raw)
     with pytest.raises(ValidationError):
         Identity(type=IdentityType.EMAIL, value=raw)
+    # (An email address is at most 254 characters, RFC 5321 with erratum 1690: the value
+    # at the limit is a device id.)
     at_limit = raw[1:]
-    assert normalize(IdentityType.EMAIL, at_limit) == at_limit
+    assert normalize(IdentityType.DEVICE_ID, at_limit) == at_limit
+
+
+def test_an_email_address_longer_than_rfc_5321_allows_is_rejected() -> None:
+    raw = "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 60 + ".com"  # 257
+    with pytest.raises(IdentityError):
+        normalize(IdentityType.EMAIL, raw)
+    assert normalize(IdentityType.EMAIL, raw[3:]) == raw[3:]
 
 
 def test_email_normalization_is_idempotent_at_the_length_limit() -> None:
-    # 'ﬃ' case-folds to 'ffi': a value accepted at the limit comes out longer than the
-    # limit, and normalizing the result again is refused.
-    raw = "\ufb03" * 110 + "@example.com"  # 122 characters in, 342 out
+    # 'ΐ' case-folds to three code points (2 bytes of UTF-8 become 6): a value within the
+    # limits comes out longer than an address may be, and normalizing it again would fail.
+    raw = "\u0390" * 100 + "@example.com"  # 212 bytes in, 612 out
     # Refused up front, rather than accepted once and refused when normalized again.
     with pytest.raises(IdentityError, match="case-folded"):
         normalize(IdentityType.EMAIL, raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "a@.com",  # a period right after the @
+        "a@b..com",  # two periods in a row
+        "a@-b.com",  # a label starting with a hyphen
+        "a@b-.com",
+        "a.@example.com",  # a local part ending in a period
+        "a..b@example.com",
+        '"a b"@example.com',  # quoted local parts: legal in RFC 5322, refused by mail apps
+        "a@[203.0.113.7]",  # a domain literal
+        "a@example.test",  # special-use names (RFC 6761) can receive no one's mail
+        "a@example.invalid",
+        "a@localhost.localdomain.local",
+    ],
+)
+def test_emails_are_checked_by_a_real_validator(raw: str) -> None:
+    with pytest.raises(IdentityError) as caught:
+        normalize_email(raw)
+    # email-validator's messages can quote a part of the address: not repeated.
+    assert str(caught.value) == "not an email address"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("用户@例子.广告", "用户@例子.广告"),  # internationalized, as RFC 6531 allows
+        ("Straße@BÜCHER.de", "strasse@bücher.de"),  # the domain lower-cased, IDNA-style
+        ("li.na@xn--bcher-kva.example", "li.na@bücher.example"),  # punycode read as Unicode
+        ("o'brien+dsr@example.co.uk", "o'brien+dsr@example.co.uk"),
+    ],
+)
+def test_internationalized_addresses_are_accepted_as_the_validator_reads_them(
+    raw: str, expected: str
+) -> None:
+    assert normalize_email(raw) == expected
+    assert normalize_email(expected) == expected
+
+
+def test_an_identity_with_an_unknown_key_is_refused() -> None:
+    # A sender who wrote {"type", "value", "region"} meant a constraint: it is refused, not
+    # silently dropped.
+    with pytest.raises(ValidationError) as caught:
+        Identity.model_validate({"type": "email", "value": "a@example.com", "region": "GB"})
+    assert caught.value.errors()[0]["loc"] == ("region",)
+
+
+# -- what a value may be used for -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["7", "-5", "0", "007", "9223372036854775807", "-9223372036854775808", "u-17",
+     "A1b2.C3_d4:e5@f6", "537C8622-12C9-498B-B0C9-1139D5721579", "x" * 128],
+)
+def test_user_ids_that_can_be_keys_are_accepted(value: str) -> None:
+    assert user_id_problem(value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "²",  # a digit to str.isdigit(), and int() fails on it
+        "٣",  # ARABIC-INDIC THREE: int() reads it as 3, no database does
+        "１２",  # full-width digits
+        "\\d+", ".*", "%", "a b", "a/b", "a\\b", "../../etc", "..", ".x", "-", "--5", "-a",
+        "+5", "a'b", "a;b", "1 OR 1=1",
+        "9223372036854775808",  # one past a signed 64-bit key
+        "-9223372036854775809",
+        "9" * 40,
+        "x" * 129,
+    ],
+)
+def test_user_ids_that_no_key_column_holds_are_refused(value: str) -> None:
+    problem = user_id_problem(value)
+    assert problem is not None
+    assert len(value) < 3 or value not in problem  # (a lone '-' is in any sentence)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "empty"), ("  ", "empty"), ("a/b", "separator"), ("a\\b", "separator"),
+        ("..", "dot"), (".", "dot"), ("a..b", "dot"), ("a\x00b", "control"),
+        ("a\x85b", "control"), ("a\ud800", "surrogate"),
+    ],
+)
+def test_values_that_would_leave_their_place_in_a_key_are_named(value: str, why: str) -> None:
+    problem = unsafe_reason(value)
+    assert problem is not None and why in problem
+
+
+@pytest.mark.parametrize("value", ["7", "u-17", "a.b", "li.na@example.com", "+8613800138000"])
+def test_values_that_stay_in_their_place_are_safe(value: str) -> None:
+    assert unsafe_reason(value) is None
 
 
 # -- phone -------------------------------------------------------------------------------
