@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dsrflow.identities import IdentityType
 from dsrflow.model import Regime, RequestType
-from dsrflow.tickets import MAX_TICKET_BYTES, Rejection, Ticket, parse_ticket
+from dsrflow.tickets import MAX_TICKET_BYTES, Rejection, Ticket, parse_ticket, rejection_of
 
 BAD_EMAIL = "zhang.wei(at)example.com"
 BAD_PHONE = "138 0013 800"  # one digit short
@@ -109,7 +109,9 @@ def test_a_ticket_of_exactly_the_size_limit_is_accepted() -> None:
             "identities.1.type",
             "+86 10 1234 5678",
         ),
-        ({"identities": [{"type": "user_id", "value": "u\x00-17"}]}, "identities.0", "u\x00-17"),
+        # (The reason names the value itself now: every string is checked for controls.)
+        ({"identities": [{"type": "user_id", "value": "u\x00-17"}]}, "identities.0.value",
+         "u\x00-17"),
         ({"identities": [{"type": "email"}]}, "identities.0.value", None),
         ({"identities": []}, "identities", None),
         ({"identities": ...}, "identities", None),
@@ -353,6 +355,144 @@ def test_deeply_nested_json_within_the_size_limit_is_a_rejection() -> None:
 
 def test_text_with_lone_surrogates_is_a_rejection() -> None:
     assert isinstance(parse_ticket('{"ticket_id": "\ud800"}'), Rejection)
+
+
+def test_an_integer_too_long_for_python_to_read_is_a_rejection() -> None:
+    # json.loads raises ValueError (not JSONDecodeError) past 4,300 digits.
+    for raw in ('{"ticket_id": ' + "1" * 5000 + "}", "1" * 4301):
+        assert rejected(raw).reason == "not valid JSON: a number too long to read"
+
+
+# -- times: RFC 3339 text with an offset, from 2000 to now -------------------------------------
+RECEIVED = "2025-03-03T09:15:02+08:00"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (1741000000, "RFC 3339"),  # Unix time, as a number
+        (1741000000.5, "RFC 3339"),
+        ("1741000000", "RFC 3339"),  # and as text
+        (True, "RFC 3339"),
+        ("2025-03-03 09:15:02+08:00", "RFC 3339"),  # ISO 8601, not RFC 3339's `T`
+        ("2025-03-03T09:15:02+0800", "RFC 3339"),
+        ("2025-03-03T09:15+08:00", "RFC 3339"),
+        ("2025-W10-1T09:15:02+08:00", "RFC 3339"),
+        ("20250303T091502Z", "RFC 3339"),
+        ("２０２５-03-03T09:15:02+08:00", "RFC 3339"),  # full-width digits
+        ("2025-03-03T09:15:02", "RFC 3339"),  # no offset
+        ("0001-01-01T00:00:00+01:00", "before 2000-01-01"),  # overflowed the UTC conversion
+        ("0001-01-01T00:00:00Z", "before 2000-01-01"),  # overflowed the deadline code
+        ("1999-12-31T23:59:59Z", "before 2000-01-01"),
+        ("9999-12-31T23:59:59-01:00", "in the future"),
+        ("2025-02-30T09:15:02+08:00", "datetime"),
+    ],
+)
+def test_times_must_be_rfc_3339_text_from_2000_to_now(value: Any, why: str) -> None:
+    received = rejected(ticket(received_at=value, verification=...))
+    assert received.reason.startswith("received_at: ") and why in received.reason
+    verified = rejected(ticket(verification={"method": "sms_otp", "verified_at": value}))
+    assert verified.reason.startswith("verification.verified_at: ") and why in verified.reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2025-03-03T01:15:02Z", "2025-03-03t01:15:02z", "2025-03-03T09:15:02.123456789+08:00",
+     "2000-01-01T00:00:00Z", "2025-03-02T20:15:02-05:00"],
+)
+def test_rfc_3339_times_are_read(value: str) -> None:
+    parsed = parse_ticket(ticket(received_at=value, verification=...))
+    assert isinstance(parsed, Ticket), parsed
+
+
+# -- control characters and lone surrogates, anywhere ----------------------------------------
+def _email(value: str) -> dict[str, Any]:
+    return {"identities": [{"type": "email", "value": value}]}
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"channel": "web\x07"}, "channel"),
+        ({"channel": "web\x7f"}, "channel"),  # DEL
+        ({"channel": "web\x85"}, "channel"),  # C1: NEXT LINE
+        ({"channel": "web\x9b31m"}, "channel"),  # C1: CSI, a terminal escape on its own
+        ({"verification": {"method": "\x1b[31msms", "verified_at": "2025-03-03T09:16:40+08:00"}},
+         "verification.method"),
+        (_email(" zhang.wei@example.com\n"), "identities.0.value"),  # even at the edges
+        (_email("zhang.wei@exa\tmple.com"), "identities.0.value"),
+        ({"identities": [{"type": "device_id", "value": "dev\x00-1"}]}, "identities.0.value"),
+        ({"type": "rectification", "corrections": {"userdb.users.nickname": "x\x00y"}},
+         "corrections.<key>"),
+        ({"type": "rectification", "corrections": {"userdb.users.nickname": "line\nbreak"}},
+         "corrections.<key>"),
+        ({"channel": "\ud800"}, "channel"),  # a lone surrogate, as json.loads makes one
+        (_email("zhang\udfff@example.com"), "identities.0.value"),
+        ({"extra\x00": 1}, "<key>"),  # a key, too
+        ({"country": "C\x00N"}, "country"),
+    ],
+)
+def test_control_characters_and_lone_surrogates_are_refused_in_any_string(
+    changes: dict[str, Any], field: str
+) -> None:
+    result = rejected(ticket(**changes))
+    assert result.reason.startswith(f"{field}: ")
+    assert "control character or a lone surrogate" in result.reason
+    assert "zhang" not in result.reason and "nickname" not in result.reason
+
+
+def test_a_json_escaped_lone_surrogate_is_refused_with_its_field() -> None:
+    # json.loads turns "\ud800" into a lone surrogate; no ledger driver can store one.
+    text = json.dumps(ticket(channel="web")).replace('"web"', '"\\ud800"')
+    assert rejected(text).reason.startswith("channel: ")
+
+
+def test_a_channel_with_control_characters_is_not_kept_on_the_rejection() -> None:
+    rejection = rejected(ticket(channel="web\x1b[2J", regime="nowhere"))
+    assert rejection.channel is None
+    assert rejection.ticket_id == "WSH-2025-03-0001"
+
+
+# -- unknown fields, anywhere ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"identities": [{"type": "email", "value": "a@example.com", "region": "GB"}]},
+         "identities.0.region"),
+        ({"identities": [{"type": "phone", "value": "+44 20 7946 0018", "primary": True}]},
+         "identities.0.primary"),
+        ({"verification": {"method": "sms_otp", "verified_at": RECEIVED, "by": "agent 7"}},
+         "verification.by"),
+        ({"Type": "erasure"}, "Type"),
+    ],
+)
+def test_unknown_fields_are_refused_anywhere(changes: dict[str, Any], field: str) -> None:
+    assert f"{field}: Extra inputs are not permitted" in rejected(ticket(**changes)).reason
+
+
+@pytest.mark.parametrize("email", ["a@.com", "a@b..com", "a@-b.com", "a@example"])
+def test_malformed_emails_are_refused_without_quoting_them(email: str) -> None:
+    reason = rejected(ticket(**_email(email))).reason
+    assert reason == "identities.0: email: not an email address"
+
+
+# -- a rejection for an input that broke something else -------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        (json.dumps(ticket()), ("WSH-2025-03-0001", "access", "pipl", "web")),
+        (ticket(channel="web\x00"), ("WSH-2025-03-0001", "access", "pipl", None)),
+        (b"\xff", (None, None, None, None)),
+        ("[1]", (None, None, None, None)),
+        ("{" * 100_000, (None, None, None, None)),
+    ],
+)
+def test_rejection_of_keeps_what_can_be_read_and_never_raises(
+    raw: Any, kept: tuple[Any, ...]
+) -> None:
+    rejection = rejection_of(raw, "internal error: KeyError")
+    assert rejection.reason == "internal error: KeyError"
+    assert (rejection.ticket_id, rejection.type, rejection.regime, rejection.channel) == kept
 
 
 # -- properties --------------------------------------------------------------------------
