@@ -329,7 +329,7 @@ class ObjectOwnership(_Strict):
         if len(given) != 1:
             raise ValueError("give exactly one of key_template, tag or keys_from")
         if self.key_template is not None:
-            placeholders = _placeholders(self.key_template)
+            placeholders = template_placeholders(self.key_template)
             unknown = sorted(placeholders - {t.value for t in IdentityType})
             if not placeholders:
                 raise ValueError("key_template needs an identity placeholder, e.g. {user_id}")
@@ -470,7 +470,7 @@ System = Annotated[
 ]
 
 
-def _placeholders(template: str) -> set[str]:
+def template_placeholders(template: str) -> set[str]:
     import string
 
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}

@@ -4,6 +4,7 @@ quotes the ticket."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -11,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.exc import OperationalError
 
 from dsrflow.crypto import Keyring
-from dsrflow.datamap import DataMap, load_datamap
+from dsrflow.datamap import DataMap, load_datamap, parse_datamap
 from dsrflow.identities import Identity, IdentityType
-from dsrflow.intake import submit
+from dsrflow.intake import key_columns, submit
 from dsrflow.ledger import Ledger
 from dsrflow.model import POLICY_CATEGORIES, Status
+from tests import sqlworld
 
 WISHE = Path(__file__).resolve().parent.parent / "examples" / "wishe"
 TICKETS = sorted((WISHE / "tickets").glob("*.json"))
@@ -107,7 +111,9 @@ def test_an_unknown_scope_category_is_rejected_and_named(
 
     assert result.status is Status.REJECTED
     assert result.reason is not None and result.reason.startswith("scope.0")
-    assert "locaton" in result.reason  # a category name is not personal data
+    # The sender's text is not repeated, even where it is only meant as a category name: a
+    # reason names the field, never the value (docs/tickets.md).
+    assert "locaton" not in result.reason
     [record] = ledger.all()
     assert record.status is Status.REJECTED
     assert record.ticket_id == "WSH-2026-11-0005"
@@ -233,3 +239,201 @@ def test_the_invalid_wishe_ticket_is_rejected_without_quoting_it(
     assert ledger.find_by_identity(
         Identity(type=IdentityType.EMAIL, value="zhang.wei@example.com")
     ) == []
+
+
+# -- rectification never moves a key ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("target", "role"),
+    [
+        ("userdb.users.id", "the primary key"),
+        ("userdb.users.email", "an identity column: email"),
+        ("userdb.users.phone", "an identity column: phone"),
+        ("userdb.users.restricted_at", "the restriction column"),
+        ("userdb.third_party_logins.openid", "an identity column: third_party"),
+        ("userdb.third_party_logins.provider", "an identity's provider column"),
+        ("userdb.uploads.user_id", "a reference to users"),
+        ("userdb.follows.followee_id", "the primary key"),
+    ],
+)
+def test_a_rectification_never_targets_a_key_column(
+    ledger: Ledger, datamap: DataMap, target: str, role: str
+) -> None:
+    doc = load("04-rectification.json")
+    doc["corrections"] = {"userdb.users.unit_name": "新公司", target: "8"}
+
+    result = submit(ledger, datamap, doc)
+
+    assert result.status is Status.REJECTED
+    assert result.reason == f"corrections.{target}: a key column ({role}) cannot be rectified"
+    [record] = ledger.all()
+    assert (record.status, record.reason) == (Status.REJECTED, result.reason)
+
+
+def test_columns_that_list_object_keys_and_columns_referenced_elsewhere_are_keys() -> None:
+    doc = yaml.safe_load((WISHE / "datamap.yaml").read_text())
+    doc["systems"]["media"]["buckets"]["wishe-faces"]["ownership"] = [
+        {"keys_from": {"system": "userdb", "table": "face_templates", "column": "object_key"}}]
+    doc["systems"]["userdb"]["tables"]["contacts"]["references"].append(
+        {"columns": ["contact_phone"], "table": "users", "to_columns": ["phone"]})
+    dm = parse_datamap(doc)
+
+    faces = key_columns(dm, "userdb", "face_templates")
+    assert faces["object_key"] == "lists the object keys of systems.media.buckets.wishe-faces"
+    assert key_columns(dm, "userdb", "users")["phone"] == "an identity column: phone"
+    assert "template" not in faces and "unit_name" not in key_columns(dm, "userdb", "users")
+
+
+def test_a_column_other_rows_point_at_is_a_key() -> None:
+    doc = copy.deepcopy(sqlworld.DATAMAP_DOC)
+    doc["systems"]["db"]["tables"]["devices"]["references"].append(
+        {"columns": ["device_id"], "table": "users", "to_columns": ["nickname"]})
+    assert key_columns(parse_datamap(doc), "db", "users")["nickname"] == "referenced by devices"
+
+
+# -- identities the data map could not use -----------------------------------------------------
+def _with_identities(*identities: dict[str, str]) -> dict[str, Any]:
+    doc = load("03-erasure.json")
+    doc["identities"] = [{"type": "email", "value": "li.na@example.com"}, *identities]
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("²", "not a user id"),  # passed isdigit(), then crashed int() in the SQL step
+        ("٣", "not a user id"),
+        ("--5", "not a user id"),
+        ("\\d+", "not a user id"),
+        ("%", "not a user id"),
+        ("1 OR 1=1", "not a user id"),
+        ("../../etc", "not a user id"),
+        ("9223372036854775808", "outside the signed 64-bit range"),
+        ("7..8", "relative path step"),  # a user id, but not in uploads/{user_id}/
+        ("7.", None),
+    ],
+)
+def test_a_user_id_is_refused_unless_every_system_can_use_it(
+    ledger: Ledger, datamap: DataMap, value: str, why: str | None
+) -> None:
+    result = submit(ledger, datamap, _with_identities({"type": "user_id", "value": value}))
+
+    if why is None:
+        assert result.status is Status.VERIFIED, result.reason
+        return
+    assert result.status is Status.REJECTED
+    assert result.reason is not None
+    assert result.reason.startswith("identities.1: user_id: ") and why in result.reason
+    assert value not in result.reason and "li.na" not in result.reason
+    if why == "relative path step":
+        assert "object key (systems.media.buckets.wishe-uploads)" in result.reason
+    [record] = ledger.all()
+    assert (record.status, record.reason) == (Status.REJECTED, result.reason)
+    assert ledger.subjects([record.id]) == []
+
+
+def test_values_are_refused_for_a_key_template_only_where_one_uses_their_type(
+    ledger: Ledger, datamap: DataMap
+) -> None:
+    hostile = {"type": "device_id", "value": "../../etc"}
+    # Wishe puts only user ids into object keys: a device id may hold a slash.
+    assert submit(ledger, datamap, _with_identities(hostile)).status is Status.VERIFIED
+
+    doc = yaml.safe_load((WISHE / "datamap.yaml").read_text())
+    doc["systems"]["media"]["buckets"]["wishe-faces"]["ownership"] = [
+        {"key_template": "faces/{device_id}.bin"}]
+    ticket = _with_identities(hostile)
+    ticket["ticket_id"] = "WSH-DEVICE-1"
+    result = submit(ledger, parse_datamap(doc), ticket)
+
+    assert result.status is Status.REJECTED
+    assert result.reason == (
+        "identities.1: device_id: contains a path separator, and would be part of an object "
+        "key (systems.media.buckets.wishe-faces)")
+
+
+def test_every_identity_problem_is_named_up_to_three(ledger: Ledger, datamap: DataMap) -> None:
+    bad = [{"type": "user_id", "value": v} for v in ("²", "-", "a b", "9" * 30)]
+    result = submit(ledger, datamap, _with_identities(*bad))
+    assert result.reason is not None
+    assert [p.split(":")[0] for p in result.reason.split("; ")] == [
+        "identities.1", "identities.2", "identities.3"]
+    assert result.reason.endswith("(+1 more)")
+
+
+# -- nothing a ticket holds makes intake raise --------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # json.loads raises ValueError past 4,300 digits.
+        ('{"ticket_id": "WSH-X", "n": ' + "7" * 4301 + "}", "not valid JSON: a number too"),
+        # Year 1 east of Greenwich cannot be converted to UTC; in Dublin, the deadline code
+        # overflowed.
+        (json.dumps({**load("03-erasure.json"), "received_at": "0001-01-01T00:00:00+01:00",
+                     "verification": None}), "received_at: before 2000-01-01"),
+        (json.dumps({**load("03-erasure.json"), "received_at": "0001-01-01T00:00:00Z",
+                     "verification": None}), "received_at: before 2000-01-01"),
+        (json.dumps({**load("03-erasure.json"), "received_at": 1762247147}),
+         "received_at: must be an RFC 3339"),
+        (json.dumps(load("03-erasure.json")).replace('"channel": "email"',
+                                                     '"channel": "\\ud83d"'),
+         "channel: contains a control character or a lone surrogate"),
+    ],
+    ids=["huge-integer", "year-1-east", "year-1-dublin", "epoch", "lone-surrogate"],
+)
+def test_inputs_that_crashed_intake_are_recorded_as_rejected(
+    ledger: Ledger, datamap: DataMap, raw: str, reason: str
+) -> None:
+    result = submit(ledger, datamap, raw)
+
+    assert result.status is Status.REJECTED
+    assert result.reason is not None and result.reason.startswith(reason)
+    [record] = ledger.all()
+    assert (record.id, record.status, record.reason) == (
+        result.request_id, Status.REJECTED, result.reason)
+    assert ledger.verify_audit_chain() is None
+
+
+SECRET = "secret.person@example.com"
+
+
+def test_a_bug_met_while_validating_is_a_recorded_rejection(
+    ledger: Ledger, datamap: DataMap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_: Any) -> None:
+        raise KeyError(SECRET)
+
+    monkeypatch.setattr("dsrflow.intake.check_against_datamap", boom)
+    result = submit(ledger, datamap, _with_identities({"type": "email", "value": SECRET}))
+
+    assert (result.status, result.reason) == (Status.REJECTED, "internal error: KeyError")
+    [record] = ledger.all()
+    assert (record.ticket_id, record.reason) == ("WSH-2026-11-0003", "internal error: KeyError")
+    assert record.regime is not None and record.regime.value == "gdpr"
+
+
+def test_a_bug_met_while_recording_is_a_recorded_rejection(
+    ledger: Ledger, datamap: DataMap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_: Any) -> None:
+        raise OverflowError(SECRET)
+
+    monkeypatch.setattr(ledger, "accept", boom)
+    result = submit(ledger, datamap, load("03-erasure.json"))
+
+    assert (result.status, result.reason) == (Status.REJECTED, "internal error: OverflowError")
+    [record] = ledger.all()
+    assert (record.ticket_id, record.status) == ("WSH-2026-11-0003", Status.REJECTED)
+    # A rejection is not a request: the ticket can be sent again once the bug is fixed.
+    assert ledger.find_by_ticket("WSH-2026-11-0003") is None
+
+
+def test_a_ledger_outage_is_the_callers_to_handle(
+    ledger: Ledger, datamap: DataMap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*_: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(ledger, "accept", down)
+    with pytest.raises(OperationalError):
+        submit(ledger, datamap, load("03-erasure.json"))
+    assert ledger.all() == []
