@@ -2,7 +2,8 @@
 
 - `receive`, `delete`, `put_ticket`, `dead_letter`: thin boto3 helpers.
 - `handle_body`: one message's body → the ledger (`dsrflow.intake.submit`) and, when the
-  ticket is invalid or anything goes wrong, the dead-letter queue. It never raises.
+  ticket is invalid or anything goes wrong, the dead-letter queue too (the ledger records it
+  as rejected, with the same reason). It never raises.
 - `drain`: one long poll; each message is handled, then deleted — a valid ticket only
   after the ledger committed it, an invalid one only after it reached the dead-letter queue.
 - `Batcher` and `run_loop`: micro-batching (up to N request ids or T seconds) with an
@@ -195,23 +196,28 @@ def handle_body(
     ledger: Any, datamap: Any, client: Any, qs: QueueSettings, body: bytes | str,
     phone_regions: Mapping[Regime, str] = DEFAULT_PHONE_REGIONS,
 ) -> Outcome:
-    """One ticket into the ledger, or into the dead-letter queue with the reason. Never
-    raises. `ack` is False only when the message could be neither recorded nor
-    dead-lettered: it stays on the queue and comes back after its visibility timeout."""
-    from dsrflow.intake import submit
+    """One ticket into the ledger, or into the dead-letter queue with the reason (and into
+    the ledger as rejected). Never raises. `ack` is False only when the message could be
+    neither recorded nor dead-lettered, or when the ledger is unreachable: it stays on the
+    queue and comes back after its visibility timeout."""
+    from dsrflow.intake import internal_error, submit
+    from dsrflow.tickets import rejection_of
 
     try:
         result = submit(ledger, datamap, body, phone_regions=phone_regions)
     except OperationalError as exc:
-        # The ledger is unreachable (an outage, not the ticket's fault): leave the message
-        # on the queue; it comes back after its visibility timeout.
-        log.warning("ledger unavailable (%s): the message stays on the queue",
-                    type(exc.orig).__name__ if exc.orig is not None else "OperationalError")
-        return Outcome("error", False, None, None, "ledger unavailable")
-    except Exception as exc:  # a bug: dead-letter it, so the ticket is not lost
-        reason = f"internal error: {type(exc).__name__}"
+        return _ledger_unavailable(exc)
+    except Exception as exc:  # a bug: recorded if the ledger can, dead-lettered either way
+        reason = internal_error(exc)
         log.warning("ticket not recorded (%s): dead-lettering it", type(exc).__name__)
-        return _to_dead_letter(client, qs, body, reason, None, "error", None)
+        try:
+            request_id: str | None = ledger.reject(rejection_of(body, reason))
+        except OperationalError as again:
+            return _ledger_unavailable(again)
+        except Exception as again:
+            log.error("recording the rejection failed too (%s)", type(again).__name__)
+            request_id = None
+        return _to_dead_letter(client, qs, body, reason, None, "error", request_id)
     if result.status is Status.REJECTED:
         return _to_dead_letter(
             client, qs, body, result.reason or "rejected", result.ticket_id, "rejected",
@@ -219,6 +225,14 @@ def handle_body(
         )
     kind = "accepted" if result.created else "duplicate"
     return Outcome(kind, True, result.request_id, result.status, result.reason)
+
+
+def _ledger_unavailable(exc: OperationalError) -> Outcome:
+    # The ledger is unreachable (an outage, not the ticket's fault): leave the message on
+    # the queue; it comes back after its visibility timeout.
+    log.warning("ledger unavailable (%s): the message stays on the queue",
+                type(exc.orig).__name__ if exc.orig is not None else "OperationalError")
+    return Outcome("error", False, None, None, "ledger unavailable")
 
 
 def _to_dead_letter(

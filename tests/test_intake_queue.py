@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
+from sqlalchemy.exc import OperationalError
 
 from dsrflow import queue
 from dsrflow.leakscan import files_containing
@@ -136,6 +137,78 @@ def test_an_unexpected_error_dead_letters_with_a_generic_reason(
     assert counts.errors == 1
     [dead] = sqs.dead_letters()
     assert dead["MessageAttributes"]["reason"]["StringValue"] == "internal error: ZeroDivisionError"
+    assert sqs.waiting() == 0
+    # Recorded too, with what of the ticket could be read: the report lists every ticket.
+    [record] = rt.ledger.all()
+    assert (record.ticket_id, record.status, record.reason) == (
+        "T-3", Status.REJECTED, "internal error: ZeroDivisionError")
+
+
+def test_a_ledger_outage_leaves_the_message_on_the_queue(
+    rt: Runtime, sqs: Sqs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*_: Any, **__: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(rt.ledger, "accept", down)
+    monkeypatch.setattr(rt.ledger, "reject", down)
+    for body in (json.dumps(_email_ticket("T-5")), "not json"):
+        queue.put_ticket(sqs.client, sqs.qs.queue_url, body)
+
+    counts = _drain(rt, sqs)
+
+    assert (counts.received, counts.errors, counts.kept) == (2, 2, 2)
+    assert sqs.waiting() == 2 and sqs.dead_letters() == []
+
+
+def test_a_bug_and_then_a_ledger_outage_leaves_the_message_on_the_queue(
+    rt: Runtime, sqs: Sqs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_: Any, **__: Any) -> None:
+        raise ZeroDivisionError(SECRET_EMAIL)
+
+    def down(*_: Any, **__: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr("dsrflow.intake.submit", boom)
+    monkeypatch.setattr(rt.ledger, "reject", down)
+    queue.put_ticket(sqs.client, sqs.qs.queue_url, _email_ticket("T-6", SECRET_EMAIL))
+
+    counts = _drain(rt, sqs)
+
+    assert (counts.errors, counts.kept) == (1, 1)
+    assert sqs.waiting() == 1 and sqs.dead_letters() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ('{"ticket_id": "T-7", "n": ' + "7" * 4301 + "}", "not valid JSON: a number too long"),
+        (json.dumps({**_email_ticket("T-8"), "received_at": "0001-01-01T00:00:00+01:00",
+                     "verification": None}), "received_at: before 2000-01-01"),
+        (json.dumps({**_email_ticket("T-9"), "received_at": 1762247147}),
+         "received_at: must be an RFC 3339"),
+        (json.dumps(_email_ticket("T-10", "a@b..com")), "identities.0: email: not an email"),
+        (json.dumps(ticket("T-11", "erasure", [{"type": "user_id", "value": "²"}])),
+         "identities.0: user_id: not a user id"),
+        (json.dumps({**_email_ticket("T-12"), "channel": "app\u0085"}),
+         "channel: contains a control character"),
+    ],
+    ids=["huge-integer", "year-1", "epoch", "email", "unicode-digit", "c1-control"],
+)
+def test_what_crashed_or_slipped_through_intake_is_dead_lettered_and_recorded(
+    rt: Runtime, sqs: Sqs, body: str, reason: str
+) -> None:
+    queue.put_ticket(sqs.client, sqs.qs.queue_url, body)
+
+    counts = _drain(rt, sqs)
+
+    assert (counts.received, counts.rejected, counts.errors, counts.ready) == (1, 1, 0, [])
+    [dead] = sqs.dead_letters()
+    said = dead["MessageAttributes"]["reason"]["StringValue"]
+    assert said.startswith(reason)
+    [record] = rt.ledger.all()
+    assert (record.status, record.reason) == (Status.REJECTED, said)
     assert sqs.waiting() == 0
 
 
