@@ -87,30 +87,58 @@ def submit(
     config: ConfigOption = None,
 ) -> None:
     """Record tickets in the ledger (a ticket id already on record is not recorded twice),
-    or put them on the ticket queue for intake."""
-    from dsrflow.intake import submit as submit_ticket
-
+    or put them on the ticket queue for intake. One line per file, as it is done: accepted,
+    already on record, rejected (recorded, with the reason) or not recorded (unreadable, or
+    the ledger failed); whatever happens to one file, the next is submitted. Exit 1 if any
+    file was not recorded."""
     rt = _runtime(config)
     if queue:
         _enqueue(rt, files)
         return
-    table = Table("ticket", "request", "status", "note")
-    unreadable = []
+    tally: dict[str, int] = {}
     for path in files:
-        try:
-            raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
-        except OSError as exc:
-            unreadable.append(f"{path}: {exc.strerror}")
-            continue
+        outcome, line = _submit_file(rt, path)
+        tally[outcome] = tally.get(outcome, 0) + 1
+        # One stream, in order: the report of every file, whatever became of it.
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    counts = ", ".join(f"{tally[o]} {o}" for o in SUBMIT_OUTCOMES if o in tally)
+    console.print(f"{len(files)} files: {counts}", markup=False, highlight=False)
+    if NOT_RECORDED in tally:
+        raise typer.Exit(1)
+
+
+NOT_RECORDED = "not recorded"
+SUBMIT_OUTCOMES = ("accepted", "already on record", "rejected", NOT_RECORDED)
+
+
+def _submit_file(rt: Any, path: Path) -> tuple[str, str]:
+    """One file into the ledger: its outcome (one of SUBMIT_OUTCOMES) and the line that
+    reports it. Never raises: a file's failure is that file's line."""
+    from sqlalchemy.exc import OperationalError
+
+    from dsrflow.intake import internal_error
+    from dsrflow.intake import submit as submit_ticket
+    from dsrflow.model import Status
+
+    try:
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as exc:
+        return NOT_RECORDED, f"{path}: not recorded: unreadable ({exc.strerror or 'error'})"
+    try:
         result = submit_ticket(rt.ledger, rt.datamap, raw,
                                phone_regions=rt.settings.phone_regions)
-        note = result.reason or ("" if result.created else "already on record")
-        table.add_row(result.ticket_id or "?", result.request_id, result.status.value, note)
-    console.print(table)
-    for problem in unreadable:
-        err.print(f"[red]not submitted:[/red] {problem}")
-    if unreadable:
-        raise typer.Exit(1)
+    except OperationalError:
+        return NOT_RECORDED, f"{path}: not recorded: the ledger is unavailable"
+    except Exception as exc:  # the ledger could not record even a rejection
+        return NOT_RECORDED, f"{path}: not recorded: {internal_error(exc)}"
+    ticket = f"ticket {result.ticket_id or '?'}"
+    if result.status is Status.REJECTED:
+        return "rejected", (f"{path}: {ticket}: rejected: {result.reason}; recorded as "
+                            f"{result.request_id}")
+    outcome = "accepted" if result.created else "already on record"
+    note = f"; {result.reason}" if result.reason else ""
+    return outcome, (f"{path}: {ticket}: {outcome} as request {result.request_id} "
+                     f"({result.status.value}{note})")
 
 
 def _enqueue(rt: Any, files: list[Path]) -> None:

@@ -22,7 +22,7 @@ from dsrflow.report import REQUEST_COLUMNS, STEP_COLUMNS
 from dsrflow.settings import read_key_file
 from examples.wishe.generate import build_world
 from examples.wishe.subjects import SUBJECTS
-from tasks.runtime import set_runtime
+from tasks.runtime import get_runtime, set_runtime
 from tests.helpers import cli_config, flat, invoke, wishe_datamap
 
 WISHE = Path(__file__).resolve().parent.parent / "examples" / "wishe"
@@ -155,7 +155,9 @@ def test_submit_lists_every_ticket_and_rejects_the_invalid_one(
 def test_submitting_again_records_nothing_twice(submitted: Result, config: Path) -> None:
     again = invoke("submit", "--config", config, *TICKETS[:3])
     assert again.exit_code == 0, again.output
-    assert flat(again.stdout).count("already on record") == 3
+    lines = again.stdout.splitlines()
+    assert sum("already on record as request" in ln for ln in lines) == 3
+    assert lines[-1] == "3 files: 3 already on record"
     first_ids = set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
                                submitted.stdout))
     again_ids = set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
@@ -179,6 +181,96 @@ def test_submit_of_a_missing_file_is_a_clear_error(config: Path, tmp_path: Path)
     assert result.exit_code != 0
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "missing.json" in flat(result.output)
+
+
+SECRET_EMAIL = "secret.person@example.com"
+
+
+def _broken_tickets(folder: Path) -> dict[str, Path]:
+    """Files that crashed `dsrflow submit` on main (and, with the traceback, every file
+    after them), or that it accepted against docs/tickets.md."""
+    base = json.loads(TICKETS[2].read_text())  # WSH-2026-11-0003, an erasure
+    docs: dict[str, bytes] = {
+        "huge-integer": b'{"ticket_id": "BAD-1", "n": ' + b"7" * 4301 + b"}",
+        "year-1": json.dumps({**base, "ticket_id": "BAD-2", "verification": None,
+                              "received_at": "0001-01-01T00:00:00+01:00"}).encode(),
+        "epoch": json.dumps({**base, "ticket_id": "BAD-3", "received_at": 1762247147}).encode(),
+        "key-column": json.dumps({**base, "ticket_id": "BAD-4", "type": "rectification",
+                                  "corrections": {"userdb.users.id": "8"}}).encode(),
+        "traversal": json.dumps({**base, "ticket_id": "BAD-5", "identities": [
+            {"type": "email", "value": SECRET_EMAIL},
+            {"type": "user_id", "value": "../../etc"}]}).encode(),
+    }
+    paths = {}
+    for name, body in docs.items():
+        paths[name] = folder / f"{name}.json"
+        paths[name].write_bytes(body)
+    return paths
+
+
+def test_submit_reports_every_file_and_goes_on_whatever_happens(
+    config: Path, tmp_path: Path
+) -> None:
+    broken = _broken_tickets(tmp_path)
+    files = [TICKETS[0], *broken.values(), tmp_path / "missing.json", TICKETS[1]]
+
+    result = invoke("submit", "--config", config, *files)
+
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 1  # one file was not recorded
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(files) + 1
+    for path, line in zip(files, lines, strict=False):
+        assert line.startswith(f"{path}: "), line
+    assert f"ticket {TICKET_IDS[0]}: accepted as request" in lines[0]
+    reasons = {
+        "huge-integer": "not valid JSON: a number too long to read",
+        "year-1": "received_at: before 2000-01-01",
+        "epoch": "received_at: must be an RFC 3339",
+        "key-column": "corrections.userdb.users.id: a key column (the primary key)",
+        "traversal": "identities.1: user_id: not a user id",
+    }
+    for line, (name, reason) in zip(lines[1:], reasons.items(), strict=False):
+        assert ": rejected: " in line and reason in line, (name, line)
+    assert "missing.json: not recorded: unreadable (No such file or directory)" in lines[-3]
+    assert f"ticket {TICKET_IDS[1]}: accepted as request" in lines[-2]  # after all that
+    assert lines[-1] == f"{len(files)} files: 2 accepted, 5 rejected, 1 not recorded"
+    assert SECRET_EMAIL not in result.output and "../../etc" not in result.output
+    # Every readable file is in the ledger: the two requests and the five rejections.
+    records = get_runtime().ledger.all()
+    assert sorted(r.status.value for r in records) == [
+        "rejected"] * 5 + ["verified"] * 2
+
+
+def test_submit_exits_0_when_every_file_is_recorded_even_rejected(
+    config: Path, tmp_path: Path
+) -> None:
+    broken = _broken_tickets(tmp_path)
+    result = invoke("submit", "--config", config, *broken.values())
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "5 files: 5 rejected"
+
+
+def test_submit_goes_on_when_the_ledger_fails_for_one_file(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dsrflow import intake
+
+    real = intake.submit
+
+    def flaky(ledger: Any, datamap: Any, raw: bytes, **kw: Any) -> Any:
+        if b"WSH-2026-11-0002" in raw:
+            raise RuntimeError(SECRET_EMAIL)  # recording even the rejection failed
+        return real(ledger, datamap, raw, **kw)
+
+    monkeypatch.setattr(intake, "submit", flaky)
+    result = invoke("submit", "--config", config, *TICKETS[:3])
+
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[1] == f"{TICKETS[1]}: not recorded: internal error: RuntimeError"
+    assert "accepted as request" in lines[0] and "accepted as request" in lines[2]
+    assert SECRET_EMAIL not in result.output
 
 
 def test_submit_without_keys_is_a_clear_error(tmp_path: Path, config: Path) -> None:
