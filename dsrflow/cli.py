@@ -100,7 +100,8 @@ def submit(
         outcome, line = _submit_file(rt, path)
         tally[outcome] = tally.get(outcome, 0) + 1
         # One stream, in order: the report of every file, whatever became of it.
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        # Plain text: a ticket id such as `a:smile:b` is not an emoji code.
+        console.print(line, markup=False, emoji=False, highlight=False, soft_wrap=True)
     counts = ", ".join(f"{tally[o]} {o}" for o in SUBMIT_OUTCOMES if o in tally)
     console.print(f"{len(files)} files: {counts}", markup=False, highlight=False)
     if NOT_RECORDED in tally:
