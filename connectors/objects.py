@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import re
 import string
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -493,7 +494,7 @@ class ObjectsConnector:
                 bucket, "delete_objects", Bucket=bucket, Delete={"Objects": chunk, "Quiet": True}
             )
             for err in response.get("Errors", []):
-                errors[str(err.get("Code", "unknown"))] += 1
+                errors[_plain_code(err.get("Code", "unknown"))] += 1
         return errors
 
     # -- plumbing -----------------------------------------------------------------------
@@ -602,8 +603,18 @@ def _identifier(key: str, entry: _Entry) -> dict[str, str]:
     return {"Key": key, "VersionId": entry.version_id}
 
 
+_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
+
+
 def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "unknown"))
+    return _plain_code(exc.response.get("Error", {}).get("Code", "unknown"))
+
+
+def _plain_code(code: Any) -> str:
+    """An S3 error code as an error message may show it (`NoSuchBucket`, `AccessDenied`):
+    anything else an endpoint answers is not repeated."""
+    text = str(code)
+    return text if _CODE.fullmatch(text) else "unrecognised"
 
 
 def _op_hash(operation: str, bucket: str) -> str:

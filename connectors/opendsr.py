@@ -35,7 +35,7 @@ Retries: connection errors, timeouts, HTTP 5xx and 429 are retried a bounded num
 times, with exponential backoff and full jitter (`backoff` is injectable, so tests do not
 wait); a `Retry-After` of a few seconds is honoured. When they run out:
 `PartnerUnavailable` (retryable later). Any other 4xx is not retried: `PartnerRejected`
-carries the status code and the partner's `error` code and message. A 409 to a submission
+carries the status code and the partner's `error` code and (scrubbed) message. A 409 to a submission
 means the partner already has the id: the client confirms it with a status request and
 returns the receipt marked `duplicate`. Redirects are not followed.
 
@@ -50,9 +50,12 @@ are accepted too, as the specification asks.
 
 Privacy: `encoded_request` (the partner's base64 copy of our request, identities included)
 is dropped from every parsed response and callback: never logged, stored or returned.
-Identity values are kept out of `repr`, logs and exception messages; the partner's error
-messages are clipped and scrubbed of the identities we sent and anything that looks like an
-email address or phone number. A plain-HTTP endpoint is refused unless it is on loopback.
+Identity values are kept out of `repr`, logs and exception messages. No text a partner or
+a caller sent is put into an exception's message (a partner may echo an identity in any
+spelling): `PartnerRejected` says the status and a numeric or plain-word error code; the
+partner's error message, clipped and scrubbed of the identities we sent and anything that
+looks like an email address or phone number, is kept in its `error_message` attribute only.
+A plain-HTTP endpoint is refused unless it is on loopback.
 """
 
 from __future__ import annotations
@@ -142,7 +145,12 @@ class NoSupportedIdentity(OpenDsrError):
 
 
 class PartnerRejected(OpenDsrError):
-    """The partner answered 4xx: not retried; fix the request or the configuration."""
+    """The partner answered 4xx: not retried; fix the request or the configuration.
+
+    The message names the partner, the operation, the HTTP status and the partner's error
+    code when it is a number or a plain word (`refused`, `idempotency_key_reused`); never
+    the partner's error text, which can echo what it was sent (or what it knows of the
+    subject) in any spelling. That text, scrubbed, is kept in `error_message` only."""
 
     def __init__(
         self,
@@ -153,10 +161,9 @@ class PartnerRejected(OpenDsrError):
         error_message: str | None,
     ) -> None:
         detail = f"HTTP {status_code}"
-        if error_code is not None:
-            detail += f", error {error_code}"
-        if error_message:
-            detail += f": {error_message}"
+        shown = _shown_code(error_code)
+        if shown is not None:
+            detail += f", error {shown}"
         super().__init__(f"{partner}: {operation} rejected ({detail})")
         self.partner = partner
         self.operation = operation
@@ -321,9 +328,7 @@ class Status:
             raise ProtocolError("subject_request_id is missing or not a lowercase UUIDv4")
         state = data.get("request_status")
         if state not in STATUSES:
-            raise ProtocolError(
-                f"request_status {clip_message(str(state))!r} is not one of {', '.join(STATUSES)}"
-            )
+            raise ProtocolError(f"request_status is not one of {', '.join(STATUSES)}")
         count = data.get("results_count")
         if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
             raise ProtocolError("results_count is not an integer")
@@ -473,9 +478,8 @@ def check_domain(domain: str | None, allowed_domains: Iterable[str]) -> str:
     if not domain:
         raise DomainNotAllowed(f"no {DOMAIN_HEADER} header")
     if _domain_key(domain) not in allowed:
-        raise DomainNotAllowed(
-            f"processor domain {clip_message(domain.strip(), 80)!r} is not on the allow-list"
-        )
+        # The header's value is the caller's text: not repeated.
+        raise DomainNotAllowed(f"the {DOMAIN_HEADER} header names a domain not on the allow-list")
     return domain.strip()
 
 
@@ -907,6 +911,20 @@ def scrub_message(text: str, secrets: Sequence[str], limit: int = _MAX_MESSAGE) 
     text = _EMAILISH.sub("[redacted]", text)
     text = _PHONEISH.sub("[redacted]", text)
     return clip_message(text, limit)
+
+
+_PLAIN_CODE = re.compile(r"[a-z_]+(?:[.-][a-z_]+)*")
+
+
+def _shown_code(code: int | str | None) -> str | None:
+    """A partner's error code as an error message may show it: a number, or a plain
+    lower-case word of at most 40 letters (no digits, no `@`: not an identity); else None.
+    A code the scrubber changed held an identity, and is not shown either."""
+    if isinstance(code, int) and not isinstance(code, bool):
+        return str(code)
+    if isinstance(code, str) and len(code) <= 40 and _PLAIN_CODE.fullmatch(code):
+        return code
+    return None
 
 
 def clip_message(text: str, limit: int = _MAX_MESSAGE) -> str:

@@ -73,10 +73,12 @@ retried: `PartnerRejected` with the status code and the partner's error code and
 read from `{"error": {"code": ..., "message": ...}}`, `{"error": "..."}` or
 `{"code": ..., "message": ...}`. Redirects are not followed.
 
-Privacy: identity values are kept out of `repr`, logs and exception messages; the partner's
-error messages are clipped and scrubbed (`connectors.opendsr`'s scrubber: the identities we
-sent, and anything that looks like an email address or phone number), and a `reference` that
-contains an identity we sent is dropped. The secret is never logged or shown. A plain-HTTP
+Privacy: identity values are kept out of `repr`, logs and exception messages, and so is any
+text the partner sent (it may echo an identity in any spelling): a `PartnerRejected` message
+shows the status and a numeric or plain-word error code only; the partner's error message is
+clipped, scrubbed (`connectors.opendsr`'s scrubber: the identities we sent, and anything that
+looks like an email address or phone number) and kept in `error_message` only; a `reference`
+that contains an identity we sent is dropped. The secret is never logged or shown. A plain-HTTP
 endpoint is refused unless it is on loopback.
 """
 
@@ -518,9 +520,9 @@ class WebhookPartner:
         data = _parse_reply(response.content, self.name, operation)
         status = data.get("status")
         if status is not None and status not in REPLY_STATUSES:
-            shown = scrub_message(str(status), secrets, 40)
+            # The partner's text is not repeated: it may echo what it was sent.
             raise ProtocolError(
-                f"{self.name}: {operation}: unknown status {shown!r} in the acknowledgement; "
+                f"{self.name}: {operation}: unknown status in the acknowledgement; "
                 f"expected one of {', '.join(sorted(REPLY_STATUSES))}"
             )
         receipt = WebhookReceipt(

@@ -9,6 +9,7 @@ is outstanding.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from dsrflow.errors import safe_error
 from tasks import partners
 from tasks.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 
 def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="dsrflow callbacks", docs_url=None, redoc_url=None, openapi_url=None)
@@ -36,13 +39,25 @@ def create_app(rt: Runtime) -> FastAPI:
             return _answer(404, "no such partner")
         body = await request.body()
         headers = list(request.headers.items())
-        return await run_in_threadpool(_apply, rt, system, body, headers)
+        return await run_in_threadpool(_apply_safely, rt, system, body, headers)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     return app
+
+
+def _apply_safely(
+    rt: Runtime, system: str, body: bytes, headers: list[tuple[str, str]]
+) -> Response:
+    """`_apply`, with anything unexpected answered 500 and logged as `safe_error` says
+    (the web server would log the exception's text and traceback)."""
+    try:
+        return _apply(rt, system, body, headers)
+    except Exception as exc:
+        log.error("callback from %s not applied: %s", system, safe_error(exc))
+        return _answer(500, "not applied; send it again later")
 
 
 def _apply(rt: Runtime, system: str, body: bytes, headers: list[tuple[str, str]]) -> Response:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from dsrflow.files import private_dir
 from dsrflow.model import (
     DELIVERABLE_KIND,
     IDENTITIES_KEY,
@@ -479,7 +480,7 @@ def write_certificate(document: Mapping[str, Any], out_dir: Path) -> tuple[Path,
     if not isinstance(request_id, str) or not _SAFE_NAME.fullmatch(request_id):
         raise ValueError(f"request id {request_id!r} cannot name a file")
     data = (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir)  # 0700; mkstemp makes the file 0600
     target = out_dir / f"{request_id}.json"
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{request_id}.", suffix=".tmp")
     try:

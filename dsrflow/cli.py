@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from dsrflow.datamap import DataMapError, load_datamap
+from dsrflow.errors import safe_error
 from dsrflow.settings import (
     CONFIG_ENV,
     ConfigError,
@@ -26,12 +30,52 @@ from dsrflow.settings import (
 if TYPE_CHECKING:  # the calendars load `holidays`: only the commands that need them do
     from dsrflow.deadlines import Deadlines
 
-app = typer.Typer(help="Data-subject requests, answered by Prefect flows.", no_args_is_help=True)
-datamap_app = typer.Typer(help="Draft and check data maps.", no_args_is_help=True)
-keys_app = typer.Typer(help="Key files.", no_args_is_help=True)
-partner_app = typer.Typer(help="Requests handed to partners.", no_args_is_help=True)
-package_app = typer.Typer(help="Encrypted access packages.", no_args_is_help=True)
-certificate_app = typer.Typer(help="Signed erasure certificates.", no_args_is_help=True)
+
+class _Typer(typer.Typer):
+    """Every command's unexpected error is said as `safe_error` says it (type and a fixed
+    hint unless dsrflow wrote the message), with exit code 1: never a traceback, which
+    would print the exception's text, its causes' and (typer's default) local variables."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(pretty_exceptions_enable=False, pretty_exceptions_show_locals=False,
+                         **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            register(_guarded(fn))
+            return fn
+
+        return decorator
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            error = fail(f"error: {say(exc)}")
+        raise error  # outside the handler: no context to print
+
+    return run
+
+
+def say(exc: BaseException) -> str:
+    """An error for the terminal: `safe_error`, without the type of a message dsrflow
+    wrote, and not clipped as a stored error is."""
+    return safe_error(exc, typed=False, limit=2000)
+
+
+app = _Typer(help="Data-subject requests, answered by Prefect flows.", no_args_is_help=True)
+datamap_app = _Typer(help="Draft and check data maps.", no_args_is_help=True)
+keys_app = _Typer(help="Key files.", no_args_is_help=True)
+partner_app = _Typer(help="Requests handed to partners.", no_args_is_help=True)
+package_app = _Typer(help="Encrypted access packages.", no_args_is_help=True)
+certificate_app = _Typer(help="Signed erasure certificates.", no_args_is_help=True)
 app.add_typer(certificate_app, name="certificate")
 app.add_typer(datamap_app, name="datamap")
 app.add_typer(keys_app, name="keys")
@@ -57,7 +101,7 @@ def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        raise fail(f"config error: {exc}", 2) from None
+        raise fail(f"config error: {say(exc)}", 2) from None
 
 
 def _runtime(config: Path | None) -> Any:
@@ -73,7 +117,7 @@ def _runtime(config: Path | None) -> Any:
         runtime.datamap  # noqa: B018 - fail now, with the path, not mid-run
         runtime.ledger  # noqa: B018
     except (DataMapError, ConfigError) as exc:
-        raise fail(f"error: {exc}", 2) from None
+        raise fail(f"error: {say(exc)}", 2) from None
     set_runtime(runtime)
     return runtime
 
@@ -190,7 +234,7 @@ def run_batch(ids: list[str]) -> bool:
     try:
         process_requests(ids)
     except BatchIncomplete as exc:
-        err.print(f"[yellow]{exc}[/yellow]")
+        err.print(say(exc), style="yellow", markup=False, highlight=False)
         return False
     return True
 
@@ -211,7 +255,7 @@ def verify(
     try:
         rt.ledger.mark_verified(request_id, method, datetime.now(UTC))
     except InvalidTransition as exc:
-        raise fail(str(exc)) from None
+        raise fail(say(exc)) from None
     _print_status(rt, [request_id])
 
 
@@ -228,7 +272,7 @@ def refuse(
     try:
         rt.ledger.transition(request_id, Status.REFUSED, reason)
     except InvalidTransition as exc:
-        raise fail(str(exc)) from None
+        raise fail(say(exc)) from None
     _print_status(rt, [request_id])
 
 
@@ -259,7 +303,7 @@ def extend(
     except UnknownRequest:
         raise fail(f"no request {request_id}", 2) from None
     except ExtensionRefused as exc:
-        raise fail(str(exc)) from None
+        raise fail(say(exc)) from None
     from dsrflow.deadlines import RULES
 
     record = rt.ledger.get(request_id)
@@ -420,7 +464,7 @@ def report(
                                  types=types or [], deadline_states=states or [],
                                  received_from=since, received_to=until)
         except FilterError as exc:
-            raise fail(str(exc), 2) from None
+            raise fail(say(exc), 2) from None
         rows = HTML_MAX_ROWS if html_rows is None else html_rows
         rt = _runtime(config)
         if fmt == "csv":
@@ -462,7 +506,7 @@ def datamap_check(file: Path) -> None:
     try:
         dm = load_datamap(file)
     except DataMapError as exc:
-        raise fail(str(exc)) from None
+        raise fail(say(exc)) from None
     tables = sum(len(s.tables) for _, s in dm.sql_systems())
     console.print(f"{file}: ok ({len(dm.systems)} systems, {tables} tables, version {dm.version})")
 
@@ -504,7 +548,7 @@ def keys_add_signing(file: Path) -> None:
     try:
         key = add_signing_key(file)
     except ConfigError as exc:
-        raise fail(str(exc)) from None
+        raise fail(say(exc)) from None
     console.print(f"added a signing key to {file} (key id {key_id(key.public_key())})",
                   markup=False, highlight=False)
 
@@ -519,7 +563,7 @@ def keys_public_key(config: ConfigOption = None) -> None:
     try:
         public = settings.signing_key_pair().public_key()
     except ConfigError as exc:
-        raise fail(f"config error: {exc}", 2) from None
+        raise fail(f"config error: {say(exc)}", 2) from None
     console.print(f"public key: {encode_public_key(public)}", markup=False, highlight=False)
     console.print(f"key id: {key_id(public)}", markup=False, highlight=False)
 
@@ -544,14 +588,14 @@ def certificate_verify(
         try:
             trusted = [decode_public_key(k, "--public-key") for k in public_key]
         except KeyMaterialError as exc:
-            raise fail(f"error: {exc}", 2) from None
+            raise fail(f"error: {say(exc)}", 2) from None
     else:
         # The certificate's own embedded key is never trusted: a forger would embed theirs.
         settings = _settings(config)
         try:
             trusted = [settings.signing_key_pair().public_key()]
         except ConfigError as exc:
-            raise fail(f"config error: {exc}; or pass --public-key", 2) from None
+            raise fail(f"config error: {say(exc)}; or pass --public-key", 2) from None
     try:
         verified = verify_certificate(read_certificate(file), trusted)
     except OSError as exc:
@@ -580,7 +624,7 @@ def partner_confirm(
     try:
         partners.confirm(rt, request_id, partner, by=by, reference=reference)
     except LookupError as exc:
-        raise fail(str(exc)) from None
+        raise fail(say(exc)) from None
     _print_status(rt, [request_id])
 
 
@@ -654,7 +698,7 @@ def package_open(
         package = unseal(file.read_bytes(), key.encode())
         manifest = check_package(package)
     except (PackageError, zipfile.BadZipFile) as exc:
-        raise fail(f"INVALID: {exc}") from None
+        raise fail(f"INVALID: {say(exc)}") from None
     with zipfile.ZipFile(io.BytesIO(package)) as zf:
         zf.extractall(out)  # names were checked against the manifest; zipfile sanitizes too
     console.print(f"{len(manifest['files'])} files, checksums ok: {out / 'index.html'}",
@@ -676,7 +720,7 @@ def package_handed_over(
     try:
         handed_over(rt, request_id, channel=channel, by=by)
     except LookupError as exc:
-        raise fail(str(exc)) from None
+        raise fail(say(exc)) from None
     console.print(f"recorded; the key of {request_id} is no longer kept anywhere by dsrflow",
                   markup=False, highlight=False)
 

@@ -226,8 +226,10 @@ class SqlSystem(_Strict):
             return value
         try:
             parsed = make_url(value)
-        except ArgumentError as exc:
-            raise ValueError(f"not a database URL: {exc}") from exc
+        except ArgumentError:
+            # SQLAlchemy's message quotes the URL, and with it any password: not repeated.
+            raise ValueError("not a database URL (expected e.g. postgresql://user@host/db)") \
+                from None
         secret_keys = [k for k in parsed.query if "password" in k.lower() or "secret" in k.lower()]
         if parsed.password or secret_keys:
             raise ValueError("the URL holds a password: use url_env instead")

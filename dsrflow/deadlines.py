@@ -48,6 +48,11 @@ class CalendarUnavailable(LookupError):
     """The working-day calendar for a year has not been published (or is not known here)."""
 
 
+class CalendarOverridesError(ValueError):
+    """The calendar overrides file cannot be used: the message names the file, the place
+    in it and what is wrong, never the values written there."""
+
+
 class YearOverride(BaseModel):
     """A year's official notice. Its holidays are required: an empty entry would silently
     switch on the package's estimated holidays, which is the guess this file exists to
@@ -71,8 +76,22 @@ class CalendarOverrides(BaseModel):
             return cls()
         try:
             return cls(countries=yaml.safe_load(path.read_text()) or {})
-        except (yaml.YAMLError, ValidationError) as exc:
-            raise ValueError(f"{path}: invalid calendar overrides: {exc}") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise CalendarOverridesError(
+                f"{path}: invalid calendar overrides: not valid YAML{where}"
+            ) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"][1:])  # under `countries`
+            raise CalendarOverridesError(
+                f"{path}: invalid calendar overrides: {where}: {first['msg']}"
+            ) from None
+        except ValueError:  # YAML's own reading of a date (`2027-13-01`)
+            raise CalendarOverridesError(
+                f"{path}: invalid calendar overrides: a date cannot be read"
+            ) from None
 
 
 @dataclass

@@ -24,6 +24,8 @@ from typing import Any, Literal
 import boto3
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dsrflow.files import write_private
+
 MAX_PRESIGN_DAYS = 7  # SigV4 presigned URLs live at most 7 days
 
 
@@ -102,12 +104,7 @@ class PackageStore:
                 ExpiresIn=int(self.settings.link_days * 86400),
             )
             return Delivered(f"s3://{self.settings.bucket}/{key}", link, expires)
-        folder = self._path(self.settings.local_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(path)
+        path = write_private(self._path(self.settings.local_dir) / name, blob)  # 0600, atomic
         return Delivered(str(path), path.resolve().as_uri(), expires)
 
     def _path(self, value: Path) -> Path:
@@ -117,26 +114,22 @@ class PackageStore:
         self, request_id: str, ticket_id: str | None, delivered: Delivered, key: bytes,
         key_fingerprint: str,
     ) -> Path:
-        """The link and the key, for the person who answers the ticket (0600, atomic)."""
-        folder = self._path(self.settings.handover_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{request_id}.json"
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({
-                "request_id": request_id,
-                "ticket_id": ticket_id,
-                "link": delivered.link,
-                "link_expires_at": delivered.expires_at.astimezone(UTC)
-                .isoformat(timespec="seconds"),
-                "key": key.decode(),
-                "key_id": key_fingerprint,
-                "instructions": "Send the link and the key to the subject over two different "
-                "channels (e.g. the link by email, the key by SMS), then run `dsrflow package "
-                "handed-over REQUEST_ID --channel ...`, which deletes this file.",
-            }, fh, indent=2)
-        tmp.replace(path)
+        """The link and the key, for the person who answers the ticket (0600 in a 0700
+        folder, atomic)."""
+        path = self._path(self.settings.handover_dir) / f"{request_id}.json"
+        document = {
+            "request_id": request_id,
+            "ticket_id": ticket_id,
+            "link": delivered.link,
+            "link_expires_at": delivered.expires_at.astimezone(UTC)
+            .isoformat(timespec="seconds"),
+            "key": key.decode(),
+            "key_id": key_fingerprint,
+            "instructions": "Send the link and the key to the subject over two different "
+            "channels (e.g. the link by email, the key by SMS), then run `dsrflow package "
+            "handed-over REQUEST_ID --channel ...`, which deletes this file.",
+        }
+        write_private(path, json.dumps(document, indent=2).encode())
         return path
 
     def handover_path(self, request_id: str) -> Path:

@@ -19,6 +19,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from dsrflow.files import DIR_MODE, private_dir
 from dsrflow.settings import load_settings, write_key_file
 
 MARKER = ".dsrflow-demo"
@@ -169,7 +170,10 @@ def _fresh_folder(out: Path) -> None:
         if not (out / MARKER).exists():
             raise DemoError(f"{out} exists and was not made by `dsrflow demo`; choose --out")
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The app's database, its logs, the ledger, keys, Prefect's home, exports: the owner's
+    # only, whatever the umask (0700; what is written inside keeps out of others' reach).
+    private_dir(out)
+    os.chmod(out, DIR_MODE)  # an empty folder given with --out: made private too
     (out / MARKER).write_text("made by dsrflow demo; deleted and rebuilt by the next one\n")
 
 
@@ -262,6 +266,7 @@ def _check_deliverables(runtime: Any, console: Console) -> list[str]:
     import httpx
 
     from dsrflow.certificates import CertificateInvalid, verify_certificate
+    from dsrflow.errors import safe_error
     from dsrflow.model import DELIVERABLE_KIND, Status
     from dsrflow.packages import PackageError, check_package, unseal
     from tasks.deliverables import CERTIFICATE, PACKAGE
@@ -295,7 +300,7 @@ def _check_deliverables(runtime: Any, console: Console) -> list[str]:
                 verify_certificate(document, [public])
                 where, check = details["path"], f"signature ok, {details['outcome']}"
         except (PackageError, CertificateInvalid, httpx.HTTPError, OSError, KeyError) as exc:
-            problems.append(f"{record.ticket_id}: {system} does not check: {exc}")
+            problems.append(f"{record.ticket_id}: {system} does not check: {safe_error(exc)}")
             continue
         table.add_row(record.ticket_id, record.type.value, where, check)
     console.print(table)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dsrflow.crypto import Keyring
+from dsrflow.files import write_private
 
 
 def export_path(root: Path, request_id: str, system: str) -> Path:
@@ -23,12 +24,9 @@ def write_export(
     root: Path, keyring: Keyring, request_id: str, system: str, records: dict[str, Any]
 ) -> Path:
     path = export_path(root, request_id, system)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = keyring.encrypt(json.dumps(records, sort_keys=True).encode(), f"{request_id}/{system}")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)  # atomic: a crash never leaves half a file under the final name
-    return path
+    # 0600 in 0700 folders; atomic: a crash never leaves half a file under the final name.
+    return write_private(path, blob)
 
 
 def exported_systems(root: Path, request_id: str) -> list[str]:

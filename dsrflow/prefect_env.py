@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dsrflow.files import private_dir
+
 PRIVACY_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
@@ -25,5 +27,6 @@ def prepare(home: Path) -> None:
     for key, value in PRIVACY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if not os.environ.get("PREFECT_API_URL"):
-        home.mkdir(parents=True, exist_ok=True)
+        # Prefect keeps run states, logs and its database here: the owner's only (0700).
+        private_dir(home)
         os.environ["PREFECT_HOME"] = str(home)

@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from dsrflow.crypto import KeyMaterialError, Keyring, decode_key, encode_key, new_key
 from dsrflow.delivery import PackageSettings
+from dsrflow.files import FILE_MODE, private_dir
 from dsrflow.model import DEFAULT_PHONE_REGIONS, Regime
 from dsrflow.queue import QueueSettings
 from dsrflow.signing import decode_signing_key, encode_signing_key, new_signing_key
@@ -229,15 +230,16 @@ def _key_file_json(path: Path) -> dict[str, Any]:
 
 
 def write_key_file(path: Path) -> None:
-    """Fresh keys, readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Fresh keys, readable by the owner only (0600; a missing folder is made 0700)."""
+    private_dir(path.parent)
     keys = {
         "token_key": encode_key(new_key()),
         "encryption_key": encode_key(new_key()),
         "signing_key": encode_signing_key(new_signing_key()),
     }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), FILE_MODE)  # whatever the umask
         json.dump(keys, fh, indent=2)
 
 
@@ -252,9 +254,10 @@ def add_signing_key(path: Path) -> Ed25519PrivateKey:
     # A new file beside the old one, swapped in whole: a crash leaves the old keys intact,
     # and the file is never readable by others, not even for a moment.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
             json.dump(data, fh, indent=2)
             fh.flush()
             os.fsync(fh.fileno())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from dsrflow.errors import raises_safely
 from tasks.deadlines import (
     alert_deadlines,
     assess_deadlines,
@@ -27,6 +28,7 @@ from tasks.deadlines import (
 
 
 @flow(name="deadline-report", persist_result=False)
+@raises_safely
 def deadline_report(remind_every_hours: float | None = None) -> dict[str, int]:
     """Counts per deadline state; alerts for requests newly at risk, overdue or without a
     known deadline (and again every `remind_every_hours`, if set, while they stay so)."""

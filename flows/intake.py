@@ -21,7 +21,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dsrflow import queue
+from dsrflow.errors import raises_safely, safe_error
 from dsrflow.queue import IntakeCounts, QueueSettings
+from dsrflow.settings import ConfigError
 from flows.request import BatchIncomplete, process_requests
 from tasks.requests import announce
 from tasks.runtime import get_runtime
@@ -37,7 +39,7 @@ def queue_settings(override: QueueSettings | None = None) -> QueueSettings:
     """The flow's parameter, else the `queue:` section of the settings."""
     found = override or getattr(get_runtime().settings, "queue", None)
     if found is None:
-        raise ValueError("no ticket queue configured: add `queue:` (queue_url, "
+        raise ConfigError("no ticket queue configured: add `queue:` (queue_url, "
                          "dead_letter_url, ...) to dsrflow.yaml")
     return QueueSettings.model_validate(found)
 
@@ -58,6 +60,7 @@ def batch_key(request_ids: list[str]) -> str:
 
 
 @task(name="drain-queue", **_TASK)
+@raises_safely
 def drain_once(max_messages: int, wait_seconds: int) -> IntakeCounts:
     """One long poll, every message handled inside: bodies never leave this task."""
     qs = _active
@@ -79,6 +82,7 @@ def drain_once(max_messages: int, wait_seconds: int) -> IntakeCounts:
 
 
 @task(name="start-batch", **_TASK)
+@raises_safely
 def start_deployment_run(deployment: str, request_ids: list[str]) -> str:
     """One run of the process deployment for the batch; the idempotency key makes a
     retried start return the same run."""
@@ -105,10 +109,11 @@ def dispatch(process_deployment: str | None, request_ids: list[str]) -> None:
         process_requests(request_ids)
     except BatchIncomplete as exc:
         # The run is marked failed in the UI and the ledger says which requests: go on.
-        logger.warning("batch of %d incomplete: %s", len(request_ids), exc)
+        logger.warning("batch of %d incomplete: %s", len(request_ids), safe_error(exc))
 
 
 @flow(name="intake", persist_result=False)
+@raises_safely
 def intake(
     queue_config: QueueSettings | None = None,
     max_batches: int | None = None,

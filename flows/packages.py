@@ -11,11 +11,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from dsrflow.errors import raises_safely
 from tasks import deliverables
 from tasks.runtime import get_runtime
 
 
 @task(name="expire-packages", cache_policy=NO_CACHE, persist_result=False)
+@raises_safely
 def expire_packages_task() -> dict[str, int]:
     dropped, deleted = deliverables.expire(get_runtime())
     for request_id in dropped:
@@ -25,6 +27,7 @@ def expire_packages_task() -> dict[str, int]:
 
 
 @flow(name="expire-packages", persist_result=False)
+@raises_safely
 def expire_packages() -> dict[str, int]:
     """Drop unsent keys and delete local packages whose delivery link has expired."""
     return expire_packages_task()

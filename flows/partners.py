@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
+from dsrflow.errors import raises_safely
 from tasks.requests import check_partners as check
 from tasks.requests import confirm_partner as confirm
 from tasks.requests import partner_instructions
@@ -27,6 +28,7 @@ class PartnerConfirmation(RunInput):
 
 
 @flow(name="check-partners", persist_result=False)
+@raises_safely
 def check_partners() -> dict[str, str]:
     return check()
 
@@ -36,6 +38,7 @@ def check_partners() -> dict[str, str]:
     flow_run_name="confirm-{partner}-{request_id}",
     persist_result=False,
 )
+@raises_safely
 def confirm_partner(
     request_id: str, partner: str, wait_days: int = 14, poll_seconds: int = 10
 ) -> str:

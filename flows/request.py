@@ -19,6 +19,7 @@ from prefect import flow
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
+from dsrflow.errors import raises_safely
 from dsrflow.model import Status
 from flows.runners import SettingsTaskRunner
 from tasks.monitoring import RunProgress, tag_run
@@ -51,6 +52,7 @@ def batch_run_name() -> str:
     name="process-requests", flow_run_name=batch_run_name, persist_result=False,
     task_runner=SettingsTaskRunner(),
 )
+@raises_safely
 def process_requests(request_ids: list[str]) -> dict[str, str]:
     """A micro-batch of requests, one pass per system."""
     return _process(request_ids)
@@ -60,6 +62,7 @@ def process_requests(request_ids: list[str]) -> dict[str, str]:
     name="process-request", flow_run_name=batch_run_name, persist_result=False,
     task_runner=SettingsTaskRunner(),
 )
+@raises_safely
 def process_request(request_id: str) -> dict[str, str]:
     """One request: the batch of one."""
     return _process([request_id])

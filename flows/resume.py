@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from dsrflow.errors import raises_safely
 from flows.intake import dispatch
 from tasks.runtime import get_runtime
 
@@ -27,11 +28,13 @@ def now() -> datetime:
 
 
 @task(name="find-stranded", cache_policy=NO_CACHE, persist_result=False)
+@raises_safely
 def find_stranded(grace_minutes: float) -> list[str]:
     return get_runtime().ledger.stranded(now() - timedelta(minutes=grace_minutes))
 
 
 @flow(name="resume-requests", persist_result=False)
+@raises_safely
 def resume_requests(
     grace_minutes: float = 30,
     process_deployment: str | None = None,

@@ -34,6 +34,7 @@ from prefect.events import emit_event
 from sqlalchemy import select
 
 from dsrflow.deadlines import Deadlines
+from dsrflow.errors import raises_safely, safe_error
 from dsrflow.ledger import Ledger, RequestRecord
 from dsrflow.ledger.schema import audit_events
 from dsrflow.sla import business_days_left, deadline_state
@@ -192,6 +193,7 @@ def emit_alert(alert: Alerting) -> None:
 
 
 @task(name="compute-unknown-deadlines", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def compute_unknown_deadlines() -> list[str]:
     """Give their due dates to the requests whose calendar was missing, if one has the year
     now: the overrides file is read again first (a notice typed in since this process
@@ -203,7 +205,8 @@ def compute_unknown_deadlines() -> list[str]:
     except (OSError, ValueError) as exc:
         # The report must still run (overdue requests must still alert): with the
         # calendars the process already has, and the file's problem in the log.
-        logger.error("calendar overrides not reloaded, the current ones stay: %s", exc)
+        logger.error("calendar overrides not reloaded, the current ones stay: %s",
+                     safe_error(exc))
     computed = rt.ledger.recompute_unknown_deadlines()
     if computed:
         logger.info("%d requests got their due date from a calendar now available",
@@ -212,12 +215,14 @@ def compute_unknown_deadlines() -> list[str]:
 
 
 @task(name="assess-deadlines", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def assess_deadlines() -> DeadlineReport:
     rt = get_runtime()
     return assess(rt.ledger.all(), rt.deadlines, now(), rt.settings.at_risk_days)
 
 
 @task(name="alert-deadlines", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def alert_deadlines(report: DeadlineReport, remind_every_hours: float | None = None) -> list[str]:
     """Emit `dsr.request.at_risk` / `.overdue` / `.deadline_unknown` for requests not yet
     alerted in their current state; returns the request ids alerted."""
@@ -286,6 +291,7 @@ def summary(
 
 
 @task(name="publish-deadline-report", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def publish_deadline_report(
     report: DeadlineReport, alerted: list[str], computed: list[str] | None = None
 ) -> None:

@@ -22,7 +22,7 @@ from connectors.objects import ObjectsConnector
 from dsrflow.certificates import build_certificate, sign_certificate, write_certificate
 from dsrflow.datamap import PartnerSystem
 from dsrflow.delivery import PackageStore
-from dsrflow.errors import safe_error
+from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import discard_exports, exported_systems, read_export
 from dsrflow.ledger import RequestRecord
 from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, StepAction, StepStatus
@@ -158,7 +158,7 @@ def handed_over(rt: Runtime, request_id: str, channel: str, by: str,
     step = next((s for s in rt.ledger.steps([request_id])
                  if s["system"] == PACKAGE and s["status"] == StepStatus.SUCCEEDED.value), None)
     if step is None:
-        raise LookupError(f"request {request_id} has no delivered access package")
+        raise NotOnRecord(f"request {request_id} has no delivered access package")
     when = (at or now()).isoformat(timespec="seconds")
     details = {**step["details"], "key_handed_to": channel, "key_handed_over_by": by,
                "key_handed_over_at": when}

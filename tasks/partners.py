@@ -31,7 +31,7 @@ from connectors.opendsr import Status as PartnerStatus
 from connectors.partners import ManualPartner
 from connectors.webhook import WebhookReceipt
 from dsrflow.datamap import PartnerSystem
-from dsrflow.errors import safe_error
+from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import write_export
 from dsrflow.ledger import RequestRecord
 from dsrflow.model import Status, StepStatus
@@ -172,7 +172,7 @@ def confirm(
     """A person confirms that a manual partner carried out the request."""
     current = _row(rt, request_id, system)
     if current is None:
-        raise LookupError(f"request {request_id} was never handed to {system}")
+        raise NotOnRecord(f"request {request_id} was never handed to {system}")
     if current["status"] == "confirmed":
         return
     rt.ledger.update_partner(request_id, system, status="confirmed", confirmed_by=by,

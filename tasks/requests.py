@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
+from dsrflow.errors import raises_safely
 from dsrflow.ledger import RequestRecord
 from dsrflow.model import Status
 from tasks import deliverables, partners, steps
@@ -19,6 +20,7 @@ _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="open-requests", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def open_requests(request_ids: list[str]) -> steps.Gate:
     gate = steps.open_requests(get_runtime(), request_ids)
     logger = get_run_logger()
@@ -28,6 +30,7 @@ def open_requests(request_ids: list[str]) -> steps.Gate:
 
 
 @task(name="resolve-identities", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def resolve_identities(request_ids: list[str]) -> dict[str, int]:
     learnt = steps.resolve_identities(get_runtime(), request_ids)
     logger = get_run_logger()
@@ -38,11 +41,13 @@ def resolve_identities(request_ids: list[str]) -> dict[str, int]:
 
 
 @task(name="plan-systems", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def plan_systems(request_ids: list[str]) -> steps.Plan:
     return steps.plan_systems(get_runtime(), request_ids)
 
 
 @task(name="deliver-results", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def deliver_results(request_ids: list[str]) -> dict[str, str]:
     """Access packages and erasure certificates for the requests that are ready."""
     rt = get_runtime()
@@ -63,11 +68,13 @@ DELIVERED_EVENTS = {
 
 
 @task(name="close-requests", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def close_requests(request_ids: list[str]) -> dict[str, Status]:
     return steps.close_requests(get_runtime(), request_ids)
 
 
 @task(name="publish-results", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def publish_results(request_ids: list[str]) -> None:
     """A table for the batch, a summary per request, an event per closed request."""
     rt = get_runtime()
@@ -168,6 +175,7 @@ def _summary(record: RequestRecord, steps_: list[dict[str, object]]) -> str:
 
 
 @task(name="check-partners", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def check_partners() -> dict[str, str]:
     happened = partners.check(get_runtime())
     logger = get_run_logger()
@@ -192,6 +200,7 @@ def partner_instructions(request_id: str, partner: str) -> str:
 
 
 @task(name="confirm-partner", **_TASK)  # type: ignore[call-overload]
+@raises_safely
 def confirm_partner(
     request_id: str, partner: str, by: str, reference: str, at: datetime
 ) -> str:

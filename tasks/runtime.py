@@ -26,6 +26,7 @@ from dsrflow.datamap import (
     load_datamap,
 )
 from dsrflow.deadlines import CalendarOverrides, Deadlines
+from dsrflow.files import private_dir
 from dsrflow.identities import Subject
 from dsrflow.ledger import Ledger
 from dsrflow.settings import Settings, load_settings
@@ -112,10 +113,10 @@ class Runtime:
         if isinstance(spec, LogsSystem):
             from connectors.logs import LogsConnector
 
-            return LogsConnector(
-                name, spec, base_dir=self.settings.base_dir,
-                state_dir=self.settings.state_path / name,
-            )
+            # Checkpoints and copies of files being rewritten: the owner's only (0700).
+            state_dir = private_dir(self.settings.state_path / name)
+            return LogsConnector(name, spec, base_dir=self.settings.base_dir,
+                                 state_dir=state_dir)
         raise TypeError(f"no connector for system {name}")  # pragma: no cover
 
     def _keys_from(self, subjects: Sequence[Subject], ref: ColumnRef) -> dict[str, list[str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from dsrflow.errors import raises_safely
 from tasks import steps
 from tasks.runtime import get_runtime
 from tasks.steps import StepResult
@@ -13,6 +14,7 @@ from tasks.steps import StepResult
 
 @task(name="apply-to-system", task_run_name="apply-{system}", cache_policy=NO_CACHE,
       persist_result=False, retry_jitter_factor=0.5)
+@raises_safely
 def apply_to_system(system: str, request_ids: list[str]) -> list[StepResult]:
     results = steps.apply_to_system(get_runtime(), system, request_ids)
     _log(system, "applied", results)
@@ -21,6 +23,7 @@ def apply_to_system(system: str, request_ids: list[str]) -> list[StepResult]:
 
 @task(name="verify-system", task_run_name="verify-{system}", cache_policy=NO_CACHE,
       persist_result=False, retry_jitter_factor=0.5)
+@raises_safely
 def verify_system(system: str, request_ids: list[str]) -> list[StepResult]:
     results = steps.verify_system(get_runtime(), system, request_ids)
     _log(system, "verified", results)

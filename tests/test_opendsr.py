@@ -344,7 +344,9 @@ def test_a_partner_echoing_an_identity_in_its_error_is_scrubbed(partner):
     [(_, payload)] = partner.errors
     assert EMAIL in payload["error"]["message"]  # the partner did leak it
     assert_no_identity(str(caught.value))
-    assert "[identity]" in str(caught.value)
+    assert_no_identity(str(caught.value.error_message))
+    assert "[identity]" in str(caught.value.error_message)
+    assert "request refused" not in str(caught.value)
 
 
 def test_a_wrong_token_is_a_401_and_the_right_one_works():
@@ -374,8 +376,9 @@ def test_status_cancel_and_unknown_ids(partner):
     busy = new_subject_request_id()
     dsr.submit(subject(), "erasure", "gdpr", busy, None)
     partner.start_processing(busy)
-    with pytest.raises(PartnerRejected, match="only a pending request"):
+    with pytest.raises(PartnerRejected) as refused:
         dsr.cancel(busy)
+    assert "only a pending request" in str(refused.value.error_message)
     with pytest.raises(PartnerRejected) as caught:
         dsr.status(new_subject_request_id())
     assert caught.value.status_code == 404

@@ -34,6 +34,8 @@ from sqlalchemy.exc import IntegrityError
 
 from dsrflow.crypto import Keyring, Pseudonymizer, keyed_digest, new_key
 from dsrflow.deadlines import CalendarUnavailable, Deadlines
+from dsrflow.errors import safe_error
+from dsrflow.files import private_file
 from dsrflow.identities import Identity, Subject
 from dsrflow.ledger.schema import (
     audit_events,
@@ -134,7 +136,7 @@ def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
-    with open(f"{database}.lock", "a") as handle:
+    with open(private_file(Path(f"{database}.lock")), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -147,8 +149,10 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     database = parsed.database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if database and database != ":memory:" and not database.startswith("file:"):
+        # Made 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        # main file's mode, so they are the owner's only too (folders made 0700).
+        private_file(Path(database))
     engine = create_engine(url, connect_args={"timeout": 30})
 
     # pysqlite's own transaction handling defers locking until the first write, so two
@@ -526,7 +530,7 @@ class Ledger:
             return self.deadlines.due(regime, start), None
         except CalendarUnavailable as exc:
             # Accept the request anyway (losing it would be worse) and flag it loudly.
-            return None, str(exc)
+            return None, safe_error(exc, typed=False)
 
     def recompute_unknown_deadlines(self) -> dict[str, datetime]:
         """Give a due date to every request that has none because its calendar was
