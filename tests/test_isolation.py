@@ -97,8 +97,9 @@ def test_a_request_the_system_cannot_serve_fails_alone(
             assert record.status is Status.COMPLETED, (uid, record.reason)
             assert db["status"] == "succeeded"
             assert count_posts(url, uid) == 0
-    # Found by halving the batch: 8, then 4 + 4, 2 + 2, 1 + 1, not one call per request.
-    assert calls == [8, 4, 4, 2, 2, 1, 1]
+    # Found by halving the batch: 8, then 4 + 4, 2 + 2, 1 + 1, not one call per request
+    # (the order depends on which half the culprit sits in).
+    assert sorted(calls, reverse=True) == [8, 4, 4, 2, 2, 1, 1]
 
 
 def test_a_failure_of_the_system_itself_fails_the_batch_at_once(
