@@ -24,6 +24,11 @@ NATIONAL_NEEDS_REGION = (
     "a number written without its country code cannot be read here (no country for the "
     "subject): write it with + and the country code, or give the ticket's country"
 )
+# What a phone number is written with: digits (ASCII or full-width, as Chinese input
+# methods type them), a leading plus, and the usual separators. phonenumbers itself reads
+# far more (letters as keypad digits, `1380013OOO2`; trailing text, `13800130002%`), and a
+# value it would quietly turn into somebody's number is refused instead.
+_PHONE_TEXT = re.compile(r"[(\uff08]?[+\uff0b]?[0-9\uff10-\uff19 ()\-.\uff08\uff09\uff0d\u3000]+")
 # Addresses that many people share at once (behind NAT, on loopback, carrier-grade NAT,
 # multicast): as an identity they would match everyone's lines. Documentation ranges stay
 # allowed; they stand in for public addresses in examples and tests.
@@ -74,6 +79,8 @@ def normalize_email(raw: str) -> str:
 def normalize_phone(raw: str, region: str | None = None) -> str:
     """E.164, e.g. '138 0013 8000' read in CN -> '+8613800138000'. A number written
     without its country code needs `region`; without one it is refused, never guessed."""
+    if not _PHONE_TEXT.fullmatch(raw.strip()):
+        raise IdentityError("not a phone number: only digits, a leading +, spaces and - . ( )")
     try:
         parsed = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException as exc:

@@ -263,6 +263,23 @@ def test_invalid_phone_numbers_are_rejected(raw: str) -> None:
         Identity.read(IdentityType.PHONE, raw, "CN")
 
 
+@pytest.mark.parametrize("raw", [
+    "13800138000%", "1380013800O", "138-0013-TEXT", "+86 138 0013 8000 ext. 12",
+    "tel:+8613800138000", "++8613800138000", "13800138000\u00b2", "\u0661\u0663\u0668\u0660\u0660\u0661\u0663\u0668\u0660\u0660\u0660",
+])
+def test_text_that_phonenumbers_would_bend_into_a_number_is_refused(raw: str) -> None:
+    # phonenumbers reads letters as keypad digits and skips trailing text: each of these
+    # would become somebody's real number (+8613800138000 or a neighbour of it).
+    with pytest.raises(IdentityError, match="only digits"):
+        normalize_phone(raw, "CN")
+
+
+@pytest.mark.parametrize("raw", ["(+86) 138 0013 8000", "\uff11\uff13\uff18\uff10\uff10\uff11\uff13\uff18\uff10\uff10\uff10",
+                                 "+86.138.0013.8000", " 138 0013 8000 "])
+def test_the_usual_ways_of_writing_a_number_are_read(raw: str) -> None:
+    assert normalize_phone(raw, "CN") == "+8613800138000"
+
+
 @pytest.mark.parametrize("raw", ["call me", "", "+", "+86", "+999 1234 5678", "tel:"])
 def test_unparseable_phone_numbers_raise_identity_error(raw: str) -> None:
     # Text that phonenumbers cannot parse at all must be an IdentityError like any other
