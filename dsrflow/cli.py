@@ -228,14 +228,28 @@ def run(
 
 
 def run_batch(ids: list[str]) -> bool:
-    """Run the flow; False if some request did not complete (details are in the ledger)."""
+    """Run the flow; False if some request did not complete or a system of one failed
+    (details are in the ledger). Requests another run holds are skipped, and said so."""
+    from dsrflow.model import Status
+    from dsrflow.prefect_env import embedded_server_turn
     from flows.request import BatchIncomplete, process_requests
+    from tasks.runtime import get_runtime
 
-    try:
-        process_requests(ids)
-    except BatchIncomplete as exc:
-        err.print(say(exc), style="yellow", markup=False, highlight=False)
-        return False
+    settings = get_runtime().settings
+
+    def waiting(message: str) -> None:
+        err.print(message, style="yellow", markup=False, highlight=False)
+
+    with embedded_server_turn(settings.path(settings.prefect_home), waiting):
+        try:
+            outcome = process_requests(ids)
+        except BatchIncomplete as exc:
+            err.print(say(exc), style="yellow", markup=False, highlight=False)
+            return False
+    statuses = {s.value for s in Status}
+    for rid, what in outcome.items():
+        if what not in statuses:
+            err.print(f"{rid}: not run: {what}", style="yellow", markup=False, highlight=False)
     return True
 
 

@@ -7,10 +7,13 @@ runs a flow calls `prepare` first.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from dsrflow.files import private_dir
+from dsrflow.files import private_dir, private_file
 
 PRIVACY_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -30,3 +33,31 @@ def prepare(home: Path) -> None:
         # Prefect keeps run states, logs and its database here: the owner's only (0700).
         private_dir(home)
         os.environ["PREFECT_HOME"] = str(home)
+
+
+EMBEDDED_LOCK = "embedded-server.lock"
+
+
+@contextmanager
+def embedded_server_turn(home: Path, say: Callable[[str], None]) -> Iterator[None]:
+    """Run a flow on the embedded Prefect server only when no other dsrflow process is
+    running one on the same Prefect home. Two embedded servers migrating one database at
+    once kill each other (one dies mid-migration, and its run's requests end half-done):
+    the second process waits for the first, and says so. With PREFECT_API_URL set, runs
+    share that server and nothing waits here (the request leases keep them apart)."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    lock = private_file(home / EMBEDDED_LOCK)
+    with open(lock, "r+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another dsrflow run is using the embedded Prefect server in {home}: "
+                "waiting for it to finish (point PREFECT_API_URL at a Prefect server to run "
+                "side by side)")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         description="where process-requests runs its system tasks: threads or Dask",
     )
     task_retry_delays: list[float] = Field(default_factory=lambda: [2.0, 10.0, 30.0])
+    lease_minutes: float = Field(
+        default=10, gt=0, le=24 * 60,
+        description="how long a run's hold on its requests lasts without renewal (renewed "
+        "every third of it while the run works): how soon a crashed run's requests resume",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -1,6 +1,7 @@
 """The request flow: the business process, top to bottom.
 
-    open the batch (only verified requests pass the gate)
+    open the batch: take a lease on each request (one run per request at a time; one
+      another run holds is skipped, and said so); only verified requests pass the gate
     resolve identities (every identity the account's own rows hold, beyond the ticket's)
     plan which systems each request concerns
     apply to every system at once (collect, erase, rectify, restrict); a system whose
@@ -8,22 +9,25 @@
     verify every system that erased something
     deliver: an encrypted access package for each access request, a signed certificate
       for each erasure (once no partner is still working on it)
-    close each request from its steps, and publish the outcome
+    close each request from its steps, publish the outcome, release the leases
 
 Parameters are request ids; everything else comes from the ledger inside the tasks.
 """
 
 from __future__ import annotations
 
+import uuid
+
 from prefect import flow
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
 from dsrflow.errors import raises_safely
-from dsrflow.model import Status
 from flows.runners import SettingsTaskRunner
+from tasks.leases import holding
 from tasks.monitoring import RunProgress, tag_run
 from tasks.requests import (
+    Closed,
     close_requests,
     deliver_results,
     open_requests,
@@ -69,14 +73,28 @@ def process_request(request_id: str) -> dict[str, str]:
 
 
 def _process(request_ids: list[str]) -> dict[str, str]:
-    gate = open_requests(request_ids)
+    owner = str(flow_run.get_id() or uuid.uuid4())
+    gate = open_requests(request_ids, owner)
     outcome = {rid: reason for rid, reason in gate.held.items()}
     if not gate.ready:
         return outcome
+    with holding(get_runtime(), owner, gate.ready):
+        closed = _work(gate.ready)
+    publish_results(request_ids)
 
-    tag_run(gate.ready)
-    resolve_identities(gate.ready)
-    plan = plan_systems(gate.ready)
+    outcome.update({rid: status.value for rid, status in closed.statuses.items()})
+    if closed.unfinished:
+        raise BatchIncomplete(
+            f"{len(closed.unfinished)} of {len(closed.statuses)} requests did not complete: "
+            f"{', '.join(closed.unfinished)}"
+        )
+    return outcome
+
+
+def _work(request_ids: list[str]) -> Closed:
+    tag_run(request_ids)
+    resolve_identities(request_ids)
+    plan = plan_systems(request_ids)
     settings = get_runtime().settings
     retry = {"retries": settings.task_retries, "retry_delay_seconds": settings.task_retry_delays}
     progress = RunProgress(sum(len(w) for w in plan.waves) + len(plan.verify))
@@ -97,17 +115,5 @@ def _process(request_ids: list[str]) -> dict[str, str]:
     for done in as_completed(list(verified)):
         progress.advance(f"verification of {verified[done]}")
 
-    deliver_results(gate.ready)
-    final = close_requests(gate.ready)
-    publish_results(request_ids)
-
-    outcome.update({rid: status.value for rid, status in final.items()})
-    # In progress at the end means waiting for partners: not a failure.
-    unfinished = [
-        rid for rid, s in final.items() if s not in (Status.COMPLETED, Status.IN_PROGRESS)
-    ]
-    if unfinished:
-        raise BatchIncomplete(
-            f"{len(unfinished)} of {len(final)} requests did not complete: {', '.join(unfinished)}"
-        )
-    return outcome
+    deliver_results(request_ids)
+    return close_requests(request_ids)

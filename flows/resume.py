@@ -1,13 +1,20 @@
-"""Resume: verified requests that no run picked up.
+"""Resume: verified requests that no run picked up, and requests whose run died.
 
     find the requests verified more than `grace_minutes` ago and still waiting
+    find the requests whose run stopped renewing its lease (killed, its machine lost),
+      and mark that flow run crashed in Prefect
     start `process-requests` for them, in batches (through its deployment, or here)
 
 Two ways a request ends up there: a person confirms a waiting request's identity
 (`dsrflow verify`), which records it and starts nothing; or intake records a ticket and
 crashes before starting its batch. Either way the deadline runs on, so a schedule looks
 for them. The grace period leaves a batch that intake is about to start alone; if both
-start one anyway, every step is idempotent and a partner is still asked once.
+start one anyway, the request's lease lets only one of them work on it.
+
+A run that is killed leaves its requests `in_progress` with a step `running`, and Prefect
+shows its flow run `RUNNING` for ever. Its leases stop being renewed and expire
+(`lease_minutes`); this flow then marks the dead flow run crashed and runs the requests
+again: every step is idempotent, and counts add up.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from dsrflow.errors import raises_safely
 from flows.intake import dispatch
+from tasks.monitoring import crash_runs
 from tasks.runtime import get_runtime
 
 
@@ -33,6 +41,21 @@ def find_stranded(grace_minutes: float) -> list[str]:
     return get_runtime().ledger.stranded(now() - timedelta(minutes=grace_minutes))
 
 
+@task(name="find-abandoned", cache_policy=NO_CACHE, persist_result=False)
+@raises_safely
+def find_abandoned() -> dict[str, str]:
+    """Requests whose run's lease expired: request id -> the dead run."""
+    return get_runtime().ledger.expired_leases(now())
+
+
+@task(name="mark-crashed", cache_policy=NO_CACHE, persist_result=False)
+@raises_safely
+def mark_crashed(runs: list[str]) -> int:
+    """Mark the flow runs that stopped renewing their leases crashed, where Prefect still
+    thinks they run; the number marked."""
+    return crash_runs(runs, "its process stopped renewing its request leases")
+
+
 @flow(name="resume-requests", persist_result=False)
 @raises_safely
 def resume_requests(
@@ -42,11 +65,16 @@ def resume_requests(
 ) -> dict[str, int]:
     """Start `process-requests` for every verified request left waiting longer than
     `grace_minutes`, `batch_size` at a time."""
-    stranded = find_stranded(grace_minutes)
+    abandoned = find_abandoned()
+    if abandoned:
+        crashed = mark_crashed(sorted(set(abandoned.values())))
+        get_run_logger().info("%d requests were held by runs that died (%d marked crashed)",
+                              len(abandoned), crashed)
+    stranded = list(dict.fromkeys([*abandoned, *find_stranded(grace_minutes)]))
     batches = [stranded[i:i + batch_size] for i in range(0, len(stranded), batch_size)]
     for batch in batches:
         dispatch(process_deployment, batch)
     if stranded:
         get_run_logger().info("%d verified requests were waiting; %d batches started",
                               len(stranded), len(batches))
-    return {"resumed": len(stranded), "batches": len(batches)}
+    return {"resumed": len(stranded), "abandoned": len(abandoned), "batches": len(batches)}

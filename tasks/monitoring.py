@@ -36,6 +36,25 @@ def tag_run(request_ids: Sequence[str]) -> list[str]:
     return merged
 
 
+def crash_runs(run_ids: Sequence[str], why: str) -> int:
+    """Set these flow runs `Crashed` (with `why`) where they are still pending or running:
+    a run killed outright never reports its own end. Unknown ids are left alone."""
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    marked = 0
+    with get_client(sync_client=True) as client:
+        for run_id in run_ids:
+            try:
+                current = client.read_flow_run(UUID(run_id))
+            except (ValueError, ObjectNotFound):  # not a flow run's id (a plain call)
+                continue
+            if current.state is not None and not current.state.is_final():
+                client.set_flow_run_state(UUID(run_id), Crashed(message=why), force=True)
+                marked += 1
+    return marked
+
+
 class RunProgress:
     """One progress artifact per run: 0% when the work starts, 100% when the last system
     (and its verification) has finished."""

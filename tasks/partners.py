@@ -202,7 +202,7 @@ def close_finished(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
     if not ready:
         return {}
     deliverables.produce(rt, ready)
-    return close_requests(rt, ready)
+    return close_requests(rt, ready).statuses
 
 
 def _resend(rt: Runtime, system: str, request_id: str) -> None:

@@ -15,14 +15,15 @@ from dsrflow.ledger import RequestRecord
 from dsrflow.model import Status
 from tasks import deliverables, partners, steps
 from tasks.runtime import get_runtime
+from tasks.steps import Closed
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 @task(name="open-requests", **_TASK)  # type: ignore[call-overload]
 @raises_safely
-def open_requests(request_ids: list[str]) -> steps.Gate:
-    gate = steps.open_requests(get_runtime(), request_ids)
+def open_requests(request_ids: list[str], owner: str) -> steps.Gate:
+    gate = steps.open_requests(get_runtime(), request_ids, owner=owner)
     logger = get_run_logger()
     for rid, why in gate.held.items():
         logger.info("request %s held: %s", rid, why)
@@ -69,7 +70,7 @@ DELIVERED_EVENTS = {
 
 @task(name="close-requests", **_TASK)  # type: ignore[call-overload]
 @raises_safely
-def close_requests(request_ids: list[str]) -> dict[str, Status]:
+def close_requests(request_ids: list[str]) -> Closed:
     return steps.close_requests(get_runtime(), request_ids)
 
 

@@ -32,6 +32,7 @@ from dsrflow.model import (
 )
 from tasks import partners
 from tasks.isolation import run_isolated
+from tasks.leases import lease_ttl
 from tasks.monitoring import current_run
 from tasks.runtime import Runtime
 
@@ -275,18 +276,27 @@ class Gate:
     held: dict[str, str]  # request id -> why it does not run now
 
 
-def open_requests(rt: Runtime, request_ids: Sequence[str]) -> Gate:
-    """Let verified (or unfinished) requests in; everything else waits, with a reason. No
-    connector runs for a request that has not been verified (policy 6.6.1)."""
-    ready, held = [], {}
-    for record in rt.ledger.get_many(request_ids):
+def open_requests(rt: Runtime, request_ids: Sequence[str], *, owner: str) -> Gate:
+    """Let verified (or unfinished) requests in, each under a lease held by `owner` (the
+    run): one run per request at a time. Everything else waits, with a reason: a request
+    another run holds (which one, until when), one not verified yet (no connector runs for
+    it, policy 6.6.1), one already closed."""
+    taken = rt.ledger.take_leases(request_ids, owner, lease_ttl(rt))
+    held = {
+        rid: f"held by run {h.owner} until {h.expires_at:%Y-%m-%d %H:%M:%S}Z; skipped here"
+        for rid, h in taken.held.items()
+    }
+    ready, idle = [], []
+    for record in rt.ledger.get_many(taken.granted):
         if record.status in RUNNABLE:
             rt.ledger.transition(record.id, Status.IN_PROGRESS)
             ready.append(record.id)
-        elif record.status is Status.AWAITING_VERIFICATION:
-            held[record.id] = "identity not verified yet"
         else:
-            held[record.id] = f"request is {record.status.value}"
+            idle.append(record.id)
+            held[record.id] = ("identity not verified yet"
+                               if record.status is Status.AWAITING_VERIFICATION
+                               else f"request is {record.status.value}")
+    rt.ledger.release_leases(idle, owner)
     missing = set(request_ids) - set(ready) - set(held)
     for rid in sorted(missing):
         held[rid] = "no such request"
@@ -402,13 +412,23 @@ def _resolved(rt: Runtime, records: list[RequestRecord]) -> list[RequestRecord]:
     return [r for r in records if r.id not in unresolved]
 
 
-def close_requests(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
+@dataclass(frozen=True)
+class Closed:
+    statuses: dict[str, Status]
+    # Requests the run did not bring home: closed other than completed, or waiting for a
+    # partner while one of their systems failed or is blocked (a partner's pending answer
+    # must not hide a database that was down until the partner replies days later).
+    unfinished: list[str]
+
+
+def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:
     """Each request's final status from its steps: completed when every step succeeded
     (and verification found nothing left), partial when some did, failed when none did."""
     steps_by_request: dict[str, list[dict[str, object]]] = defaultdict(list)
     for step in rt.ledger.steps(request_ids):
         steps_by_request[str(step["request_id"])].append(step)
     final: dict[str, Status] = {}
+    troubled: list[str] = []
     unfinished = (StepStatus.FAILED.value, StepStatus.BLOCKED.value)
     for rid in request_ids:
         # What the systems did decides between partial and failed; a certificate issued for
@@ -418,6 +438,8 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
         statuses = {StepStatus(str(s["status"])) for s in steps_by_request[rid]
                     if s["kind"] != DELIVERABLE_KIND and s["action"] != StepAction.RESOLVE}
         failed = [s for s in steps_by_request[rid] if s["status"] in unfinished]
+        if failed:
+            troubled.append(rid)
         if StepStatus.PENDING_EXTERNAL in statuses:
             # Open until every partner has answered (no worker waits meanwhile); a failed
             # or blocked step shows in the report and closes the request as partial then.
@@ -435,4 +457,6 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
             reason = "; ".join(f"{s['system']} {s['action']}: {s['error']}" for s in failed)
         rt.ledger.transition(rid, target, reason)
         final[rid] = target
-    return final
+        if target is not Status.COMPLETED and rid not in troubled:
+            troubled.append(rid)
+    return Closed(final, troubled)

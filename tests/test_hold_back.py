@@ -55,7 +55,7 @@ def _posts(rt: Runtime, uid: int) -> int:
 
 
 def _run(rt: Runtime, rid: str) -> None:
-    steps.open_requests(rt, [rid])
+    steps.open_requests(rt, [rid], owner="test-run")
     steps.resolve_identities(rt, [rid])
     for wave in steps.plan_systems(rt, [rid]).waves:
         for system, ids in wave.items():
@@ -85,7 +85,7 @@ def test_a_failed_bucket_holds_back_the_rows_that_list_its_keys(
     assert by_system["db"]["status"] == "failed"
     assert "held back" in by_system["db"]["error"]
     assert _posts(rt, uid) == len(mine)
-    assert steps.close_requests(rt, [rid]) == {rid: Status.FAILED}
+    assert steps.close_requests(rt, [rid]).statuses == {rid: Status.FAILED}
 
     # Once the bucket answers, a rerun erases the objects by the keys the rows still hold,
     # then the rows; nobody else's objects are touched.

@@ -582,12 +582,18 @@ def test_record_step_counts_attempts_and_keeps_the_outcome(ledger: Ledger) -> No
     assert ledger.steps(["someone-else"]) == []
 
 
+def _part(deleted: int, statement: str) -> dict[str, Any]:
+    return {"found": deleted, "deleted": deleted, "anonymized": 0, "retained": 0,
+            "remaining": 0, "retain_reasons": [], "statements": [statement]}
+
+
 def test_a_rerun_with_nothing_to_do_keeps_the_step_as_its_success_recorded_it(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A partner confirmed on 21 Nov; a rerun on 25 Nov (another system had failed) finds
     the partner done and reports nothing for it: the step still says 21 Nov, who confirmed
-    it, and which run. A rerun that does report work is recorded at its own time."""
+    it, and which run. A rerun that does report work adds it to what the first attempt
+    did, recorded at its own time."""
     from dsrflow.ledger import store
 
     clock = {"now": datetime(2026, 11, 21, 16, 0, tzinfo=UTC)}
@@ -598,7 +604,7 @@ def test_a_rerun_with_nothing_to_do_keeps_the_step_as_its_success_recorded_it(
     ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.SUCCEEDED,
                        details=confirmed)
     ledger.record_step(request_id, "db", "sql", "erase", StepStatus.SUCCEEDED,
-                       StepCounts(found=3, deleted=3), details={"posts": {"deleted": 3}})
+                       StepCounts(found=3, deleted=3), details={"posts": _part(3, "s1")})
     before = {s["system"]: s for s in ledger.steps([request_id])}
 
     clock["now"] = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -611,7 +617,7 @@ def test_a_rerun_with_nothing_to_do_keeps_the_step_as_its_success_recorded_it(
     ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.SUCCEEDED,
                        StepCounts(), details=run2)
     ledger.record_step(request_id, "db", "sql", "erase", StepStatus.SUCCEEDED,
-                       StepCounts(found=1, deleted=1), details={"posts": {"deleted": 1}, **run2})
+                       StepCounts(found=1, deleted=1), details={"posts": _part(1, "s2"), **run2})
 
     after = {s["system"]: s for s in ledger.steps([request_id])}
     courier = after["courier"]
@@ -619,10 +625,10 @@ def test_a_rerun_with_nothing_to_do_keeps_the_step_as_its_success_recorded_it(
     assert courier["finished_at"] == before["courier"]["finished_at"]
     assert courier["details"] == confirmed
     assert courier["attempts"] == 1  # it did run again
-    # New work is the step's new outcome, at the rerun's time.
+    # New work adds to the first attempt's, at the rerun's time.
     db = after["db"]
-    assert (db["found"], db["deleted"], db["details"]) == (1, 1, {"posts": {"deleted": 1},
-                                                                 **run2})
+    assert (db["found"], db["deleted"]) == (4, 4)
+    assert db["details"] == {"posts": {**_part(4, "s1"), "statements": ["s1", "s2"]}, **run2}
     assert db["finished_at"] is not None and db["finished_at"] != before["db"]["finished_at"]
     assert ledger.verify_audit_chain() is None
 

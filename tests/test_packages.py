@@ -89,7 +89,7 @@ def _access(rt: Runtime, uid: int, world: sqlworld.World) -> str:
     email = str(world.user(uid)["email"])
     rid = submit(rt.ledger, rt.datamap,
                  ticket(f"T-{uid}", "access", [{"type": "email", "value": email}])).request_id
-    gate = steps.open_requests(rt, [rid])
+    gate = steps.open_requests(rt, [rid], owner="test-run")
     steps.resolve_identities(rt, gate.ready)
     for system in ("media", "db"):
         steps.apply_to_system(rt, system, [rid])
@@ -266,13 +266,13 @@ def test_no_package_of_half_the_data(
     email = str(w.user(2)["email"])
     rid = submit(rt.ledger, rt.datamap,
                  ticket("T-2", "access", [{"type": "email", "value": email}])).request_id
-    steps.open_requests(rt, [rid])
+    steps.open_requests(rt, [rid], owner="test-run")
     for system in ("media", "db"):
         # The media system fails (its bucket does not exist), after recording the failure.
         with contextlib.suppress(StepFailed):
             steps.apply_to_system(rt, system, [rid])
     assert deliverables.produce(rt, [rid]) == {}
-    assert steps.close_requests(rt, [rid]) == {rid: Status.PARTIALLY_COMPLETED}
+    assert steps.close_requests(rt, [rid]).statuses == {rid: Status.PARTIALLY_COMPLETED}
     rt.close()
 
 

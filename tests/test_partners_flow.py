@@ -14,7 +14,7 @@ from dsrflow.intake import submit
 from dsrflow.leakscan import files_containing
 from dsrflow.model import Status
 from examples.partner import Faults, ReferencePartner
-from flows.request import process_requests
+from flows.request import BatchIncomplete, process_requests
 from tasks import partners
 from tasks.runtime import Runtime, set_runtime
 from tests import sqlworld
@@ -124,7 +124,9 @@ def test_a_refusal_blocks_that_partner_only(
     rt, world = runtime
     rid = _erasure(rt, world, 4, "P-3")
     partner.set_faults(Faults(reject=1, reject_status=400, leak_identity_in_errors=True))
-    process_requests([rid])
+    # A blocked partner fails the run, though the courier is still pending.
+    with pytest.raises(BatchIncomplete):
+        process_requests([rid])
     steps = _steps(rt, rid)
     assert steps["adnet"]["status"] == "blocked"
     assert steps["db"]["status"] == "succeeded"  # the other systems went ahead
@@ -139,7 +141,9 @@ def test_a_bad_signature_is_not_trusted(
     rt, world = runtime
     rid = _erasure(rt, world, 5, "P-4")
     partner.set_faults(Faults(response_signature="bad"))
-    process_requests([rid])
+    # A blocked partner fails the run, though the courier is still pending.
+    with pytest.raises(BatchIncomplete):
+        process_requests([rid])
     step = _steps(rt, rid)["adnet"]
     assert step["status"] == "blocked"
     assert "Signature" in step["error"]

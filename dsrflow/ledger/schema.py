@@ -51,6 +51,10 @@ requests = Table(
     Column("datamap_version", String(64)),
     Column("policy_version", String(64)),
     Column("flow_run_id", String(36)),
+    # The run that holds the request (a Prefect flow run id) and until when: one run per
+    # request at a time; a crashed run's lease expires and a resume takes the request over.
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index(
@@ -61,6 +65,7 @@ requests = Table(
         postgresql_where=text("status != 'rejected'"),
     ),
     Index("ix_requests_status", "status"),
+    Index("ix_requests_lease_owner", "lease_owner"),
 )
 
 identity_tokens = Table(

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -37,6 +37,8 @@ from dsrflow.deadlines import CalendarUnavailable, Deadlines
 from dsrflow.errors import safe_error
 from dsrflow.files import private_file
 from dsrflow.identities import Identity, Subject
+from dsrflow.ledger.counts import add_up, add_up_parts
+from dsrflow.ledger.leases import LeasesMixin
 from dsrflow.ledger.schema import (
     audit_events,
     audit_head,
@@ -45,6 +47,7 @@ from dsrflow.ledger.schema import (
     requests,
     steps,
 )
+from dsrflow.ledger.times import utc as _utc
 from dsrflow.model import (
     DEFAULT_PHONE_REGIONS,
     RUN_KEY,
@@ -52,6 +55,7 @@ from dsrflow.model import (
     Regime,
     RequestType,
     Status,
+    StepAction,
     StepStatus,
     check_transition,
 )
@@ -60,6 +64,7 @@ from dsrflow.tickets import Rejection, Ticket
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x647372666C6F77  # "dsrflow": the advisory lock key for migrations
 GENESIS = "0" * 64
+COUNT_COLUMNS = ("found", "deleted", "anonymized", "retained", "remaining")
 
 
 class UnknownRequest(LookupError):
@@ -117,17 +122,6 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-@overload
-def _utc(value: datetime) -> datetime: ...
-@overload
-def _utc(value: datetime | None) -> datetime | None: ...
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every time in the ledger is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 @contextmanager
 def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
     """An exclusive lock on `<database>.lock` for SQLite files (processes on one machine
@@ -171,7 +165,7 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-class Ledger:
+class Ledger(LeasesMixin):
     def __init__(self, url: str, keyring: Keyring, deadlines: Deadlines | None = None) -> None:
         self.engine = make_engine(url)
         self.keyring = keyring
@@ -700,20 +694,28 @@ class Ledger:
             & (steps.c.action == action)
         )
         with self.engine.begin() as conn:
-            found = conn.execute(
-                select(steps.c.id, steps.c.status, steps.c.finished_at).where(key)
-            ).one_or_none()
+            found = conn.execute(select(steps).where(key)).one_or_none()
             succeeded = found is not None and _had_succeeded(found.status, found.finished_at)
             kept = (status is StepStatus.SUCCEEDED and succeeded
                     and _reports_no_work(counts, error, details))
             values: dict[str, Any] = {"kind": kind, "status": status.value, "error": error}
+            adds_up = action == StepAction.ERASE.value and found is not None
             if status is StepStatus.RUNNING:
                 values.update(started_at=stamp, attempts=steps.c.attempts + 1)
                 if not succeeded:
                     # A success's finish time and details wait for what the rerun reports:
                     # `_had_succeeded` reads them as the mark of a rerun over a success.
-                    values.update(details=None, finished_at=None)
+                    # An erasure's parts stay: what earlier attempts did is added to.
+                    values.update(finished_at=None)
+                    if not adds_up:
+                        values.update(details=None)
             elif not kept:
+                if adds_up:
+                    assert found is not None
+                    details = add_up_parts(found.details, details)
+                    if counts is not None:
+                        before = {c: found._mapping[c] for c in COUNT_COLUMNS}
+                        counts = StepCounts(**add_up(before, counts.__dict__))
                 values.update(details=details, finished_at=stamp)
                 if counts is not None:
                     values.update(

@@ -1,0 +1,58 @@
+"""An erasure's counts are facts that add up over its attempts.
+
+A rerun after a crash, a failed verification or a second run finds less than the first
+attempt did: what the first deleted is gone. Its report must not replace the first one's
+(a certificate saying `deleted 0` for a subject whose 1,290 rows were deleted). So what was
+changed (deleted, anonymized) is summed; what was there to find is what earlier attempts
+changed plus what this one found, or the earlier figure if that was larger (rows an earlier
+attempt anonymized in place can be found again); what is kept (retained) and what is left
+(remaining) are the latest attempt's, since they describe the data as it is now. The same
+rule applies to each part (table, bucket, log source) in the step's details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+ADDED = ("deleted", "anonymized")
+LATEST = ("retained", "remaining")
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def add_up(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
+    """One set of counts (`found`, `deleted`, `anonymized`, `retained`, `remaining`) after
+    an attempt reporting `now`, over the totals `before`."""
+    total = dict(now)
+    for name in ADDED:
+        total[name] = _int(before.get(name)) + _int(now.get(name))
+    changed_before = sum(_int(before.get(name)) for name in ADDED)
+    total["found"] = max(_int(before.get("found")), changed_before + _int(now.get("found")))
+    for name in LATEST:
+        total[name] = now.get(name)
+    return total
+
+
+def add_up_parts(
+    before: Mapping[str, Any] | None, now: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """Step details after an attempt: each part's counts added up (a part only an earlier
+    attempt touched keeps what it changed, with nothing retained or remaining now); the
+    statement hashes of every attempt; reserved keys (`_run`, `_searched`) the latest's."""
+    if now is None:
+        return dict(before) if before else None
+    merged: dict[str, Any] = dict(now)
+    for name, old in (before or {}).items():
+        if name.startswith("_") or not isinstance(old, Mapping):
+            continue
+        new = now.get(name)
+        if not isinstance(new, Mapping):
+            new = {"found": 0, "retained": 0, "remaining": 0, "retain_reasons": [],
+                   "statements": []}
+        part = add_up(old, new)
+        part["statements"] = sorted({*old.get("statements", []), *new.get("statements", [])})
+        merged[name] = part
+    return merged
