@@ -80,12 +80,17 @@ def schedules_of(spec: dict[str, Any]) -> list[Schedule]:
     return out
 
 
-def runner_deployments(path: Path = PREFECT_FILE) -> list[RunnerDeployment]:
-    """Every deployment of prefect.yaml, as `prefect.serve` takes them."""
+def runner_deployments(
+    path: Path = PREFECT_FILE, without: frozenset[str] = frozenset()
+) -> list[RunnerDeployment]:
+    """The deployments of prefect.yaml (but those named in `without`), as `prefect.serve`
+    takes them."""
     from prefect.deployments.runner import EntrypointType
 
     deployments = []
     for spec in deployment_specs(path):
+        if spec["name"] in without:
+            continue
         flow = import_flow(spec["entrypoint"])
         deployment = cast(
             "RunnerDeployment",
@@ -106,16 +111,18 @@ def runner_deployments(path: Path = PREFECT_FILE) -> list[RunnerDeployment]:
 
 
 def serve_all(
-    path: Path = PREFECT_FILE, config: Path | None = None, limit: int | None = None
+    path: Path = PREFECT_FILE, config: Path | None = None, limit: int | None = None,
+    without: frozenset[str] = frozenset(),
 ) -> None:
-    """Serve every deployment in prefect.yaml from this process, against the Prefect API in
-    PREFECT_API_URL (blocks until interrupted). `config` (dsrflow.yaml) is passed to the
-    flow runs, which run in subprocesses, through DSRFLOW_CONFIG."""
+    """Serve every deployment in prefect.yaml but those named in `without` from this
+    process, against the Prefect API in PREFECT_API_URL (blocks until interrupted).
+    `config` (dsrflow.yaml) is passed to the flow runs, which run in subprocesses, through
+    DSRFLOW_CONFIG."""
     from prefect import serve
 
     if config is not None:
         os.environ["DSRFLOW_CONFIG"] = str(Path(config).resolve())
-    serve(*runner_deployments(path), limit=limit)
+    serve(*runner_deployments(path, without), limit=limit)
 
 
 # -- automations ------------------------------------------------------------------------------

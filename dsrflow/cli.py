@@ -642,6 +642,21 @@ def partner_confirm(
     _print_status(rt, [request_id])
 
 
+@partner_app.command("retry")
+def partner_retry(request_id: str, partner: str, config: ConfigOption = None) -> None:
+    """Send a blocked partner request again (once its objection is dealt with): under the
+    same id, at the request's next run (`dsrflow run REQUEST_ID`)."""
+    from tasks import partners
+
+    rt = _runtime(config)
+    try:
+        partners.retry(rt, request_id, partner)
+    except LookupError as exc:
+        raise fail(say(exc)) from None
+    console.print(f"{partner} will be asked again at the next run of {request_id}",
+                  markup=False, highlight=False)
+
+
 @partner_app.command("check")
 def partner_check(config: ConfigOption = None) -> None:
     """Ask OpenDSR partners about everything still waiting (callbacks can be lost)."""
@@ -671,7 +686,7 @@ def serve(
 ) -> None:
     """Serve every deployment (intake, process-requests, check-partners, deadline-report,
     confirm-partner) and the OpenDSR callback endpoint, against the Prefect server at
-    PREFECT_API_URL (`make ui` starts one)."""
+    PREFECT_API_URL (`make ui` starts one). Intake is served only with a `queue:`."""
     from deployments.callbacks import create_app, serving
     from deployments.serve import apply_automations, serve_all
 
@@ -680,9 +695,14 @@ def serve(
         apply_automations(notification_block=notification_block)
     chosen = config or os.environ.get(CONFIG_ENV)
     config_file = Path(chosen).resolve() if chosen else None
+    # Intake reads the ticket queue: with none configured it would fail every 5 minutes.
+    without = frozenset() if rt.settings.queue is not None else frozenset({"intake"})
+    if without:
+        console.print("no `queue:` in the settings: the intake deployment is not served "
+                      "(tickets come in with `dsrflow submit`)")
     with serving(create_app(rt), host=host, port=port) as url:
         console.print(f"OpenDSR callbacks on {url}/opendsr/callbacks/<partner>")
-        serve_all(config=config_file, limit=limit)
+        serve_all(config=config_file, limit=limit, without=without)
 
 
 @app.command("audit")

@@ -139,9 +139,10 @@ def _partners_answer(runtime: Any, partner: Any, console: Console) -> None:
     """The partners do their part: the reference OpenDSR partner finishes and calls back
     (real HTTP, signed); a person confirms the manual partner for all but one request,
     which is left waiting to show what that looks like."""
+    from dsrflow.model import PARTNER_WAITING
     from tasks import partners
 
-    waiting = runtime.ledger.partner_requests(statuses=partners.WAITING)
+    waiting = runtime.ledger.partner_requests(statuses=sorted(PARTNER_WAITING))
     for row in waiting:
         if row["system"] == "adnet":
             partner.complete(row["subject_request_id"])  # its signed callback lands here

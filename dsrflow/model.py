@@ -109,6 +109,40 @@ class StepStatus(StrEnum):
     BLOCKED = "blocked"
 
 
+class PartnerStatus(StrEnum):
+    """Where a request handed to one partner stands (the ledger's partner_requests)."""
+
+    CREATED = "created"  # its id is committed; the partner has not acknowledged it
+    SUBMITTED = "submitted"  # acknowledged (OpenDSR 201): polled or called back
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"  # a person confirms when it is done
+    COMPLETED = "completed"  # the partner said so
+    CONFIRMED = "confirmed"  # a person said so
+    BLOCKED = "blocked"  # refused, untrusted or unanswerable: a person acts
+
+
+_P = PartnerStatus
+_WORKING = frozenset({_P.SUBMITTED, _P.PENDING, _P.IN_PROGRESS})
+# Target -> the states it may be reached from. A write whose request is no longer in one of
+# them lost a race (a callback that came before the POST returned, a second poller) and
+# changes nothing: a later state is never overwritten by an earlier one.
+PARTNER_TRANSITIONS: dict[PartnerStatus, frozenset[PartnerStatus]] = {
+    _P.CREATED: frozenset({_P.BLOCKED, _P.SUBMITTED}),  # a person's retry; the partner lost it
+    _P.SUBMITTED: frozenset({_P.CREATED}),
+    # A stale answer (pending, after in_progress) arriving late does not move it back.
+    _P.PENDING: frozenset({_P.CREATED, _P.SUBMITTED, _P.PENDING}),
+    _P.IN_PROGRESS: frozenset({_P.CREATED}) | _WORKING,
+    _P.AWAITING_CONFIRMATION: frozenset({_P.CREATED}),
+    _P.COMPLETED: frozenset({_P.CREATED, _P.AWAITING_CONFIRMATION}) | _WORKING,
+    _P.CONFIRMED: frozenset({_P.CREATED, _P.AWAITING_CONFIRMATION, _P.BLOCKED}) | _WORKING,
+    _P.BLOCKED: frozenset({_P.CREATED, _P.AWAITING_CONFIRMATION}) | _WORKING,
+}
+# Nothing more will come from the partner: a rerun sends nothing and polls nothing.
+PARTNER_DONE = frozenset({_P.COMPLETED, _P.CONFIRMED})
+PARTNER_WAITING = frozenset({_P.CREATED, _P.AWAITING_CONFIRMATION}) | _WORKING
+
+
 class StepAction(StrEnum):
     # Learning, from a SQL system, the identities the request did not give (the account's
     # phone behind the ticket's email): every later step and verification looks for them.

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         description="where process-requests runs its system tasks: threads or Dask",
     )
     task_retry_delays: list[float] = Field(default_factory=lambda: [2.0, 10.0, 30.0])
+    partner_check_failures: int = Field(
+        default=5, ge=1,
+        description="status checks in a row a partner may leave unanswered (down, timing "
+        "out) before its request is blocked for a person to look at",
+    )
     lease_minutes: float = Field(
         default=10, gt=0, le=24 * 60,
         description="how long a run's hold on its requests lasts without renewal (renewed "

@@ -27,42 +27,56 @@ from connectors.opendsr import (
     Untrusted,
     new_subject_request_id,
 )
-from connectors.opendsr import Status as PartnerStatus
+from connectors.opendsr import Status as OpenDsrStatus
 from connectors.partners import ManualPartner
 from connectors.webhook import WebhookReceipt
 from dsrflow.datamap import PartnerSystem
 from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import write_export
 from dsrflow.ledger import RequestRecord
-from dsrflow.model import Status, StepStatus
+from dsrflow.model import PARTNER_DONE, PartnerStatus, Status, StepStatus
 from tasks.runtime import Runtime
 
-WAITING = ("created", "submitted", "pending", "in_progress", "awaiting_confirmation")
 # What the partner refused, or what we could not trust: retrying would not help.
 BLOCKING = (PartnerRejected, Untrusted, ProtocolError, NoSupportedIdentity, UnsupportedRequest)
+# Polled: every OpenDSR request the partner may hold and has not finished. `created` too: a
+# run killed between the POST and its ledger write leaves it so, and the poll (or a 404,
+# then a resend under the same id) settles it.
+POLLED = sorted(
+    s.value for s in PartnerStatus
+    if s not in PARTNER_DONE and s not in (PartnerStatus.BLOCKED,
+                                           PartnerStatus.AWAITING_CONFIRMATION)
+)
 
 
 def send(rt: Runtime, system: str, members: Sequence[RequestRecord]) -> dict[str, Outcome]:
-    """Hand each request to the partner. A partner that is down raises (the task retries,
-    with the same ids); a refusal blocks that request only."""
+    """Hand each request to the partner, once. Only a request the partner never
+    acknowledged (`created`) is sent, again under the id committed before the first
+    attempt; one it acknowledged is waiting (polled or called back), one it finished is
+    done, one blocked stays blocked with its reason until a person retries it (`dsrflow
+    partner retry`). A partner that is down raises (the task retries, with the same ids);
+    a refusal blocks that request only."""
     connector = rt.partner(system)
     subjects = {s.request_id: s for s in rt.ledger.subjects(m.id for m in members)}
-    done = {
-        p["request_id"]
-        for p in rt.ledger.partner_requests([m.id for m in members])
-        if p["system"] == system and p["status"] in ("completed", "confirmed")
-    }
+    rows = {str(p["request_id"]): p for p in rt.ledger.partner_requests([m.id for m in members])
+            if p["system"] == system}
     outcomes: dict[str, Outcome] = {}
     for member in members:
         outcome = outcomes[member.id] = Outcome()
-        if member.id in done:
-            continue  # a rerun: the partner already finished this one
+        row = rows.get(member.id)
+        if row is not None and row["status"] != PartnerStatus.CREATED:
+            _as_recorded(rt, system, member, row, outcome)  # a rerun: never asked twice
+            continue
         assert member.type is not None and member.regime is not None
         srid = rt.ledger.partner_request_id(member.id, system, new_subject_request_id)
         if isinstance(connector, ManualPartner):
-            rt.ledger.update_partner(member.id, system, status="awaiting_confirmation")
+            rt.ledger.update_partner(member.id, system, PartnerStatus.AWAITING_CONFIRMATION)
             outcome.pending = connector.instructions(member.type.value)
             continue
+        if row is not None and isinstance(connector, OpenDsrPartner) and _known(
+            rt, connector, system, member, srid, outcome
+        ):
+            continue  # an earlier attempt's POST did arrive: not sent twice
         # Webhooks do not call back: their acknowledgement is the answer.
         url = callback_url(rt, system) if isinstance(connector, OpenDsrPartner) else None
         try:
@@ -71,36 +85,87 @@ def send(rt: Runtime, system: str, members: Sequence[RequestRecord]) -> dict[str
                 url, submitted_time=member.received_at,
             )
         except BLOCKING as exc:
-            reason = safe_error(exc)
-            rt.ledger.update_partner(member.id, system, status="blocked", error=reason)
-            outcome.blocked = reason
+            if not rt.ledger.update_partner(member.id, system, PartnerStatus.BLOCKED,
+                                            error=safe_error(exc)):
+                _as_now(rt, system, member, outcome)
+                continue
+            outcome.blocked = safe_error(exc)
             continue
         if isinstance(receipt, WebhookReceipt):
-            _acknowledged(rt, system, member.id, receipt, outcome)
+            _acknowledged(rt, system, member, receipt, outcome)
             continue
-        rt.ledger.update_partner(
-            member.id, system, status="submitted", regulation_sent=receipt.regulation,
+        if rt.ledger.update_partner(
+            member.id, system, PartnerStatus.SUBMITTED, regulation_sent=receipt.regulation,
             controller_id=receipt.controller_id,
             expected_completion_at=receipt.expected_completion_time,
-        )
-        outcome.pending = _waiting(system, receipt.expected_completion_time)
+        ):
+            outcome.pending = _waiting(system, receipt.expected_completion_time)
+        else:  # the partner called back before its answer to the POST was recorded
+            _as_now(rt, system, member, outcome)
     return outcomes
 
 
+def _known(
+    rt: Runtime, connector: OpenDsrPartner, system: str, member: RequestRecord, srid: str,
+    outcome: Outcome,
+) -> bool:
+    """Whether the partner already has a request an earlier attempt sent (a run killed, or
+    a reply lost, between the POST and its ledger write): asked by its id before sending
+    it again. If it does, its answer is applied and nothing is sent."""
+    try:
+        status = connector.status(srid)
+    except PartnerRejected as exc:
+        if exc.status_code == 404:
+            return False
+        raise
+    apply_status(rt, system, member.id, status)
+    _as_now(rt, system, member, outcome)
+    return True
+
+
+def _as_now(rt: Runtime, system: str, member: RequestRecord, outcome: Outcome) -> None:
+    row = _row(rt, member.id, system)
+    assert row is not None
+    _as_recorded(rt, system, member, row, outcome)
+
+
+def _as_recorded(
+    rt: Runtime, system: str, member: RequestRecord, row: dict[str, Any], outcome: Outcome
+) -> None:
+    """The step's outcome from what the ledger says of the partner request, sending nothing:
+    done (nothing to wait for), blocked (with its reason), or waiting."""
+    state = PartnerStatus(row["status"])
+    if state in PARTNER_DONE:
+        return
+    if state is PartnerStatus.BLOCKED:
+        outcome.blocked = str(row["error"] or f"{system} blocked the request")
+    elif state is PartnerStatus.AWAITING_CONFIRMATION:
+        connector = rt.partner(system)
+        assert member.type is not None
+        outcome.pending = (connector.instructions(member.type.value)
+                           if isinstance(connector, ManualPartner)
+                           else f"{system} acknowledged (reference {row['reference'] or '-'}) "
+                                "and will report back: confirm when it does")
+    else:
+        outcome.pending = _waiting(system, row["expected_completion_at"])
+
+
 def _acknowledged(
-    rt: Runtime, system: str, request_id: str, receipt: WebhookReceipt, outcome: Outcome
+    rt: Runtime, system: str, member: RequestRecord, receipt: WebhookReceipt,
+    outcome: Outcome,
 ) -> None:
     """A webhook partner's answer: done, or taken on with a person to confirm later."""
-    status = "completed" if receipt.completed else "awaiting_confirmation"
-    rt.ledger.update_partner(
-        request_id, system, status=status, regulation_sent=receipt.regulation,
+    status = (PartnerStatus.COMPLETED if receipt.completed
+              else PartnerStatus.AWAITING_CONFIRMATION)
+    if rt.ledger.update_partner(
+        member.id, system, status, regulation_sent=receipt.regulation,
         reference=receipt.reference, error=None,
-    )
-    if not receipt.completed:
-        outcome.pending = (
-            f"{system} acknowledged (reference {receipt.reference or '-'}) and will report "
-            "back: confirm when it does"
-        )
+    ):
+        row = _row(rt, member.id, system)
+        assert row is not None
+        _as_recorded(rt, system, member, row, outcome)
+    else:
+        _as_now(rt, system, member, outcome)
 
 
 def callback_url(rt: Runtime, system: str) -> str | None:
@@ -110,34 +175,75 @@ def callback_url(rt: Runtime, system: str) -> str | None:
 
 def check(rt: Runtime) -> dict[str, str]:
     """Poll every OpenDSR request still waiting; apply what the partners say; close the
-    requests that have nothing left to wait for. Returns request id -> what happened."""
+    requests that have nothing left to wait for. One partner's failure (down, a malformed
+    or badly signed answer) is that partner's: its request is blocked with the reason (at
+    once when the answer cannot be trusted, after `partner_check_failures` checks in a row
+    when it does not come), and every other partner is still checked. Returns request id
+    -> what happened."""
     happened: dict[str, str] = {}
-    for row in rt.ledger.partner_requests(statuses=WAITING):
-        system = str(row["system"])
-        spec = rt.datamap.systems[system]
+    for row in rt.ledger.partner_requests(statuses=POLLED):
+        system, rid = str(row["system"]), str(row["request_id"])
+        spec = rt.datamap.systems.get(system)
         if not isinstance(spec, PartnerSystem) or spec.protocol != "opendsr":
             continue  # manual and webhook partners are confirmed by people, not polled
-        connector = rt.partner(system)
-        assert isinstance(connector, OpenDsrPartner)
         try:
-            status = connector.status(str(row["subject_request_id"]))
-        except PartnerRejected as exc:
-            if exc.status_code == 404:
-                # The partner lost it: send it again, under the same id.
-                happened[row["request_id"]] = f"{system}: resent"
-                _resend(rt, system, str(row["request_id"]))
-                continue
-            raise
-        happened[row["request_id"]] = apply_status(rt, system, str(row["request_id"]), status)
+            happened[rid] = _check_one(rt, system, row)
+        except BLOCKING as exc:
+            happened[rid] = block(rt, system, rid, f"status check: {safe_error(exc)}")
+        except Exception as exc:  # this partner's trouble, not the others'
+            happened[rid] = _not_answered(rt, system, row, safe_error(exc))
     close_finished(rt, list(happened))
     return happened
 
 
-def apply_status(rt: Runtime, system: str, request_id: str, status: PartnerStatus) -> str:
+def _check_one(rt: Runtime, system: str, row: dict[str, Any]) -> str:
+    connector = rt.partner(system)
+    assert isinstance(connector, OpenDsrPartner)
+    rid = str(row["request_id"])
+    try:
+        status = connector.status(str(row["subject_request_id"]))
+    except PartnerRejected as exc:
+        if exc.status_code != 404:
+            raise
+        # The partner does not have it (lost, or never reached by a run killed before its
+        # POST was recorded): send it again, under the same id. One it said it was working
+        # on and then forgot is for a person to look at.
+        if row["status"] != PartnerStatus.CREATED and not rt.ledger.update_partner(
+            rid, system, PartnerStatus.CREATED, expect=frozenset({PartnerStatus.SUBMITTED})
+        ):
+            return block(rt, system, rid, f"{system} no longer knows the request it "
+                                          f"reported as {row['status']}")
+        _resend(rt, system, rid)
+        return f"{system}: resent"
+    return apply_status(rt, system, rid, status)
+
+
+def _not_answered(rt: Runtime, system: str, row: dict[str, Any], reason: str) -> str:
+    failures = int(row["poll_failures"] or 0) + 1
+    rid = str(row["request_id"])
+    if failures >= rt.settings.partner_check_failures:
+        return block(rt, system, rid,
+                     f"no answer to {failures} status checks in a row: {reason}")
+    rt.ledger.update_partner(rid, system, poll_failures=failures, error=reason)
+    return f"{system}: not checked ({reason}); tried again at the next check"
+
+
+def block(rt: Runtime, system: str, request_id: str, reason: str) -> str:
+    """Block a partner request (and its step) until a person acts; a no-op if the request
+    has moved on meanwhile (the partner finished)."""
+    if rt.ledger.update_partner(request_id, system, PartnerStatus.BLOCKED, error=reason):
+        rt.ledger.record_step(request_id, system, "partner",
+                              _action(rt.ledger.get(request_id)), StepStatus.BLOCKED,
+                              error=reason)
+        return f"{system}: blocked: {reason}"
+    return f"{system}: already {_row(rt, request_id, system)['status']}"  # type: ignore[index]
+
+
+def apply_status(rt: Runtime, system: str, request_id: str, status: OpenDsrStatus) -> str:
     """Record a partner's answer (a poll or a callback): idempotent, and a finished step is
-    never moved back."""
+    never moved back (the partner request's state changes by compare-and-set)."""
     current = _row(rt, request_id, system)
-    if current is None or current["status"] in ("completed", "confirmed", "blocked"):
+    if current is None or current["status"] in (*PARTNER_DONE, PartnerStatus.BLOCKED):
         return f"{system}: already {current['status'] if current else 'unknown'}"
     record = rt.ledger.get(request_id)
     action = _action(record)
@@ -148,21 +254,36 @@ def apply_status(rt: Runtime, system: str, request_id: str, status: PartnerStatu
             write_export(rt.settings.exports_path, rt.ledger.keyring, request_id, system,
                          {"results": [{"results_url": status.results_url,
                                        "results_count": status.results_count}]})
-        rt.ledger.update_partner(request_id, system, status="completed", error=None)
-        rt.ledger.record_step(request_id, system, "partner", action, StepStatus.SUCCEEDED,
-                              details={"partner_status": "completed",
-                                       "results_count": status.results_count})
+        if rt.ledger.update_partner(request_id, system, PartnerStatus.COMPLETED, error=None,
+                                    poll_failures=0):
+            rt.ledger.record_step(request_id, system, "partner", action, StepStatus.SUCCEEDED,
+                                  details={"partner_status": "completed",
+                                           "results_count": status.results_count})
     elif status.request_status == "cancelled":
-        reason = f"{system} cancelled the request"
-        rt.ledger.update_partner(request_id, system, status="blocked", error=reason)
-        rt.ledger.record_step(request_id, system, "partner", action, StepStatus.BLOCKED,
-                              error=reason)
+        block(rt, system, request_id, f"{system} cancelled the request")
     else:
         rt.ledger.update_partner(
-            request_id, system, status=status.request_status,
-            expected_completion_at=status.expected_completion_time,
+            request_id, system, PartnerStatus(status.request_status), error=None,
+            poll_failures=0, expected_completion_at=status.expected_completion_time,
         )
     return f"{system}: {status.request_status}"
+
+
+def retry(rt: Runtime, request_id: str, system: str) -> None:
+    """A person sends a blocked partner request again (once the partner's objection is
+    dealt with): it goes back to `created`, under the same id, and the request's next run
+    sends it."""
+    current = _row(rt, request_id, system)
+    if current is None:
+        raise NotOnRecord(f"request {request_id} was never handed to {system}")
+    if not rt.ledger.update_partner(request_id, system, PartnerStatus.CREATED, error=None,
+                                    poll_failures=0,
+                                    expect=frozenset({PartnerStatus.BLOCKED})):
+        raise NotOnRecord(f"request {request_id} is {current['status']} at {system}, not "
+                          "blocked: nothing to retry")
+    rt.ledger.record_step(request_id, system, "partner", _action(rt.ledger.get(request_id)),
+                          StepStatus.FAILED,
+                          error=f"to be sent to {system} again: run the request")
 
 
 def confirm(
@@ -173,10 +294,11 @@ def confirm(
     current = _row(rt, request_id, system)
     if current is None:
         raise NotOnRecord(f"request {request_id} was never handed to {system}")
-    if current["status"] == "confirmed":
+    if current["status"] in PARTNER_DONE:
         return
-    rt.ledger.update_partner(request_id, system, status="confirmed", confirmed_by=by,
-                             reference=reference, error=None)
+    if not rt.ledger.update_partner(request_id, system, PartnerStatus.CONFIRMED,
+                                    confirmed_by=by, reference=reference, error=None):
+        return  # finished meanwhile
     when = (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
     rt.ledger.record_step(request_id, system, "partner", _action(rt.ledger.get(request_id)),
                           StepStatus.SUCCEEDED,

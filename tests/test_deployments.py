@@ -210,3 +210,23 @@ def test_a_missing_notification_block_is_a_clear_error(prefect_server: list[Path
         load_automations(AUTOMATIONS_FILE, notification_block="slack-webhook/no-such-block")
     with pytest.raises(DeploymentConfigError, match="slug"):
         load_automations(AUTOMATIONS_FILE, notification_block="no-slash")
+
+
+def test_serve_without_a_queue_leaves_intake_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cli_runtime: None
+) -> None:
+    """Intake reads the ticket queue: with no `queue:` configured it would fail every five
+    minutes, so `dsrflow serve` does not serve it, and says so."""
+    import prefect
+
+    from tests import sqlworld
+    from tests.helpers import cli_config, invoke
+
+    served: list[Any] = []
+    monkeypatch.setattr(prefect, "serve", lambda *ds, **kw: served.extend(ds))
+    _, url = sqlworld.sqlite_world(tmp_path, 1, 2)
+    config = cli_config(tmp_path, sqlworld.datamap_doc(url))
+    result = invoke("serve", "--port", "0", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "intake deployment is not served" in result.output
+    assert {d.name for d in served} == set(EXPECTED) - {"intake"}

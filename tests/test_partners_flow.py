@@ -287,3 +287,122 @@ def test_a_partner_token_can_live_in_a_prefect_secret_block(
         finally:
             set_runtime(previous)
             rt.close()
+
+
+# -- exactly once (issue 12) ------------------------------------------------------------------
+def _srid(rt: Runtime, rid: str, system: str = "adnet") -> str:
+    [row] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == system]
+    return str(row["subject_request_id"])
+
+
+def test_a_callback_before_the_post_returns_is_not_lost(
+    runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An instant partner: it finishes, and its signed answer is applied, before dsrflow
+    has recorded its own POST as submitted. The late `submitted` must not overwrite
+    `completed`, and the step must not wait for a poll."""
+    from connectors.opendsr import OpenDsrPartner
+
+    rt, world = runtime
+    rid = _erasure(rt, world, 2, "E-1")
+    real_submit = OpenDsrPartner.submit
+
+    def instant(self: OpenDsrPartner, subject: Any, type_: str, regime: str, srid: str,
+                *args: Any, **kwargs: Any) -> Any:
+        receipt = real_submit(self, subject, type_, regime, srid, *args, **kwargs)
+        partner.complete(srid)
+        partners.apply_status(rt, "adnet", subject.request_id, self.status(srid))
+        return receipt
+
+    monkeypatch.setattr(OpenDsrPartner, "submit", instant)
+    process_requests([rid])
+    [row] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
+    assert row["status"] == "completed"
+    assert _steps(rt, rid)["adnet"]["status"] == "succeeded"
+    assert partner.posts[row["subject_request_id"]] == 1
+    # The lost write is on record as lost, not applied.
+    assert partners.check(rt) == {}  # nothing left to poll
+
+
+def test_reruns_never_ask_a_partner_again(
+    runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner
+) -> None:
+    """A slow partner and two reruns: one POST. A rejecting partner and two reruns: still
+    one, the request blocked with the partner's reason until a person retries it."""
+    rt, world = runtime
+    slow = _erasure(rt, world, 3, "E-2")
+    process_requests([slow])
+    for _ in range(2):
+        process_requests([slow])
+    assert partner.posts[_srid(rt, slow)] == 1
+    assert _steps(rt, slow)["adnet"]["status"] == "pending_external"
+
+    refused = _erasure(rt, world, 4, "E-3")
+    partner.set_faults(Faults(reject=1, reject_status=400))
+    for _ in range(3):
+        with pytest.raises(BatchIncomplete):
+            process_requests([refused])
+    assert partner.posts[_srid(rt, refused)] == 1
+    step = _steps(rt, refused)["adnet"]
+    assert step["status"] == "blocked" and "400" in step["error"]
+
+    # A person deals with the objection and retries: sent once more, under the same id.
+    srid = _srid(rt, refused)
+    partners.retry(rt, refused, "adnet")
+    assert process_requests([refused]) == {refused: "in_progress"}
+    assert partner.posts[srid] == 2 and _srid(rt, refused) == srid
+    assert _steps(rt, refused)["adnet"]["status"] == "pending_external"
+    with pytest.raises(LookupError, match="not blocked"):
+        partners.retry(rt, refused, "adnet")
+
+
+def test_one_untrusted_partner_does_not_stop_the_others(
+    tmp_path: Path, prefect_server: list[Path]
+) -> None:
+    """Two OpenDSR partners: one's status answers are badly signed, the other finishes.
+    The check goes on past the first: the good partner's request closes, the untrusted
+    one's is blocked with the reason; a partner that is down is tried again, then blocked
+    after `partner_check_failures` checks."""
+    from flows.partners import check_partners
+
+    with ReferencePartner(domain="good.example") as good, \
+            ReferencePartner(domain="bad.example") as bad, \
+            ReferencePartner(domain="down.example") as down:
+        world, url = sqlworld.sqlite_world(tmp_path, 9, 6)
+        doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
+        doc["systems"] = {"db": {**doc["systems"]["db"], "url": url}}
+        for name, server in (("good", good), ("bad", bad), ("down", down)):
+            (tmp_path / f"{name}.pem").write_bytes(server.certificate_pem)
+            doc["systems"][name] = {
+                "kind": "partner", "protocol": "opendsr", "categories": ["contact"],
+                "endpoint": server.url, "certificate": f"{name}.pem",
+                "identities": [{"type": "email", "format": "sha256"}],
+                "callback_domains": [server.domain],
+            }
+        rt = make_runtime(tmp_path, doc, partner_check_failures=2)
+        previous = set_runtime(rt)
+        try:
+            rid = _erasure(rt, world, 2, "E-4")
+            assert process_requests([rid]) == {rid: "in_progress"}
+            good.complete(_srid(rt, rid, "good"))
+            bad.set_faults(response_signature="bad")
+            down.set_faults(fail=100, fail_status=503)
+
+            first = check_partners()  # the flow completes; it says what it could not check
+            assert first[rid]  # one line per request: the last partner's
+            steps = _steps(rt, rid)
+            assert steps["good"]["status"] == "succeeded"
+            assert steps["bad"]["status"] == "blocked"
+            assert steps["down"]["status"] == "pending_external"  # tried again next time
+            check_partners()
+            steps = _steps(rt, rid)
+            assert steps["down"]["status"] == "blocked"
+            assert "2 status checks" in steps["down"]["error"]
+            # Nothing is waiting any more: the request closes, partial, with the reasons.
+            record = rt.ledger.get(rid)
+            assert record.status is Status.PARTIALLY_COMPLETED
+            assert "bad" in str(record.reason) and "down" in str(record.reason)
+        finally:
+            set_runtime(previous)
+            rt.close()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from dsrflow.crypto import Keyring
 from dsrflow.deadlines import Deadlines
 from dsrflow.ledger import Ledger, RequestRecord, StepCounts
-from dsrflow.model import Regime, RequestType, Status, StepStatus
+from dsrflow.model import PartnerStatus, Regime, RequestType, Status, StepStatus
 from dsrflow.report import (
     REQUEST_COLUMNS,
     STEP_COLUMNS,
@@ -590,7 +590,7 @@ def test_steps_frame_shows_the_action_what_was_collected_and_the_partner(
            details={"orders": part(1, reasons=["tax law"]), **run})
     record(ledger, erased, "userdb", "verify", StepStatus.SUCCEEDED, StepCounts(remaining=0))
     ledger.partner_request_id(erased, "adnet", lambda: "11111111-1111-4111-8111-111111111111")
-    ledger.update_partner(erased, "adnet", status="awaiting_confirmation")
+    ledger.update_partner(erased, "adnet", PartnerStatus.AWAITING_CONFIRMATION)
     ledger.record_step(erased, "adnet", "partner", "erase", StepStatus.PENDING_EXTERNAL,
                        error="adnet acknowledged and will report back")
     ledger.record_step(erased, "erasure-certificate", "deliverable", "certify",

@@ -20,7 +20,7 @@ from dsrflow.intake import submit
 from dsrflow.ledger import StepCounts, UnknownRequest
 from dsrflow.ledger import store as ledger_store
 from dsrflow.ledger.schema import requests
-from dsrflow.model import Status, StepStatus
+from dsrflow.model import PartnerStatus, Status, StepStatus
 from dsrflow.report import build_request_view, request_view, request_view_markdown
 from tasks.runtime import Runtime
 from tests import sqlworld
@@ -83,7 +83,7 @@ def erased(rt: Runtime, clock: Clock) -> str:
     ledger.record_step(rid, "db", "sql", "verify", StepStatus.SUCCEEDED,
                        StepCounts(remaining=0))
     ledger.partner_request_id(rid, "adnet", lambda: "5e1f0000-0000-4000-8000-00000000ad01")
-    ledger.update_partner(rid, "adnet", status="confirmed", confirmed_by="DPO desk",
+    ledger.update_partner(rid, "adnet", PartnerStatus.CONFIRMED, confirmed_by="DPO desk",
                           reference="AD-42")
     ledger.record_step(rid, "adnet", "partner", "erase", StepStatus.SUCCEEDED,
                        details={"confirmed_by": "DPO desk", "reference": "AD-42",

@@ -126,6 +126,9 @@ partner_requests = Table(
     Column("confirmed_by", String(128)),
     Column("reference", String(128)),
     Column("error", Text),
+    # Status checks in a row that could not get an answer (partner down, a malformed or
+    # badly signed answer); reset by an answer. Past a bound, the request is blocked.
+    Column("poll_failures", Integer, nullable=False, server_default="0"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )

@@ -50,8 +50,10 @@ from dsrflow.ledger.schema import (
 from dsrflow.ledger.times import utc as _utc
 from dsrflow.model import (
     DEFAULT_PHONE_REGIONS,
+    PARTNER_TRANSITIONS,
     RUN_KEY,
     SEARCHED_KEY,
+    PartnerStatus,
     Regime,
     RequestType,
     Status,
@@ -774,16 +776,33 @@ class Ledger(LeasesMixin):
             self._audit(conn, "partner.request_id", request_id, {"system": system})
         return srid
 
-    def update_partner(self, request_id: str, system: str, **values: Any) -> None:
+    def update_partner(
+        self, request_id: str, system: str, status: PartnerStatus | None = None,
+        *, expect: frozenset[PartnerStatus] | None = None, **values: Any,
+    ) -> bool:
+        """Record what happened to a request handed to a partner. A change of `status` is a
+        compare-and-set in one statement: it applies only from the states
+        `PARTNER_TRANSITIONS` allows, so a write that lost a race (the POST's `submitted`
+        after an early callback's `completed`) is a no-op, audited as such, and returns
+        False; a later state is never overwritten by an earlier one. `expect` narrows the
+        states it may come from further (a person's retry only from `blocked`)."""
         key = (partner_requests.c.request_id == request_id) & (
             partner_requests.c.system == system
         )
+        if status is not None:
+            allowed = PARTNER_TRANSITIONS[PartnerStatus(status)]
+            sources = sorted(s.value for s in (allowed & expect if expect else allowed))
+            key = key & partner_requests.c.status.in_(sources)
+            values["status"] = PartnerStatus(status).value
         with self.engine.begin() as conn:
-            conn.execute(update(partner_requests).where(key).values(updated_at=now(), **values))
-            self._audit(
-                conn, "partner.update", request_id,
-                {"system": system, **{k: str(v) for k, v in values.items()}},
-            )
+            changed = conn.execute(
+                update(partner_requests).where(key).values(updated_at=now(), **values)
+            ).rowcount > 0
+            detail = {"system": system, **{k: str(v) for k, v in values.items()}}
+            if not changed:
+                detail["lost"] = "the request had moved on"
+            self._audit(conn, "partner.update", request_id, detail)
+        return changed
 
     def partner_request_by_id(self, system: str, subject_request_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

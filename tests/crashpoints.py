@@ -1,0 +1,58 @@
+"""`dsrflow run` that kills itself (SIGKILL: no cleanup, no finally) at a named point, for
+the crash tests. Run as `python -m tests.crashpoints POINT CONFIG`.
+
+Points: `after-gate` (leases taken, requests in progress, nothing done), `after-post` (the
+partner has the request, the ledger does not know), `before-close` (everything done and
+certified, the requests not yet closed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+
+def _die(*_: Any, **__: Any) -> Any:
+    """SIGKILL this process and everything it started (its embedded Prefect server): the
+    machine is lost. The caller starts it in a session of its own."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def arm(point: str) -> None:
+    if point == "after-gate":
+        from tasks import steps
+
+        real_open = steps.open_requests
+
+        def open_then_die(*args: Any, **kwargs: Any) -> Any:
+            real_open(*args, **kwargs)
+            _die()
+
+        steps.open_requests = open_then_die  # type: ignore[assignment]
+    elif point == "after-post":
+        from connectors.opendsr import OpenDsrPartner
+
+        real_submit = OpenDsrPartner.submit
+
+        def submit_then_die(self: OpenDsrPartner, *args: Any, **kwargs: Any) -> Any:
+            real_submit(self, *args, **kwargs)
+            _die()
+
+        OpenDsrPartner.submit = submit_then_die  # type: ignore[method-assign]
+    elif point == "before-close":
+        from tasks import steps
+
+        steps.close_requests = _die  # type: ignore[assignment]
+    else:
+        raise SystemExit(f"unknown point {point}")
+
+
+if __name__ == "__main__":
+    arm(sys.argv[1])
+    from dsrflow.cli import app
+
+    app(["run", "--config", sys.argv[2]])

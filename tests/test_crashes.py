@@ -1,0 +1,132 @@
+"""SIGKILL at each step boundary of a real `dsrflow run` (a subprocess with its own embedded
+Prefect server), then the recovery a production install does on its own: the dead run's
+leases expire, `resume-requests` takes the requests over, the partner's answer is checked.
+Each ends with every request completed, the partner asked once per request, every step
+done once more at most, and the ledger's and the certificates' counts equal to the rows
+that left the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from dsrflow.ledger.schema import requests
+from dsrflow.model import Status
+from dsrflow.settings import load_settings
+from examples.partner import ReferencePartner
+from flows.resume import resume_requests
+from tasks import partners
+from tasks.runtime import Runtime, set_runtime
+from tests import sqlworld
+from tests.helpers import cli_config, ticket
+
+UIDS = [1, 2]
+
+
+@pytest.fixture
+def partner() -> Iterator[ReferencePartner]:
+    with ReferencePartner() as running:
+        yield running
+
+
+def _setup(tmp_path: Path, partner: ReferencePartner) -> tuple[Path, str]:
+    _, url = sqlworld.sqlite_world(tmp_path, 12, 5)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # a follow between the two would be one row, two owners
+        follows = sqlworld.metadata.tables["follows"]
+        conn.execute(sa.delete(follows).where(follows.c.follower_id.in_(UIDS),
+                                              follows.c.followee_id.in_(UIDS)))
+    engine.dispose()
+    (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
+    doc: dict[str, Any] = sqlworld.datamap_doc(url)
+    doc["systems"]["adnet"] = {
+        "kind": "partner", "protocol": "opendsr", "categories": ["contact"],
+        "endpoint": partner.url, "certificate": "partner.pem",
+        "identities": [{"type": "email", "format": "sha256"}],
+        "callback_domains": [partner.domain],
+    }
+    return cli_config(tmp_path, doc), url
+
+
+def _total_rows(url: str) -> int:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        total = sum(int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+                    for t in sqlworld.metadata.tables.values())
+    engine.dispose()
+    return total
+
+
+@pytest.mark.parametrize("point", ["after-gate", "after-post", "before-close"])
+def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
+    point: str, tmp_path: Path, partner: ReferencePartner, prefect_server: list[Path],
+) -> None:
+    config, url = _setup(tmp_path, partner)
+    rt = Runtime(load_settings(config))
+    previous = set_runtime(rt)
+    try:
+        from dsrflow.intake import submit
+
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            users = sqlworld.metadata.tables["users"]
+            emails = dict(conn.execute(sa.select(users.c.id, users.c.email)
+                                       .where(users.c.id.in_(UIDS))).tuples().all())
+        engine.dispose()
+        ids = [submit(rt.ledger, rt.datamap, ticket(
+            f"K-{uid}", "erasure", [{"type": "email", "value": emails[uid]}])).request_id
+            for uid in UIDS]
+        before = _total_rows(url)
+
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+        killed = subprocess.run([sys.executable, "-m", "tests.crashpoints", point, str(config)],
+                                env=env, cwd=Path(__file__).resolve().parent.parent,
+                                capture_output=True, text=True, timeout=600,
+                                start_new_session=True)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert {rt.ledger.get(rid).status for rid in ids} == {Status.IN_PROGRESS}
+
+        # Time passes: the dead run's leases run out (rewound here, not waited for).
+        with rt.ledger.engine.begin() as conn:
+            conn.execute(sa.update(requests).values(
+                lease_expires_at=datetime.now(UTC) - timedelta(minutes=1)))
+        resumed = resume_requests(grace_minutes=30)
+        assert resumed["abandoned"] == len(ids)
+        for rid in ids:  # the partner finishes; the scheduled check closes the requests
+            [row] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
+            partner.complete(str(row["subject_request_id"]))
+        partners.check(rt)
+
+        steps = rt.ledger.steps(ids)
+        for rid in ids:
+            record = rt.ledger.get(rid)
+            assert record.status is Status.COMPLETED, (point, record.reason)
+            [row] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
+            srid = str(row["subject_request_id"])
+            assert partner.posts[srid] == 1 and partner.distinct_requests(srid) == 1, point
+        assert all(s["attempts"] <= 2 for s in steps)
+        deleted = sum(int(s["deleted"]) for s in steps
+                      if (s["system"], s["action"]) == ("db", "erase"))
+        certified = 0
+        for step in steps:
+            if step["action"] == "certify":
+                document = json.loads(Path(step["details"]["path"]).read_text())
+                [db] = [s for s in document["certificate"]["systems"] if s["system"] == "db"]
+                certified += int(db["erase"]["deleted"])
+                assert document["certificate"]["outcome"]["status"] == "complete"
+        gone = before - _total_rows(url)
+        assert gone > 0 and deleted == gone and certified == gone, (point, gone, deleted)
+    finally:
+        set_runtime(previous)
+        rt.close()
