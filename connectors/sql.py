@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -129,7 +129,11 @@ class SqlConnector:
         subjects: Sequence[Subject],
         scope: Scope,
         pseudonymizers: Mapping[str, Pseudonymizer],
+        prepared: Callable[[Mapping[str, Outcome]], None] | None = None,
     ) -> dict[str, Outcome]:
+        """Erase the batch in one transaction. `prepared`, if given, is told the outcomes
+        just before the commit (to record them where a crash after the commit cannot lose
+        them); if it raises, nothing is committed."""
         outcomes = {s.request_id: Outcome() for s in subjects}
         with self.engine.begin() as conn:
             located = self.locate(conn, subjects)
@@ -148,6 +152,8 @@ class SqlConnector:
                 for rid, outcome in outcomes.items():
                     _tally(outcome.part(name), located.rows_of(name, rid), name, located,
                            deletes, done)
+            if prepared is not None:
+                prepared(outcomes)
         return outcomes
 
     def verify(self, subjects: Sequence[Subject], scope: Scope) -> dict[str, Outcome]:

@@ -165,6 +165,9 @@ DELIVERABLE_KIND = "deliverable"
 RUN_KEY = "_run"
 # ... the identity types the step looked for, and how many of each ({"email": 1, ...}).
 SEARCHED_KEY = "_searched"
+# What an erasure reported just before it committed, kept until its outcome is recorded: a
+# run killed in between leaves it, and the rerun's counts are read against it.
+PREPARED_KEY = "_prepared"
 # ... and, for a `resolve` step, what it learnt, withheld and could not read, per type.
 IDENTITIES_KEY = "_identities"
 

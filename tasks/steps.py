@@ -9,12 +9,12 @@ however many requests the batch holds.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from connectors.base import Outcome, Scope
-from connectors.sql import Discovery
+from connectors.sql import Discovery, SqlConnector
 from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
@@ -169,6 +169,8 @@ def _do(
     connector = rt.connector(system)
     if action is StepAction.ERASE:
         keys = {s.request_id: rt.ledger.pseudonymizer(s.request_id) for s in subjects}
+        if isinstance(connector, SqlConnector):  # commits once: it can say so beforehand
+            return connector.erase(subjects, scope, keys, prepared=partial(_prepare, rt, system))
         return connector.erase(subjects, scope, keys)
     if action is StepAction.COLLECT:
         collected = connector.collect(subjects, scope)
@@ -194,6 +196,23 @@ def _do(
             for s in subjects
         }
     return rt.sql(system).restrict(subjects)
+
+
+def _counts(outcome: Outcome, action: StepAction) -> StepCounts:
+    return StepCounts(
+        found=outcome.total("found"),
+        deleted=outcome.total("deleted"),
+        anonymized=outcome.total("anonymized"),
+        retained=outcome.total("retained"),
+        remaining=outcome.total("remaining") if action is StepAction.VERIFY else None,
+    )
+
+
+def _prepare(rt: Runtime, system: str, outcomes: Mapping[str, Outcome]) -> None:
+    """Record what an erasure is about to commit (see `Ledger.prepare_steps`)."""
+    rt.ledger.prepare_steps(system, StepAction.ERASE.value, {
+        rid: (_counts(o, StepAction.ERASE), o.details()) for rid, o in outcomes.items()
+    })
 
 
 def _run_group(
@@ -227,13 +246,7 @@ def _run_group(
                                       error=failures[member.id]))
             continue
         outcome = outcomes.get(member.id, Outcome())
-        counts = StepCounts(
-            found=outcome.total("found"),
-            deleted=outcome.total("deleted"),
-            anonymized=outcome.total("anonymized"),
-            retained=outcome.total("retained"),
-            remaining=outcome.total("remaining") if action is StepAction.VERIFY else None,
-        )
+        counts = _counts(outcome, action)
         status = StepStatus.SUCCEEDED
         error: str | None = None  # for a step that is not done: why
         if outcome.blocked:

@@ -1,9 +1,11 @@
 """`dsrflow run` that kills itself (SIGKILL: no cleanup, no finally) at a named point, for
 the crash tests. Run as `python -m tests.crashpoints POINT CONFIG`.
 
-Points: `after-gate` (leases taken, requests in progress, nothing done), `after-post` (the
-partner has the request, the ledger does not know), `before-close` (everything done and
-certified, the requests not yet closed).
+Points: `after-gate` (leases taken, requests in progress, nothing done), `before-commit`
+(the SQL erasure prepared and recorded as such, not committed), `after-commit` (the rows
+are gone, the ledger does not know), `after-post` (the partner has the request, the ledger
+does not know), `before-close` (everything done and certified, the requests not yet
+closed).
 """
 
 from __future__ import annotations
@@ -33,6 +35,24 @@ def arm(point: str) -> None:
             _die()
 
         steps.open_requests = open_then_die  # type: ignore[assignment]
+    elif point in ("before-commit", "after-commit"):
+        from connectors.sql import SqlConnector
+
+        real_erase = SqlConnector.erase
+
+        def erase_then_die(self: SqlConnector, *args: Any, **kwargs: Any) -> Any:
+            if point == "before-commit":
+                record = kwargs["prepared"]
+
+                def record_then_die(outcomes: Any) -> None:
+                    record(outcomes)
+                    _die()
+
+                kwargs["prepared"] = record_then_die
+            real_erase(self, *args, **kwargs)
+            _die()
+
+        SqlConnector.erase = erase_then_die  # type: ignore[method-assign]
     elif point == "after-post":
         from connectors.opendsr import OpenDsrPartner
 

@@ -67,7 +67,9 @@ def _total_rows(url: str) -> int:
     return total
 
 
-@pytest.mark.parametrize("point", ["after-gate", "after-post", "before-close"])
+@pytest.mark.parametrize(
+    "point", ["after-gate", "before-commit", "after-commit", "after-post", "before-close"]
+)
 def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
     point: str, tmp_path: Path, partner: ReferencePartner, prefect_server: list[Path],
 ) -> None:

@@ -813,3 +813,30 @@ def test_a_chain_rebuilt_without_the_key_is_detected(ledger: Ledger, keyring: Ke
         assert other.verify_audit_chain() == _event_ids(ledger)[0]
     finally:
         other.dispose()
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_an_erasure_killed_around_its_commit_is_counted_once(
+    ledger: Ledger, committed: bool
+) -> None:
+    """An attempt prepares 5 deletions and is killed, after its commit or before it. The
+    rerun finds nothing left (committed) or deletes the same 5 again (not committed):
+    either way the step says 5, not 0 and not 10."""
+    request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
+    ledger.record_step(request_id, "db", "sql", "erase", StepStatus.RUNNING)
+    ledger.prepare_steps("db", "erase", {request_id: (StepCounts(found=5, deleted=5),
+                                                      {"posts": _part(5, "s1")})})
+    # SIGKILL here. The rerun:
+    ledger.record_step(request_id, "db", "sql", "erase", StepStatus.RUNNING)
+    again = 0 if committed else 5
+    if again:
+        ledger.prepare_steps("db", "erase", {request_id: (
+            StepCounts(found=again, deleted=again), {"posts": _part(again, "s1")})})
+    ledger.record_step(request_id, "db", "sql", "erase", StepStatus.SUCCEEDED,
+                       StepCounts(found=again, deleted=again),
+                       details={"posts": _part(again, "s1")} if again else {})
+    [step] = ledger.steps([request_id])
+    assert (step["found"], step["deleted"], step["attempts"]) == (5, 5, 2)
+    assert step["details"]["posts"]["deleted"] == 5
+    assert "_prepared" not in step["details"]
+    assert ledger.verify_audit_chain() is None

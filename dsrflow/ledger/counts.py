@@ -8,6 +8,14 @@ changed plus what this one found, or the earlier figure if that was larger (rows
 attempt anonymized in place can be found again); what is kept (retained) and what is left
 (remaining) are the latest attempt's, since they describe the data as it is now. The same
 rule applies to each part (table, bucket, log source) in the step's details.
+
+An attempt killed between making its erasure durable and recording it leaves only what it
+*prepared* (`PREPARED_KEY`: the outcome a connector reports just before it commits). The
+rerun then finds nothing of it left, or everything (the commit never happened). Either way
+every row the interrupted attempt meant to change is gone once the rerun is done (its
+verification proves it), and without new data arriving in between the rerun changes only
+rows the interrupted attempt meant to: so the two attempts together changed the larger of
+the two counts (`at_least`).
 """
 
 from __future__ import annotations
@@ -53,6 +61,32 @@ def add_up_parts(
             new = {"found": 0, "retained": 0, "remaining": 0, "retain_reasons": [],
                    "statements": []}
         part = add_up(old, new)
+        part["statements"] = sorted({*old.get("statements", []), *new.get("statements", [])})
+        merged[name] = part
+    return merged
+
+
+def at_least(prepared: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, Any]:
+    """An interrupted attempt's prepared counts and its rerun's, as one attempt: the larger
+    of what each found and changed; what is retained and left now."""
+    merged = dict(now)
+    for name in ("found", *ADDED):
+        merged[name] = max(_int(prepared.get(name)), _int(now.get(name)))
+    return merged
+
+
+def at_least_parts(
+    prepared: Mapping[str, Any], now: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """`at_least`, part by part (statement hashes of both)."""
+    merged: dict[str, Any] = dict(now or {})
+    for name, old in prepared.items():
+        if not isinstance(old, Mapping):
+            continue
+        new = merged.get(name)
+        if not isinstance(new, Mapping):
+            new = {"retained": 0, "remaining": 0, "retain_reasons": [], "statements": []}
+        part = at_least(old, new)
         part["statements"] = sorted({*old.get("statements", []), *new.get("statements", [])})
         merged[name] = part
     return merged

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -21,6 +21,7 @@ from alembic.config import Config
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     create_engine,
     event,
     func,
@@ -37,7 +38,7 @@ from dsrflow.deadlines import CalendarUnavailable, Deadlines
 from dsrflow.errors import safe_error
 from dsrflow.files import private_file
 from dsrflow.identities import Identity, Subject
-from dsrflow.ledger.counts import add_up, add_up_parts
+from dsrflow.ledger.counts import add_up, add_up_parts, at_least, at_least_parts
 from dsrflow.ledger.leases import LeasesMixin
 from dsrflow.ledger.schema import (
     audit_events,
@@ -51,6 +52,7 @@ from dsrflow.ledger.times import utc as _utc
 from dsrflow.model import (
     DEFAULT_PHONE_REGIONS,
     PARTNER_TRANSITIONS,
+    PREPARED_KEY,
     RUN_KEY,
     SEARCHED_KEY,
     PartnerStatus,
@@ -714,6 +716,11 @@ class Ledger(LeasesMixin):
             elif not kept:
                 if adds_up:
                     assert found is not None
+                    prepared = (found.details or {}).get(PREPARED_KEY)
+                    if prepared and counts is not None:
+                        # An attempt was killed after preparing: the rerun and it, as one.
+                        counts = StepCounts(**at_least(prepared["counts"], counts.__dict__))
+                        details = at_least_parts(prepared["parts"], details)
                     details = add_up_parts(found.details, details)
                     if counts is not None:
                         before = {c: found._mapping[c] for c in COUNT_COLUMNS}
@@ -743,6 +750,52 @@ class Ledger(LeasesMixin):
                  "counts": counts.__dict__ if counts else None,
                  **({"kept": "the earlier success"} if kept else {})},
             )
+
+    def prepare_steps(
+        self, system: str, action: str,
+        prepared: Mapping[str, tuple[StepCounts, dict[str, Any]]],
+    ) -> None:
+        """What an erasure is about to commit, per request (counts and parts), kept in its
+        running step until the outcome is recorded: a run killed in between leaves it, and
+        the rerun's counts are read against it (`dsrflow.ledger.counts.at_least`). An
+        earlier interrupted attempt's figures are kept where larger. One transaction for
+        the batch; one audit entry."""
+        if not prepared:
+            return
+        with self.engine.begin() as conn:
+            rows = {
+                row.request_id: row.details
+                for row in conn.execute(
+                    select(steps.c.request_id, steps.c.details).where(
+                        steps.c.request_id.in_(list(prepared)), steps.c.system == system,
+                        steps.c.action == action,
+                        steps.c.status == StepStatus.RUNNING.value,
+                    )
+                )
+            }
+            updates = []
+            for rid, (counts, parts) in prepared.items():
+                if rid not in rows:
+                    continue
+                details = dict(rows[rid] or {})
+                earlier = details.get(PREPARED_KEY) or {"counts": {}, "parts": {}}
+                details[PREPARED_KEY] = {
+                    "counts": at_least(earlier["counts"], counts.__dict__),
+                    "parts": at_least_parts(earlier["parts"], parts),
+                }
+                updates.append({"_rid": rid, "_details": details})
+            if updates:
+                conn.execute(
+                    update(steps).where(
+                        steps.c.request_id == bindparam("_rid"), steps.c.system == system,
+                        steps.c.action == action,
+                    ).values(details=bindparam("_details")),
+                    updates,
+                )
+                self._audit(conn, "step.prepared", None, {
+                    "system": system, "action": action,
+                    "requests": [u["_rid"] for u in updates],
+                })
 
     def steps(self, request_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         query = select(steps).order_by(steps.c.request_id, steps.c.system, steps.c.id)
