@@ -62,18 +62,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import os
-import random
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -84,8 +81,33 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from connectors.http import Backoff, Exhausted, send_with_retries
+from connectors.partner import (
+    FORMATS,
+    HEX_LENGTH,
+    LOOPBACK_HOSTS,
+    UUID4_RE,
+    Acknowledgement,
+    Answer,
+    HeaderSource,
+    InvalidRequest,
+    NoSupportedIdentity,
+    PartnerConfigError,
+    PartnerError,
+    PartnerRejected,
+    PartnerUnavailable,
+    ProtocolError,
+    UnsupportedRequest,
+    Untrusted,
+    accepted_identities,
+    exponential_backoff,
+    header_value,
+    parse_rfc3339,
+    rfc3339,
+    scrub_message,
+)
 from dsrflow.datamap import PartnerSystem
 from dsrflow.identities import Subject
+from dsrflow.model import PartnerStatus
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +119,6 @@ _DOMAIN_HEADERS = (DOMAIN_HEADER, "X-OpenGDPR-Processor-Domain")
 
 REQUEST_TYPES = ("access", "portability", "erasure")
 REGULATIONS = ("gdpr", "ccpa")
-FORMATS = ("raw", "sha256", "sha1", "md5")
 STATUSES = ("pending", "in_progress", "completed", "cancelled")
 FINAL_STATUSES = frozenset({"completed", "cancelled"})
 
@@ -111,88 +132,11 @@ REQUEST_TYPE_MAP = {
 }
 REGULATION_MAP = {"gdpr": "gdpr", "ccpa": "ccpa", "pipl": "gdpr", "uk_gdpr": "gdpr"}
 
-UUID4_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-_HEX_LENGTH = {"sha256": 64, "sha1": 40, "md5": 32}
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-_MAX_MESSAGE = 200
-_EMAILISH = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+")
-_PHONEISH = re.compile(r"(?<![\w-])\+?\d(?:[\s().-]?\d){6,}(?![\w-])")
-
-HeaderSource = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 # -- errors ----------------------------------------------------------------------------------
-class OpenDsrError(Exception):
-    """Base class. Messages never contain identity values."""
-
-    retryable = False
-
-
-class PartnerConfigError(OpenDsrError):
-    """The data map's entry for the partner cannot be used (certificate, token, endpoint)."""
-
-
-class InvalidRequest(OpenDsrError, ValueError):
-    """A request we would send is malformed (id, time, identity format): a bug upstream."""
-
-
-class UnsupportedRequest(OpenDsrError):
-    """A request type or regime OpenDSR cannot carry (rectification, restriction, ...)."""
-
-
-class NoSupportedIdentity(OpenDsrError):
-    """None of the subject's identities is of a type the partner accepts."""
-
-
-class PartnerRejected(OpenDsrError):
-    """The partner answered 4xx: not retried; fix the request or the configuration.
-
-    The message names the partner, the operation, the HTTP status and the partner's error
-    code when it is a number or a plain word (`refused`, `idempotency_key_reused`); never
-    the partner's error text, which can echo what it was sent (or what it knows of the
-    subject) in any spelling. That text, scrubbed, is kept in `error_message` only."""
-
-    def __init__(
-        self,
-        partner: str,
-        operation: str,
-        status_code: int,
-        error_code: int | str | None,
-        error_message: str | None,
-    ) -> None:
-        detail = f"HTTP {status_code}"
-        shown = _shown_code(error_code)
-        if shown is not None:
-            detail += f", error {shown}"
-        super().__init__(f"{partner}: {operation} rejected ({detail})")
-        self.partner = partner
-        self.operation = operation
-        self.status_code = status_code
-        self.error_code = error_code
-        self.error_message = error_message
-
-
-class PartnerUnavailable(OpenDsrError):
-    """5xx, timeouts or connection errors until the retries ran out: try again later."""
-
-    retryable = True
-
-    def __init__(self, partner: str, operation: str, attempts: int, last_error: str) -> None:
-        super().__init__(
-            f"{partner}: {operation} failed after {attempts} attempt(s); last: {last_error}"
-        )
-        self.partner = partner
-        self.operation = operation
-        self.attempts = attempts
-        self.last_error = last_error
-
-
-class ProtocolError(OpenDsrError):
-    """The partner's answer does not follow OpenDSR (status code, fields, formats)."""
-
-
-class Untrusted(OpenDsrError):
-    """A response or callback that could not be authenticated. Endpoints answer 403."""
+# Every error the OpenDSR connector raises is a partner error (`connectors.partner`).
+OpenDsrError = PartnerError
 
 
 class SignatureError(Untrusted):
@@ -253,7 +197,7 @@ class OpenDsrRequest:
         for identity in self.subject_identities:
             if identity.identity_format not in FORMATS:
                 raise InvalidRequest(f"unknown identity format {identity.identity_format!r}")
-            length = _HEX_LENGTH.get(identity.identity_format)
+            length = HEX_LENGTH.get(identity.identity_format)
             if length is not None and not re.fullmatch(
                 f"[0-9a-f]{{{length}}}", identity.identity_value
             ):
@@ -353,47 +297,6 @@ class Discovery:
 
 
 # -- formats ---------------------------------------------------------------------------------
-def rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        raise ValueError("a time without a time zone is ambiguous")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(text: str) -> datetime:
-    if not re.fullmatch(
-        r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", text
-    ):
-        raise ValueError("not an RFC 3339 date-time")
-    return datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
-
-
-def new_subject_request_id() -> str:
-    return str(uuid.uuid4())
-
-
-def encode_identity(value: str, identity_format: str) -> str:
-    """`value` (already normalized) in `identity_format`: raw, or the lowercase hex digest of
-    its UTF-8 bytes."""
-    if identity_format == "raw":
-        return value
-    if identity_format in _HEX_LENGTH:
-        return hashlib.new(identity_format, value.encode(), usedforsecurity=False).hexdigest()
-    raise ValueError(f"unknown identity format {identity_format!r}")
-
-
-def accepted_identities(system: PartnerSystem, subject: Subject) -> list[tuple[str, str, str]]:
-    """(type as the partner names it, format, encoded value) for each of the subject's
-    identities the partner accepts, without repeats."""
-    out: dict[tuple[str, str, str], None] = {}
-    for accepted in system.identities:
-        for identity in subject.identities:
-            if identity.type is accepted.type:
-                kind = accepted.as_type or accepted.type.value
-                value = encode_identity(identity.value, accepted.format)
-                out[(kind, accepted.format, value)] = None
-    return list(out)
-
-
 # -- signatures ------------------------------------------------------------------------------
 def load_certificate(pem: bytes | str | x509.Certificate) -> x509.Certificate:
     """A PEM certificate whose key can verify OpenDSR signatures (RSA or EC)."""
@@ -488,22 +391,6 @@ def _domain_key(domain: str) -> str:
     return value.lower() if value.isascii() else "\x00" + value  # never matches an ASCII one
 
 
-def header_value(headers: HeaderSource, names: Sequence[str]) -> str | None:
-    """The one value of the first of `names` present (case-insensitive). Two different
-    values of one header are ambiguous: `Untrusted`."""
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    found: dict[str, set[str]] = {}
-    for key, value in items:
-        found.setdefault(key.lower(), set()).add(value)
-    for name in names:
-        values = found.get(name.lower())
-        if values:
-            if len(values) > 1:
-                raise Untrusted(f"more than one {name} header")
-            return next(iter(values))
-    return None
-
-
 def _parse_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
@@ -516,15 +403,6 @@ def _parse_object(body: bytes) -> dict[str, Any]:
 
 
 # -- the client ------------------------------------------------------------------------------
-def exponential_backoff(base: float = 0.5, cap: float = 30.0) -> Backoff:
-    """Full jitter: a uniform delay in [0, min(cap, base * 2**(attempt - 1))]."""
-
-    def delay(attempt: int) -> float:
-        return random.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
-
-    return delay
-
-
 class OpenDsrClient:
     """The HTTP side of OpenDSR: discovery, submit, status, cancel. Thread-safe."""
 
@@ -710,7 +588,7 @@ class OpenDsrPartner:
     `subject_request_id` in the ledger before `submit`, and reuses it on every retry."""
 
     kind = "partner"
-    protocol = "opendsr"
+    protocol: ClassVar[str] = "opendsr"
 
     def __init__(
         self,
@@ -807,6 +685,30 @@ class OpenDsrPartner:
     def status(self, subject_request_id: str) -> Status:
         return self.client.status(subject_request_id)
 
+    # -- the partner contract (connectors.partner.Partner) --
+    polled: ClassVar[bool] = True
+    calls_back: ClassVar[bool] = True
+
+    @classmethod
+    def from_map(cls, name: str, system: PartnerSystem, *, base_dir: Path | None = None,
+                 secret: str | None = None) -> OpenDsrPartner:
+        return cls(name, system, base_dir=base_dir, token=secret)
+
+    def hand_over(
+        self, subject: Subject, request_type: str, regime: str, subject_request_id: str,
+        callback_url: str | None, *, submitted_time: datetime | None = None,
+    ) -> Acknowledgement:
+        receipt = self.submit(subject, request_type, regime, subject_request_id,
+                              callback_url, submitted_time=submitted_time)
+        return Acknowledgement(
+            PartnerStatus.SUBMITTED, regulation=receipt.regulation,
+            controller_id=receipt.controller_id,
+            expected_completion_at=receipt.expected_completion_time,
+        )
+
+    def where(self, subject_request_id: str) -> Answer:
+        return answer(self.status(subject_request_id))
+
     def cancel(self, subject_request_id: str) -> dict[str, Any]:
         return self.client.cancel(subject_request_id)
 
@@ -836,6 +738,12 @@ class OpenDsrPartner:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def answer(status: Status) -> Answer:
+    """An OpenDSR status (polled or called back) as the partner contract's `Answer`."""
+    return Answer(status.request_status, status.expected_completion_time,
+                  status.results_url, status.results_count)
+
+
 def _read_certificate(name: str, system: PartnerSystem, base_dir: Path | None) -> bytes:
     if not system.certificate:
         raise PartnerConfigError(
@@ -902,31 +810,3 @@ def _error_object(body: bytes, secrets: Sequence[str]) -> tuple[int | str | None
         first = details[0] if isinstance(details, list) and details else None
         message = first.get("message") if isinstance(first, dict) else None
     return code, scrub_message(message, secrets) if isinstance(message, str) else None
-
-
-def scrub_message(text: str, secrets: Sequence[str], limit: int = _MAX_MESSAGE) -> str:
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if secret:
-            text = re.sub(re.escape(secret), "[identity]", text, flags=re.IGNORECASE)
-    text = _EMAILISH.sub("[redacted]", text)
-    text = _PHONEISH.sub("[redacted]", text)
-    return clip_message(text, limit)
-
-
-_PLAIN_CODE = re.compile(r"[a-z_]+(?:[.-][a-z_]+)*")
-
-
-def _shown_code(code: int | str | None) -> str | None:
-    """A partner's error code as an error message may show it: a number, or a plain
-    lower-case word of at most 40 letters (no digits, no `@`: not an identity); else None.
-    A code the scrubber changed held an identity, and is not shown either."""
-    if isinstance(code, int) and not isinstance(code, bool):
-        return str(code)
-    if isinstance(code, str) and len(code) <= 40 and _PLAIN_CODE.fullmatch(code):
-        return code
-    return None
-
-
-def clip_message(text: str, limit: int = _MAX_MESSAGE) -> str:
-    text = "".join(c if c.isprintable() else " " for c in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"

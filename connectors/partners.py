@@ -1,27 +1,33 @@
-"""Partners reached by people, not APIs: a vendor's privacy inbox or portal.
+"""The partner protocols dsrflow knows, by the data map's `protocol:` name.
 
-Nothing is sent from here. The step records that the partner must be asked (the data
-map's `contact` says who and how) and waits, as `pending_external`, until a person
-confirms it — in the Prefect UI or with `dsrflow partner confirm` — with who confirmed and
-the partner's reference.
+Adding one (an authenticated REST API of a SaaS vendor, an email processor) is one module
+implementing `connectors.partner.Partner` (its `from_map` builds it from the data map's
+entry) and one line here; the data map's `PartnerSystem.protocol` lists the name and says
+which fields it needs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+from connectors.manual import ManualPartner
+from connectors.opendsr import OpenDsrPartner
+from connectors.partner import Partner
+from connectors.webhook import WebhookPartner
 from dsrflow.datamap import PartnerSystem
 
+Factory = Callable[..., Partner]
 
-class ManualPartner:
-    kind = "partner"
-    protocol = "manual"
+PROTOCOLS: dict[str, Factory] = {
+    "opendsr": OpenDsrPartner.from_map,
+    "webhook": WebhookPartner.from_map,
+    "manual": ManualPartner.from_map,
+}
 
-    def __init__(self, name: str, system: PartnerSystem) -> None:
-        if system.protocol != "manual":
-            raise ValueError(f"{name}: protocol is {system.protocol}, not manual")
-        self.name = name
-        self.system = system
 
-    def instructions(self, request_type: str) -> str:
-        """What the person is asked to do (no identities: they look the subject up in the
-        ledger's request, by its id)."""
-        return f"ask {self.system.contact} to carry out the {request_type} and confirm it"
+def build_partner(name: str, system: PartnerSystem, *, base_dir: Path | None,
+                  secret: str | None) -> Partner:
+    """The partner connector for one data-map entry (`secret`: a token or signing secret
+    already read from a Prefect Secret block, else each protocol reads its variable)."""
+    return PROTOCOLS[system.protocol](name, system, base_dir=base_dir, secret=secret)

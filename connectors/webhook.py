@@ -76,7 +76,7 @@ read from `{"error": {"code": ..., "message": ...}}`, `{"error": "..."}` or
 Privacy: identity values are kept out of `repr`, logs and exception messages, and so is any
 text the partner sent (it may echo an identity in any spelling): a `PartnerRejected` message
 shows the status and a numeric or plain-word error code only; the partner's error message is
-clipped, scrubbed (`connectors.opendsr`'s scrubber: the identities we sent, and anything that
+clipped, scrubbed (`connectors.partner`'s scrubber: the identities we sent, and anything that
 looks like an email address or phone number) and kept in `error_message` only; a `reference`
 that contains an identity we sent is dropped. The secret is never logged or shown. A plain-HTTP
 endpoint is refused unless it is on loopback.
@@ -94,17 +94,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
 
-from connectors.http import Exhausted, send_with_retries
-from connectors.opendsr import (
+from connectors.http import Backoff, Exhausted, send_with_retries
+from connectors.partner import (
     FORMATS,
     LOOPBACK_HOSTS,
     UUID4_RE,
-    Backoff,
+    Acknowledgement,
+    Answer,
     HeaderSource,
     InvalidRequest,
     NoSupportedIdentity,
@@ -124,7 +126,7 @@ from connectors.opendsr import (
 )
 from dsrflow.datamap import PartnerSystem
 from dsrflow.identities import Subject
-from dsrflow.model import Regime
+from dsrflow.model import PartnerStatus, Regime
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +372,7 @@ class WebhookPartner:
     Thread-safe (httpx's client is)."""
 
     kind = "partner"
-    protocol = "webhook"
+    protocol: ClassVar[str] = "webhook"
 
     def __init__(
         self,
@@ -472,6 +474,36 @@ class WebhookPartner:
             submitted_time=submitted_time,
         )
         return self.send(request)
+
+    # -- the partner contract (connectors.partner.Partner) --
+    polled: ClassVar[bool] = False  # no status API
+    calls_back: ClassVar[bool] = False
+
+    @classmethod
+    def from_map(cls, name: str, system: PartnerSystem, *, base_dir: Path | None = None,
+                 secret: str | None = None) -> WebhookPartner:
+        del base_dir  # nothing read from files
+        return cls(name, system, secret=secret)
+
+    def hand_over(
+        self, subject: Subject, request_type: str, regime: str, subject_request_id: str,
+        callback_url: str | None, *, submitted_time: datetime | None = None,
+    ) -> Acknowledgement:
+        """The acknowledgement is the answer: done, or taken on for a person to confirm."""
+        receipt = self.submit(subject, request_type, regime, subject_request_id,
+                              submitted_time=submitted_time)
+        if receipt.completed:
+            return Acknowledgement(PartnerStatus.COMPLETED, regulation=receipt.regulation,
+                                   reference=receipt.reference)
+        return Acknowledgement(
+            PartnerStatus.AWAITING_CONFIRMATION, regulation=receipt.regulation,
+            reference=receipt.reference,
+            note=f"{self.name} acknowledged (reference {receipt.reference or '-'}) and will "
+                 "report back: confirm when it does",
+        )
+
+    def where(self, subject_request_id: str) -> Answer:
+        raise NotImplementedError("a webhook partner has no status API")
 
     def send(self, request: WebhookRequest) -> WebhookReceipt:
         srid = request.request_id

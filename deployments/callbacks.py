@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from connectors.opendsr import OpenDsrPartner, ProtocolError, Untrusted
+from connectors.opendsr import OpenDsrPartner, ProtocolError, Untrusted, answer
 from dsrflow.datamap import PartnerSystem
 from dsrflow.errors import safe_error
 from tasks import partners
@@ -77,7 +77,7 @@ def _apply(rt: Runtime, system: str, body: bytes, headers: list[tuple[str, str]]
     if found is None:
         return _answer(404, "unknown request")
     request_id = str(found["request_id"])
-    partners.apply_status(rt, system, request_id, status)
+    partners.apply_status(rt, system, request_id, answer(status))
     partners.close_finished(rt, [request_id])
     return _answer(202, "accepted")
 

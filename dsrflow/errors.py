@@ -65,7 +65,7 @@ TRUSTED = frozenset({
     "connectors.logs.LogsError",
     "connectors.objects.ObjectsError",
     "connectors.objects.UnsafeKey",
-    "connectors.opendsr.OpenDsrError",
+    "connectors.partner.PartnerError",
     "connectors.sql.SchemaMismatch",
     "connectors.sql_draft.DraftError",
     "deployments.serve.DeploymentConfigError",

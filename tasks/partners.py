@@ -18,28 +18,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connectors.base import Outcome
-from connectors.opendsr import (
-    NoSupportedIdentity,
-    OpenDsrPartner,
+from connectors.partner import (
+    BLOCKING,
+    Acknowledgement,
+    Answer,
+    Partner,
     PartnerRejected,
-    ProtocolError,
-    UnsupportedRequest,
-    Untrusted,
     new_subject_request_id,
 )
-from connectors.opendsr import Status as OpenDsrStatus
-from connectors.partners import ManualPartner
-from connectors.webhook import WebhookReceipt
-from dsrflow.datamap import PartnerSystem
 from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import write_export
 from dsrflow.ledger import RequestRecord
 from dsrflow.model import PARTNER_DONE, PartnerStatus, Status, StepStatus
 from tasks.runtime import Runtime
 
-# What the partner refused, or what we could not trust: retrying would not help.
-BLOCKING = (PartnerRejected, Untrusted, ProtocolError, NoSupportedIdentity, UnsupportedRequest)
-# Polled: every OpenDSR request the partner may hold and has not finished. `created` too: a
+# Polled: every request a polled partner may hold and has not finished. `created` too: a
 # run killed between the POST and its ledger write leaves it so, and the poll (or a 404,
 # then a resend under the same id) settles it.
 POLLED = sorted(
@@ -69,56 +62,58 @@ def send(rt: Runtime, system: str, members: Sequence[RequestRecord]) -> dict[str
             continue
         assert member.type is not None and member.regime is not None
         srid = rt.ledger.partner_request_id(member.id, system, new_subject_request_id)
-        if isinstance(connector, ManualPartner):
-            rt.ledger.update_partner(member.id, system, PartnerStatus.AWAITING_CONFIRMATION)
-            outcome.pending = connector.instructions(member.type.value)
-            continue
-        if row is not None and isinstance(connector, OpenDsrPartner) and _known(
+        if row is not None and connector.polled and _known(
             rt, connector, system, member, srid, outcome
         ):
-            continue  # an earlier attempt's POST did arrive: not sent twice
-        # Webhooks do not call back: their acknowledgement is the answer.
-        url = callback_url(rt, system) if isinstance(connector, OpenDsrPartner) else None
+            continue  # an earlier attempt's request did arrive: not sent twice
+        url = callback_url(rt, system) if connector.calls_back else None
         try:
-            receipt = connector.submit(
+            ack = connector.hand_over(
                 subjects[member.id], member.type.value, member.regime.value, srid,
                 url, submitted_time=member.received_at,
             )
         except BLOCKING as exc:
-            if not rt.ledger.update_partner(member.id, system, PartnerStatus.BLOCKED,
-                                            error=safe_error(exc)):
+            if rt.ledger.update_partner(member.id, system, PartnerStatus.BLOCKED,
+                                        error=safe_error(exc)):
+                outcome.blocked = safe_error(exc)
+            else:
                 _as_now(rt, system, member, outcome)
-                continue
-            outcome.blocked = safe_error(exc)
             continue
-        if isinstance(receipt, WebhookReceipt):
-            _acknowledged(rt, system, member, receipt, outcome)
-            continue
-        if rt.ledger.update_partner(
-            member.id, system, PartnerStatus.SUBMITTED, regulation_sent=receipt.regulation,
-            controller_id=receipt.controller_id,
-            expected_completion_at=receipt.expected_completion_time,
-        ):
-            outcome.pending = _waiting(system, receipt.expected_completion_time)
-        else:  # the partner called back before its answer to the POST was recorded
+        if not _record(rt, system, member.id, ack):
+            # The partner called back before its acknowledgement was recorded.
             _as_now(rt, system, member, outcome)
+        elif ack.state is PartnerStatus.SUBMITTED:
+            outcome.pending = _waiting(system, ack.expected_completion_at)
+        elif ack.state is PartnerStatus.AWAITING_CONFIRMATION:
+            outcome.pending = ack.note
     return outcomes
 
 
+def _record(rt: Runtime, system: str, request_id: str, ack: Acknowledgement) -> bool:
+    """The acknowledgement, in the ledger (compare-and-set); False if the request had
+    moved on meanwhile."""
+    kept: dict[str, Any] = {k: v for k, v in (("regulation_sent", ack.regulation),
+                              ("controller_id", ack.controller_id),
+                              ("reference", ack.reference),
+                              ("expected_completion_at", ack.expected_completion_at))
+            if v is not None}
+    return rt.ledger.update_partner(request_id, system, ack.state, error=None, **kept)
+
+
 def _known(
-    rt: Runtime, connector: OpenDsrPartner, system: str, member: RequestRecord, srid: str,
+    rt: Runtime, connector: Partner, system: str, member: RequestRecord, srid: str,
     outcome: Outcome,
 ) -> bool:
     """Whether the partner already has a request an earlier attempt sent (a run killed, or
     a reply lost, between the POST and its ledger write): asked by its id before sending
     it again. If it does, its answer is applied and nothing is sent."""
     try:
-        status = connector.status(srid)
+        answer = connector.where(srid)
     except PartnerRejected as exc:
         if exc.status_code == 404:
             return False
         raise
-    apply_status(rt, system, member.id, status)
+    apply_status(rt, system, member.id, answer)
     _as_now(rt, system, member, outcome)
     return True
 
@@ -140,32 +135,15 @@ def _as_recorded(
     if state is PartnerStatus.BLOCKED:
         outcome.blocked = str(row["error"] or f"{system} blocked the request")
     elif state is PartnerStatus.AWAITING_CONFIRMATION:
-        connector = rt.partner(system)
         assert member.type is not None
-        outcome.pending = (connector.instructions(member.type.value)
-                           if isinstance(connector, ManualPartner)
-                           else f"{system} acknowledged (reference {row['reference'] or '-'}) "
-                                "and will report back: confirm when it does")
+        contact = rt.partner(system).system.contact
+        outcome.pending = (
+            f"{system} acknowledged (reference {row['reference']}) and will report back: "
+            "confirm when it does" if row["reference"] or not contact
+            else f"ask {contact} to carry out the {member.type.value} and confirm it"
+        )
     else:
         outcome.pending = _waiting(system, row["expected_completion_at"])
-
-
-def _acknowledged(
-    rt: Runtime, system: str, member: RequestRecord, receipt: WebhookReceipt,
-    outcome: Outcome,
-) -> None:
-    """A webhook partner's answer: done, or taken on with a person to confirm later."""
-    status = (PartnerStatus.COMPLETED if receipt.completed
-              else PartnerStatus.AWAITING_CONFIRMATION)
-    if rt.ledger.update_partner(
-        member.id, system, status, regulation_sent=receipt.regulation,
-        reference=receipt.reference, error=None,
-    ):
-        row = _row(rt, member.id, system)
-        assert row is not None
-        _as_recorded(rt, system, member, row, outcome)
-    else:
-        _as_now(rt, system, member, outcome)
 
 
 def callback_url(rt: Runtime, system: str) -> str | None:
@@ -183,9 +161,8 @@ def check(rt: Runtime) -> dict[str, str]:
     happened: dict[str, str] = {}
     for row in rt.ledger.partner_requests(statuses=POLLED):
         system, rid = str(row["system"]), str(row["request_id"])
-        spec = rt.datamap.systems.get(system)
-        if not isinstance(spec, PartnerSystem) or spec.protocol != "opendsr":
-            continue  # manual and webhook partners are confirmed by people, not polled
+        if system not in rt.datamap.systems or not rt.partner(system).polled:
+            continue  # confirmed by people (manual, acknowledged webhooks), not polled
         try:
             happened[rid] = _check_one(rt, system, row)
         except BLOCKING as exc:
@@ -197,11 +174,9 @@ def check(rt: Runtime) -> dict[str, str]:
 
 
 def _check_one(rt: Runtime, system: str, row: dict[str, Any]) -> str:
-    connector = rt.partner(system)
-    assert isinstance(connector, OpenDsrPartner)
     rid = str(row["request_id"])
     try:
-        status = connector.status(str(row["subject_request_id"]))
+        status = rt.partner(system).where(str(row["subject_request_id"]))
     except PartnerRejected as exc:
         if exc.status_code != 404:
             raise
@@ -239,7 +214,7 @@ def block(rt: Runtime, system: str, request_id: str, reason: str) -> str:
     return f"{system}: already {_row(rt, request_id, system)['status']}"  # type: ignore[index]
 
 
-def apply_status(rt: Runtime, system: str, request_id: str, status: OpenDsrStatus) -> str:
+def apply_status(rt: Runtime, system: str, request_id: str, status: Answer) -> str:
     """Record a partner's answer (a poll or a callback): idempotent, and a finished step is
     never moved back (the partner request's state changes by compare-and-set)."""
     current = _row(rt, request_id, system)

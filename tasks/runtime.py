@@ -12,10 +12,9 @@ from functools import cached_property
 from typing import Any, cast
 
 from connectors.base import Connector
-from connectors.opendsr import OpenDsrPartner
-from connectors.partners import ManualPartner
+from connectors.partner import Partner
+from connectors.partners import build_partner
 from connectors.sql import SqlConnector
-from connectors.webhook import WebhookPartner
 from dsrflow.datamap import (
     ColumnRef,
     DataMap,
@@ -76,11 +75,11 @@ class Runtime:
             raise TypeError(f"system {system} is a partner, not a data system")
         return cast(Connector, built)
 
-    def partner(self, system: str) -> OpenDsrPartner | WebhookPartner | ManualPartner:
+    def partner(self, system: str) -> Partner:
         built = self._get(system)
-        if not isinstance(built, OpenDsrPartner | WebhookPartner | ManualPartner):
+        if getattr(built, "kind", None) != "partner":
             raise TypeError(f"system {system} is not a partner")
-        return built
+        return cast(Partner, built)
 
     def _get(self, system: str) -> Any:
         """One connector per system per process (reflection, clients: not free)."""
@@ -104,12 +103,8 @@ class Runtime:
 
             return ObjectsConnector(name, spec, keys_from=self._keys_from)
         if isinstance(spec, PartnerSystem):
-            secret = _secret_block(spec.credentials_block)
-            if spec.protocol == "opendsr":
-                return OpenDsrPartner(name, spec, base_dir=self.settings.base_dir, token=secret)
-            if spec.protocol == "webhook":
-                return WebhookPartner(name, spec, secret=secret)
-            return ManualPartner(name, spec)
+            return build_partner(name, spec, base_dir=self.settings.base_dir,
+                                 secret=_secret_block(spec.credentials_block))
         if isinstance(spec, LogsSystem):
             from connectors.logs import LogsConnector
 

@@ -38,10 +38,10 @@ from connectors.opendsr import (
     SignatureError,
     UnsupportedRequest,
     Untrusted,
-    new_subject_request_id,
     verify_callback,
     verify_signature,
 )
+from connectors.partner import new_subject_request_id
 from dsrflow.datamap import PartnerIdentity, PartnerSystem
 from dsrflow.identities import Identity, IdentityType, Subject
 from examples.partner import (

@@ -312,7 +312,7 @@ def test_a_callback_before_the_post_returns_is_not_lost(
                 *args: Any, **kwargs: Any) -> Any:
         receipt = real_submit(self, subject, type_, regime, srid, *args, **kwargs)
         partner.complete(srid)
-        partners.apply_status(rt, "adnet", subject.request_id, self.status(srid))
+        partners.apply_status(rt, "adnet", subject.request_id, self.where(srid))
         return receipt
 
     monkeypatch.setattr(OpenDsrPartner, "submit", instant)

@@ -28,8 +28,8 @@ from connectors.opendsr import (
     ProtocolError,
     UnsupportedRequest,
     Untrusted,
-    new_subject_request_id,
 )
+from connectors.partner import new_subject_request_id
 from connectors.webhook import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
