@@ -8,19 +8,19 @@ dsrflow POSTs one JSON object per request to the partner's URL (the data map's `
 
     POST <endpoint>
     Content-Type: application/json
-    Idempotency-Key: 5b0c2a8e-1f4e-4c1a-9a57-3f7f4f6f2d10
-    X-Dsrflow-Timestamp: 1763631015
-    X-Dsrflow-Signature: sha256=3f1c...e9 (64 lowercase hex digits)
+    webhook-id: 5b0c2a8e-1f4e-4c1a-9a57-3f7f4f6f2d10
+    webhook-timestamp: 1763631015
+    webhook-signature: v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=
 
     {"identities":[{"format":"sha256","type":"email","value":"9f86...0f"}],
      "regulation":"pipl","request_id":"5b0c2a8e-1f4e-4c1a-9a57-3f7f4f6f2d10",
      "submitted_time":"2026-11-20T09:30:15Z","type":"erasure"}
 
 - `request_id`: a lowercase UUIDv4, the same on every retry, rerun and crash recovery. It
-  is also sent as `Idempotency-Key`. **A partner must treat a repeated id as the same
-  request**: answer it as it answered the first time, and do the work once. Key on the
-  body's `request_id` (it is signed; the header is not): `verify_webhook` refuses a request
-  whose `Idempotency-Key` differs from it.
+  is also the `webhook-id`, which Standard Webhooks makes the idempotency key. **A partner
+  must treat a repeated id as the same request**: answer it as it answered the first time,
+  and do the work once. `verify_webhook` refuses a request whose `webhook-id` differs from
+  the body's `request_id`.
 - `type`: our request type, one of `erasure`, `access`, `portability`,
   `account_cancellation`, `consent_withdrawal` (`rectification` and `restriction` are not
   sent: `UnsupportedRequest`). A withdrawal carries no category scope: whether the partner
@@ -37,19 +37,24 @@ dsrflow POSTs one JSON object per request to the partner's URL (the data map's `
 The body is serialized canonically (sorted keys, no spaces), so a retry sends the same
 bytes; only the timestamp and signature headers change between attempts.
 
-Signature: `X-Dsrflow-Timestamp` is the attempt's time in Unix seconds (decimal digits),
-and `X-Dsrflow-Signature` is `sha256=` followed by the lowercase hex HMAC-SHA256, keyed with
-the shared secret (its UTF-8 bytes), of the ASCII timestamp, a full stop, and the raw body
-exactly as received:
+Signature: the Standard Webhooks scheme (https://www.standardwebhooks.com), so a partner
+can verify with any of its ready-made libraries (`standardwebhooks` for Python, and the
+same for Node, Go, Java, Ruby, PHP, Rust, C#, Elixir, Kotlin, Swift). `webhook-timestamp` is
+the attempt's time in Unix seconds, and `webhook-signature` is `v1,` followed by the
+base64 HMAC-SHA256 of `<webhook-id>.<webhook-timestamp>.<raw body>`, keyed with the shared
+secret. The secret (in the variable `credentials_env` names, or a Prefect Secret block) is
+written as Standard Webhooks issues them, `whsec_` and the base64 key; any other text is
+used as the key's bytes as it is (a receiver then passes the same bytes to its verifier).
 
-    mac = hmac.new(secret, timestamp.encode() + b"." + raw_body, hashlib.sha256).hexdigest()
-    ok = hmac.compare_digest("sha256=" + mac, header_value)   # constant time
+    from standardwebhooks import Webhook
+    Webhook("whsec_...").verify(raw_body, request_headers)   # raises if it does not verify
 
 A receiver must also check that the timestamp is within a few minutes of its clock (five,
-by default, either way), and should answer 401 when either check fails. A replay inside
-that window carries the same `request_id`, so it is harmless to a receiver that deduplicates.
-The header may list several `sha256=` values separated by commas (a sender rotating
-secrets); one valid value is enough. `verify_webhook` does all of this, then checks the body.
+by default, either way: the libraries do), and should answer 401 when either check fails.
+A replay inside that window carries the same `webhook-id`, so it is harmless to a receiver
+that deduplicates. The header may list several space-separated signatures (a sender
+rotating secrets); one valid value is enough. `verify_webhook` does all of this, then
+checks the body.
 
 The answer: any 2xx acknowledges the request. The body is empty or a JSON object with, both
 optional, `reference` (the partner's id for the request; kept in the ledger) and `status`:
@@ -84,7 +89,6 @@ endpoint is refused unless it is on loopback.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -99,6 +103,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
+from standardwebhooks import Webhook
 
 from connectors.http import Backoff, Exhausted, send_with_retries
 from connectors.partner import (
@@ -130,10 +135,9 @@ from dsrflow.model import PartnerStatus, Regime
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-TIMESTAMP_HEADER = "X-Dsrflow-Timestamp"
-SIGNATURE_HEADER = "X-Dsrflow-Signature"
-SIGNATURE_PREFIX = "sha256="
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
 DEFAULT_MAX_AGE = 300
 
 REQUEST_TYPES = (
@@ -148,7 +152,7 @@ MAX_REFERENCE = 128  # the ledger's partner_requests.reference
 _HEX_LENGTH = {"sha256": 64, "sha1": 40, "md5": 32}
 _RETRY_CODES = frozenset({409, 429})
 _REGULATION_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_SIGNATURE_RE = re.compile(r"^sha256=([0-9a-f]{64})$")
+_SIGNATURE_RE = re.compile(r"^v1,[A-Za-z0-9+/]{43}=$")  # base64 of 32 bytes
 
 Secret = str | bytes
 
@@ -235,19 +239,19 @@ def canonical(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
-def sign(body: bytes, secret: Secret, timestamp: int | str) -> str:
-    """The `X-Dsrflow-Signature` value for `body` sent at `timestamp` (Unix seconds)."""
-    message = str(timestamp).encode("ascii") + b"." + body
-    return SIGNATURE_PREFIX + hmac.new(_key(secret), message, hashlib.sha256).hexdigest()
+def sign(body: bytes, secret: Secret, request_id: str, timestamp: int | str) -> str:
+    """The `webhook-signature` value for `body` sent as `request_id` at `timestamp`."""
+    moment = datetime.fromtimestamp(int(timestamp), UTC)
+    return Webhook(_key(secret)).sign(request_id, moment, body)
 
 
 def signed_headers(body: bytes, secret: Secret, request_id: str, timestamp: int) -> dict[str, str]:
     """Every header of one attempt (a receiver's tests can build requests with it too)."""
     return {
         "Content-Type": "application/json",
-        IDEMPOTENCY_HEADER: request_id,
+        ID_HEADER: request_id,
         TIMESTAMP_HEADER: str(timestamp),
-        SIGNATURE_HEADER: sign(body, secret, timestamp),
+        SIGNATURE_HEADER: sign(body, secret, request_id, timestamp),
     }
 
 
@@ -261,12 +265,16 @@ def verify_webhook(
     """For a receiver: authenticate a webhook request and return its parsed, checked body.
 
     In this order: the timestamp header must be Unix seconds; the signature must verify over
-    the raw `body` (constant-time compare; `secret` may be a list, while rotating); the
-    timestamp must be within `max_age_seconds` of `now` (default: the clock), either way;
-    only then is the body parsed and checked (fields, UUIDv4 id, known type and format, hex
-    digests of the right length, RFC 3339 time) and `Idempotency-Key`, if present, must equal
-    its `request_id`. Raises `WebhookSignatureError` (an `Untrusted`: answer 401) or
-    `ProtocolError` (answer 400). Messages name fields, never values."""
+    the id, the timestamp and the raw `body` (Standard Webhooks; constant-time compare;
+    `secret` may be a list, while rotating); the timestamp must be within `max_age_seconds`
+    of `now` (default: the clock), either way; only then is the body parsed and checked
+    (fields, UUIDv4 id, known type and format, hex digests of the right length, RFC 3339
+    time) and `webhook-id` must equal its `request_id`. Raises `WebhookSignatureError` (an
+    `Untrusted`: answer 401) or `ProtocolError` (answer 400). Messages name fields, never
+    values."""
+    msg_id = header_value(headers, (ID_HEADER,))
+    if not msg_id:
+        raise WebhookSignatureError(f"no {ID_HEADER} header")
     stamp = header_value(headers, (TIMESTAMP_HEADER,))
     if stamp is None:
         raise WebhookSignatureError(f"no {TIMESTAMP_HEADER} header")
@@ -276,15 +284,15 @@ def verify_webhook(
     given = header_value(headers, (SIGNATURE_HEADER,))
     if not given:
         raise WebhookSignatureError(f"no {SIGNATURE_HEADER} header")
-    candidates = [part.strip() for part in given.split(",") if part.strip()]
+    candidates = given.split()
     if not candidates or not all(_SIGNATURE_RE.match(c) for c in candidates):
-        raise WebhookSignatureError(f"{SIGNATURE_HEADER} is not sha256=<64 hex digits>")
+        raise WebhookSignatureError(f"{SIGNATURE_HEADER} is not v1,<base64 HMAC-SHA256>")
     secrets = [secret] if isinstance(secret, str | bytes) else list(secret)
     if not secrets or not all(secrets):
         raise ValueError("verify_webhook needs a non-empty secret")
     valid = False
     for key in secrets:
-        expected = sign(body, key, stamp).encode()
+        expected = sign(body, key, msg_id, stamp).encode()
         for candidate in candidates:
             valid |= hmac.compare_digest(expected, candidate.encode())
     if not valid:
@@ -301,9 +309,8 @@ def verify_webhook(
             "clock is wrong)"
         )
     data = _parse_request(body)
-    key_header = header_value(headers, (IDEMPOTENCY_HEADER,))
-    if key_header is not None and key_header.strip() != data["request_id"]:
-        raise ProtocolError(f"{IDEMPOTENCY_HEADER} does not match the body's request_id")
+    if msg_id.strip() != data["request_id"]:
+        raise ProtocolError(f"{ID_HEADER} does not match the body's request_id")
     return data
 
 
@@ -358,7 +365,10 @@ def _check_identity(
         raise error(f"{where}: a {fmt} value must be {length} lowercase hex digits")
 
 
-def _key(secret: Secret) -> bytes:
+def _key(secret: Secret) -> str | bytes:
+    """A `whsec_<base64>` secret as Standard Webhooks reads it; any other, its bytes."""
+    if isinstance(secret, str) and secret.startswith("whsec_"):
+        return secret
     key = secret.encode() if isinstance(secret, str) else bytes(secret)
     if not key:
         raise ValueError("the webhook secret is empty")
@@ -585,7 +595,7 @@ class WebhookPartner:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _secret_from_env(name: str, system: PartnerSystem) -> bytes:
+def _secret_from_env(name: str, system: PartnerSystem) -> str | bytes:
     if system.credentials_env is None:
         raise PartnerConfigError(
             f"{name}: a webhook partner needs credentials_env (the variable holding the "

@@ -5,6 +5,7 @@ errors. Identities stay out of receipts, errors and logs."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
+from standardwebhooks import Webhook
 
 from connectors.opendsr import (
     NoSupportedIdentity,
@@ -31,7 +33,7 @@ from connectors.opendsr import (
 )
 from connectors.partner import new_subject_request_id
 from connectors.webhook import (
-    IDEMPOTENCY_HEADER,
+    ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookPartner,
@@ -142,12 +144,14 @@ def test_body_and_headers_conform_and_the_receiver_verifies_them(
         json.loads(record.raw), sort_keys=True, separators=(",", ":")
     ).encode()
     assert headers["content-type"] == "application/json"
-    assert headers[IDEMPOTENCY_HEADER.lower()] == srid
-    stamp = headers[TIMESTAMP_HEADER.lower()]
+    assert headers[ID_HEADER] == srid
+    stamp = headers[TIMESTAMP_HEADER]
     assert stamp.isdigit() and before <= int(stamp) <= after
-    # The documented scheme, recomputed independently of the module.
-    mac = hmac.new(SECRET.encode(), stamp.encode() + b"." + record.raw, hashlib.sha256)
-    assert headers[SIGNATURE_HEADER.lower()] == "sha256=" + mac.hexdigest()
+    # The documented scheme (Standard Webhooks), recomputed independently of the module...
+    mac = hmac.new(SECRET.encode(), f"{srid}.{stamp}.".encode() + record.raw, hashlib.sha256)
+    assert headers[SIGNATURE_HEADER] == "v1," + base64.b64encode(mac.digest()).decode()
+    # ... and verified by the reference library a partner would use.
+    assert Webhook(SECRET.encode()).verify(record.raw, headers)["request_id"] == srid
     assert_no_identity(repr(receipt))
     assert "value" not in repr(partner.request(subject(), "erasure", "gdpr", srid))
 
@@ -385,8 +389,8 @@ def test_verify_webhook_accepts_an_authentic_request() -> None:
     body, headers = signed()
     assert verify_webhook(body, headers, SECRET)["type"] == "erasure"
     assert verify_webhook(body, list(headers.items()), [b"old-secret", SECRET.encode()])
-    rotated = dict(headers, **{SIGNATURE_HEADER: "sha256=" + "0" * 64 + ", "
-                               + headers[SIGNATURE_HEADER]})
+    stale = "v1," + base64.b64encode(bytes(32)).decode()
+    rotated = dict(headers, **{SIGNATURE_HEADER: f"{stale} {headers[SIGNATURE_HEADER]}"})
     assert verify_webhook(body, rotated, SECRET)
 
 
@@ -422,11 +426,12 @@ def test_verify_webhook_refuses_a_stale_or_future_timestamp() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({TIMESTAMP_HEADER: None}, "no X-Dsrflow-Timestamp"),
+        ({ID_HEADER: None}, "no webhook-id"),
+        ({TIMESTAMP_HEADER: None}, "no webhook-timestamp"),
         ({TIMESTAMP_HEADER: "1.8e9"}, "not Unix seconds"),
-        ({SIGNATURE_HEADER: None}, "no X-Dsrflow-Signature"),
-        ({SIGNATURE_HEADER: "md5=abc"}, "not sha256="),
-        ({SIGNATURE_HEADER: "sha256=" + "A" * 64}, "not sha256="),
+        ({SIGNATURE_HEADER: None}, "no webhook-signature"),
+        ({SIGNATURE_HEADER: "sha256=" + "a" * 64}, "not v1,"),
+        ({SIGNATURE_HEADER: "v1,abc"}, "not v1,"),
     ],
 )
 def test_verify_webhook_refuses_missing_or_malformed_headers(
@@ -441,11 +446,22 @@ def test_verify_webhook_refuses_missing_or_malformed_headers(
         verify_webhook(body, headers, SECRET)
 
 
-def test_verify_webhook_refuses_an_idempotency_key_other_than_the_signed_id() -> None:
+def test_verify_webhook_refuses_a_webhook_id_other_than_the_bodys_request_id() -> None:
     body, headers = signed()
-    headers[IDEMPOTENCY_HEADER] = new_subject_request_id()
-    with pytest.raises(ProtocolError, match="Idempotency-Key"):
-        verify_webhook(body, headers, SECRET)
+    # The id is signed: changing it breaks the signature...
+    with pytest.raises(WebhookSignatureError, match="does not verify"):
+        verify_webhook(body, dict(headers, **{ID_HEADER: new_subject_request_id()}), SECRET)
+    # ... and one signed under another id is a request for something else.
+    other = signed_headers(body, SECRET, new_subject_request_id(), int(time.time()))
+    with pytest.raises(ProtocolError, match="webhook-id"):
+        verify_webhook(body, other, SECRET)
+
+
+def test_a_standard_webhooks_secret_is_read_as_the_libraries_read_it() -> None:
+    secret = "whsec_" + base64.b64encode(b"a key of thirty-two bytes, exact").decode()
+    body, headers = signed(secret=secret)
+    assert verify_webhook(body, headers, secret)["type"] == "erasure"
+    assert Webhook(secret).verify(body, headers)["type"] == "erasure"
 
 
 @pytest.mark.parametrize(
@@ -460,7 +476,6 @@ def test_verify_webhook_refuses_malformed_bodies_after_the_signature(
     body: bytes, message: str
 ) -> None:
     headers = signed_headers(body, SECRET, new_subject_request_id(), int(time.time()))
-    headers.pop(IDEMPOTENCY_HEADER)
     with pytest.raises(ProtocolError, match=message):
         verify_webhook(body, headers, SECRET)
 
@@ -484,7 +499,8 @@ def test_the_receiver_answers_401_to_bad_signatures_and_400_to_bad_bodies(
     body, headers = signed()
     with httpx.Client() as http:
         forged = http.post(receiver.url, content=body,
-                           headers=dict(headers, **{SIGNATURE_HEADER: sign(body, "x", 1)}))
+                           headers=dict(headers, **{
+                               SIGNATURE_HEADER: sign(body, "x", headers[ID_HEADER], 1)}))
         assert forged.status_code == 401
         assert forged.json()["error"]["code"] == "unauthenticated"
         junk = b'{"request_id": 1}'

@@ -8,14 +8,14 @@ the demo and the tests.
 
 It does what `connectors.webhook`'s docstring asks of a partner: `verify_webhook` checks
 the timestamp and HMAC signature (401 on failure) and the body (400 on a malformed one,
-naming the field, never its value); a repeated `request_id` (= `Idempotency-Key`) is the
+naming the field, never its value); a repeated `request_id` (= `webhook-id`) is the
 same request and gets the same answer; the same id with a different request is a 422. A
 new request answers 201 and a repeat 200, both `{"status": <reply_status>, "reference":
 "WH-..."}` (`reply_status` is `received` unless told `completed` or `pending`). Errors are
 `{"error": {"code": ..., "message": ...}}`.
 
 What it records, so tests can assert exactly-once: `posts[key]` counts POSTs per
-`Idempotency-Key` (retries and refused ones included), `distinct(key)` the different
+`webhook-id` (retries and refused ones included), `distinct(key)` the different
 authentic bodies sent under it, `requests` one record per id, `refusals` every error it
 answered (status, code).
 
@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from connectors.opendsr import ProtocolError, Untrusted
-from connectors.webhook import DEFAULT_MAX_AGE, IDEMPOTENCY_HEADER, verify_webhook
+from connectors.webhook import DEFAULT_MAX_AGE, ID_HEADER, verify_webhook
 from examples.partner.loopback import Exchange, LoopbackServer
 
 DEFAULT_PATH = "/dsr"
@@ -143,7 +143,7 @@ class WebhookReceiver:
 
     # -- what the tests look at --
     def distinct(self, key: str) -> int:
-        """How many different authentic bodies arrived under this Idempotency-Key (1 when
+        """How many different authentic bodies arrived under this webhook-id (1 when
         every retry resent the same request)."""
         with self._lock:
             return len(self._bodies.get(key, ()))
@@ -156,7 +156,7 @@ class WebhookReceiver:
         if ex.method != "POST":
             self._error(ex, 405, "method_not_allowed", "POST only")
             return
-        key = ex.header(IDEMPOTENCY_HEADER)
+        key = ex.header(ID_HEADER)
         if key:
             with self._lock:
                 self.posts[key] += 1
