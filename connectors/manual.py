@@ -8,11 +8,12 @@ the partner's reference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
 
-from connectors.partner import Acknowledgement, Answer, PartnerConfigError
+from connectors.partner import Acknowledgement, Answer, Correction, PartnerConfigError
 from dsrflow.datamap import PartnerSystem
 from dsrflow.identities import Subject
 from dsrflow.model import PartnerStatus
@@ -44,6 +45,7 @@ class ManualPartner:
     def hand_over(
         self, subject: Subject, request_type: str, regime: str, subject_request_id: str,
         callback_url: str | None, *, submitted_time: datetime | None = None,
+        corrections: Sequence[Correction] = (),
     ) -> Acknowledgement:
         """Nothing goes out: a person asks the partner, then confirms."""
         return Acknowledgement(PartnerStatus.AWAITING_CONFIRMATION,

@@ -88,6 +88,7 @@ from connectors.partner import (
     UUID4_RE,
     Acknowledgement,
     Answer,
+    Correction,
     HeaderSource,
     InvalidRequest,
     NoSupportedIdentity,
@@ -697,7 +698,15 @@ class OpenDsrPartner:
     def hand_over(
         self, subject: Subject, request_type: str, regime: str, subject_request_id: str,
         callback_url: str | None, *, submitted_time: datetime | None = None,
+        corrections: Sequence[Correction] = (),
     ) -> Acknowledgement:
+        if request_type not in REQUEST_TYPE_MAP:
+            # OpenDSR has no rectification or restriction: a person asks the partner.
+            return Acknowledgement(
+                PartnerStatus.AWAITING_CONFIRMATION,
+                note=f"OpenDSR cannot carry a {request_type}: ask {self.name}'s privacy "
+                     "contact to carry it out, and confirm it",
+            )
         receipt = self.submit(subject, request_type, regime, subject_request_id,
                               callback_url, submitted_time=submitted_time)
         return Acknowledgement(

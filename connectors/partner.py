@@ -22,6 +22,7 @@ scrubber that keeps a partner's error text out of everything but one attribute.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import re
@@ -73,6 +74,18 @@ class Answer:
     results_count: int | None = None
 
 
+@dataclass(frozen=True)
+class Correction:
+    """One corrected value: the data map's category and field (`table.column`) it is in."""
+
+    category: str
+    field: str
+    value: str = dataclasses.field(repr=False)
+
+    def as_json(self) -> dict[str, str]:
+        return {"category": self.category, "field": self.field, "value": self.value}
+
+
 class Partner(Protocol):
     name: str
     system: PartnerSystem
@@ -83,6 +96,7 @@ class Partner(Protocol):
     def hand_over(
         self, subject: Subject, request_type: str, regime: str, subject_request_id: str,
         callback_url: str | None, *, submitted_time: datetime | None = None,
+        corrections: Sequence[Correction] = (),
     ) -> Acknowledgement: ...
 
     def where(self, subject_request_id: str) -> Answer: ...

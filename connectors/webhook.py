@@ -22,9 +22,12 @@ dsrflow POSTs one JSON object per request to the partner's URL (the data map's `
   and do the work once. `verify_webhook` refuses a request whose `webhook-id` differs from
   the body's `request_id`.
 - `type`: our request type, one of `erasure`, `access`, `portability`,
-  `account_cancellation`, `consent_withdrawal` (`rectification` and `restriction` are not
-  sent: `UnsupportedRequest`). A withdrawal carries no category scope: whether the partner
-  is concerned at all is the planner's decision, from the categories shared with it.
+  `account_cancellation`, `consent_withdrawal`, `rectification`, `restriction`. A
+  withdrawal carries no category scope: whether the partner is concerned at all is the
+  planner's decision, from the categories shared with it.
+- `corrections` (a rectification only, and always with one): the corrected values in the
+  categories shared with the partner, each `{"category", "field" (our `table.column`),
+  "value"}`; the partner applies them to what it holds of the subject.
 - `regulation`: our regime as it is (`pipl`, `gdpr`, `ccpa`, `uk_gdpr`); no mapping, unlike
   OpenDSR.
 - `identities`: for every identity type the data map says the partner accepts, each of the
@@ -112,6 +115,7 @@ from connectors.partner import (
     UUID4_RE,
     Acknowledgement,
     Answer,
+    Correction,
     HeaderSource,
     InvalidRequest,
     NoSupportedIdentity,
@@ -141,7 +145,8 @@ SIGNATURE_HEADER = "webhook-signature"
 DEFAULT_MAX_AGE = 300
 
 REQUEST_TYPES = (
-    "erasure", "access", "portability", "account_cancellation", "consent_withdrawal"
+    "erasure", "access", "portability", "account_cancellation", "consent_withdrawal",
+    "rectification", "restriction",
 )
 REGULATIONS = tuple(r.value for r in Regime)
 DONE_STATUSES = frozenset({"completed", "received", "accepted"})
@@ -183,6 +188,8 @@ class WebhookRequest:
     regulation: str
     identities: tuple[WebhookIdentity, ...] = field(repr=False)
     submitted_time: datetime
+    # A rectification's corrected values, each with the category and field it belongs to.
+    corrections: tuple[Correction, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.request_id, str) or not UUID4_RE.match(self.request_id):
@@ -201,9 +208,13 @@ class WebhookRequest:
             _check_identity(identity.type, identity.format, identity.value, InvalidRequest)
         if self.submitted_time.tzinfo is None:
             raise InvalidRequest("submitted_time must carry a time zone")
+        if (self.type == "rectification") != bool(self.corrections):
+            raise InvalidRequest("corrections go with a rectification, and only with one")
 
     def as_json(self) -> dict[str, Any]:
         return {
+            **({"corrections": [c.as_json() for c in self.corrections]}
+               if self.corrections else {}),
             "identities": [i.as_json() for i in self.identities],
             "regulation": self.regulation,
             "request_id": self.request_id,
@@ -216,7 +227,7 @@ class WebhookRequest:
         return canonical(self.as_json())
 
     def secrets(self) -> list[str]:
-        return [i.value for i in self.identities]
+        return [i.value for i in self.identities] + [c.value for c in self.corrections]
 
 
 @dataclass(frozen=True)
@@ -347,6 +358,15 @@ def _parse_request(body: bytes) -> dict[str, Any]:
         parse_rfc3339(when if isinstance(when, str) else "")
     except ValueError:
         raise ProtocolError("submitted_time is not an RFC 3339 date-time") from None
+    corrections = data.get("corrections")
+    if (data["type"] == "rectification") != (corrections is not None):
+        raise ProtocolError("corrections go with a rectification, and only with one")
+    for n, item in enumerate(corrections or ()):
+        if (not isinstance(item, dict) or set(item) != {"category", "field", "value"}
+                or not all(isinstance(v, str) and v for v in item.values())):
+            raise ProtocolError(f"corrections[{n}] is not an object of category, field, value")
+    if corrections is not None and not corrections:
+        raise ProtocolError("corrections is empty")
     return data
 
 
@@ -442,6 +462,7 @@ class WebhookPartner:
         subject_request_id: str,
         *,
         submitted_time: datetime | None = None,
+        corrections: Sequence[Correction] = (),
     ) -> WebhookRequest:
         """The request `submit` sends (pure: no I/O)."""
         kind = str(request_type)
@@ -464,6 +485,7 @@ class WebhookPartner:
             regulation=str(regulation),
             identities=identities,
             submitted_time=submitted_time or datetime.now(UTC),
+            corrections=tuple(corrections),
         )
 
     def submit(
@@ -498,10 +520,13 @@ class WebhookPartner:
     def hand_over(
         self, subject: Subject, request_type: str, regime: str, subject_request_id: str,
         callback_url: str | None, *, submitted_time: datetime | None = None,
+        corrections: Sequence[Correction] = (),
     ) -> Acknowledgement:
         """The acknowledgement is the answer: done, or taken on for a person to confirm."""
-        receipt = self.submit(subject, request_type, regime, subject_request_id,
-                              submitted_time=submitted_time)
+        receipt = self.send(self.request(
+            subject, request_type, regime, subject_request_id,
+            submitted_time=submitted_time, corrections=corrections,
+        ))
         if receipt.completed:
             return Acknowledgement(PartnerStatus.COMPLETED, regulation=receipt.regulation,
                                    reference=receipt.reference)

@@ -22,10 +22,12 @@ from connectors.partner import (
     BLOCKING,
     Acknowledgement,
     Answer,
+    Correction,
     Partner,
     PartnerRejected,
     new_subject_request_id,
 )
+from dsrflow.datamap import PartnerSystem, SqlSystem
 from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import write_export
 from dsrflow.ledger import RequestRecord
@@ -71,6 +73,7 @@ def send(rt: Runtime, system: str, members: Sequence[RequestRecord]) -> dict[str
             ack = connector.hand_over(
                 subjects[member.id], member.type.value, member.regime.value, srid,
                 url, submitted_time=member.received_at,
+                corrections=corrections_for(rt, connector.system, member.id),
             )
         except BLOCKING as exc:
             if rt.ledger.update_partner(member.id, system, PartnerStatus.BLOCKED,
@@ -87,6 +90,21 @@ def send(rt: Runtime, system: str, members: Sequence[RequestRecord]) -> dict[str
         elif ack.state is PartnerStatus.AWAITING_CONFIRMATION:
             outcome.pending = ack.note
     return outcomes
+
+
+def corrections_for(rt: Runtime, spec: PartnerSystem, request_id: str) -> list[Correction]:
+    """A rectification's corrected values in the partner's categories (what it was sent
+    of the subject), each with its category and field; none for other requests."""
+    out = []
+    for target, value in sorted(rt.ledger.corrections(request_id).items()):
+        system, table, column = target.split(".", 2)
+        found = rt.datamap.systems.get(system)
+        if not isinstance(found, SqlSystem) or table not in found.tables:
+            continue
+        mapped = found.tables[table].columns.get(column)
+        if mapped is not None and mapped.category in spec.categories:
+            out.append(Correction(mapped.category, f"{table}.{column}", value))
+    return out
 
 
 def _record(rt: Runtime, system: str, request_id: str, ack: Acknowledgement) -> bool:

@@ -65,19 +65,32 @@ def applies(rt: Runtime, system: str, record: RequestRecord) -> bool:
     """Whether a request concerns a system at all: its scope (if any) meets the system's
     categories, and a rectification names a field in it."""
     spec = rt.datamap.systems[system]
+    if isinstance(spec, PartnerSystem):
+        return _reaches_partner(rt, spec, record)
     if record.type is RequestType.RECTIFICATION:
         return any(t.startswith(f"{system}.") for t in rt.ledger.corrections(record.id))
     if record.type is RequestType.RESTRICTION:
         return isinstance(spec, SqlSystem) and any(
             t.restriction_column for t in spec.tables.values()
         )
-    if isinstance(spec, PartnerSystem):
-        assert record.type is not None
-        if not (record.type.erases or record.type.collects):
-            return False
     if record.scope is None:
         return True
     return bool(set(spec.categories) & record.scope)
+
+
+def _reaches_partner(rt: Runtime, spec: PartnerSystem, record: RequestRecord) -> bool:
+    """Whether a request must be passed on to a partner (GDPR Art. 19: rectifications,
+    erasures and restrictions go to every recipient of the data): an erasure, cancellation,
+    withdrawal or access in its categories; a restriction; a rectification of a field in
+    one of its categories."""
+    assert record.type is not None
+    if record.type is RequestType.RECTIFICATION:
+        return bool(partners.corrections_for(rt, spec, record.id))
+    if record.type is RequestType.RESTRICTION:
+        return True
+    if not (record.type.erases or record.type.collects):
+        return False
+    return record.scope is None or bool(set(spec.categories) & record.scope)
 
 
 def apply_to_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[StepResult]:

@@ -36,6 +36,7 @@ from connectors.webhook import (
     ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    InvalidRequest,
     WebhookPartner,
     WebhookSignatureError,
     sign,
@@ -166,12 +167,15 @@ def test_all_our_request_types_and_regimes_go_out_as_they_are(
             submit(partner, srid, kind, regime)
             assert (receiver.requests[srid].body["type"],
                     receiver.requests[srid].body["regulation"]) == (kind, regime)
-    for kind in ("rectification", "restriction"):
-        with pytest.raises(UnsupportedRequest):
-            submit(partner, request_type=kind)
+    # A restriction goes as it is; a rectification only with what it corrects.
+    srid = new_subject_request_id()
+    submit(partner, srid, "restriction")
+    assert receiver.requests[srid].body["type"] == "restriction"
+    with pytest.raises(InvalidRequest, match="corrections"):
+        submit(partner, request_type="rectification")
     with pytest.raises(UnsupportedRequest):
         submit(partner, regulation="lgpd")
-    assert sum(receiver.posts.values()) == 12
+    assert sum(receiver.posts.values()) == 13
 
 
 def test_hashed_formats_send_the_digest_of_the_normalized_value_never_the_raw_one(
