@@ -19,7 +19,7 @@ from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
 from dsrflow.identities import Identity, Subject
-from dsrflow.ledger import RequestRecord, StepCounts
+from dsrflow.ledger import RequestRecord, StepCounts, StepWrite
 from dsrflow.model import (
     DELIVERABLE_KIND,
     IDENTITIES_KEY,
@@ -181,8 +181,9 @@ def _do(
         return partners.send(rt, system, members)
     connector = rt.connector(system)
     if action is StepAction.ERASE:
-        keys = {s.request_id: rt.ledger.pseudonymizer(s.request_id) for s in subjects}
-        if isinstance(connector, SqlConnector):  # commits once: it can say so beforehand
+        keys = rt.ledger.pseudonymizers([s.request_id for s in subjects])
+        if isinstance(connector, SqlConnector) and _separate(rt, connector):
+            # It commits once: it can say beforehand what it is about to commit.
             return connector.erase(subjects, scope, keys, prepared=partial(_prepare, rt, system))
         return connector.erase(subjects, scope, keys)
     if action is StepAction.COLLECT:
@@ -221,6 +222,14 @@ def _counts(outcome: Outcome, action: StepAction) -> StepCounts:
     )
 
 
+def _separate(rt: Runtime, connector: SqlConnector) -> bool:
+    """Whether the ledger can be written while the system's erasure holds its transaction:
+    not when both are one SQLite file (SQLite has one writer per file)."""
+    ledger, target = rt.ledger.engine.url, connector.engine.url
+    return not (ledger.get_backend_name() == target.get_backend_name() == "sqlite"
+                and ledger.database == target.database)
+
+
 def _prepare(rt: Runtime, system: str, outcomes: Mapping[str, Outcome]) -> None:
     """Record what an erasure is about to commit (see `Ledger.prepare_steps`)."""
     rt.ledger.prepare_steps(system, StepAction.ERASE.value, {
@@ -237,8 +246,8 @@ def _run_group(
 ) -> list[StepResult]:
     spec = rt.datamap.systems[system]
     kind = spec.kind
-    for member in members:
-        rt.ledger.record_step(member.id, system, kind, action.value, StepStatus.RUNNING)
+    rt.ledger.record_steps(system, kind, action.value,
+                           [StepWrite(m.id, StepStatus.RUNNING) for m in members])
     searched: dict[str, dict[str, int]] = {}
     outcomes: dict[str, Outcome] = {}
     try:
@@ -251,10 +260,10 @@ def _run_group(
         # A request whose identity the system cannot use fails alone; the batch goes on.
         outcomes, failures = run_isolated(work, subjects)
     results = []
+    writes = []
     for member in members:
         if member.id in failures:
-            rt.ledger.record_step(member.id, system, kind, action.value, StepStatus.FAILED,
-                                  error=failures[member.id])
+            writes.append(StepWrite(member.id, StepStatus.FAILED, error=failures[member.id]))
             results.append(StepResult(member.id, system, action, StepStatus.FAILED,
                                       error=failures[member.id]))
             continue
@@ -275,9 +284,10 @@ def _run_group(
             details[RUN_KEY] = run
         if member.id in searched:
             details[SEARCHED_KEY] = searched[member.id]
-        rt.ledger.record_step(member.id, system, kind, action.value, status, counts, error, details)
+        writes.append(StepWrite(member.id, status, counts, error, details))
         results.append(StepResult(member.id, system, action, status, **counts.__dict__,
                                   error=error))
+    rt.ledger.record_steps(system, kind, action.value, writes)  # one transaction
     return results
 
 

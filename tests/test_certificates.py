@@ -379,10 +379,10 @@ def test_a_certificate_issued_again_keeps_when_the_partner_finished(
         real_erase = SqlConnector.erase
         down = sa.exc.OperationalError("DELETE", {}, Exception("no such table: post_tags"))
 
-        def erase(self: SqlConnector, *args: Any) -> Any:
+        def erase(self: SqlConnector, *args: Any, **kwargs: Any) -> Any:
             if database_down:
                 raise down
-            return real_erase(self, *args)
+            return real_erase(self, *args, **kwargs)
 
         database_down = True
         monkeypatch.setattr(SqlConnector, "erase", erase)

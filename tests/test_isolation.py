@@ -73,12 +73,13 @@ def test_a_request_the_system_cannot_serve_fails_alone(
     calls: list[int] = []
     real_erase = SqlConnector.erase
 
-    def erase(self: SqlConnector, subjects: Sequence[Subject], *args: Any) -> Any:
+    def erase(self: SqlConnector, subjects: Sequence[Subject], *args: Any,
+              **kwargs: Any) -> Any:
         calls.append(len(subjects))
         if any(s.request_id == culprit for s in subjects):
             # What a value the system cannot use does (`int('²')`), with the value in it.
             raise ValueError("invalid literal for int() with base 10: 'MARKER-6'")
-        return real_erase(self, subjects, *args)
+        return real_erase(self, subjects, *args, **kwargs)
 
     monkeypatch.setattr(SqlConnector, "erase", erase)
     with pytest.raises(BatchIncomplete, match="1 of 8"):
@@ -109,7 +110,8 @@ def test_a_failure_of_the_system_itself_fails_the_batch_at_once(
     ids = erasures(runtime, w, range(1, 5))
     calls: list[int] = []
 
-    def erase(self: SqlConnector, subjects: Sequence[Subject], *args: Any) -> Any:
+    def erase(self: SqlConnector, subjects: Sequence[Subject], *args: Any,
+              **kwargs: Any) -> Any:
         calls.append(len(subjects))
         raise sa.exc.OperationalError("DELETE", {}, Exception("server closed the connection"))
 

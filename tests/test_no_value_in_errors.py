@@ -206,7 +206,7 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Connector methods that fail as careless code does: the value in the message."""
     issued_for: dict[str, str] = {}
 
-    def erase(self: SqlConnector, subjects: Any, scope: Any, keys: Any) -> Any:
+    def erase(self: SqlConnector, subjects: Any, scope: Any, keys: Any, **_: Any) -> Any:
         raise ValueError(f"bad {[s.values(IdentityType.EMAIL) for s in subjects]}")
 
     def rectify(self: SqlConnector, subject: Any, corrections: dict[str, str]) -> Any:

@@ -1,11 +1,11 @@
 """The ledger: requests, steps and the audit trail (SQLAlchemy; SQLite or PostgreSQL)."""
 
+from dsrflow.ledger.steps import StepCounts, StepWrite
 from dsrflow.ledger.store import (
     ClosedRequest,
     ExtensionRefused,
     Ledger,
     RequestRecord,
-    StepCounts,
     UnknownRequest,
 )
 
@@ -15,5 +15,6 @@ __all__ = [
     "Ledger",
     "RequestRecord",
     "StepCounts",
+    "StepWrite",
     "UnknownRequest",
 ]

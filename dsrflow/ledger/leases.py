@@ -14,20 +14,20 @@ PostgreSQL, and the number of statements does not grow with the batch beyond one
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select, update
 
+from dsrflow.ledger.batches import chunks
 from dsrflow.ledger.schema import requests
 from dsrflow.ledger.times import utc as _utc
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-CHUNK = 500  # ids per IN list
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,6 @@ class Taken:
     granted: list[str]
     held: dict[str, Holder]  # request id -> the other run holding it
 
-
-def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
-    for i in range(0, len(ids), CHUNK):
-        yield list(ids[i:i + CHUNK])
 
 
 class LeasesMixin:
@@ -72,7 +68,7 @@ class LeasesMixin:
         held: dict[str, Holder] = {}
         taken_over: dict[str, str] = {}
         with self.engine.begin() as conn:
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 before = {
                     row.id: (row.lease_owner, row.lease_expires_at)
                     for row in conn.execute(
@@ -123,7 +119,7 @@ class LeasesMixin:
         """Give back the leases `owner` holds on these requests (never another run's)."""
         released = 0
         with self.engine.begin() as conn:
-            for chunk in _chunks(list(request_ids)):
+            for chunk in chunks(list(request_ids)):
                 released += conn.execute(
                     update(requests)
                     .where(requests.c.id.in_(chunk), requests.c.lease_owner == owner)
@@ -149,7 +145,7 @@ class LeasesMixin:
         """Who holds each of these requests (those nobody holds are left out)."""
         found: dict[str, Holder] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(request_ids)):
+            for chunk in chunks(list(request_ids)):
                 for row in conn.execute(
                     select(requests.c.id, requests.c.lease_owner, requests.c.lease_expires_at)
                     .where(requests.c.id.in_(chunk), requests.c.lease_owner.is_not(None))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -38,7 +38,7 @@ from dsrflow.deadlines import CalendarUnavailable, Deadlines
 from dsrflow.errors import safe_error
 from dsrflow.files import private_file
 from dsrflow.identities import Identity, Subject
-from dsrflow.ledger.counts import add_up, add_up_parts, at_least, at_least_parts
+from dsrflow.ledger.batches import chunks
 from dsrflow.ledger.leases import LeasesMixin
 from dsrflow.ledger.schema import (
     audit_events,
@@ -48,19 +48,15 @@ from dsrflow.ledger.schema import (
     requests,
     steps,
 )
+from dsrflow.ledger.steps import StepsMixin
 from dsrflow.ledger.times import utc as _utc
 from dsrflow.model import (
     DEFAULT_PHONE_REGIONS,
     PARTNER_TRANSITIONS,
-    PREPARED_KEY,
-    RUN_KEY,
-    SEARCHED_KEY,
     PartnerStatus,
     Regime,
     RequestType,
     Status,
-    StepAction,
-    StepStatus,
     check_transition,
 )
 from dsrflow.tickets import Rejection, Ticket
@@ -68,7 +64,6 @@ from dsrflow.tickets import Rejection, Ticket
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x647372666C6F77  # "dsrflow": the advisory lock key for migrations
 GENESIS = "0" * 64
-COUNT_COLUMNS = ("found", "deleted", "anonymized", "retained", "remaining")
 
 
 class UnknownRequest(LookupError):
@@ -111,15 +106,6 @@ class RequestRecord:
     def effective_due_at(self) -> datetime | None:
         """The due date that binds now: the extended one, if the request was extended."""
         return self.extended_due_at or self.due_at
-
-
-@dataclass(frozen=True)
-class StepCounts:
-    found: int = 0
-    deleted: int = 0
-    anonymized: int = 0
-    retained: int = 0
-    remaining: int | None = None
 
 
 def now() -> datetime:
@@ -169,13 +155,16 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-class Ledger(LeasesMixin):
+class Ledger(StepsMixin, LeasesMixin):
     def __init__(self, url: str, keyring: Keyring, deadlines: Deadlines | None = None) -> None:
         self.engine = make_engine(url)
         self.keyring = keyring
         self.deadlines = deadlines or Deadlines()
 
     # -- schema -----------------------------------------------------------------------
+    def _now(self) -> datetime:
+        return now()  # looked up when called: tests set the module's clock
+
     def migrate(self) -> None:
         """Bring the schema to head. Several workers may start at once on a new database:
         they take turns (an advisory lock on PostgreSQL, a file lock beside a SQLite file),
@@ -431,26 +420,47 @@ class Ledger(LeasesMixin):
                 )
 
     def pseudonymizer(self, request_id: str) -> Pseudonymizer:
-        """The request's pseudonym key, made on first use and kept (encrypted) until the
-        request closes, so a retried step writes the same pseudonyms."""
+        """The request's pseudonym key (`pseudonymizers` for a batch of one)."""
+        return self.pseudonymizers([request_id])[request_id]
+
+    def pseudonymizers(self, request_ids: Sequence[str]) -> dict[str, Pseudonymizer]:
+        """Each request's pseudonym key, made on first use and kept (encrypted) until the
+        request closes, so a retried step writes the same pseudonyms. One transaction for
+        the batch: the keys it lacks are minted together."""
+        ids = list(dict.fromkeys(request_ids))
+        keys: dict[str, Pseudonymizer] = {}
         with self.engine.begin() as conn:
             # Locked: the systems of a batch ask at the same moment, and must all get the
             # same key, or one person's pseudonyms would differ from system to system.
-            blob = self._locked(conn, requests.c.pseudonym_key_enc, request_id)
-            if blob is None:
-                status = conn.execute(
-                    select(requests.c.status).where(requests.c.id == request_id)
-                ).scalar_one()
-                if not Status(status).is_open:
-                    raise ClosedRequest(f"request {request_id} is {status}: its key is gone")
+            rows = {}
+            for chunk in chunks(ids):
+                for found in conn.execute(
+                    select(requests.c.id, requests.c.status, requests.c.pseudonym_key_enc)
+                    .where(requests.c.id.in_(chunk)).with_for_update()
+                ):
+                    rows[found.id] = found
+            minted = []
+            for rid in ids:
+                row = rows.get(rid)
+                if row is None:
+                    raise UnknownRequest(f"no request {rid}")
+                if row.pseudonym_key_enc is not None:
+                    keys[rid] = Pseudonymizer(
+                        self.keyring.decrypt(row.pseudonym_key_enc, rid + ":pn"))
+                    continue
+                if not Status(row.status).is_open:
+                    raise ClosedRequest(f"request {rid} is {row.status}: its key is gone")
                 key = new_key()
+                keys[rid] = Pseudonymizer(key)
+                minted.append({"_rid": rid,
+                               "_key": self.keyring.encrypt(key, rid + ":pn")})
+            if minted:
                 conn.execute(
-                    update(requests)
-                    .where(requests.c.id == request_id)
-                    .values(pseudonym_key_enc=self.keyring.encrypt(key, request_id + ":pn"))
+                    update(requests).where(requests.c.id == bindparam("_rid"))
+                    .values(pseudonym_key_enc=bindparam("_key")),
+                    minted,
                 )
-                return Pseudonymizer(key)
-        return Pseudonymizer(self.keyring.decrypt(blob, request_id + ":pn"))
+        return keys
 
     def _locked(self, conn: Connection, column: Any, request_id: str) -> Any:
         """One column of a request's row, locked until the transaction ends."""
@@ -672,131 +682,6 @@ class Ledger(LeasesMixin):
         return new_due
 
     # -- steps ------------------------------------------------------------------------
-    def record_step(
-        self,
-        request_id: str,
-        system: str,
-        kind: str,
-        action: str,
-        status: StepStatus,
-        counts: StepCounts | None = None,
-        error: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        """Record a step's progress or outcome (one row per request × system × action).
-
-        A step that had succeeded keeps the record of its success through a rerun that
-        finds nothing more to do there (a partner that had already answered): its finish
-        time, what it recorded (a partner's confirmation, the run that did the work) and
-        its counts stay, so a certificate issued again says when that system really
-        finished. Whatever the rerun does report (counts, parts, a new certificate file) is
-        recorded as the step's outcome, at the rerun's time."""
-        stamp = now()
-        key = (
-            (steps.c.request_id == request_id)
-            & (steps.c.system == system)
-            & (steps.c.action == action)
-        )
-        with self.engine.begin() as conn:
-            found = conn.execute(select(steps).where(key)).one_or_none()
-            succeeded = found is not None and _had_succeeded(found.status, found.finished_at)
-            kept = (status is StepStatus.SUCCEEDED and succeeded
-                    and _reports_no_work(counts, error, details))
-            values: dict[str, Any] = {"kind": kind, "status": status.value, "error": error}
-            adds_up = action == StepAction.ERASE.value and found is not None
-            if status is StepStatus.RUNNING:
-                values.update(started_at=stamp, attempts=steps.c.attempts + 1)
-                if not succeeded:
-                    # A success's finish time and details wait for what the rerun reports:
-                    # `_had_succeeded` reads them as the mark of a rerun over a success.
-                    # An erasure's parts stay: what earlier attempts did is added to.
-                    values.update(finished_at=None)
-                    if not adds_up:
-                        values.update(details=None)
-            elif not kept:
-                if adds_up:
-                    assert found is not None
-                    prepared = (found.details or {}).get(PREPARED_KEY)
-                    if prepared and counts is not None:
-                        # An attempt was killed after preparing: the rerun and it, as one.
-                        counts = StepCounts(**at_least(prepared["counts"], counts.__dict__))
-                        details = at_least_parts(prepared["parts"], details)
-                    details = add_up_parts(found.details, details)
-                    if counts is not None:
-                        before = {c: found._mapping[c] for c in COUNT_COLUMNS}
-                        counts = StepCounts(**add_up(before, counts.__dict__))
-                values.update(details=details, finished_at=stamp)
-                if counts is not None:
-                    values.update(
-                        found=counts.found,
-                        deleted=counts.deleted,
-                        anonymized=counts.anonymized,
-                        retained=counts.retained,
-                        remaining=counts.remaining,
-                    )
-            if found is None:
-                if status is StepStatus.RUNNING:
-                    values["attempts"] = 1
-                conn.execute(
-                    insert(steps).values(
-                        request_id=request_id, system=system, action=action, **values
-                    )
-                )
-            else:
-                conn.execute(update(steps).where(key).values(values))
-            self._audit(
-                conn, f"step.{status.value}", request_id,
-                {"system": system, "action": action, "error": error,
-                 "counts": counts.__dict__ if counts else None,
-                 **({"kept": "the earlier success"} if kept else {})},
-            )
-
-    def prepare_steps(
-        self, system: str, action: str,
-        prepared: Mapping[str, tuple[StepCounts, dict[str, Any]]],
-    ) -> None:
-        """What an erasure is about to commit, per request (counts and parts), kept in its
-        running step until the outcome is recorded: a run killed in between leaves it, and
-        the rerun's counts are read against it (`dsrflow.ledger.counts.at_least`). An
-        earlier interrupted attempt's figures are kept where larger. One transaction for
-        the batch; one audit entry."""
-        if not prepared:
-            return
-        with self.engine.begin() as conn:
-            rows = {
-                row.request_id: row.details
-                for row in conn.execute(
-                    select(steps.c.request_id, steps.c.details).where(
-                        steps.c.request_id.in_(list(prepared)), steps.c.system == system,
-                        steps.c.action == action,
-                        steps.c.status == StepStatus.RUNNING.value,
-                    )
-                )
-            }
-            updates = []
-            for rid, (counts, parts) in prepared.items():
-                if rid not in rows:
-                    continue
-                details = dict(rows[rid] or {})
-                earlier = details.get(PREPARED_KEY) or {"counts": {}, "parts": {}}
-                details[PREPARED_KEY] = {
-                    "counts": at_least(earlier["counts"], counts.__dict__),
-                    "parts": at_least_parts(earlier["parts"], parts),
-                }
-                updates.append({"_rid": rid, "_details": details})
-            if updates:
-                conn.execute(
-                    update(steps).where(
-                        steps.c.request_id == bindparam("_rid"), steps.c.system == system,
-                        steps.c.action == action,
-                    ).values(details=bindparam("_details")),
-                    updates,
-                )
-                self._audit(conn, "step.prepared", None, {
-                    "system": system, "action": action,
-                    "requests": [u["_rid"] for u in updates],
-                })
-
     def steps(self, request_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         query = select(steps).order_by(steps.c.request_id, steps.c.system, steps.c.id)
         if request_ids is not None:
@@ -933,27 +818,6 @@ class Ledger(LeasesMixin):
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(requests)).scalar_one())
-
-
-def _had_succeeded(status: str, finished_at: datetime | None) -> bool:
-    """Whether a step's last outcome was a success: it is `succeeded`, or running again
-    after one (a rerun keeps the finish time of the success it runs over, and only then
-    does a running step have one)."""
-    return status == StepStatus.SUCCEEDED.value or (
-        status == StepStatus.RUNNING.value and finished_at is not None
-    )
-
-
-def _reports_no_work(
-    counts: StepCounts | None, error: str | None, details: dict[str, Any] | None
-) -> bool:
-    """An outcome with nothing in it: no counts (a verification's `remaining` is a count),
-    no error, no details but the run that recorded it and what it searched for."""
-    return (
-        counts in (None, StepCounts())
-        and error is None
-        and not set(details or {}) - {RUN_KEY, SEARCHED_KEY}
-    )
 
 
 def _record(row: Any) -> RequestRecord:
