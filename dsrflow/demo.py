@@ -139,20 +139,26 @@ def _partners_answer(runtime: Any, partner: Any, console: Console) -> None:
     """The partners do their part: the reference OpenDSR partner finishes and calls back
     (real HTTP, signed); a person confirms the manual partner for all but one request,
     which is left waiting to show what that looks like."""
-    from dsrflow.model import PARTNER_WAITING
+    from dsrflow.model import PARTNER_WAITING, PartnerStatus
     from tasks import partners
 
     waiting = runtime.ledger.partner_requests(statuses=sorted(PARTNER_WAITING))
+    sent = [row for row in waiting if row["system"] == "adnet"
+            and row["status"] != PartnerStatus.AWAITING_CONFIRMATION]
+    for row in sent:
+        partner.complete(row["subject_request_id"])  # its signed callback lands here
+    # What OpenDSR cannot carry (a rectification, a restriction) a person asked adnet for.
     for row in waiting:
-        if row["system"] == "adnet":
-            partner.complete(row["subject_request_id"])  # its signed callback lands here
+        if row["system"] == "adnet" and row not in sent:
+            partners.confirm(runtime, row["request_id"], "adnet", by="demo-operator",
+                             reference=f"AD-{row['subject_request_id'][:8]}")
     manual = [row for row in waiting if row["system"] == "courier"]
     for row in manual[:-1]:
         partners.confirm(runtime, row["request_id"], "courier", by="demo-operator",
                          reference=f"CR-{row['subject_request_id'][:8]}")
     console.print(
-        f"Partners: adnet (OpenDSR) finished {sum(r['system'] == 'adnet' for r in waiting)} "
-        f"requests and called back; courier (manual) confirmed {max(len(manual) - 1, 0)}."
+        f"Partners: adnet (OpenDSR) finished {len(sent)} requests and called back; "
+        f"courier (manual) confirmed {max(len(manual) - 1, 0)}."
     )
     if manual:
         # The last one shows what waiting looks like, then a person confirms it, as they

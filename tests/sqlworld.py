@@ -319,3 +319,30 @@ def snapshot(
                 for row in conn.execute(sa.select(table))
             }
     return out
+
+
+def total_rows(url: str) -> int:
+    """Every row of every table: what left the database is the difference of two counts."""
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        total = sum(int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+                    for t in metadata.tables.values())
+    engine.dispose()
+    return total
+
+
+def deleted_as_recorded(steps: list[dict[str, Any]], system: str = "db") -> tuple[int, int]:
+    """What the ledger's erase steps and the signed certificates say was deleted in
+    `system`, summed over the requests."""
+    import json
+    from pathlib import Path
+
+    ledger = sum(int(s["deleted"]) for s in steps if (s["system"], s["action"]) == (system,
+                                                                                      "erase"))
+    certified = 0
+    for step in steps:
+        if step["action"] == "certify":
+            document = json.loads(Path(step["details"]["path"]).read_text())
+            [entry] = [s for s in document["certificate"]["systems"] if s["system"] == system]
+            certified += int(entry["erase"]["deleted"])
+    return ledger, certified

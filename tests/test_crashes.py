@@ -58,15 +58,6 @@ def _setup(tmp_path: Path, partner: ReferencePartner) -> tuple[Path, str]:
     return cli_config(tmp_path, doc), url
 
 
-def _total_rows(url: str) -> int:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        total = sum(int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
-                    for t in sqlworld.metadata.tables.values())
-    engine.dispose()
-    return total
-
-
 @pytest.mark.parametrize(
     "point", ["after-gate", "before-commit", "after-commit", "after-post", "before-close"]
 )
@@ -88,7 +79,7 @@ def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
         ids = [submit(rt.ledger, rt.datamap, ticket(
             f"K-{uid}", "erasure", [{"type": "email", "value": emails[uid]}])).request_id
             for uid in UIDS]
-        before = _total_rows(url)
+        before = sqlworld.total_rows(url)
 
         env = {k: v for k, v in os.environ.items()
                if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
@@ -118,16 +109,12 @@ def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
             srid = str(row["subject_request_id"])
             assert partner.posts[srid] == 1 and partner.distinct_requests(srid) == 1, point
         assert all(s["attempts"] <= 2 for s in steps)
-        deleted = sum(int(s["deleted"]) for s in steps
-                      if (s["system"], s["action"]) == ("db", "erase"))
-        certified = 0
         for step in steps:
             if step["action"] == "certify":
                 document = json.loads(Path(step["details"]["path"]).read_text())
-                [db] = [s for s in document["certificate"]["systems"] if s["system"] == "db"]
-                certified += int(db["erase"]["deleted"])
                 assert document["certificate"]["outcome"]["status"] == "complete"
-        gone = before - _total_rows(url)
+        deleted, certified = sqlworld.deleted_as_recorded(steps)
+        gone = before - sqlworld.total_rows(url)
         assert gone > 0 and deleted == gone and certified == gone, (point, gone, deleted)
     finally:
         set_runtime(previous)

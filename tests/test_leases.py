@@ -122,7 +122,7 @@ def test_two_runs_at_once_on_one_config_do_every_step_once(tmp_path: Path) -> No
                                           [{"type": "user_id", "value": str(uid)}])))
         subprocess.run([*dsrflow, "submit", str(path), "--config", str(config)], env=env,
                        check=True, capture_output=True, cwd=tmp_path)
-    before = _total_rows(url)
+    before = sqlworld.total_rows(url)
 
     runs = [subprocess.Popen([*dsrflow, "run", "--config", str(config)], env=env,
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -143,24 +143,8 @@ def test_two_runs_at_once_on_one_config_do_every_step_once(tmp_path: Path) -> No
         assert steps and all(s["attempts"] == 1 for s in steps
                              if s["action"] != "resolve"), [
             (s["system"], s["action"], s["status"], s["attempts"]) for s in steps]
-        deleted = sum(int(s["deleted"]) for s in steps
-                      if (s["system"], s["action"]) == ("db", "erase"))
-        certified = 0
-        for step in steps:
-            if step["action"] == "certify":
-                document = json.loads(Path(step["details"]["path"]).read_text())
-                [db] = [s for s in document["certificate"]["systems"] if s["system"] == "db"]
-                certified += int(db["erase"]["deleted"])
+        deleted, certified = sqlworld.deleted_as_recorded(steps)
     finally:
         rt.close()
-    gone = before - _total_rows(url)
+    gone = before - sqlworld.total_rows(url)
     assert gone > 0 and deleted == gone and certified == gone
-
-
-def _total_rows(url: str) -> int:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        total = sum(int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
-                    for t in sqlworld.metadata.tables.values())
-    engine.dispose()
-    return total

@@ -4,7 +4,7 @@ in `PROTOCOLS`, is handed requests once, polled, and closes them, with no other 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 
 from connectors import partners as registry
-from connectors.partner import Acknowledgement, Answer, PartnerRejected
+from connectors.partner import Acknowledgement, Answer, Correction, PartnerRejected
 from dsrflow.datamap import PartnerSystem
 from dsrflow.identities import Subject
 from dsrflow.intake import submit
@@ -44,7 +44,8 @@ class TicketProcessor:
 
     def hand_over(self, subject: Subject, request_type: str, regime: str,
                   subject_request_id: str, callback_url: str | None, *,
-                  submitted_time: datetime | None = None) -> Acknowledgement:
+                  submitted_time: datetime | None = None,
+                  corrections: Sequence[Correction] = ()) -> Acknowledgement:
         self.opened.append(subject_request_id)
         self.tickets.setdefault(subject_request_id, "in_progress")
         return Acknowledgement(PartnerStatus.SUBMITTED, reference=f"T-{len(self.opened)}")
