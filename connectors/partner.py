@@ -1,10 +1,11 @@
 """What every partner protocol shares, and the one contract they all keep.
 
 A partner is a third party the app shares data with (privacy policy 4.1/4.2): every
-erasure, cancellation and access request that concerns it is handed to it, once. How
+erasure, cancellation, access, rectification and restriction that concerns it is handed to
+it, once. How
 depends on its `protocol:` in the data map, and each protocol is one module implementing
 `Partner` (`connectors/opendsr.py`, `connectors/webhook.py`, `connectors/manual.py`),
-registered in `PROTOCOLS` (`connectors/partner_registry.py`). The flow (`tasks/partners.py`)
+registered in `PROTOCOLS` (`connectors/partners.py`). The flow (`tasks/partners.py`)
 knows only this contract:
 
 - `hand_over(...)` gives the partner one request under the id dsrflow committed before

@@ -110,11 +110,13 @@ def corrections_for(rt: Runtime, spec: PartnerSystem, request_id: str) -> list[C
 def _record(rt: Runtime, system: str, request_id: str, ack: Acknowledgement) -> bool:
     """The acknowledgement, in the ledger (compare-and-set); False if the request had
     moved on meanwhile."""
-    kept: dict[str, Any] = {k: v for k, v in (("regulation_sent", ack.regulation),
-                              ("controller_id", ack.controller_id),
-                              ("reference", ack.reference),
-                              ("expected_completion_at", ack.expected_completion_at))
-            if v is not None}
+    given = {
+        "regulation_sent": ack.regulation,
+        "controller_id": ack.controller_id,
+        "reference": ack.reference,
+        "expected_completion_at": ack.expected_completion_at,
+    }
+    kept: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     return rt.ledger.update_partner(request_id, system, ack.state, error=None, **kept)
 
 
@@ -155,11 +157,14 @@ def _as_recorded(
     elif state is PartnerStatus.AWAITING_CONFIRMATION:
         assert member.type is not None
         contact = rt.partner(system).system.contact
-        outcome.pending = (
-            f"{system} acknowledged (reference {row['reference']}) and will report back: "
-            "confirm when it does" if row["reference"] or not contact
-            else f"ask {contact} to carry out the {member.type.value} and confirm it"
-        )
+        if row["reference"]:
+            outcome.pending = (f"{system} acknowledged (reference {row['reference']}) and "
+                               "will report back: confirm when it does")
+        elif contact:
+            outcome.pending = f"ask {contact} to carry out the {member.type.value} and confirm it"
+        else:
+            outcome.pending = (f"a person asks {system} to carry out the "
+                               f"{member.type.value}, and confirms it")
     else:
         outcome.pending = _waiting(system, row["expected_completion_at"])
 
