@@ -324,8 +324,9 @@ def open_requests(rt: Runtime, request_ids: Sequence[str], *, owner: str) -> Gat
     }
     ready, idle = [], []
     for record in rt.ledger.get_many(taken.granted):
-        if record.status in RUNNABLE:
-            rt.ledger.transition(record.id, Status.IN_PROGRESS)
+        if record.status in RUNNABLE and rt.ledger.transition(
+            record.id, Status.IN_PROGRESS, expect=RUNNABLE
+        ):
             ready.append(record.id)
         else:
             idle.append(record.id)
@@ -491,7 +492,9 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:
         else:
             target = Status.FAILED
             reason = "; ".join(f"{s['system']} {s['action']}: {s['error']}" for s in failed)
-        rt.ledger.transition(rid, target, reason)
+        if not rt.ledger.transition(rid, target, reason,
+                                    expect=frozenset({Status.IN_PROGRESS})):
+            target = rt.ledger.get(rid).status  # closed meanwhile (a callback): as it is
         final[rid] = target
         if target is not Status.COMPLETED and rid not in troubled:
             troubled.append(rid)

@@ -840,3 +840,24 @@ def test_an_erasure_killed_around_its_commit_is_counted_once(
     assert step["details"]["posts"]["deleted"] == 5
     assert "_prepared" not in step["details"]
     assert ledger.verify_audit_chain() is None
+
+
+def test_a_transition_that_lost_the_race_changes_nothing_and_is_on_record(
+    ledger: Ledger,
+) -> None:
+    """A run closes a request as partial while a partner's callback closes it as complete:
+    whichever comes second finds it closed, changes nothing, and the audit trail says so."""
+    request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
+    run_to(ledger, request_id, Status.IN_PROGRESS)
+    open_ = frozenset({Status.IN_PROGRESS})
+    assert ledger.transition(request_id, Status.PARTIALLY_COMPLETED, "db failed", expect=open_)
+    assert not ledger.transition(request_id, Status.COMPLETED, expect=open_)
+    record = ledger.get(request_id)
+    assert (record.status, record.reason) == (Status.PARTIALLY_COMPLETED, "db failed")
+    with ledger.engine.connect() as conn:
+        events = [r.event for r in conn.execute(
+            sa.select(audit_events.c.event).where(audit_events.c.request_id == request_id))]
+    assert events[-1] == "request.status_lost"
+    # The same target again is no race: it is already there.
+    assert ledger.transition(request_id, Status.PARTIALLY_COMPLETED, expect=open_)
+    assert ledger.verify_audit_chain() is None

@@ -473,14 +473,27 @@ class Ledger(StepsMixin, LeasesMixin):
 
     # -- status -----------------------------------------------------------------------
     def transition(
-        self, request_id: str, target: Status, reason: str | None = None, **values: Any
-    ) -> None:
+        self, request_id: str, target: Status, reason: str | None = None,
+        expect: frozenset[Status] | None = None, **values: Any,
+    ) -> bool:
         """Move a request to `target`. `reason` explains the new status, and only it: a
         transition without one clears the old reason, so a request that completes on a rerun
-        does not go on showing the failure that made the rerun necessary."""
+        does not go on showing the failure that made the rerun necessary.
+
+        `expect` names the states the caller means to move it from: if the request has
+        moved on meanwhile (a callback closed it while a run was closing it too), nothing
+        changes, the lost write is on record in the audit trail, and the answer is False.
+        Without `expect`, a transition the table does not allow raises `InvalidTransition`."""
         with self.engine.begin() as conn:
             current = Status(self._locked(conn, requests.c.status, request_id))
+            if expect is not None and current not in expect and current is not target:
+                self._audit(conn, "request.status_lost", request_id, {
+                    "to": target.value, "found": current.value,
+                    "expected": sorted(s.value for s in expect),
+                })
+                return False
             self._transition(conn, request_id, current, target, reason, values)
+        return True
 
     def _transition(
         self, conn: Connection, request_id: str, current: Status, target: Status,
