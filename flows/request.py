@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 
 from dsrflow.errors import raises_safely
 from flows.runners import SettingsTaskRunner
-from tasks.leases import holding
+from tasks.leases import Hold, holding
 from tasks.monitoring import RunProgress, tag_run
 from tasks.requests import (
     Closed,
@@ -78,11 +78,13 @@ def _process(request_ids: list[str]) -> dict[str, str]:
     outcome = {rid: reason for rid, reason in gate.held.items()}
     if not gate.ready:
         return outcome
-    with holding(get_runtime(), owner, gate.ready):
-        closed = _work(gate.ready)
+    with holding(get_runtime(), owner, gate.ready) as hold:
+        closed = _work(hold)
     publish_results(request_ids)
 
     outcome.update({rid: status.value for rid, status in closed.statuses.items()})
+    for rid in hold.lost():  # a stalled run: another one took these over
+        outcome.setdefault(rid, "taken over by another run (this run's lease ran out)")
     if closed.unfinished:
         raise BatchIncomplete(
             f"{len(closed.unfinished)} of {len(closed.statuses)} requests did not complete: "
@@ -91,29 +93,30 @@ def _process(request_ids: list[str]) -> dict[str, str]:
     return outcome
 
 
-def _work(request_ids: list[str]) -> Closed:
-    tag_run(request_ids)
-    resolve_identities(request_ids)
-    plan = plan_systems(request_ids)
+def _work(hold: Hold) -> Closed:
+    """The batch's work; each step goes only to the requests the run still holds."""
+    tag_run(hold.request_ids)
+    resolve_identities(hold.still(hold.request_ids))
+    plan = plan_systems(hold.still(hold.request_ids))
     settings = get_runtime().settings
     retry = {"retries": settings.task_retries, "retry_delay_seconds": settings.task_retry_delays}
     progress = RunProgress(sum(len(w) for w in plan.waves) + len(plan.verify))
 
     for wave in plan.waves:
         applied = {
-            apply_to_system.with_options(**retry).submit(system, ids): system  # type: ignore[arg-type]
-            for system, ids in wave.items()
+            apply_to_system.with_options(**retry).submit(system, held): system  # type: ignore[arg-type]
+            for system, ids in wave.items() if (held := hold.still(ids))
         }
         for done in as_completed(list(applied)):
             progress.advance(applied[done])
 
     # Verification runs whether or not the erasure reported success: it is the proof.
     verified = {
-        verify_system.with_options(**retry).submit(system, ids): system  # type: ignore[arg-type]
-        for system, ids in plan.verify.items()
+        verify_system.with_options(**retry).submit(system, held): system  # type: ignore[arg-type]
+        for system, ids in plan.verify.items() if (held := hold.still(ids))
     }
     for done in as_completed(list(verified)):
         progress.advance(f"verification of {verified[done]}")
 
-    deliver_results(request_ids)
-    return close_requests(request_ids)
+    deliver_results(hold.still(hold.request_ids))
+    return close_requests(hold.still(hold.request_ids))

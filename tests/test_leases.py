@@ -99,6 +99,26 @@ def test_a_run_skips_what_another_run_holds_and_says_which(runtime: Runtime) -> 
     assert runtime.ledger.lease_holders(ids) == {}
 
 
+def test_a_run_whose_lease_ran_out_stops_working_on_what_another_took_over(
+    runtime: Runtime,
+) -> None:
+    """A run stalled past its leases' life (a paused machine): another run took one of its
+    requests over. Its next renewal finds out, and it goes on with the others only."""
+    from tasks.leases import Hold
+
+    ids = [submit(runtime.ledger, runtime.datamap, ticket(
+        f"H-{uid}", "erasure", [{"type": "user_id", "value": str(uid)}])).request_id
+        for uid in (1, 2)]
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    runtime.ledger.take_leases(ids, "stalled-run", TTL, at=an_hour_ago)
+    hold = Hold(runtime, "stalled-run", ids)
+    assert hold.still(ids) == ids
+    assert runtime.ledger.take_leases(ids[:1], "new-run", TTL).granted == ids[:1]
+    hold.renew()
+    assert hold.still(ids) == ids[1:] and hold.lost() == ids[:1]
+    assert runtime.ledger.lease_holders(ids)[ids[1]].expires_at > datetime.now(UTC)
+
+
 # -- two `dsrflow run` at once ----------------------------------------------------------------
 def test_two_runs_at_once_on_one_config_do_every_step_once(tmp_path: Path) -> None:
     """The operator's run next to a scheduled one: both `dsrflow run` on the same settings
