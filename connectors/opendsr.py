@@ -134,7 +134,6 @@ REQUEST_TYPE_MAP = {
 REGULATION_MAP = {"gdpr": "gdpr", "ccpa": "ccpa", "pipl": "gdpr", "uk_gdpr": "gdpr"}
 
 
-
 # -- errors ----------------------------------------------------------------------------------
 # Every error the OpenDSR connector raises is a partner error (`connectors.partner`).
 OpenDsrError = PartnerError

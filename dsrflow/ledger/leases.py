@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 
-
 @dataclass(frozen=True)
 class Holder:
     """Who holds a request this run could not take, and until when."""
@@ -42,7 +41,6 @@ class Holder:
 class Taken:
     granted: list[str]
     held: dict[str, Holder]  # request id -> the other run holding it
-
 
 
 class LeasesMixin:
