@@ -163,10 +163,15 @@ class ObjectsConnector:
         subjects: Sequence[Subject],
         scope: Scope,
         pseudonymizers: Mapping[str, Pseudonymizer],
+        prepared: Callable[[Mapping[str, Outcome]], None] | None = None,
     ) -> dict[str, Outcome]:
+        """Delete what the batch owns in every bucket in scope (a retained object keeps its
+        held versions). Every bucket is planned first; `prepared`, if given, is told the
+        outcomes before the first deletion (to record them where a crash part-way cannot
+        lose them); if it raises, nothing is deleted."""
         del pseudonymizers  # objects are deleted or retained whole, never pseudonymized
         outcomes = {s.request_id: Outcome() for s in subjects}
-        failures: list[str] = []
+        plans: list[tuple[str, list[dict[str, str]], list[dict[str, str]]]] = []
         for bucket_name, bucket in self._in_scope(scope, subjects):
             state = self._state(bucket_name)
             found = self._find(bucket_name, bucket, subjects, state)
@@ -189,20 +194,10 @@ class ObjectsConnector:
                 if obj.current() is not None or not any(e.is_latest for e in obj.entries):
                     markers.append({"Key": obj.key})  # keep the retained version out of sight
             statements = []
-            errors: Counter[str] = Counter()
             if removals:
-                errors += self._delete(bucket_name, removals)
                 statements.append(_op_hash("delete_objects", bucket_name))
             if markers:
-                errors += self._delete(bucket_name, markers)
                 statements.append(_op_hash("delete_objects(delete marker)", bucket_name))
-            if errors:
-                total = sum(errors.values())
-                codes = ", ".join(f"{code} x{n}" for code, n in sorted(errors.items()))
-                failures.append(
-                    f"systems.{self.name}.buckets.{bucket_name}: delete_objects refused "
-                    f"{total} of {len(removals) + len(markers)} object versions ({codes})"
-                )
             for rid, outcome in outcomes.items():
                 part = outcome.part(bucket_name)
                 mine = [obj.key for obj in found.values() if rid in obj.owners]
@@ -212,6 +207,23 @@ class ObjectsConnector:
                 part.retain_reasons = sorted({r for key in mine for r in retained.get(key, [])})
                 if mine:
                     part.statements = list(statements)
+            plans.append((bucket_name, removals, markers))
+        if prepared is not None:
+            prepared(outcomes)
+        failures: list[str] = []
+        for bucket_name, removals, markers in plans:
+            errors: Counter[str] = Counter()
+            if removals:
+                errors += self._delete(bucket_name, removals)
+            if markers:
+                errors += self._delete(bucket_name, markers)
+            if errors:
+                total = sum(errors.values())
+                codes = ", ".join(f"{code} x{n}" for code, n in sorted(errors.items()))
+                failures.append(
+                    f"systems.{self.name}.buckets.{bucket_name}: delete_objects refused "
+                    f"{total} of {len(removals) + len(markers)} object versions ({codes})"
+                )
         if failures:
             # Raised after every bucket was attempted: a retry only redoes what failed.
             raise ObjectsError("; ".join(failures))

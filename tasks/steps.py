@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from connectors.base import Outcome, Scope
+from connectors.objects import ObjectsConnector
 from connectors.sql import Discovery, SqlConnector
 from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
@@ -182,9 +183,13 @@ def _do(
     connector = rt.connector(system)
     if action is StepAction.ERASE:
         keys = rt.ledger.pseudonymizers([s.request_id for s in subjects])
+        # These say what they are about to do before doing it (SQL: before its commit;
+        # objects: before the first deletion), so a run killed in between is counted.
+        prepared = partial(_prepare, rt, system)
         if isinstance(connector, SqlConnector) and _separate(rt, connector):
-            # It commits once: it can say beforehand what it is about to commit.
-            return connector.erase(subjects, scope, keys, prepared=partial(_prepare, rt, system))
+            return connector.erase(subjects, scope, keys, prepared=prepared)
+        if isinstance(connector, ObjectsConnector):
+            return connector.erase(subjects, scope, keys, prepared=prepared)
         return connector.erase(subjects, scope, keys)
     if action is StepAction.COLLECT:
         collected = connector.collect(subjects, scope)

@@ -5,7 +5,7 @@ Points: `after-gate` (leases taken, requests in progress, nothing done), `before
 (the SQL erasure prepared and recorded as such, not committed), `after-commit` (the rows
 are gone, the ledger does not know), `after-post` (the partner has the request, the ledger
 does not know), `before-close` (everything done and certified, the requests not yet
-closed).
+closed), `after-objects` (the bucket's objects deleted, the ledger not told).
 """
 
 from __future__ import annotations
@@ -53,6 +53,16 @@ def arm(point: str) -> None:
             _die()
 
         SqlConnector.erase = erase_then_die  # type: ignore[method-assign]
+    elif point == "after-objects":
+        from connectors.objects import ObjectsConnector
+
+        real_objects_erase = ObjectsConnector.erase
+
+        def objects_then_die(self: ObjectsConnector, *args: Any, **kwargs: Any) -> Any:
+            real_objects_erase(self, *args, **kwargs)
+            _die()
+
+        ObjectsConnector.erase = objects_then_die  # type: ignore[method-assign]
     elif point == "after-post":
         from connectors.opendsr import OpenDsrPartner
 

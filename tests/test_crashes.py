@@ -3,7 +3,7 @@ Prefect server), then the recovery a production install does on its own: the dea
 leases expire, `resume-requests` takes the requests over, the partner's answer is checked.
 Each ends with every request completed, the partner asked once per request, every step
 done once more at most, and the ledger's and the certificates' counts equal to the rows
-that left the database."""
+that left the database and the objects that left the bucket (S3 on moto)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import sqlalchemy as sa
 
@@ -31,6 +32,9 @@ from tests import sqlworld
 from tests.helpers import cli_config, ticket
 
 UIDS = [1, 2]
+BUCKET = "crash-uploads"
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+       "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture
@@ -39,7 +43,27 @@ def partner() -> Iterator[ReferencePartner]:
         yield running
 
 
-def _setup(tmp_path: Path, partner: ReferencePartner) -> tuple[Path, str]:
+def _objects(endpoint: str) -> int:
+    s3 = boto3.client("s3", endpoint_url=endpoint, **_aws())
+    return len(s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
+
+
+def _aws() -> dict[str, str]:
+    return {"aws_access_key_id": AWS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": AWS["AWS_SECRET_ACCESS_KEY"],
+            "region_name": AWS["AWS_DEFAULT_REGION"]}
+
+
+def _setup(tmp_path: Path, partner: ReferencePartner, endpoint: str) -> tuple[Path, str]:
+    s3 = boto3.client("s3", endpoint_url=endpoint, **_aws())
+    if BUCKET in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        for obj in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+            s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    else:
+        s3.create_bucket(Bucket=BUCKET)
+    for uid in range(1, 6):  # two uploads each
+        for n in range(2):
+            s3.put_object(Bucket=BUCKET, Key=f"uploads/{uid}/{n}.jpg", Body=b"x")
     _, url = sqlworld.sqlite_world(tmp_path, 12, 5)
     engine = sa.create_engine(url)
     with engine.begin() as conn:  # a follow between the two would be one row, two owners
@@ -55,16 +79,23 @@ def _setup(tmp_path: Path, partner: ReferencePartner) -> tuple[Path, str]:
         "identities": [{"type": "email", "format": "sha256"}],
         "callback_domains": [partner.domain],
     }
+    doc["systems"]["media"] = {"kind": "objects", "endpoint_url": endpoint, "buckets": {
+        BUCKET: {"category": "media", "action": "delete",
+                 "ownership": [{"key_template": "uploads/{user_id}/"}]}}}
     return cli_config(tmp_path, doc), url
 
 
 @pytest.mark.parametrize(
-    "point", ["after-gate", "before-commit", "after-commit", "after-post", "before-close"]
+    "point", ["after-gate", "before-commit", "after-commit", "after-objects", "after-post",
+              "before-close"]
 )
 def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
     point: str, tmp_path: Path, partner: ReferencePartner, prefect_server: list[Path],
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config, url = _setup(tmp_path, partner)
+    for key, value in AWS.items():
+        monkeypatch.setenv(key, value)
+    config, url = _setup(tmp_path, partner, s3_endpoint)
     rt = Runtime(load_settings(config))
     previous = set_runtime(rt)
     try:
@@ -80,6 +111,7 @@ def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
             f"K-{uid}", "erasure", [{"type": "email", "value": emails[uid]}])).request_id
             for uid in UIDS]
         before = sqlworld.total_rows(url)
+        objects_before = _objects(s3_endpoint)
 
         env = {k: v for k, v in os.environ.items()
                if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
@@ -116,6 +148,10 @@ def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
         deleted, certified = sqlworld.deleted_as_recorded(steps)
         gone = before - sqlworld.total_rows(url)
         assert gone > 0 and deleted == gone and certified == gone, (point, gone, deleted)
+        deleted, certified = sqlworld.deleted_as_recorded(steps, "media")
+        gone = objects_before - _objects(s3_endpoint)
+        assert gone == 2 * len(UIDS) and deleted == gone and certified == gone, (
+            point, gone, deleted, certified)
     finally:
         set_runtime(previous)
         rt.close()
