@@ -24,9 +24,10 @@ from moto import mock_aws
 
 import connectors.logs as logs
 from connectors.logs import LogsConnector, LogsError
-from dsrflow.crypto import Pseudonymizer, is_pseudonym, new_key
+from dsrflow.crypto import is_pseudonym
 from dsrflow.datamap import LogsSystem, parse_datamap
 from dsrflow.identities import Identity, IdentityType, Subject
+from tests.logfiles import keys_for, write
 
 ZHANG = {"email": "zhang.wei@example.com", "phone": "+8613800138000", "user_id": "12"}
 WANG = {"email": "wang.fang@example.org", "phone": "+8615012345678", "user_id": "123"}
@@ -49,10 +50,6 @@ def subject(rid: str, person: dict[str, str], region: str | None = "CN", **extra
     )
 
 
-def keys_for(*subjects: Subject) -> dict[str, Pseudonymizer]:
-    return {s.request_id: Pseudonymizer(new_key()) for s in subjects}
-
-
 def connector(base: Path, sources: dict[str, Any] | None = None, client: Any = None,
               **system: Any) -> LogsConnector:
     spec = LogsSystem.model_validate(
@@ -60,16 +57,6 @@ def connector(base: Path, sources: dict[str, Any] | None = None, client: Any = N
     )
     return LogsConnector("applogs", spec, base_dir=base, state_dir=base / ".state",
                          client=client)
-
-
-def write(path: Path, lines: list[str], newline_at_end: bool = True) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = ("\n".join(lines) + ("\n" if newline_at_end else "")).encode()
-    if path.suffix == ".gz":
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
-    return data
 
 
 def read_lines(path: Path) -> list[str]:

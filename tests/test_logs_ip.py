@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 
 import connectors.logs as logs
 from connectors.logs import LogsConnector
-from dsrflow.crypto import Pseudonymizer, is_pseudonym, new_key
+from dsrflow.crypto import is_pseudonym
 from dsrflow.datamap import LogsSystem
 from dsrflow.identities import Identity, IdentityError, IdentityType, Subject, normalize_ip
+from tests.logfiles import keys_for, pseudonym, remaining, write
 
 V4 = "203.0.113.7"
 SHORT = "1.2.3.4"
@@ -47,29 +48,8 @@ def connector(base: Path, **sources: Any) -> LogsConnector:
     return LogsConnector("applogs", spec, base_dir=base, state_dir=base / ".state")
 
 
-def keys_for(*subjects: Subject) -> dict[str, Pseudonymizer]:
-    return {s.request_id: Pseudonymizer(new_key()) for s in subjects}
-
-
-def pseudonym(keys: dict[str, Pseudonymizer], rid: str, value: str) -> str:
-    out = keys[rid](value)
-    assert out is not None
-    return out
-
-
-def write(path: Path, lines: list[str]) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = ("\n".join(lines) + "\n").encode()
-    path.write_bytes(data)
-    return data
-
-
 def lines_of(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
-
-
-def remaining(c: LogsConnector, subjects: list[Subject]) -> dict[str, int]:
-    return {rid: o.total("remaining") for rid, o in c.verify(subjects, None).items()}
 
 
 # Real-looking lines (Loghub's nginx, OpenSSH and Apache samples, with documentation

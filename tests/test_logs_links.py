@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 import connectors.logs as logs
 from connectors.logs import LogsConnector, LogsError
-from dsrflow.crypto import Pseudonymizer, new_key
 from dsrflow.datamap import LogsSystem
 from dsrflow.identities import Identity, IdentityType, Subject
+from tests.logfiles import keys_for, write
 
 ZHANG = {"email": "zhang.wei@example.com", "user_id": "12"}
 WANG = {"email": "wang.fang@example.org", "user_id": "123"}
@@ -40,20 +40,9 @@ def subject(rid: str, person: dict[str, str]) -> Subject:
     )
 
 
-def keys_for(*subjects: Subject) -> dict[str, Pseudonymizer]:
-    return {s.request_id: Pseudonymizer(new_key()) for s in subjects}
-
-
 def connector(base: Path, sources: dict[str, Any] | None = None) -> LogsConnector:
     spec = LogsSystem.model_validate({"kind": "logs", "sources": sources or {"access": TEXT}})
     return LogsConnector("applogs", spec, base_dir=base, state_dir=base / ".state")
-
-
-def write(path: Path, lines: list[str], gz: bool = False) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(f"{line}\n" for line in lines).encode()
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return data
 
 
 def content(path: Path) -> bytes:

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from connectors.logs import LogsConnector, _Index
-from dsrflow.crypto import Pseudonymizer, is_pseudonym, new_key
+from dsrflow.crypto import is_pseudonym
 from dsrflow.datamap import LogsSystem
 from dsrflow.identities import Identity, IdentityType, Subject, phone_variants
+from tests.logfiles import keys_for, pseudonym, remaining, write
 
 LONDON = "+442079460018"  # 020 7946 0018 in the UK
 GUANGZHOU = "+862079460018"  # 020 7946 0018 in China
@@ -40,27 +41,6 @@ def person(rid: str, phone: str, region: str | None) -> Subject:
 def connector(base: Path, **system: Any) -> LogsConnector:
     spec = LogsSystem.model_validate({"kind": "logs", "sources": {"access": TEXT}, **system})
     return LogsConnector("applogs", spec, base_dir=base, state_dir=base / ".state")
-
-
-def keys_for(*subjects: Subject) -> dict[str, Pseudonymizer]:
-    return {s.request_id: Pseudonymizer(new_key()) for s in subjects}
-
-
-def pseudonym(keys: dict[str, Pseudonymizer], rid: str, value: str) -> str:
-    out = keys[rid](value)
-    assert out is not None
-    return out
-
-
-def write(path: Path, lines: list[str]) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = ("\n".join(lines) + "\n").encode()
-    path.write_bytes(data)
-    return data
-
-
-def remaining(c: LogsConnector, subjects: list[Subject]) -> dict[str, int]:
-    return {rid: o.total("remaining") for rid, o in c.verify(subjects, None).items()}
 
 
 # -- a national spelling is not the subject's outside its region -------------------------
