@@ -346,3 +346,13 @@ def deleted_as_recorded(steps: list[dict[str, Any]], system: str = "db") -> tupl
             [entry] = [s for s in document["certificate"]["systems"] if s["system"] == system]
             certified += int(entry["erase"]["deleted"])
     return ledger, certified
+
+
+def unfollow_among(url: str, uids: list[int]) -> None:
+    """Delete the follows between these users: one such row has two owners, and a test
+    that sums what each request deleted would count it twice."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(follows).where(follows.c.follower_id.in_(uids),
+                                              follows.c.followee_id.in_(uids)))
+    engine.dispose()

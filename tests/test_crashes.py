@@ -65,12 +65,7 @@ def _setup(tmp_path: Path, partner: ReferencePartner, endpoint: str) -> tuple[Pa
         for n in range(2):
             s3.put_object(Bucket=BUCKET, Key=f"uploads/{uid}/{n}.jpg", Body=b"x")
     _, url = sqlworld.sqlite_world(tmp_path, 12, 5)
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # a follow between the two would be one row, two owners
-        follows = sqlworld.metadata.tables["follows"]
-        conn.execute(sa.delete(follows).where(follows.c.follower_id.in_(UIDS),
-                                              follows.c.followee_id.in_(UIDS)))
-    engine.dispose()
+    sqlworld.unfollow_among(url, UIDS)
     (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
     doc: dict[str, Any] = sqlworld.datamap_doc(url)
     doc["systems"]["adnet"] = {

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from dsrflow.intake import submit
 from dsrflow.ledger import Ledger
@@ -127,12 +126,7 @@ def test_two_runs_at_once_on_one_config_do_every_step_once(tmp_path: Path) -> No
     once, and the certificates count exactly the rows that left the database."""
     _, url = sqlworld.sqlite_world(tmp_path, 8, 6)
     uids = [1, 2, 3]
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # a follow between two of them would be one row, two owners
-        follows = sqlworld.metadata.tables["follows"]
-        conn.execute(sa.delete(follows).where(follows.c.follower_id.in_(uids),
-                                              follows.c.followee_id.in_(uids)))
-    engine.dispose()
+    sqlworld.unfollow_among(url, uids)
     config = cli_config(tmp_path, sqlworld.datamap_doc(url))
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
     dsrflow = [sys.executable, "-m", "dsrflow.cli"]
