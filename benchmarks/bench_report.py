@@ -41,8 +41,8 @@ import pandas as pd
 from benchmarks import machine as describe_machine
 from dsrflow.charts import report_charts
 from dsrflow.deadlines import CalendarUnavailable, Deadlines
-from dsrflow.ledger import RequestRecord
-from dsrflow.model import Regime, RequestType, Status
+from dsrflow.ledger import PartnerRequest, RequestRecord, StepRecord
+from dsrflow.model import PartnerStatus, Regime, RequestType, Status, StepAction, StepStatus
 from dsrflow.report import requests_frame, steps_frame, systems_frame, to_html
 
 TARGET_S = 5.0
@@ -123,23 +123,23 @@ def synthetic_records(n: int, seed: int, deadlines: Deadlines) -> list[RequestRe
 
 def synthetic_steps(
     records: Sequence[RequestRecord], seed: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[StepRecord], list[PartnerRequest]]:
     """Rows as `Ledger.steps()` and `Ledger.partner_requests()` return them."""
     rng = np.random.default_rng(seed + 1)
-    steps: list[dict[str, Any]] = []
-    partners: list[dict[str, Any]] = []
+    steps: list[StepRecord] = []
+    partners: list[PartnerRequest] = []
 
     def step(request_id: str, system: str, kind: str, action: str, status: str,
              found: int | None = None, remaining: int | None = None,
              details: dict[str, Any] | None = None, error: str | None = None) -> None:
         erases = action == "erase"
-        steps.append({
-            "id": len(steps), "request_id": request_id, "system": system, "kind": kind,
-            "action": action, "status": status, "found": found,
-            "deleted": found if erases else 0, "anonymized": 0, "retained": 0,
-            "remaining": remaining, "attempts": 1, "error": error, "details": details,
-            "started_at": NOW, "finished_at": NOW,
-        })
+        steps.append(StepRecord(
+            id=len(steps), request_id=request_id, system=system, kind=kind,
+            action=StepAction(action), status=StepStatus(status), found=found,
+            deleted=found if erases else 0, anonymized=0, retained=0,
+            remaining=remaining, attempts=1, error=error, details=details or {},
+            started_at=NOW, finished_at=NOW,
+        ))
 
     run = {"flow_run_id": "f" * 32, "task_run_id": "t" * 32}
     for record in records:
@@ -154,9 +154,10 @@ def synthetic_steps(
                      "succeeded" if done else "pending_external",
                      details={"partner_status": "completed"} if done else None,
                      error=None if done else "waiting for partner-ads")
-                partners.append({"request_id": record.id, "system": system,
-                                 "status": "completed" if done else "submitted",
-                                 "reference": f"PA-{record.id[-6:]}"})
+                partners.append(PartnerRequest(
+                    request_id=record.id, system=system, subject_request_id=f"s-{record.id}",
+                    status=PartnerStatus.COMPLETED if done else PartnerStatus.SUBMITTED,
+                    reference=f"PA-{record.id[-6:]}"))
                 continue
             part = {"found": found, "retain_reasons": [] if found % 7 else ["tax law"]}
             step(record.id, system, "sql", action, "succeeded", found,
@@ -174,18 +175,18 @@ def synthetic_steps(
 class MemoryLedger:
     """What the report reads of a ledger, held in memory."""
 
-    def __init__(self, records: list[RequestRecord], steps: list[dict[str, Any]],
-                 partners: list[dict[str, Any]]) -> None:
+    def __init__(self, records: list[RequestRecord], steps: list[StepRecord],
+                 partners: list[PartnerRequest]) -> None:
         self.records, self.step_rows, self.partner_rows = records, steps, partners
 
     def all(self) -> list[RequestRecord]:
         return self.records
 
-    def steps(self, request_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def steps(self, request_ids: Sequence[str] | None = None) -> list[StepRecord]:
         return self.step_rows
 
     def partner_requests(self, request_ids: Sequence[str] | None = None,
-                         statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                         statuses: Sequence[str] | None = None) -> list[PartnerRequest]:
         return self.partner_rows
 
 

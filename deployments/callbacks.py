@@ -76,7 +76,7 @@ def _apply(rt: Runtime, system: str, body: bytes, headers: list[tuple[str, str]]
     found = rt.ledger.partner_request_by_id(system, status.subject_request_id)
     if found is None:
         return _answer(404, "unknown request")
-    request_id = str(found["request_id"])
+    request_id = found.request_id
     partners.apply_status(rt, system, request_id, answer(status))
     partners.close_finished(rt, [request_id])
     return _answer(202, "accepted")

@@ -49,7 +49,7 @@ from dsrflow.signing import encode_public_key, key_id
 
 if TYPE_CHECKING:  # the ledger pulls in SQLAlchemy and Alembic; `verify` needs neither
     from dsrflow.datamap import DataMap
-    from dsrflow.ledger import Ledger
+    from dsrflow.ledger import Ledger, PartnerRequest, StepRecord
 
 FORMAT = "dsrflow.erasure-certificate/1"
 ALGORITHM = "Ed25519"
@@ -98,15 +98,13 @@ def build_certificate(
             f"request {request_id} is {kind}: only erasure, consent_withdrawal and "
             "account_cancellation requests erase data and get an erasure certificate"
         )
-    rows = [s for s in ledger.steps([request_id]) if s["kind"] != DELIVERABLE_KIND]
-    partner_rows = {str(p["system"]): p for p in ledger.partner_requests([request_id])}
-    partner_names = {str(s["system"]) for s in rows if s["kind"] == PARTNER_KIND} | set(
-        partner_rows
-    )
-    by_system: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    rows = [s for s in ledger.steps([request_id]) if s.kind != DELIVERABLE_KIND]
+    partner_rows = {p.system: p for p in ledger.partner_requests([request_id])}
+    partner_names = {s.system for s in rows if s.kind == PARTNER_KIND} | set(partner_rows)
+    by_system: dict[str, dict[StepAction, StepRecord]] = defaultdict(dict)
     for step in rows:
-        if str(step["system"]) not in partner_names:
-            by_system[str(step["system"])][str(step["action"])] = step
+        if step.system not in partner_names:
+            by_system[step.system][step.action] = step
 
     systems = [
         _system(name, datamap, steps)
@@ -115,7 +113,7 @@ def build_certificate(
     partners = [
         _partner(
             name, datamap, partner_rows.get(name),
-            next((s for s in rows if s["system"] == name), None),
+            next((s for s in rows if s.system == name), None),
         )
         for name in sorted(partner_names)
     ]
@@ -125,8 +123,8 @@ def build_certificate(
         for s in systems if s["erase"] is not None
         for p in s["erase"]["parts"] if p["retained"]
     ]
-    resolved = [steps[StepAction.RESOLVE.value] for _, steps in sorted(by_system.items())
-                if StepAction.RESOLVE.value in steps]
+    resolved = [steps[StepAction.RESOLVE] for _, steps in sorted(by_system.items())
+                if StepAction.RESOLVE in steps]
     reasons = (_resolve_reasons(resolved) + _system_reasons(systems)
                + _partner_reasons(partners))
     return {
@@ -153,11 +151,13 @@ def build_certificate(
     }
 
 
-def _system(name: str, datamap: DataMap, steps: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+def _system(
+    name: str, datamap: DataMap, steps: Mapping[StepAction, StepRecord]
+) -> dict[str, Any]:
     spec = datamap.systems.get(name)
-    erase = steps.get(StepAction.ERASE.value)
-    verify = steps.get(StepAction.VERIFY.value)
-    kind = spec.kind if spec is not None else next(str(s["kind"]) for s in steps.values())
+    erase = steps.get(StepAction.ERASE)
+    verify = steps.get(StepAction.VERIFY)
+    kind = spec.kind if spec is not None else next(s.kind for s in steps.values())
     return {
         "system": name,
         "kind": kind,
@@ -167,7 +167,7 @@ def _system(name: str, datamap: DataMap, steps: Mapping[str, dict[str, Any]]) ->
 
 
 def _identities(
-    resolved: Sequence[Mapping[str, Any]], systems: list[dict[str, Any]]
+    resolved: Sequence[StepRecord], systems: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Which identity types the proof looked for (per type, how many: never a value), and
     what identity resolution learnt from the subject's own rows, withheld because they lead
@@ -179,7 +179,7 @@ def _identities(
                 searched.update(step["searched"])
     learnt: dict[str, dict[str, int]] = {"learnt": {}, "withheld": {}, "unreadable": {}}
     for step in resolved:
-        found = _details(step).get(IDENTITIES_KEY)
+        found = step.details.get(IDENTITIES_KEY)
         if not isinstance(found, dict):
             continue
         for what, counts in learnt.items():
@@ -189,12 +189,12 @@ def _identities(
             **{what: dict(sorted(counts.items())) for what, counts in learnt.items()}}
 
 
-def _searched(step: Mapping[str, Any]) -> dict[str, int]:
-    found = _details(step).get(SEARCHED_KEY)
+def _searched(step: StepRecord) -> dict[str, int]:
+    found = step.details.get(SEARCHED_KEY)
     return {str(k): int(v) for k, v in sorted(found.items())} if isinstance(found, dict) else {}
 
 
-def _erase(step: Mapping[str, Any]) -> dict[str, Any]:
+def _erase(step: StepRecord) -> dict[str, Any]:
     parts = [
         {
             "part": part,
@@ -205,56 +205,55 @@ def _erase(step: Mapping[str, Any]) -> dict[str, Any]:
         for part, values in _parts(step)
     ]
     return {
-        "status": step["status"],
-        **{c: _count(step[c]) for c in COUNTS},
+        "status": step.status.value,
+        **{c: _count(getattr(step, c)) for c in COUNTS},
         "parts": parts,
-        "attempts": _count(step["attempts"]),
-        "error": step["error"],
-        "started_at": _time(step["started_at"]),
-        "finished_at": _time(step["finished_at"]),
+        "attempts": _count(step.attempts),
+        "error": step.error,
+        "started_at": _time(step.started_at),
+        "finished_at": _time(step.finished_at),
         "searched": _searched(step),
         "run": _run(step),
     }
 
 
-def _verification(step: Mapping[str, Any]) -> dict[str, Any]:
+def _verification(step: StepRecord) -> dict[str, Any]:
     return {
-        "status": step["status"],
-        "remaining": _count(step["remaining"]),
+        "status": step.status.value,
+        "remaining": _count(step.remaining),
         "searched": _searched(step),
         "parts": [
             {"part": part, "remaining": _count(values.get("remaining"))}
             for part, values in _parts(step)
         ],
-        "attempts": _count(step["attempts"]),
-        "error": step["error"],
-        "finished_at": _time(step["finished_at"]),
+        "attempts": _count(step.attempts),
+        "error": step.error,
+        "finished_at": _time(step.finished_at),
         "run": _run(step),
     }
 
 
 def _partner(
-    name: str, datamap: DataMap, row: Mapping[str, Any] | None, step: Mapping[str, Any] | None
+    name: str, datamap: DataMap, row: PartnerRequest | None, step: StepRecord | None
 ) -> dict[str, Any]:
     spec = datamap.systems.get(name)
-    row = row or {}
-    details = _details(step)
+    details = step.details if step is not None else {}
     return {
         "system": name,
         "protocol": getattr(spec, "protocol", None),
-        "status": row.get("status"),
-        "step_status": step["status"] if step is not None else None,
-        "subject_request_id": row.get("subject_request_id"),
-        "controller_id": row.get("controller_id"),
-        "regulation_sent": row.get("regulation_sent"),
-        "reference": row.get("reference") or details.get("reference"),
-        "confirmed_by": row.get("confirmed_by") or details.get("confirmed_by"),
+        "status": row.status.value if row else None,
+        "step_status": step.status.value if step is not None else None,
+        "subject_request_id": row.subject_request_id if row else None,
+        "controller_id": row.controller_id if row else None,
+        "regulation_sent": row.regulation_sent if row else None,
+        "reference": (row.reference if row else None) or details.get("reference"),
+        "confirmed_by": (row.confirmed_by if row else None) or details.get("confirmed_by"),
         "confirmed_at": _time(details.get("confirmed_at")),
         "results_count": details.get("results_count"),
-        "expected_completion_at": _time(row.get("expected_completion_at")),
-        "error": (step["error"] if step is not None else None) or row.get("error"),
-        "updated_at": _time(row.get("updated_at")),
-        "finished_at": _time(step["finished_at"]) if step is not None else None,
+        "expected_completion_at": _time(row.expected_completion_at if row else None),
+        "error": (step.error if step is not None else None) or (row.error if row else None),
+        "updated_at": _time(row.updated_at if row else None),
+        "finished_at": _time(step.finished_at) if step is not None else None,
         "run": _run(step) if step is not None else None,
     }
 
@@ -284,12 +283,12 @@ def _system_reasons(systems: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return reasons
 
 
-def _resolve_reasons(resolved: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _resolve_reasons(resolved: Sequence[StepRecord]) -> list[dict[str, Any]]:
     """A look-up of the subject's identities that failed: what the other systems looked
     for may be short of what the account holds."""
     return [
-        _reason(str(step["system"]), "resolve", str(step["status"]), step["error"])
-        for step in resolved if step["status"] != StepStatus.SUCCEEDED
+        _reason(step.system, "resolve", step.status.value, step.error)
+        for step in resolved if step.status != StepStatus.SUCCEEDED
     ]
 
 
@@ -307,21 +306,16 @@ def _reason(system: str, step: str, status: str, error: str | None) -> dict[str,
     return {"system": system, "step": step, "status": status, "error": error}
 
 
-def _details(step: Mapping[str, Any] | None) -> dict[str, Any]:
-    details = step.get("details") if step is not None else None
-    return details if isinstance(details, dict) else {}
-
-
-def _parts(step: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def _parts(step: StepRecord) -> list[tuple[str, dict[str, Any]]]:
     """The connector's parts (tables, buckets, log sources); reserved keys start with `_`."""
     return sorted(
-        (name, values) for name, values in _details(step).items()
+        (name, values) for name, values in step.details.items()
         if not name.startswith("_") and isinstance(values, dict)
     )
 
 
-def _run(step: Mapping[str, Any]) -> dict[str, str] | None:
-    run = _details(step).get(RUN_KEY)
+def _run(step: StepRecord) -> dict[str, str] | None:
+    run = step.details.get(RUN_KEY)
     return {str(k): str(v) for k, v in sorted(run.items())} if isinstance(run, dict) else None
 
 

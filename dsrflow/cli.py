@@ -350,7 +350,8 @@ def status(
     if request_id:
         names = ["system", "action", "status", "found", "deleted", "anonymized", "retained",
                  "remaining", "error"]
-        steps = pd.DataFrame(rt.ledger.steps([request_id]), columns=names)
+        steps = pd.DataFrame([s.as_dict() for s in rt.ledger.steps([request_id])],
+                             columns=names)
         console.print(frame_table(steps, {n: n for n in names}))
 
 

@@ -142,20 +142,20 @@ def _partners_answer(runtime: Any, partner: Any, console: Console) -> None:
     from dsrflow.model import PARTNER_WAITING, PartnerStatus
     from tasks import partners
 
-    waiting = runtime.ledger.partner_requests(statuses=sorted(PARTNER_WAITING))
-    sent = [row for row in waiting if row["system"] == "adnet"
-            and row["status"] != PartnerStatus.AWAITING_CONFIRMATION]
+    waiting = runtime.ledger.partner_requests(statuses=PARTNER_WAITING)
+    sent = [row for row in waiting if row.system == "adnet"
+            and row.status != PartnerStatus.AWAITING_CONFIRMATION]
     for row in sent:
-        partner.complete(row["subject_request_id"])  # its signed callback lands here
+        partner.complete(row.subject_request_id)  # its signed callback lands here
     # What OpenDSR cannot carry (a rectification, a restriction) a person asked adnet for.
     for row in waiting:
-        if row["system"] == "adnet" and row not in sent:
-            partners.confirm(runtime, row["request_id"], "adnet", by="demo-operator",
-                             reference=f"AD-{row['subject_request_id'][:8]}")
-    manual = [row for row in waiting if row["system"] == "courier"]
+        if row.system == "adnet" and row not in sent:
+            partners.confirm(runtime, row.request_id, "adnet", by="demo-operator",
+                             reference=f"AD-{row.subject_request_id[:8]}")
+    manual = [row for row in waiting if row.system == "courier"]
     for row in manual[:-1]:
-        partners.confirm(runtime, row["request_id"], "courier", by="demo-operator",
-                         reference=f"CR-{row['subject_request_id'][:8]}")
+        partners.confirm(runtime, row.request_id, "courier", by="demo-operator",
+                         reference=f"CR-{row.subject_request_id[:8]}")
     console.print(
         f"Partners: adnet (OpenDSR) finished {len(sent)} requests and called back; "
         f"courier (manual) confirmed {max(len(manual) - 1, 0)}."
@@ -164,11 +164,11 @@ def _partners_answer(runtime: Any, partner: Any, console: Console) -> None:
         # The last one shows what waiting looks like, then a person confirms it, as they
         # would with `dsrflow partner confirm REQUEST_ID courier --by … --reference …`.
         last = manual[-1]
-        status = runtime.ledger.get(last["request_id"]).status.value
-        console.print(f"Request {last['request_id']} is {status}, waiting for courier; "
+        status = runtime.ledger.get(last.request_id).status.value
+        console.print(f"Request {last.request_id} is {status}, waiting for courier; "
                       "a person confirms it now.")
-        partners.confirm(runtime, last["request_id"], "courier", by="demo-operator",
-                         reference=f"CR-{last['subject_request_id'][:8]}")
+        partners.confirm(runtime, last.request_id, "courier", by="demo-operator",
+                         reference=f"CR-{last.subject_request_id[:8]}")
 
 
 def _fresh_folder(out: Path) -> None:
@@ -274,15 +274,15 @@ def _check_deliverables(runtime: Any, console: Console) -> list[str]:
 
     from dsrflow.certificates import CertificateInvalid, verify_certificate
     from dsrflow.errors import safe_error
-    from dsrflow.model import DELIVERABLE_KIND, Status
+    from dsrflow.model import DELIVERABLE_KIND, Status, StepStatus
     from dsrflow.packages import PackageError, check_package, unseal
     from tasks.deliverables import CERTIFICATE, PACKAGE
 
     table = Table("ticket", "type", "delivered", "check", title="Access packages and certificates")
     problems = []
     public = runtime.settings.signing_key_pair().public_key()
-    deliverables = {(s["request_id"], s["system"]): s for s in runtime.ledger.steps()
-                    if s["kind"] == DELIVERABLE_KIND}
+    deliverables = {(s.request_id, s.system): s for s in runtime.ledger.steps()
+                    if s.kind == DELIVERABLE_KIND}
     for record in runtime.ledger.all():
         if record.type is None or record.status is not Status.COMPLETED:
             continue
@@ -291,10 +291,10 @@ def _check_deliverables(runtime: Any, console: Console) -> list[str]:
         if system is None:
             continue
         step = deliverables.get((record.id, system))
-        if step is None or step["status"] != "succeeded":
+        if step is None or step.status is not StepStatus.SUCCEEDED:
             problems.append(f"{record.ticket_id}: no {system}")
             continue
-        details = step["details"]
+        details = step.details
         try:
             if record.type.collects:
                 outbox = json.loads(Path(details["key_handed_to"].removeprefix("outbox:"))

@@ -24,7 +24,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from dsrflow.deadlines import CalendarUnavailable, Deadlines
-from dsrflow.ledger.store import RequestRecord
+from dsrflow.ledger import RequestRecord
 from dsrflow.model import Status
 
 

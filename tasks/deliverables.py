@@ -24,7 +24,7 @@ from dsrflow.datamap import PartnerSystem
 from dsrflow.delivery import PackageStore
 from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import discard_exports, exported_systems, read_export
-from dsrflow.ledger import RequestRecord
+from dsrflow.ledger import RequestRecord, StepRecord
 from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, StepAction, StepStatus
 from dsrflow.packages import (
     ObjectLink,
@@ -41,8 +41,8 @@ from tasks.runtime import Runtime
 KIND = DELIVERABLE_KIND
 PACKAGE = "access-package"
 CERTIFICATE = "erasure-certificate"
-NOT_DONE = (StepStatus.PENDING_EXTERNAL.value, StepStatus.RUNNING.value)
-FAILED = (StepStatus.FAILED.value, StepStatus.BLOCKED.value)
+NOT_DONE = (StepStatus.PENDING_EXTERNAL, StepStatus.RUNNING)
+FAILED = (StepStatus.FAILED, StepStatus.BLOCKED)
 
 
 def now() -> datetime:
@@ -53,19 +53,19 @@ def now() -> datetime:
 def produce(rt: Runtime, request_ids: Sequence[str]) -> dict[str, str]:
     """Make the package or certificate of each request whose systems have all answered.
     Returns request id -> what was made (requests still waiting are left out)."""
-    by_request: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_request: dict[str, list[StepRecord]] = defaultdict(list)
     for step in rt.ledger.steps(list(request_ids)):
-        by_request[str(step["request_id"])].append(step)
+        by_request[step.request_id].append(step)
     made: dict[str, str] = {}
     for record in rt.ledger.get_many(list(request_ids)):
         steps = by_request[record.id]
-        work = [s for s in steps if s["kind"] != KIND]
-        if record.type is None or any(s["status"] in NOT_DONE for s in work):
+        work = [s for s in steps if s.kind != KIND]
+        if record.type is None or any(s.status in NOT_DONE for s in work):
             continue
         if record.type.collects:
-            done = any(s["system"] == PACKAGE and s["status"] == StepStatus.SUCCEEDED.value
+            done = any(s.system == PACKAGE and s.status == StepStatus.SUCCEEDED
                        for s in steps)
-            if done or any(s["status"] in FAILED for s in work):
+            if done or any(s.status in FAILED for s in work):
                 # Made already (its key is out), or incomplete data: no package of half.
                 continue
             made[record.id] = _record(rt, record, PACKAGE, StepAction.DELIVER,
@@ -81,17 +81,17 @@ def produce(rt: Runtime, request_ids: Sequence[str]) -> dict[str, str]:
 
 def _record(rt: Runtime, record: RequestRecord, system: str, action: StepAction,
             make: Any) -> str:
-    rt.ledger.record_step(record.id, system, KIND, action.value, StepStatus.RUNNING)
+    rt.ledger.record_step(record.id, system, KIND, action, StepStatus.RUNNING)
     try:
         details: dict[str, Any] = make()
     except Exception as exc:  # recorded against the request; the request closes partial
         error = safe_error(exc)
-        rt.ledger.record_step(record.id, system, KIND, action.value, StepStatus.FAILED,
+        rt.ledger.record_step(record.id, system, KIND, action, StepStatus.FAILED,
                               error=error)
         return f"{system} failed: {error}"
     if run := current_run():
         details[RUN_KEY] = run
-    rt.ledger.record_step(record.id, system, KIND, action.value, StepStatus.SUCCEEDED,
+    rt.ledger.record_step(record.id, system, KIND, action, StepStatus.SUCCEEDED,
                           details=details)
     return system
 
@@ -108,8 +108,8 @@ def deliver_package(rt: Runtime, record: RequestRecord) -> dict[str, Any]:
     }
     for row in rt.ledger.partner_requests([record.id]):
         # Partners without a results link still belong in the package: what they said.
-        records.setdefault(str(row["system"]), {"results": [
-            {"status": row["status"], "reference": row["reference"], "results_url": None}
+        records.setdefault(row.system, {"results": [
+            {"status": row.status.value, "reference": row.reference, "results_url": None}
         ]})
 
     carried = 0
@@ -156,13 +156,13 @@ def handed_over(rt: Runtime, request_id: str, channel: str, by: str,
     """The support team sent the key: record how and by whom, and delete the outbox file,
     the last copy dsrflow had."""
     step = next((s for s in rt.ledger.steps([request_id])
-                 if s["system"] == PACKAGE and s["status"] == StepStatus.SUCCEEDED.value), None)
+                 if s.system == PACKAGE and s.status == StepStatus.SUCCEEDED), None)
     if step is None:
         raise NotOnRecord(f"request {request_id} has no delivered access package")
     when = (at or now()).isoformat(timespec="seconds")
-    details = {**step["details"], "key_handed_to": channel, "key_handed_over_by": by,
+    details = {**step.details, "key_handed_to": channel, "key_handed_over_by": by,
                "key_handed_over_at": when}
-    rt.ledger.record_step(request_id, PACKAGE, KIND, StepAction.DELIVER.value,
+    rt.ledger.record_step(request_id, PACKAGE, KIND, StepAction.DELIVER,
                           StepStatus.SUCCEEDED, details=details)
     store = PackageStore(rt.settings.packages, rt.settings.base_dir)
     store.handover_path(request_id).unlink(missing_ok=True)
@@ -177,12 +177,12 @@ def expire(rt: Runtime, at: datetime | None = None) -> tuple[list[str], list[Pat
     dropped = []
     for request_id in store.expired_handovers(at):
         step = next((s for s in rt.ledger.steps([request_id])
-                     if s["system"] == PACKAGE and s["status"] == StepStatus.SUCCEEDED.value),
+                     if s.system == PACKAGE and s.status == StepStatus.SUCCEEDED),
                     None)
         if step is not None:
-            details = {**step["details"], "key_handed_to": "nobody: the link expired first",
+            details = {**step.details, "key_handed_to": "nobody: the link expired first",
                        "key_dropped_at": at.isoformat(timespec="seconds")}
-            rt.ledger.record_step(request_id, PACKAGE, KIND, StepAction.DELIVER.value,
+            rt.ledger.record_step(request_id, PACKAGE, KIND, StepAction.DELIVER,
                                   StepStatus.SUCCEEDED, details=details)
         store.handover_path(request_id).unlink(missing_ok=True)
         dropped.append(request_id)

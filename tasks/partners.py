@@ -30,15 +30,15 @@ from connectors.partner import (
 from dsrflow.datamap import PartnerSystem, SqlSystem
 from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import write_export
-from dsrflow.ledger import RequestRecord
-from dsrflow.model import PARTNER_DONE, PartnerStatus, Status, StepStatus
+from dsrflow.ledger import PartnerRequest, RequestRecord
+from dsrflow.model import PARTNER_DONE, PartnerStatus, Status, StepAction, StepStatus
 from tasks.runtime import Runtime
 
 # Polled: every request a polled partner may hold and has not finished. `created` too: a
 # run killed between the POST and its ledger write leaves it so, and the poll (or a 404,
 # then a resend under the same id) settles it.
-POLLED = sorted(
-    s.value for s in PartnerStatus
+POLLED = frozenset(
+    s for s in PartnerStatus
     if s not in PARTNER_DONE and s not in (PartnerStatus.BLOCKED,
                                            PartnerStatus.AWAITING_CONFIRMATION)
 )
@@ -53,13 +53,13 @@ def send(rt: Runtime, system: str, members: Sequence[RequestRecord]) -> dict[str
     a refusal blocks that request only."""
     connector = rt.partner(system)
     subjects = {s.request_id: s for s in rt.ledger.subjects(m.id for m in members)}
-    rows = {str(p["request_id"]): p for p in rt.ledger.partner_requests([m.id for m in members])
-            if p["system"] == system}
+    rows = {p.request_id: p for p in rt.ledger.partner_requests([m.id for m in members])
+            if p.system == system}
     outcomes: dict[str, Outcome] = {}
     for member in members:
         outcome = outcomes[member.id] = Outcome()
         row = rows.get(member.id)
-        if row is not None and row["status"] != PartnerStatus.CREATED:
+        if row is not None and row.status != PartnerStatus.CREATED:
             _as_recorded(rt, system, member, row, outcome)  # a rerun: never asked twice
             continue
         assert member.type is not None and member.regime is not None
@@ -145,20 +145,20 @@ def _as_now(rt: Runtime, system: str, member: RequestRecord, outcome: Outcome) -
 
 
 def _as_recorded(
-    rt: Runtime, system: str, member: RequestRecord, row: dict[str, Any], outcome: Outcome
+    rt: Runtime, system: str, member: RequestRecord, row: PartnerRequest, outcome: Outcome
 ) -> None:
     """The step's outcome from what the ledger says of the partner request, sending nothing:
     done (nothing to wait for), blocked (with its reason), or waiting."""
-    state = PartnerStatus(row["status"])
+    state = row.status
     if state in PARTNER_DONE:
         return
     if state is PartnerStatus.BLOCKED:
-        outcome.blocked = str(row["error"] or f"{system} blocked the request")
+        outcome.blocked = row.error or f"{system} blocked the request"
     elif state is PartnerStatus.AWAITING_CONFIRMATION:
         assert member.type is not None
         contact = rt.partner(system).system.contact
-        if row["reference"]:
-            outcome.pending = (f"{system} acknowledged (reference {row['reference']}) and "
+        if row.reference:
+            outcome.pending = (f"{system} acknowledged (reference {row.reference}) and "
                                "will report back: confirm when it does")
         elif contact:
             outcome.pending = f"ask {contact} to carry out the {member.type.value} and confirm it"
@@ -166,7 +166,7 @@ def _as_recorded(
             outcome.pending = (f"a person asks {system} to carry out the "
                                f"{member.type.value}, and confirms it")
     else:
-        outcome.pending = _waiting(system, row["expected_completion_at"])
+        outcome.pending = _waiting(system, row.expected_completion_at)
 
 
 def callback_url(rt: Runtime, system: str) -> str | None:
@@ -183,7 +183,7 @@ def check(rt: Runtime) -> dict[str, str]:
     -> what happened."""
     happened: dict[str, str] = {}
     for row in rt.ledger.partner_requests(statuses=POLLED):
-        system, rid = str(row["system"]), str(row["request_id"])
+        system, rid = row.system, row.request_id
         if system not in rt.datamap.systems or not rt.partner(system).polled:
             continue  # confirmed by people (manual, acknowledged webhooks), not polled
         try:
@@ -196,29 +196,29 @@ def check(rt: Runtime) -> dict[str, str]:
     return happened
 
 
-def _check_one(rt: Runtime, system: str, row: dict[str, Any]) -> str:
-    rid = str(row["request_id"])
+def _check_one(rt: Runtime, system: str, row: PartnerRequest) -> str:
+    rid = row.request_id
     try:
-        status = rt.partner(system).where(str(row["subject_request_id"]))
+        status = rt.partner(system).where(row.subject_request_id)
     except PartnerRejected as exc:
         if exc.status_code != 404:
             raise
         # The partner does not have it (lost, or never reached by a run killed before its
         # POST was recorded): send it again, under the same id. One it said it was working
         # on and then forgot is for a person to look at.
-        if row["status"] != PartnerStatus.CREATED and not rt.ledger.update_partner(
+        if row.status != PartnerStatus.CREATED and not rt.ledger.update_partner(
             rid, system, PartnerStatus.CREATED, expect=frozenset({PartnerStatus.SUBMITTED})
         ):
             return block(rt, system, rid, f"{system} no longer knows the request it "
-                                          f"reported as {row['status']}")
+                                          f"reported as {row.status}")
         _resend(rt, system, rid)
         return f"{system}: resent"
     return apply_status(rt, system, rid, status)
 
 
-def _not_answered(rt: Runtime, system: str, row: dict[str, Any], reason: str) -> str:
-    failures = int(row["poll_failures"] or 0) + 1
-    rid = str(row["request_id"])
+def _not_answered(rt: Runtime, system: str, row: PartnerRequest, reason: str) -> str:
+    failures = row.poll_failures + 1
+    rid = row.request_id
     if failures >= rt.settings.partner_check_failures:
         return block(rt, system, rid,
                      f"no answer to {failures} status checks in a row: {reason}")
@@ -234,15 +234,16 @@ def block(rt: Runtime, system: str, request_id: str, reason: str) -> str:
                               _action(rt.ledger.get(request_id)), StepStatus.BLOCKED,
                               error=reason)
         return f"{system}: blocked: {reason}"
-    return f"{system}: already {_row(rt, request_id, system)['status']}"  # type: ignore[index]
+    current = _row(rt, request_id, system)
+    return f"{system}: already {current.status if current else 'unknown'}"
 
 
 def apply_status(rt: Runtime, system: str, request_id: str, status: Answer) -> str:
     """Record a partner's answer (a poll or a callback): idempotent, and a finished step is
     never moved back (the partner request's state changes by compare-and-set)."""
     current = _row(rt, request_id, system)
-    if current is None or current["status"] in (*PARTNER_DONE, PartnerStatus.BLOCKED):
-        return f"{system}: already {current['status'] if current else 'unknown'}"
+    if current is None or current.status in (*PARTNER_DONE, PartnerStatus.BLOCKED):
+        return f"{system}: already {current.status if current else 'unknown'}"
     record = rt.ledger.get(request_id)
     action = _action(record)
     if status.request_status == "completed":
@@ -277,7 +278,7 @@ def retry(rt: Runtime, request_id: str, system: str) -> None:
     if not rt.ledger.update_partner(request_id, system, PartnerStatus.CREATED, error=None,
                                     poll_failures=0,
                                     expect=frozenset({PartnerStatus.BLOCKED})):
-        raise NotOnRecord(f"request {request_id} is {current['status']} at {system}, not "
+        raise NotOnRecord(f"request {request_id} is {current.status} at {system}, not "
                           "blocked: nothing to retry")
     rt.ledger.record_step(request_id, system, "partner", _action(rt.ledger.get(request_id)),
                           StepStatus.FAILED,
@@ -292,7 +293,7 @@ def confirm(
     current = _row(rt, request_id, system)
     if current is None:
         raise NotOnRecord(f"request {request_id} was never handed to {system}")
-    if current["status"] in PARTNER_DONE:
+    if current.status in PARTNER_DONE:
         return
     if not rt.ledger.update_partner(request_id, system, PartnerStatus.CONFIRMED,
                                     confirmed_by=by, reference=reference, error=None):
@@ -311,9 +312,9 @@ def close_finished(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
     from tasks.steps import close_requests
 
     waiting = {
-        str(s["request_id"])
+        s.request_id
         for s in rt.ledger.steps(list(request_ids))
-        if s["status"] in (StepStatus.PENDING_EXTERNAL.value, StepStatus.RUNNING.value)
+        if s.status in (StepStatus.PENDING_EXTERNAL, StepStatus.RUNNING)
     }
     ready = [
         rid for rid in dict.fromkeys(request_ids)
@@ -333,16 +334,16 @@ def _resend(rt: Runtime, system: str, request_id: str) -> None:
                               StepStatus.BLOCKED, error=outcome.blocked)
 
 
-def _row(rt: Runtime, request_id: str, system: str) -> dict[str, Any] | None:
-    rows = [p for p in rt.ledger.partner_requests([request_id]) if p["system"] == system]
+def _row(rt: Runtime, request_id: str, system: str) -> PartnerRequest | None:
+    rows = [p for p in rt.ledger.partner_requests([request_id]) if p.system == system]
     return rows[0] if rows else None
 
 
-def _action(record: RequestRecord) -> str:
+def _action(record: RequestRecord) -> StepAction:
     from tasks.steps import action_for
 
     assert record.type is not None
-    return action_for(record.type).value
+    return action_for(record.type)
 
 
 def _waiting(system: str, expected: datetime | None) -> str:

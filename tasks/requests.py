@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from dsrflow.errors import raises_safely
-from dsrflow.ledger import RequestRecord
+from dsrflow.ledger import RequestRecord, StepRecord
 from dsrflow.model import Status
 from tasks import deliverables, partners, steps
 from tasks.runtime import get_runtime
@@ -80,9 +80,9 @@ def publish_results(request_ids: list[str]) -> None:
     """A table for the batch, a summary per request, an event per closed request."""
     rt = get_runtime()
     records = rt.ledger.get_many(request_ids)
-    by_request: dict[str, list[dict[str, object]]] = {}
+    by_request: dict[str, list[StepRecord]] = {}
     for step in rt.ledger.steps(request_ids):
-        by_request.setdefault(str(step["request_id"]), []).append(step)
+        by_request.setdefault(step.request_id, []).append(step)
     create_table_artifact(
         key="dsr-batch",
         table=[_row(r, by_request.get(r.id, [])) for r in records],
@@ -123,7 +123,7 @@ CLOSING_EVENTS = {
 }
 
 
-def _row(record: RequestRecord, steps_: list[dict[str, object]]) -> dict[str, object]:
+def _row(record: RequestRecord, steps_: list[StepRecord]) -> dict[str, object]:
     return {
         "request": record.id,
         "ticket": record.ticket_id,
@@ -131,7 +131,7 @@ def _row(record: RequestRecord, steps_: list[dict[str, object]]) -> dict[str, ob
         "regime": record.regime.value if record.regime else "",
         "status": record.status.value,
         "due": _local_due(record),
-        "systems": ", ".join(f"{s['system']}:{s['action']}={s['status']}" for s in steps_),
+        "systems": ", ".join(f"{s.system}:{s.action}={s.status}" for s in steps_),
     }
 
 
@@ -155,7 +155,7 @@ def _due_line(record: RequestRecord) -> str:
     return record.deadline_error or "clock not started (awaiting verification)"
 
 
-def _summary(record: RequestRecord, steps_: list[dict[str, object]]) -> str:
+def _summary(record: RequestRecord, steps_: list[StepRecord]) -> str:
     lines = [
         f"# {record.type.value if record.type else 'request'} {record.ticket_id}",
         "",
@@ -169,8 +169,8 @@ def _summary(record: RequestRecord, steps_: list[dict[str, object]]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in steps_:
-        cells = [s["system"], s["action"], s["status"], s["found"], s["deleted"],
-                 s["anonymized"], s["retained"], s["remaining"]]
+        cells = [s.system, s.action, s.status, s.found, s.deleted,
+                 s.anonymized, s.retained, s.remaining]
         lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

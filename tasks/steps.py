@@ -20,7 +20,7 @@ from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
 from dsrflow.identities import Identity, Subject
-from dsrflow.ledger import RequestRecord, StepCounts, StepWrite
+from dsrflow.ledger import RequestRecord, StepCounts, StepRecord, StepWrite
 from dsrflow.model import (
     DELIVERABLE_KIND,
     IDENTITIES_KEY,
@@ -132,9 +132,9 @@ def _hold_back(rt: Runtime, system: str, records: list[RequestRecord]) -> list[R
     if not readers:
         return records
     failed = {
-        (str(s["request_id"]), str(s["system"]))
+        (s.request_id, s.system)
         for s in rt.ledger.steps([r.id for r in records])
-        if s["action"] == StepAction.ERASE.value and s["status"] == StepStatus.FAILED.value
+        if s.action == StepAction.ERASE and s.status == StepStatus.FAILED
     }
     kept = []
     kind = rt.datamap.systems[system].kind
@@ -142,7 +142,7 @@ def _hold_back(rt: Runtime, system: str, records: list[RequestRecord]) -> list[R
         blocking = sorted(r for r in readers if (record.id, r) in failed)
         if record.type is not None and record.type.erases and blocking:
             rt.ledger.record_step(
-                record.id, system, kind, StepAction.ERASE.value, StepStatus.FAILED,
+                record.id, system, kind, StepAction.ERASE, StepStatus.FAILED,
                 error=f"held back: {', '.join(blocking)} could not erase what this system "
                 "lists; rerun once it can",
             )
@@ -237,7 +237,7 @@ def _separate(rt: Runtime, connector: SqlConnector) -> bool:
 
 def _prepare(rt: Runtime, system: str, outcomes: Mapping[str, Outcome]) -> None:
     """Record what an erasure is about to commit (see `Ledger.prepare_steps`)."""
-    rt.ledger.prepare_steps(system, StepAction.ERASE.value, {
+    rt.ledger.prepare_steps(system, StepAction.ERASE, {
         rid: (_counts(o, StepAction.ERASE), o.details()) for rid, o in outcomes.items()
     })
 
@@ -251,7 +251,7 @@ def _run_group(
 ) -> list[StepResult]:
     spec = rt.datamap.systems[system]
     kind = spec.kind
-    rt.ledger.record_steps(system, kind, action.value,
+    rt.ledger.record_steps(system, kind, action,
                            [StepWrite(m.id, StepStatus.RUNNING) for m in members])
     searched: dict[str, dict[str, int]] = {}
     outcomes: dict[str, Outcome] = {}
@@ -292,7 +292,7 @@ def _run_group(
         writes.append(StepWrite(member.id, status, counts, error, details))
         results.append(StepResult(member.id, system, action, status, **counts.__dict__,
                                   error=error))
-    rt.ledger.record_steps(system, kind, action.value, writes)  # one transaction
+    rt.ledger.record_steps(system, kind, action, writes)  # one transaction
     return results
 
 
@@ -362,7 +362,7 @@ def resolve_identities(rt: Runtime, request_ids: Sequence[str]) -> dict[str, int
             rid = subject.request_id
             if rid in failures:
                 rt.ledger.record_step(
-                    rid, name, "sql", StepAction.RESOLVE.value, StepStatus.FAILED,
+                    rid, name, "sql", StepAction.RESOLVE, StepStatus.FAILED,
                     error=f"identities not resolved: {failures[rid]}",
                 )
                 continue
@@ -374,7 +374,7 @@ def resolve_identities(rt: Runtime, request_ids: Sequence[str]) -> dict[str, int
                 learnt[rid] += len(new)
             # Identities, not rows: the counts stay in the details, out of the row totals.
             rt.ledger.record_step(
-                rid, name, "sql", StepAction.RESOLVE.value, StepStatus.SUCCEEDED,
+                rid, name, "sql", StepAction.RESOLVE, StepStatus.SUCCEEDED,
                 details={IDENTITIES_KEY: {
                     "learnt": _by_type(found.found),
                     "withheld": dict(sorted(found.withheld.items())),
@@ -436,18 +436,18 @@ def _resolved(rt: Runtime, records: list[RequestRecord]) -> list[RequestRecord]:
     """The requests whose identity resolution succeeded; the others get a failed step, with
     the reason, in every system they concern that has not already done its part."""
     steps = rt.ledger.steps([r.id for r in records])
-    unresolved = {str(s["request_id"]): str(s["system"]) for s in steps
-                  if s["action"] == StepAction.RESOLVE and s["status"] == StepStatus.FAILED}
-    done = {(str(s["request_id"]), str(s["system"])) for s in steps
-            if s["status"] in (StepStatus.SUCCEEDED, StepStatus.PENDING_EXTERNAL,
-                               StepStatus.BLOCKED) and s["action"] != StepAction.RESOLVE}
+    unresolved = {s.request_id: s.system for s in steps
+                  if s.action == StepAction.RESOLVE and s.status == StepStatus.FAILED}
+    done = {(s.request_id, s.system) for s in steps
+            if s.status in (StepStatus.SUCCEEDED, StepStatus.PENDING_EXTERNAL,
+                            StepStatus.BLOCKED) and s.action != StepAction.RESOLVE}
     for record in records:
         if record.id not in unresolved or record.type is None:
             continue
         for system, spec in rt.datamap.systems.items():
             if applies(rt, system, record) and (record.id, system) not in done:
                 rt.ledger.record_step(
-                    record.id, system, spec.kind, action_for(record.type).value,
+                    record.id, system, spec.kind, action_for(record.type),
                     StepStatus.FAILED, error=f"not run: the request's identities could not "
                     f"be resolved in {unresolved[record.id]}; rerun once they can",
                 )
@@ -466,20 +466,20 @@ class Closed:
 def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:
     """Each request's final status from its steps: completed when every step succeeded
     (and verification found nothing left), partial when some did, failed when none did."""
-    steps_by_request: dict[str, list[dict[str, object]]] = defaultdict(list)
+    steps_by_request: dict[str, list[StepRecord]] = defaultdict(list)
     for step in rt.ledger.steps(request_ids):
-        steps_by_request[str(step["request_id"])].append(step)
+        steps_by_request[step.request_id].append(step)
     final: dict[str, Status] = {}
     troubled: list[str] = []
-    unfinished = (StepStatus.FAILED.value, StepStatus.BLOCKED.value)
+    unfinished = (StepStatus.FAILED, StepStatus.BLOCKED)
     for rid in request_ids:
         # What the systems did decides between partial and failed; a certificate issued for
         # an erasure that failed everywhere does not make it partial, nor do identities
         # learnt for systems that then failed. A deliverable or a look-up of identities
         # that failed does keep the request from completing.
-        statuses = {StepStatus(str(s["status"])) for s in steps_by_request[rid]
-                    if s["kind"] != DELIVERABLE_KIND and s["action"] != StepAction.RESOLVE}
-        failed = [s for s in steps_by_request[rid] if s["status"] in unfinished]
+        statuses = {s.status for s in steps_by_request[rid]
+                    if s.kind != DELIVERABLE_KIND and s.action != StepAction.RESOLVE}
+        failed = [s for s in steps_by_request[rid] if s.status in unfinished]
         if failed:
             troubled.append(rid)
         if StepStatus.PENDING_EXTERNAL in statuses:
@@ -493,10 +493,10 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:
                 reason = "no system holds data in the request's scope"
         elif StepStatus.SUCCEEDED in statuses:
             target = Status.PARTIALLY_COMPLETED
-            reason = "; ".join(f"{s['system']} {s['action']}: {s['error']}" for s in failed)
+            reason = "; ".join(f"{s.system} {s.action}: {s.error}" for s in failed)
         else:
             target = Status.FAILED
-            reason = "; ".join(f"{s['system']} {s['action']}: {s['error']}" for s in failed)
+            reason = "; ".join(f"{s.system} {s.action}: {s.error}" for s in failed)
         if not rt.ledger.transition(rid, target, reason,
                                     expect=frozenset({Status.IN_PROGRESS})):
             target = rt.ledger.get(rid).status  # closed meanwhile (a callback): as it is

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from dsrflow.datamap import DataMap, parse_datamap
 from dsrflow.identities import Identity, IdentityType, Subject
+from dsrflow.ledger import StepRecord
 
 metadata = sa.MetaData()
 users = sa.Table(
@@ -331,18 +332,17 @@ def total_rows(url: str) -> int:
     return total
 
 
-def deleted_as_recorded(steps: list[dict[str, Any]], system: str = "db") -> tuple[int, int]:
+def deleted_as_recorded(steps: list[StepRecord], system: str = "db") -> tuple[int, int]:
     """What the ledger's erase steps and the signed certificates say was deleted in
     `system`, summed over the requests."""
     import json
     from pathlib import Path
 
-    ledger = sum(int(s["deleted"]) for s in steps if (s["system"], s["action"]) == (system,
-                                                                                      "erase"))
+    ledger = sum(s.deleted or 0 for s in steps if (s.system, s.action) == (system, "erase"))
     certified = 0
     for step in steps:
-        if step["action"] == "certify":
-            document = json.loads(Path(step["details"]["path"]).read_text())
+        if step.action == "certify":
+            document = json.loads(Path(step.details["path"]).read_text())
             [entry] = [s for s in document["certificate"]["systems"] if s["system"] == system]
             certified += int(entry["erase"]["deleted"])
     return ledger, certified

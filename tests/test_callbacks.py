@@ -52,7 +52,7 @@ def _run(rt: Runtime, world: sqlworld.World, uid: int) -> tuple[str, str]:
                  ticket(f"C-{uid}", "erasure", [{"type": "email", "value": email}])).request_id
     process_requests([rid])
     [row] = rt.ledger.partner_requests([rid])
-    return rid, str(row["subject_request_id"])
+    return rid, str(row.subject_request_id)
 
 
 def test_a_signed_callback_completes_the_request(

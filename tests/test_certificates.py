@@ -40,7 +40,7 @@ from dsrflow.certificates import (
 from dsrflow.crypto import encode_key, new_key
 from dsrflow.errors import StepFailed
 from dsrflow.intake import submit
-from dsrflow.model import Status, StepStatus
+from dsrflow.model import Status, StepAction, StepStatus
 from dsrflow.settings import ConfigError, load_settings, read_key_file, write_key_file
 from dsrflow.signing import (
     decode_signing_key,
@@ -168,10 +168,10 @@ def test_the_certificate_says_what_the_ledger_recorded(erasure: Erasure) -> None
     body = _complete(erasure)
     ledger = erasure.rt.ledger
     # Bookkeeping rows are not systems.
-    ledger.record_step(erasure.request_id, "certificate", "deliverable", "certificate",
+    ledger.record_step(erasure.request_id, "certificate", "deliverable", StepAction.CERTIFY,
                        StepStatus.SUCCEEDED)
     body = build_certificate(ledger, erasure.rt.datamap, erasure.request_id, ISSUED)
-    steps = {(s["system"], s["action"]): s for s in ledger.steps([erasure.request_id])}
+    steps = {(s.system, s.action.value): s for s in ledger.steps([erasure.request_id])}
 
     assert body["format"] == FORMAT
     assert body["issued_at"] == "2026-11-22T08:00:00Z"
@@ -189,13 +189,13 @@ def test_the_certificate_says_what_the_ledger_recorded(erasure: Erasure) -> None
     assert db["system"] == "db" and db["kind"] == "sql"
     erase, verify = steps[("db", "erase")], steps[("db", "verify")]
     for count in ("found", "deleted", "anonymized", "retained"):
-        assert db["erase"][count] == erase[count]
+        assert db["erase"][count] == getattr(erase, count)
     assert db["erase"]["status"] == "succeeded"
-    assert db["erase"]["attempts"] == erase["attempts"] == 1
+    assert db["erase"]["attempts"] == erase.attempts == 1
     assert db["erase"]["run"] == RUN
     assert db["erase"]["started_at"] and db["erase"]["finished_at"]
     parts = {p["part"]: p for p in db["erase"]["parts"]}
-    recorded = {k: v for k, v in erase["details"].items() if not k.startswith("_")}
+    recorded = {k: v for k, v in erase.details.items() if not k.startswith("_")}
     assert set(parts) == set(recorded)
     assert [p["part"] for p in db["erase"]["parts"]] == sorted(parts)
     for name, part in parts.items():
@@ -207,7 +207,7 @@ def test_the_certificate_says_what_the_ledger_recorded(erasure: Erasure) -> None
     assert parts["posts"]["deleted"] > 0
 
     assert db["verification"]["status"] == "succeeded"
-    assert db["verification"]["remaining"] == verify["remaining"] == 0
+    assert db["verification"]["remaining"] == verify.remaining == 0
     assert all(p["remaining"] == 0 for p in db["verification"]["parts"])
     assert db["verification"]["run"] == RUN
 
@@ -354,8 +354,8 @@ class LedgerClock:
 
 def _issued(e: Erasure) -> dict[str, Any]:
     """The certificate the ledger points to, read from its file and verified."""
-    [step] = [s for s in e.rt.ledger.steps([e.request_id]) if s["system"] == CERTIFICATE]
-    document = read_certificate(Path(step["details"]["path"]))
+    [step] = [s for s in e.rt.ledger.steps([e.request_id]) if s.system == CERTIFICATE]
+    document = read_certificate(Path(step.details["path"]))
     return verify_certificate(document, [e.rt.settings.signing_key_pair().public_key()]).body
 
 

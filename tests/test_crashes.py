@@ -124,21 +124,21 @@ def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
         resumed = resume_requests(grace_minutes=30)
         assert resumed["abandoned"] == len(ids)
         for rid in ids:  # the partner finishes; the scheduled check closes the requests
-            [row] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
-            partner.complete(str(row["subject_request_id"]))
+            [row] = [p for p in rt.ledger.partner_requests([rid]) if p.system == "adnet"]
+            partner.complete(str(row.subject_request_id))
         partners.check(rt)
 
         steps = rt.ledger.steps(ids)
         for rid in ids:
             record = rt.ledger.get(rid)
             assert record.status is Status.COMPLETED, (point, record.reason)
-            [row] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
-            srid = str(row["subject_request_id"])
+            [row] = [p for p in rt.ledger.partner_requests([rid]) if p.system == "adnet"]
+            srid = str(row.subject_request_id)
             assert partner.posts[srid] == 1 and partner.distinct_requests(srid) == 1, point
-        assert all(s["attempts"] <= 2 for s in steps)
+        assert all(s.attempts <= 2 for s in steps)
         for step in steps:
-            if step["action"] == "certify":
-                document = json.loads(Path(step["details"]["path"]).read_text())
+            if step.action == "certify":
+                document = json.loads(Path(step.details["path"]).read_text())
                 assert document["certificate"]["outcome"]["status"] == "complete"
         deleted, certified = sqlworld.deleted_as_recorded(steps)
         gone = before - sqlworld.total_rows(url)

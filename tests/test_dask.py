@@ -166,9 +166,9 @@ def test_process_requests_on_a_dask_cluster(dask_world: DaskWorld) -> None:
     assert states["apply-db"] == states["verify-db"] == StateType.COMPLETED
 
     for rid in ids:
-        by_action = {s["action"]: s for s in dw.runtime.ledger.steps([rid])}
-        assert by_action["erase"]["status"] == "succeeded"
-        assert by_action["verify"]["remaining"] == 0
+        by_action = {s.action.value: s for s in dw.runtime.ledger.steps([rid])}
+        assert by_action["erase"].status == "succeeded"
+        assert by_action["verify"].remaining == 0
 
     after = sqlworld.snapshot(dw.engine)
     for table, rows in before.items():

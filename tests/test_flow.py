@@ -72,12 +72,12 @@ def test_a_batch_erases_collects_and_holds_the_unverified(
     assert ledger.get(unverified).status is Status.AWAITING_VERIFICATION
 
     # The erasure went everywhere and was proven.
-    steps = {(s["system"], s["action"]): s for s in ledger.steps([erase])}
-    assert steps[("db", "erase")]["status"] == "succeeded"
-    assert steps[("db", "verify")]["remaining"] == 0
+    steps = {(s.system, s.action.value): s for s in ledger.steps([erase])}
+    assert steps[("db", "erase")].status == "succeeded"
+    assert steps[("db", "verify")].remaining == 0
     # The email was pseudonymized, yet verification found the account's tombstone again
     # through the user id the erasure read on its way: the proof looked at the right rows.
-    assert steps[("db", "verify")]["found"] >= 1
+    assert (steps[("db", "verify")].found or 0) >= 1
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         posts = conn.execute(sa.select(sa.func.count()).select_from(sqlworld.posts)
@@ -94,10 +94,10 @@ def test_a_batch_erases_collects_and_holds_the_unverified(
 
     # The access request's records went into its package, and only there: the collected
     # copy waiting for it is gone.
-    package = next(s for s in ledger.steps([access]) if s["system"] == "access-package")
-    outbox = json.loads(Path(package["details"]["key_handed_to"].removeprefix("outbox:"))
+    package = next(s for s in ledger.steps([access]) if s.system == "access-package")
+    outbox = json.loads(Path(package.details["key_handed_to"].removeprefix("outbox:"))
                         .read_text())
-    opened = unseal(Path(package["details"]["location"]).read_bytes(), outbox["key"].encode())
+    opened = unseal(Path(package.details["location"]).read_bytes(), outbox["key"].encode())
     with zipfile.ZipFile(io.BytesIO(opened)) as zf:
         assert [r["id"] for r in json.loads(zf.read("data/db/users.json"))] == [3]
     assert exported_systems(runtime.settings.exports_path, access) == []
@@ -120,25 +120,25 @@ def test_each_request_ends_with_what_it_asked_for(
         ticket("D-2", "account_cancellation", [{"type": "email", "value": _email(w, 4)}]),
     )
     assert process_requests([access, erase]) == {access: "completed", erase: "completed"}
-    made = {s["system"]: s for s in runtime.ledger.steps([access, erase])
-            if s["kind"] == "deliverable"}
+    made = {s.system: s for s in runtime.ledger.steps([access, erase])
+            if s.kind == "deliverable"}
     assert set(made) == {"access-package", "erasure-certificate"}
 
     package = made["access-package"]
-    assert package["request_id"] == access
-    outbox = json.loads(Path(package["details"]["key_handed_to"].removeprefix("outbox:"))
+    assert package.request_id == access
+    outbox = json.loads(Path(package.details["key_handed_to"].removeprefix("outbox:"))
                         .read_text())
-    opened = unseal(Path(package["details"]["location"]).read_bytes(), outbox["key"].encode())
+    opened = unseal(Path(package.details["location"]).read_bytes(), outbox["key"].encode())
     manifest = check_package(opened)
     assert {f["path"] for f in manifest["files"]} >= {"data/db/users.json", "index.html"}
 
     certificate = made["erasure-certificate"]
-    assert certificate["request_id"] == erase
-    document = json.loads(Path(certificate["details"]["path"]).read_text())
+    assert certificate.request_id == erase
+    document = json.loads(Path(certificate.details["path"]).read_text())
     verified = verify_certificate(document, [runtime.settings.signing_key_pair().public_key()])
     assert (verified.request_id, verified.outcome) == (erase, "complete")
     # Both name the Prefect run that made them.
-    assert package["details"]["_run"]["flow_run_id"] == certificate["details"]["_run"][
+    assert package.details["_run"]["flow_run_id"] == certificate.details["_run"][
         "flow_run_id"]
 
 
@@ -168,11 +168,11 @@ def test_a_failing_system_is_recorded_without_values_and_fails_the_run(
     assert record.status in (Status.FAILED, Status.PARTIALLY_COMPLETED)
     assert record.reason and "post_tags" in record.reason
     assert _email(w, 7).lower() not in (record.reason or "").lower()
-    steps = {s["action"]: s for s in runtime.ledger.steps([rid]) if s["system"] == "db"}
+    steps = {s.action.value: s for s in runtime.ledger.steps([rid]) if s.system == "db"}
     # The look-up of the account's identities failed first: no system ran for it.
-    assert steps["resolve"]["status"] == "failed" and "post_tags" in steps["resolve"]["error"]
-    assert steps["erase"]["status"] == "failed" and steps["erase"]["attempts"] == 0
-    assert "not run" in steps["erase"]["error"]
+    assert steps["resolve"].status == "failed" and "post_tags" in (steps["resolve"].error or "")
+    assert steps["erase"].status == "failed" and steps["erase"].attempts == 0
+    assert "not run" in (steps["erase"].error or "")
     # Nothing half-erased: the transaction rolled back, so the user row is untouched.
     engine = sa.create_engine(url)
     with engine.connect() as conn:
@@ -299,8 +299,8 @@ def test_the_flow_on_postgresql(
         for table, rows in before.items():
             others = {k for k, who in w.owners.get(table, {}).items() if 2 not in who}
             assert {k: after[table].get(k) for k in others} == {k: rows[k] for k in others}
-        verify = next(s for s in rt.ledger.steps([ids[0]]) if s["action"] == "verify")
-        assert verify["remaining"] == 0 and verify["found"] >= 1
+        verify = next(s for s in rt.ledger.steps([ids[0]]) if s.action == "verify")
+        assert verify.remaining == 0 and (verify.found or 0) >= 1
     finally:
         set_runtime(previous)
         rt.close()

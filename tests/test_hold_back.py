@@ -80,10 +80,10 @@ def test_a_failed_bucket_holds_back_the_rows_that_list_its_keys(
     # The bucket does not exist yet: the objects step fails, and the database keeps the
     # subject's rows rather than erase the only record of which objects are theirs.
     _run(rt, rid)
-    by_system = {s["system"]: s for s in rt.ledger.steps([rid]) if s["action"] == "erase"}
-    assert by_system["attachments"]["status"] == "failed"
-    assert by_system["db"]["status"] == "failed"
-    assert "held back" in by_system["db"]["error"]
+    by_system = {s.system: s for s in rt.ledger.steps([rid]) if s.action == "erase"}
+    assert by_system["attachments"].status == "failed"
+    assert by_system["db"].status == "failed"
+    assert "held back" in (by_system["db"].error or "")
     assert _posts(rt, uid) == len(mine)
     assert steps.close_requests(rt, [rid]).statuses == {rid: Status.FAILED}
 
@@ -94,10 +94,10 @@ def test_a_failed_bucket_holds_back_the_rows_that_list_its_keys(
     for post in mine + others:
         s3.put_object(Bucket=bucket, Key=str(post["body"]), Body=b"attachment")
     _run(rt, rid)
-    by_system = {s["system"]: s for s in rt.ledger.steps([rid]) if s["action"] == "erase"}
-    assert by_system["attachments"]["status"] == "succeeded"
-    assert by_system["attachments"]["deleted"] == len(mine)
-    assert by_system["db"]["status"] == "succeeded"
+    by_system = {s.system: s for s in rt.ledger.steps([rid]) if s.action == "erase"}
+    assert by_system["attachments"].status == "succeeded"
+    assert by_system["attachments"].deleted == len(mine)
+    assert by_system["db"].status == "succeeded"
     assert _posts(rt, uid) == 0
     left = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
     assert left == {str(p["body"]) for p in others}

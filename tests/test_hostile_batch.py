@@ -182,10 +182,10 @@ def test_hostile_tickets_in_a_batch_harm_nobody(
     for i, (_, value) in enumerate(ACCEPTED_HOSTILE):
         rid = submitted[f"H-{i}"].request_id
         record = rt.ledger.get(rid)
-        work = [s for s in rt.ledger.steps([rid]) if s["action"] == "erase"]
+        work = [s for s in rt.ledger.steps([rid]) if s.action == "erase"]
         if record.status is Status.COMPLETED:
             # Nothing of anyone was taken for it.
-            assert all(not s["deleted"] and not s["anonymized"] for s in work), (value, work)
+            assert all(not s.deleted and not s.anonymized for s in work), (value, work)
         else:  # it may fail, but only alone and with a reason that quotes nothing
             assert record.status is Status.FAILED and record.reason, (value, record)
             assert value not in str(record.reason)
@@ -196,8 +196,8 @@ def test_hostile_tickets_in_a_batch_harm_nobody(
                 if u["id"] in accounts and (u["nickname"] or "@" in str(u["email"]))]
     assert not [d for d in after_rows["devices"] if d["user_id"] in accounts]
     db = next(s for s in rt.ledger.steps([submitted["N-device"].request_id])
-              if s["system"] == "db" and s["action"] == "erase")
-    assert db["retained"] and not db["deleted"], db
+              if s.system == "db" and s.action == "erase")
+    assert db.retained and not db.deleted, db
     after_log = (tmp_path / "logs" / "app.log").read_text()
     gone = {device} | {t for uid in accounts for t in _identities(w, uid, devices)}
     assert not [line for line in after_log.splitlines() if _tokens(line) & gone]

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from connectors.sql import SqlConnector
 from dsrflow.identities import Subject
 from dsrflow.intake import submit
+from dsrflow.ledger import StepRecord
 from dsrflow.model import Status
 from flows.request import BatchIncomplete, process_requests
 from tasks.runtime import Runtime, set_runtime
@@ -60,8 +61,8 @@ def count_posts(url: str, uid: int) -> int:
     return int(n)
 
 
-def steps_of(rt: Runtime, rid: str) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(str(s["system"]), str(s["action"])): s for s in rt.ledger.steps([rid])}
+def steps_of(rt: Runtime, rid: str) -> dict[tuple[str, str], StepRecord]:
+    return {(s.system, s.action.value): s for s in rt.ledger.steps([rid])}
 
 
 def test_a_request_the_system_cannot_serve_fails_alone(
@@ -90,13 +91,13 @@ def test_a_request_the_system_cannot_serve_fails_alone(
         db = steps_of(runtime, rid)[("db", "erase")]
         if rid == culprit:
             assert record.status is Status.FAILED
-            assert db["status"] == "failed" and db["error"]
-            assert "MARKER" not in str(db["error"]) and "MARKER" not in str(record.reason)
+            assert db.status == "failed" and db.error
+            assert "MARKER" not in str(db.error) and "MARKER" not in str(record.reason)
             assert count_posts(url, uid) == len(
                 [p for p in w.rows.get("posts", []) if p["user_id"] == uid])
         else:
             assert record.status is Status.COMPLETED, (uid, record.reason)
-            assert db["status"] == "succeeded"
+            assert db.status == "succeeded"
             assert count_posts(url, uid) == 0
     # Found by halving the batch: 8, then 4 + 4, 2 + 2, 1 + 1, not one call per request
     # (the order depends on which half the culprit sits in).
@@ -120,7 +121,7 @@ def test_a_failure_of_the_system_itself_fails_the_batch_at_once(
         process_requests(list(ids.values()))
     assert calls == [4]
     for rid in ids.values():
-        assert steps_of(runtime, rid)[("db", "erase")]["status"] == "failed"
+        assert steps_of(runtime, rid)[("db", "erase")].status == "failed"
 
 
 def test_a_request_whose_identities_could_not_be_resolved_goes_nowhere(
@@ -142,13 +143,13 @@ def test_a_request_whose_identities_could_not_be_resolved_goes_nowhere(
 
     # Nothing reports success for it: a failed look-up is never "nothing left".
     steps = steps_of(runtime, culprit)
-    assert steps[("db", "resolve")]["status"] == "failed"
-    assert steps[("db", "erase")]["status"] == "failed"
-    assert "could not be resolved" in str(steps[("db", "erase")]["error"])
+    assert steps[("db", "resolve")].status == "failed"
+    assert steps[("db", "erase")].status == "failed"
+    assert "could not be resolved" in str(steps[("db", "erase")].error)
     assert not [s for s in steps.values()
-                if s["status"] == "succeeded" and s["kind"] != "deliverable"]
+                if s.status == "succeeded" and s.kind != "deliverable"]
     certificate = steps[("erasure-certificate", "certify")]
-    document = json.loads(Path(certificate["details"]["path"]).read_text())
+    document = json.loads(Path(certificate.details["path"]).read_text())
     assert document["certificate"]["outcome"]["status"] == "incomplete"
     assert runtime.ledger.get(culprit).status is Status.FAILED
     assert count_posts(url, 3) == len([p for p in w.rows.get("posts", []) if p["user_id"] == 3])

@@ -154,9 +154,9 @@ def test_two_runs_at_once_on_one_config_do_every_step_once(tmp_path: Path) -> No
         assert {r.status for r in records} == {Status.COMPLETED}
         steps = rt.ledger.steps([r.id for r in records])
         # (A resolve step is recorded by its outcome alone: it counts no attempts.)
-        assert steps and all(s["attempts"] == 1 for s in steps
-                             if s["action"] != "resolve"), [
-            (s["system"], s["action"], s["status"], s["attempts"]) for s in steps]
+        assert steps and all(s.attempts == 1 for s in steps
+                             if s.action != "resolve"), [
+            (s.system, s.action, s.status, s.attempts) for s in steps]
         deleted, certified = sqlworld.deleted_as_recorded(steps)
     finally:
         rt.close()

@@ -25,7 +25,7 @@ from dsrflow.deadlines import CalendarOverrides, Deadlines
 from dsrflow.identities import Identity, IdentityType
 from dsrflow.ledger import ClosedRequest, Ledger, StepCounts, UnknownRequest
 from dsrflow.ledger.schema import audit_events, audit_head, identity_tokens, requests, steps
-from dsrflow.model import RUN_KEY, InvalidTransition, Status, StepStatus
+from dsrflow.model import RUN_KEY, InvalidTransition, Status, StepAction, StepStatus
 from dsrflow.tickets import Rejection, Ticket
 from tests import helpers
 from tests.helpers import CN_2027, DUE_2027, RECEIVED_2027, ticket
@@ -304,7 +304,7 @@ def test_a_computed_deadline_counts_from_receipt_and_survives_a_later_verificati
 def test_identities_are_encrypted_at_rest(ledger: Ledger, db_url: str) -> None:
     request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
     ledger.add_identities(request_id, [Identity(type=IdentityType.DEVICE_ID, value="dev-777")])
-    ledger.record_step(request_id, "userdb", "sql", "erase", StepStatus.RUNNING)
+    ledger.record_step(request_id, "userdb", "sql", StepAction.ERASE, StepStatus.RUNNING)
 
     # The request decrypts to what the ticket said...
     [subject] = ledger.subjects([request_id])
@@ -552,33 +552,34 @@ def test_a_request_that_succeeds_on_a_rerun_drops_the_earlier_failure(ledger: Le
 # -- steps ----------------------------------------------------------------------------------
 def test_record_step_counts_attempts_and_keeps_the_outcome(ledger: Ledger) -> None:
     request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
-    ledger.record_step(request_id, "userdb", "sql", "erase", StepStatus.RUNNING)
+    ledger.record_step(request_id, "userdb", "sql", StepAction.ERASE, StepStatus.RUNNING)
     ledger.record_step(
-        request_id, "userdb", "sql", "erase", StepStatus.FAILED, error="TimeoutError: slow"
+        request_id, "userdb", "sql", StepAction.ERASE, StepStatus.FAILED, error="TimeoutError: slow"
     )
-    ledger.record_step(request_id, "userdb", "sql", "erase", StepStatus.RUNNING)
+    ledger.record_step(request_id, "userdb", "sql", StepAction.ERASE, StepStatus.RUNNING)
     ledger.record_step(
-        request_id, "userdb", "sql", "erase", StepStatus.SUCCEEDED,
+        request_id, "userdb", "sql", StepAction.ERASE, StepStatus.SUCCEEDED,
         StepCounts(found=4, deleted=2, anonymized=1, retained=1),
         details={"users": {"retain_reasons": ["tax law"]}},
     )
     ledger.record_step(
-        request_id, "userdb", "sql", "verify", StepStatus.SUCCEEDED, StepCounts(remaining=0)
+        request_id, "userdb", "sql", StepAction.VERIFY, StepStatus.SUCCEEDED,
+        StepCounts(remaining=0),
     )
 
-    by_action = {s["action"]: s for s in ledger.steps([request_id])}
+    by_action = {s.action.value: s for s in ledger.steps([request_id])}
     assert set(by_action) == {"erase", "verify"}
     erase = by_action["erase"]
-    assert erase["attempts"] == 2
-    assert erase["status"] == "succeeded"
-    assert erase["error"] is None  # the earlier failure does not linger
-    assert (erase["found"], erase["deleted"], erase["anonymized"], erase["retained"]) == (
+    assert erase.attempts == 2
+    assert erase.status == "succeeded"
+    assert erase.error is None  # the earlier failure does not linger
+    assert (erase.found, erase.deleted, erase.anonymized, erase.retained) == (
         4, 2, 1, 1,
     )
-    assert erase["details"] == {"users": {"retain_reasons": ["tax law"]}}
-    assert erase["finished_at"] is not None
-    assert by_action["verify"]["remaining"] == 0
-    assert by_action["verify"]["attempts"] == 0  # recorded without a RUNNING
+    assert erase.details == {"users": {"retain_reasons": ["tax law"]}}
+    assert erase.finished_at is not None
+    assert by_action["verify"].remaining == 0
+    assert by_action["verify"].attempts == 0  # recorded without a RUNNING
     assert ledger.steps(["someone-else"]) == []
 
 
@@ -601,35 +602,35 @@ def test_a_rerun_with_nothing_to_do_keeps_the_step_as_its_success_recorded_it(
     request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
     confirmed = {"confirmed_by": "privacy desk", "reference": "CR-77",
                  "confirmed_at": "2026-11-21T16:00:00+00:00"}
-    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.SUCCEEDED,
+    ledger.record_step(request_id, "courier", "partner", StepAction.ERASE, StepStatus.SUCCEEDED,
                        details=confirmed)
-    ledger.record_step(request_id, "db", "sql", "erase", StepStatus.SUCCEEDED,
+    ledger.record_step(request_id, "db", "sql", StepAction.ERASE, StepStatus.SUCCEEDED,
                        StepCounts(found=3, deleted=3), details={"posts": _part(3, "s1")})
-    before = {s["system"]: s for s in ledger.steps([request_id])}
+    before = {s.system: s for s in ledger.steps([request_id])}
 
     clock["now"] = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
     run2 = {RUN_KEY: {"flow_run_id": "run-2"}}
     for system, kind in (("courier", "partner"), ("db", "sql")):
-        ledger.record_step(request_id, system, kind, "erase", StepStatus.RUNNING)
-    running = {s["system"]: s for s in ledger.steps([request_id])}
-    assert running["courier"]["status"] == "running"
-    assert running["courier"]["finished_at"] == before["courier"]["finished_at"]
-    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.SUCCEEDED,
+        ledger.record_step(request_id, system, kind, StepAction.ERASE, StepStatus.RUNNING)
+    running = {s.system: s for s in ledger.steps([request_id])}
+    assert running["courier"].status == "running"
+    assert running["courier"].finished_at == before["courier"].finished_at
+    ledger.record_step(request_id, "courier", "partner", StepAction.ERASE, StepStatus.SUCCEEDED,
                        StepCounts(), details=run2)
-    ledger.record_step(request_id, "db", "sql", "erase", StepStatus.SUCCEEDED,
+    ledger.record_step(request_id, "db", "sql", StepAction.ERASE, StepStatus.SUCCEEDED,
                        StepCounts(found=1, deleted=1), details={"posts": _part(1, "s2"), **run2})
 
-    after = {s["system"]: s for s in ledger.steps([request_id])}
+    after = {s.system: s for s in ledger.steps([request_id])}
     courier = after["courier"]
-    assert courier["status"] == "succeeded"
-    assert courier["finished_at"] == before["courier"]["finished_at"]
-    assert courier["details"] == confirmed
-    assert courier["attempts"] == 1  # it did run again
+    assert courier.status == "succeeded"
+    assert courier.finished_at == before["courier"].finished_at
+    assert courier.details == confirmed
+    assert courier.attempts == 1  # it did run again
     # New work adds to the first attempt's, at the rerun's time.
     db = after["db"]
-    assert (db["found"], db["deleted"]) == (4, 4)
-    assert db["details"] == {"posts": {**_part(4, "s1"), "statements": ["s1", "s2"]}, **run2}
-    assert db["finished_at"] is not None and db["finished_at"] != before["db"]["finished_at"]
+    assert (db.found, db.deleted) == (4, 4)
+    assert db.details == {"posts": {**_part(4, "s1"), "statements": ["s1", "s2"]}, **run2}
+    assert db.finished_at is not None and db.finished_at != before["db"].finished_at
     assert ledger.verify_audit_chain() is None
 
 
@@ -641,18 +642,17 @@ def test_a_step_that_succeeds_after_failing_is_finished_when_it_succeeded(
     clock = {"now": datetime(2026, 11, 21, 16, 0, tzinfo=UTC)}
     monkeypatch.setattr(store, "now", lambda: clock["now"])
     request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
-    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.RUNNING)
-    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.FAILED,
+    ledger.record_step(request_id, "courier", "partner", StepAction.ERASE, StepStatus.RUNNING)
+    ledger.record_step(request_id, "courier", "partner", StepAction.ERASE, StepStatus.FAILED,
                        error="ConnectError")
     clock["now"] = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
-    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.RUNNING)
-    assert ledger.steps([request_id])[0]["finished_at"] is None
-    ledger.record_step(request_id, "courier", "partner", "erase", StepStatus.SUCCEEDED,
+    ledger.record_step(request_id, "courier", "partner", StepAction.ERASE, StepStatus.RUNNING)
+    assert ledger.steps([request_id])[0].finished_at is None
+    ledger.record_step(request_id, "courier", "partner", StepAction.ERASE, StepStatus.SUCCEEDED,
                        StepCounts())
     [step] = ledger.steps([request_id])
-    assert (step["status"], step["error"]) == ("succeeded", None)
-    finished = step["finished_at"]
-    assert (finished if finished.tzinfo else finished.replace(tzinfo=UTC)) == clock["now"]
+    assert (step.status, step.error) == ("succeeded", None)
+    assert step.finished_at == clock["now"]  # read back in UTC, whatever the database
 
 
 # -- pseudonyms -----------------------------------------------------------------------------
@@ -691,9 +691,10 @@ def busy_ledger(ledger: Ledger) -> list[str]:
     for i in range(5):
         request_id, _ = ledger.accept(make_ticket(f"T-{i}"), "dm", "pol")
         ids.append(request_id)
-        ledger.record_step(request_id, "userdb", "sql", "erase", StepStatus.RUNNING)
+        ledger.record_step(request_id, "userdb", "sql", StepAction.ERASE, StepStatus.RUNNING)
         ledger.record_step(
-            request_id, "userdb", "sql", "erase", StepStatus.SUCCEEDED, StepCounts(found=1),
+            request_id, "userdb", "sql", StepAction.ERASE, StepStatus.SUCCEEDED,
+            StepCounts(found=1),
             details={"users": {"retain_reasons": ["x"], "statements": ["ab" * 32]}},
         )
     ledger.reject(Rejection("type: unknown", ticket_id="T-bad"))
@@ -724,7 +725,7 @@ def test_concurrent_writers_do_not_fork_the_chain(ledger: Ledger) -> None:
         with lock:
             request_id = ids[next(counter)]
         for n in range(5):
-            ledger.record_step(request_id, f"sys{n}", "sql", "erase", StepStatus.RUNNING)
+            ledger.record_step(request_id, f"sys{n}", "sql", StepAction.ERASE, StepStatus.RUNNING)
             ledger.audit("note", request_id, {"n": n})
         ledger.transition(request_id, Status.IN_PROGRESS)
 
@@ -823,22 +824,22 @@ def test_an_erasure_killed_around_its_commit_is_counted_once(
     rerun finds nothing left (committed) or deletes the same 5 again (not committed):
     either way the step says 5, not 0 and not 10."""
     request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
-    ledger.record_step(request_id, "db", "sql", "erase", StepStatus.RUNNING)
-    ledger.prepare_steps("db", "erase", {request_id: (StepCounts(found=5, deleted=5),
+    ledger.record_step(request_id, "db", "sql", StepAction.ERASE, StepStatus.RUNNING)
+    ledger.prepare_steps("db", StepAction.ERASE, {request_id: (StepCounts(found=5, deleted=5),
                                                       {"posts": _part(5, "s1")})})
     # SIGKILL here. The rerun:
-    ledger.record_step(request_id, "db", "sql", "erase", StepStatus.RUNNING)
+    ledger.record_step(request_id, "db", "sql", StepAction.ERASE, StepStatus.RUNNING)
     again = 0 if committed else 5
     if again:
-        ledger.prepare_steps("db", "erase", {request_id: (
+        ledger.prepare_steps("db", StepAction.ERASE, {request_id: (
             StepCounts(found=again, deleted=again), {"posts": _part(again, "s1")})})
-    ledger.record_step(request_id, "db", "sql", "erase", StepStatus.SUCCEEDED,
+    ledger.record_step(request_id, "db", "sql", StepAction.ERASE, StepStatus.SUCCEEDED,
                        StepCounts(found=again, deleted=again),
                        details={"posts": _part(again, "s1")} if again else {})
     [step] = ledger.steps([request_id])
-    assert (step["found"], step["deleted"], step["attempts"]) == (5, 5, 2)
-    assert step["details"]["posts"]["deleted"] == 5
-    assert "_prepared" not in step["details"]
+    assert (step.found, step.deleted, step.attempts) == (5, 5, 2)
+    assert step.details["posts"]["deleted"] == 5
+    assert "_prepared" not in step.details
     assert ledger.verify_audit_chain() is None
 
 

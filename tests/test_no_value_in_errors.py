@@ -356,8 +356,8 @@ def _run_broken_databases(rt: Runtime, faults: dict[str, str], process_requests:
     with pytest.raises(Exception) as caught:
         process_requests([rid])
     assert type(caught.value).__name__ == "BatchIncomplete"
-    failed = {(s["system"], s["action"]) for s in rt.ledger.steps([rid])
-              if s["status"] == "failed"}
+    failed = {(s.system, s.action) for s in rt.ledger.steps([rid])
+              if s.status == "failed"}
     assert {("db_down", "resolve"), ("db_cols", "resolve")} <= failed, failed
     return [rid], []
 
@@ -387,8 +387,8 @@ def _run(rt: Runtime, faults: dict[str, str], process_requests: Any,
     with pytest.raises(Exception) as caught:
         process_requests(ids)
     assert type(caught.value).__name__ == "BatchIncomplete"
-    steps = {(s["request_id"], s["system"], s["action"]): s for s in rt.ledger.steps(ids)}
-    failed = {(k[1], k[2]) for k, s in steps.items() if s["status"] in ("failed", "blocked")}
+    steps = {(s.request_id, s.system, s.action): s for s in rt.ledger.steps(ids)}
+    failed = {(k[1], k[2]) for k, s in steps.items() if s.status in ("failed", "blocked")}
     # Every failure path was taken.
     assert {("db", "erase"), ("db", "rectify"), ("db", "collect"), ("applogs", "erase"),
             ("media", "erase"), ("crm", "erase"), ("ads", "erase"),

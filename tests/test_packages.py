@@ -23,7 +23,7 @@ from dsrflow.delivery import PackageSettings
 from dsrflow.errors import StepFailed
 from dsrflow.exports import exported_systems
 from dsrflow.intake import submit
-from dsrflow.ledger import RequestRecord
+from dsrflow.ledger import RequestRecord, StepRecord
 from dsrflow.model import Regime, RequestType, Status
 from dsrflow.packages import (
     PackageContents,
@@ -96,11 +96,11 @@ def _access(rt: Runtime, uid: int, world: sqlworld.World) -> str:
     return rid
 
 
-def _receive(rt: Runtime, rid: str) -> tuple[dict[str, Any], zipfile.ZipFile, dict[str, Any]]:
+def _receive(rt: Runtime, rid: str) -> tuple[StepRecord, zipfile.ZipFile, dict[str, Any]]:
     """What the requester does: read the outbox (link + key), download, open."""
-    step = next(s for s in rt.ledger.steps([rid]) if s["system"] == deliverables.PACKAGE)
-    assert step["status"] == "succeeded", step["error"]
-    outbox = json.loads(Path(step["details"]["key_handed_to"].removeprefix("outbox:"))
+    step = next(s for s in rt.ledger.steps([rid]) if s.system == deliverables.PACKAGE)
+    assert step.status == "succeeded", step.error
+    outbox = json.loads(Path(step.details["key_handed_to"].removeprefix("outbox:"))
                         .read_text())
     blob = httpx.get(outbox["link"]).raise_for_status().content if outbox["link"].startswith(
         "http") else Path(outbox["link"].removeprefix("file://")).read_bytes()
@@ -156,7 +156,7 @@ def test_an_access_package_holds_the_subject_and_nobody_else(
     assert exported_systems(rt.settings.exports_path, rid) == []
 
     # The ledger knows where the package and the key went, never the key.
-    details = step["details"]
+    details = step.details
     assert details["location"] == f"s3://{uploads}/packages/{rid}.zip.fernet"
     assert details["key_id"] == manifest["_outbox"]["key_id"]
     key = manifest["_outbox"]["key"].encode()
@@ -190,22 +190,22 @@ def test_a_package_is_made_once_and_the_wrong_key_does_not_open_it(
     rid = _access(rt, 5, w)
     deliverables.produce(rt, [rid])
     step, _, manifest = _receive(rt, rid)
-    assert step["details"]["location"].startswith(str(tmp_path / ".dsrflow" / "packages"))
+    assert step.details["location"].startswith(str(tmp_path / ".dsrflow" / "packages"))
 
     # A rerun (the flow retried, the partner check closed it) makes no second package.
     assert deliverables.produce(rt, [rid]) == {}
-    blob = Path(step["details"]["location"]).read_bytes()
+    blob = Path(step.details["location"]).read_bytes()
     with pytest.raises(PackageError, match="key does not open"):
         unseal(blob, new_package_key())
 
     # Once the support team has sent the key, the outbox copy is gone and the ledger says
     # how it went out.
-    outbox = Path(step["details"]["key_handed_to"].removeprefix("outbox:"))
+    outbox = Path(step.details["key_handed_to"].removeprefix("outbox:"))
     deliverables.handed_over(rt, rid, channel="SMS to the account phone", by="agent-7")
     assert not outbox.exists()
-    [after] = [s for s in rt.ledger.steps([rid]) if s["system"] == deliverables.PACKAGE]
-    assert after["details"]["key_handed_to"] == "SMS to the account phone"
-    assert after["details"]["key_id"] == manifest["_outbox"]["key_id"]
+    [after] = [s for s in rt.ledger.steps([rid]) if s.system == deliverables.PACKAGE]
+    assert after.details["key_handed_to"] == "SMS to the account phone"
+    assert after.details["key_id"] == manifest["_outbox"]["key_id"]
     with pytest.raises(LookupError):
         deliverables.handed_over(rt, "no-such-request", channel="x", by="y")
     rt.close()
@@ -219,8 +219,8 @@ def test_an_unsent_key_is_dropped_when_its_link_expires(
     rid = _access(rt, 4, w)
     deliverables.produce(rt, [rid])
     step, _, _ = _receive(rt, rid)
-    outbox = Path(step["details"]["key_handed_to"].removeprefix("outbox:"))
-    package = Path(step["details"]["location"])
+    outbox = Path(step.details["key_handed_to"].removeprefix("outbox:"))
+    package = Path(step.details["location"])
     made = datetime.now(UTC)
 
     # While the link works, nothing goes.
@@ -230,8 +230,8 @@ def test_an_unsent_key_is_dropped_when_its_link_expires(
     # After, the key and the package go, and the ledger says the key never went out.
     assert deliverables.expire(rt, made + timedelta(days=5, minutes=1)) == ([rid], [package])
     assert not outbox.exists() and not package.exists()
-    [after] = [s for s in rt.ledger.steps([rid]) if s["system"] == deliverables.PACKAGE]
-    assert after["details"]["key_handed_to"] == "nobody: the link expired first"
+    [after] = [s for s in rt.ledger.steps([rid]) if s.system == deliverables.PACKAGE]
+    assert after.details["key_handed_to"] == "nobody: the link expired first"
     rt.close()
 
 

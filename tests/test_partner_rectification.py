@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from dsrflow.intake import submit
+from dsrflow.ledger import StepRecord
 from dsrflow.model import Status
 from examples.partner import ReferencePartner
 from examples.partner.webhook import WebhookReceiver
@@ -55,8 +56,8 @@ def world(tmp_path: Path, prefect_server: list[Path], monkeypatch: pytest.Monkey
             rt.close()
 
 
-def _partner_steps(rt: Runtime, rid: str) -> dict[str, dict[str, Any]]:
-    return {str(s["system"]): s for s in rt.ledger.steps([rid]) if s["kind"] == "partner"}
+def _partner_steps(rt: Runtime, rid: str) -> dict[str, StepRecord]:
+    return {s.system: s for s in rt.ledger.steps([rid]) if s.kind == "partner"}
 
 
 def test_a_rectification_goes_to_the_partners_that_hold_the_field(
@@ -75,9 +76,9 @@ def test_a_rectification_goes_to_the_partners_that_hold_the_field(
         {"category": "profile", "field": "users.nickname", "value": "Xiao Zhang"}]
     steps = _partner_steps(rt, rid)
     assert set(steps) == {"crm", "adnet"}  # not `ads`: no nickname was shared with it
-    assert steps["crm"]["status"] == "succeeded" and steps["crm"]["action"] == "rectify"
-    assert steps["adnet"]["status"] == "pending_external"
-    assert "OpenDSR cannot carry a rectification" in str(steps["adnet"]["error"])
+    assert steps["crm"].status == "succeeded" and steps["crm"].action == "rectify"
+    assert steps["adnet"].status == "pending_external"
+    assert "OpenDSR cannot carry a rectification" in str(steps["adnet"].error)
     assert adnet.posts == {}  # nothing it cannot read was sent to it
     assert "Xiao Zhang" not in str(steps)  # the new value stays out of the ledger's steps
 
@@ -99,6 +100,6 @@ def test_a_restriction_goes_to_every_partner(
     assert [b["type"] for b in bodies] == ["restriction", "restriction"]  # crm and ads
     assert all("corrections" not in b for b in bodies)
     steps = _partner_steps(rt, rid)
-    assert {s: steps[s]["status"] for s in steps} == {
+    assert {s: steps[s].status for s in steps} == {
         "crm": "succeeded", "ads": "succeeded", "adnet": "pending_external"}
     assert adnet.posts == {}

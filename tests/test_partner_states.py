@@ -44,7 +44,7 @@ def test_no_state_goes_backwards(ledger: Ledger, acts: list[str]) -> None:
         target, expect = ACTS[act]
         changed = ledger.update_partner(rid, "adnet", target, expect=expect)
         [row] = ledger.partner_requests([rid])
-        now = P(row["status"])
+        now = P(row.status)
         if not changed:
             assert now is state, (act, state, now)  # a lost write changes nothing
             continue

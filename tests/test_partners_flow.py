@@ -12,6 +12,7 @@ import pytest
 
 from dsrflow.intake import submit
 from dsrflow.leakscan import files_containing
+from dsrflow.ledger import StepRecord
 from dsrflow.model import Status
 from examples.partner import Faults, ReferencePartner
 from flows.request import BatchIncomplete, process_requests
@@ -67,8 +68,8 @@ def _erasure(rt: Runtime, world: sqlworld.World, uid: int, tid: str) -> str:
                   ticket(tid, "erasure", [{"type": "email", "value": email}])).request_id
 
 
-def _steps(rt: Runtime, rid: str) -> dict[str, dict[str, Any]]:
-    return {s["system"]: s for s in rt.ledger.steps([rid]) if s["action"] == "erase"}
+def _steps(rt: Runtime, rid: str) -> dict[str, StepRecord]:
+    return {s.system: s for s in rt.ledger.steps([rid]) if s.action == "erase"}
 
 
 def test_a_request_waits_for_its_partners_and_closes_when_they_answer(
@@ -79,11 +80,11 @@ def test_a_request_waits_for_its_partners_and_closes_when_they_answer(
     assert process_requests([rid]) == {rid: "in_progress"}
 
     steps = _steps(rt, rid)
-    assert steps["db"]["status"] == "succeeded"
-    assert steps["adnet"]["status"] == steps["courier"]["status"] == "pending_external"
-    assert "privacy@courier.example" in steps["courier"]["error"]
-    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
-    srid = sent["subject_request_id"]
+    assert steps["db"].status == "succeeded"
+    assert steps["adnet"].status == steps["courier"].status == "pending_external"
+    assert "privacy@courier.example" in (steps["courier"].error or "")
+    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p.system == "adnet"]
+    srid = sent.subject_request_id
     assert partner.distinct_requests(srid) == 1
     assert rt.ledger.get(rid).status is Status.IN_PROGRESS
 
@@ -93,13 +94,13 @@ def test_a_request_waits_for_its_partners_and_closes_when_they_answer(
     assert rt.ledger.get(rid).status is Status.IN_PROGRESS  # the courier has not confirmed
     partners.confirm(rt, rid, "courier", by="lin.q", reference="CR-2026-118")
     assert rt.ledger.get(rid).status is Status.COMPLETED
-    details = _steps(rt, rid)["courier"]["details"]
+    details = _steps(rt, rid)["courier"].details
     assert (details["confirmed_by"], details["reference"]) == ("lin.q", "CR-2026-118")
     assert details["confirmed_at"].startswith("20")
     # Done means done: a late poll or a repeated confirmation changes nothing.
     assert partners.check(rt) == {}
     partners.confirm(rt, rid, "courier", by="someone.else", reference="X")
-    assert _steps(rt, rid)["courier"]["details"]["confirmed_by"] == "lin.q"
+    assert _steps(rt, rid)["courier"].details["confirmed_by"] == "lin.q"
 
 
 def test_a_failing_partner_is_asked_exactly_once(
@@ -112,10 +113,10 @@ def test_a_failing_partner_is_asked_exactly_once(
     partner.set_faults(Faults(fail=3, stage="after"))
     process_requests([rid])
     process_requests([rid])
-    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
-    assert partner.distinct_requests(sent["subject_request_id"]) == 1
-    assert partner.posts[sent["subject_request_id"]] >= 2  # it was asked again...
-    assert _steps(rt, rid)["adnet"]["status"] == "pending_external"  # ...and is waiting
+    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p.system == "adnet"]
+    assert partner.distinct_requests(sent.subject_request_id) == 1
+    assert partner.posts[sent.subject_request_id] >= 2  # it was asked again...
+    assert _steps(rt, rid)["adnet"].status == "pending_external"  # ...and is waiting
 
 
 def test_a_refusal_blocks_that_partner_only(
@@ -128,9 +129,9 @@ def test_a_refusal_blocks_that_partner_only(
     with pytest.raises(BatchIncomplete):
         process_requests([rid])
     steps = _steps(rt, rid)
-    assert steps["adnet"]["status"] == "blocked"
-    assert steps["db"]["status"] == "succeeded"  # the other systems went ahead
-    assert str(world.user(4)["email"]).lower() not in steps["adnet"]["error"].lower()
+    assert steps["adnet"].status == "blocked"
+    assert steps["db"].status == "succeeded"  # the other systems went ahead
+    assert str(world.user(4)["email"]).lower() not in (steps["adnet"].error or "").lower()
     partners.confirm(rt, rid, "courier", by="lin.q", reference="CR-1")
     assert rt.ledger.get(rid).status is Status.PARTIALLY_COMPLETED
 
@@ -145,8 +146,8 @@ def test_a_bad_signature_is_not_trusted(
     with pytest.raises(BatchIncomplete):
         process_requests([rid])
     step = _steps(rt, rid)["adnet"]
-    assert step["status"] == "blocked"
-    assert "Signature" in step["error"]
+    assert step.status == "blocked"
+    assert "Signature" in (step.error or "")
 
 
 def test_no_identity_reaches_prefect_or_the_partner_in_the_clear(
@@ -157,8 +158,8 @@ def test_no_identity_reaches_prefect_or_the_partner_in_the_clear(
     rid = _erasure(rt, world, 6, "P-5")
     process_requests([rid])
     email = str(world.user(6)["email"])
-    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
-    body = partner.requests[sent["subject_request_id"]].raw
+    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p.system == "adnet"]
+    body = partner.requests[sent.subject_request_id].raw
     assert email.lower().encode() not in body.lower()  # the data map asked for sha256
     assert files_containing(prefect_server, [email, email.lower()]) == {}
 
@@ -172,11 +173,11 @@ def test_a_lost_callback_is_made_up_for_by_the_scheduled_check(
     rid = _erasure(rt, world, 1, "P-6")
     partner.set_faults(Faults(lose_callbacks=True))
     process_requests([rid])
-    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
-    partner.complete(sent["subject_request_id"])  # done at the partner; the callback is lost
-    assert _steps(rt, rid)["adnet"]["status"] == "pending_external"
+    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p.system == "adnet"]
+    partner.complete(sent.subject_request_id)  # done at the partner; the callback is lost
+    assert _steps(rt, rid)["adnet"].status == "pending_external"
     assert check_partners() == {rid: "adnet: completed"}
-    assert _steps(rt, rid)["adnet"]["status"] == "succeeded"
+    assert _steps(rt, rid)["adnet"].status == "succeeded"
 
 
 def test_a_person_confirms_a_manual_partner_in_the_prefect_ui(
@@ -195,8 +196,8 @@ def test_a_person_confirms_a_manual_partner_in_the_prefect_ui(
     rt, world = runtime
     rid = _erasure(rt, world, 2, "P-7")
     process_requests([rid])
-    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
-    partner.complete(sent["subject_request_id"])
+    [sent] = [p for p in rt.ledger.partner_requests([rid]) if p.system == "adnet"]
+    partner.complete(sent.subject_request_id)
     partners.check(rt)
 
     result: list[str] = []
@@ -219,7 +220,7 @@ def test_a_person_confirms_a_manual_partner_in_the_prefect_ui(
         resume_flow_run(runs[0].id, run_input={"confirmed_by": "lin.q", "reference": "UI-42"})
     waiting.join(timeout=60)
     assert result == ["completed"]
-    details = _steps(rt, rid)["courier"]["details"]
+    details = _steps(rt, rid)["courier"].details
     assert (details["confirmed_by"], details["reference"]) == ("lin.q", "UI-42")
 
 
@@ -246,13 +247,13 @@ def test_a_webhook_partner_is_told_once_and_acknowledges(
             rid = _erasure(rt, world, 2, f"W-{reply}")
             process_requests([rid])
             [sent] = rt.ledger.partner_requests([rid])
-            assert receiver.distinct(sent["subject_request_id"]) == 1  # despite two 500s
+            assert receiver.distinct(sent.subject_request_id) == 1  # despite two 500s
             step = _steps(rt, rid)["mailer"]
             if reply == "received":
-                assert step["status"] == "succeeded"
+                assert step.status == "succeeded"
                 assert rt.ledger.get(rid).status is Status.COMPLETED
             else:
-                assert step["status"] == "pending_external"
+                assert step.status == "pending_external"
                 partners.confirm(rt, rid, "mailer", by="lin.q", reference="WH-ack")
                 assert rt.ledger.get(rid).status is Status.COMPLETED
         finally:
@@ -283,7 +284,7 @@ def test_a_partner_token_can_live_in_a_prefect_secret_block(
         try:
             rid = _erasure(rt, world, 1, "S-1")
             process_requests([rid])
-            assert _steps(rt, rid)["adnet"]["status"] == "pending_external"
+            assert _steps(rt, rid)["adnet"].status == "pending_external"
         finally:
             set_runtime(previous)
             rt.close()
@@ -291,8 +292,8 @@ def test_a_partner_token_can_live_in_a_prefect_secret_block(
 
 # -- exactly once (issue 12) ------------------------------------------------------------------
 def _srid(rt: Runtime, rid: str, system: str = "adnet") -> str:
-    [row] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == system]
-    return str(row["subject_request_id"])
+    [row] = [p for p in rt.ledger.partner_requests([rid]) if p.system == system]
+    return str(row.subject_request_id)
 
 
 def test_a_callback_before_the_post_returns_is_not_lost(
@@ -317,10 +318,10 @@ def test_a_callback_before_the_post_returns_is_not_lost(
 
     monkeypatch.setattr(OpenDsrPartner, "submit", instant)
     process_requests([rid])
-    [row] = [p for p in rt.ledger.partner_requests([rid]) if p["system"] == "adnet"]
-    assert row["status"] == "completed"
-    assert _steps(rt, rid)["adnet"]["status"] == "succeeded"
-    assert partner.posts[row["subject_request_id"]] == 1
+    [row] = [p for p in rt.ledger.partner_requests([rid]) if p.system == "adnet"]
+    assert row.status == "completed"
+    assert _steps(rt, rid)["adnet"].status == "succeeded"
+    assert partner.posts[row.subject_request_id] == 1
     # The lost write is on record as lost, not applied.
     assert partners.check(rt) == {}  # nothing left to poll
 
@@ -336,7 +337,7 @@ def test_reruns_never_ask_a_partner_again(
     for _ in range(2):
         process_requests([slow])
     assert partner.posts[_srid(rt, slow)] == 1
-    assert _steps(rt, slow)["adnet"]["status"] == "pending_external"
+    assert _steps(rt, slow)["adnet"].status == "pending_external"
 
     refused = _erasure(rt, world, 4, "E-3")
     partner.set_faults(Faults(reject=1, reject_status=400))
@@ -345,14 +346,14 @@ def test_reruns_never_ask_a_partner_again(
             process_requests([refused])
     assert partner.posts[_srid(rt, refused)] == 1
     step = _steps(rt, refused)["adnet"]
-    assert step["status"] == "blocked" and "400" in step["error"]
+    assert step.status == "blocked" and "400" in (step.error or "")
 
     # A person deals with the objection and retries: sent once more, under the same id.
     srid = _srid(rt, refused)
     partners.retry(rt, refused, "adnet")
     assert process_requests([refused]) == {refused: "in_progress"}
     assert partner.posts[srid] == 2 and _srid(rt, refused) == srid
-    assert _steps(rt, refused)["adnet"]["status"] == "pending_external"
+    assert _steps(rt, refused)["adnet"].status == "pending_external"
     with pytest.raises(LookupError, match="not blocked"):
         partners.retry(rt, refused, "adnet")
 
@@ -392,13 +393,13 @@ def test_one_untrusted_partner_does_not_stop_the_others(
             first = check_partners()  # the flow completes; it says what it could not check
             assert first[rid]  # one line per request: the last partner's
             steps = _steps(rt, rid)
-            assert steps["good"]["status"] == "succeeded"
-            assert steps["bad"]["status"] == "blocked"
-            assert steps["down"]["status"] == "pending_external"  # tried again next time
+            assert steps["good"].status == "succeeded"
+            assert steps["bad"].status == "blocked"
+            assert steps["down"].status == "pending_external"  # tried again next time
             check_partners()
             steps = _steps(rt, rid)
-            assert steps["down"]["status"] == "blocked"
-            assert "2 status checks" in steps["down"]["error"]
+            assert steps["down"].status == "blocked"
+            assert "2 status checks" in (steps["down"].error or "")
             # Nothing is waiting any more: the request closes, partial, with the reasons.
             record = rt.ledger.get(rid)
             assert record.status is Status.PARTIALLY_COMPLETED

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from dsrflow.crypto import Keyring
 from dsrflow.deadlines import Deadlines
 from dsrflow.ledger import Ledger, RequestRecord, StepCounts
-from dsrflow.model import PartnerStatus, Regime, RequestType, Status, StepStatus
+from dsrflow.model import PartnerStatus, Regime, RequestType, Status, StepAction, StepStatus
 from dsrflow.report import (
     REQUEST_COLUMNS,
     STEP_COLUMNS,
@@ -314,7 +314,7 @@ def test_a_request_that_fails_on_its_retry_is_not_reported_completed(
 def record(ledger: Ledger, rid: str, system: str, action: str, status: StepStatus,
            counts: StepCounts | None = None, error: str | None = None,
            details: dict[str, Any] | None = None) -> None:
-    ledger.record_step(rid, system, "sql", action, status, counts, error, details)
+    ledger.record_step(rid, system, "sql", StepAction(action), status, counts, error, details)
 
 
 def part(found: int = 0, remaining: int = 0, reasons: list[str] | None = None) -> dict[str, Any]:
@@ -591,9 +591,9 @@ def test_steps_frame_shows_the_action_what_was_collected_and_the_partner(
     record(ledger, erased, "userdb", "verify", StepStatus.SUCCEEDED, StepCounts(remaining=0))
     ledger.partner_request_id(erased, "adnet", lambda: "11111111-1111-4111-8111-111111111111")
     ledger.update_partner(erased, "adnet", PartnerStatus.AWAITING_CONFIRMATION)
-    ledger.record_step(erased, "adnet", "partner", "erase", StepStatus.PENDING_EXTERNAL,
+    ledger.record_step(erased, "adnet", "partner", StepAction.ERASE, StepStatus.PENDING_EXTERNAL,
                        error="adnet acknowledged and will report back")
-    ledger.record_step(erased, "erasure-certificate", "deliverable", "certify",
+    ledger.record_step(erased, "erasure-certificate", "deliverable", StepAction.CERTIFY,
                        StepStatus.SUCCEEDED,
                        details={"path": "certificates/x.json", "sha256": "ab" * 32,
                                 "outcome": "erased", **run})
@@ -632,7 +632,8 @@ def test_systems_frame_sums_the_steps_per_system(accept: Accept, ledger: Ledger)
     record(ledger, second, "logs", "erase", StepStatus.BLOCKED, error="bucket locked")
     record(ledger, access, "userdb", "collect", StepStatus.SUCCEEDED, StepCounts(found=4))
     record(ledger, access, "logs", "collect", StepStatus.PENDING_EXTERNAL, StepCounts(found=0))
-    ledger.record_step(access, "access-package", "deliverable", "deliver", StepStatus.SUCCEEDED,
+    ledger.record_step(access, "access-package", "deliverable", StepAction.DELIVER,
+                       StepStatus.SUCCEEDED,
                        details={"location": "packages/p.zip", "sha256": "cd" * 32})
     steps = steps_frame(ledger)
 

@@ -20,7 +20,7 @@ from dsrflow.intake import submit
 from dsrflow.ledger import StepCounts, UnknownRequest
 from dsrflow.ledger import store as ledger_store
 from dsrflow.ledger.schema import requests
-from dsrflow.model import PartnerStatus, Status, StepStatus
+from dsrflow.model import PartnerStatus, Status, StepAction, StepStatus
 from dsrflow.report import build_request_view, request_view, request_view_markdown
 from tasks.runtime import Runtime
 from tests import sqlworld
@@ -75,20 +75,20 @@ def erased(rt: Runtime, clock: Clock) -> str:
             extended_due_at=datetime(2027, 2, 22, 23, 59, 59, tzinfo=UTC),
             extension_notice_at=datetime(2026, 12, 1, 10, 0, tzinfo=UTC),
             extension_reason="three partners to hear from <in writing>"))
-    ledger.record_step(rid, "db", "sql", "erase", StepStatus.SUCCEEDED,
+    ledger.record_step(rid, "db", "sql", StepAction.ERASE, StepStatus.SUCCEEDED,
                        StepCounts(found=6, deleted=3, anonymized=2, retained=1),
                        details={"users": {"found": 4, "retain_reasons": [
                            "orders kept 7 years (tax law)"]},
                            "devices": {"found": 2, "retain_reasons": []}, **RUN})
-    ledger.record_step(rid, "db", "sql", "verify", StepStatus.SUCCEEDED,
+    ledger.record_step(rid, "db", "sql", StepAction.VERIFY, StepStatus.SUCCEEDED,
                        StepCounts(remaining=0))
     ledger.partner_request_id(rid, "adnet", lambda: "5e1f0000-0000-4000-8000-00000000ad01")
     ledger.update_partner(rid, "adnet", PartnerStatus.CONFIRMED, confirmed_by="DPO desk",
                           reference="AD-42")
-    ledger.record_step(rid, "adnet", "partner", "erase", StepStatus.SUCCEEDED,
+    ledger.record_step(rid, "adnet", "partner", StepAction.ERASE, StepStatus.SUCCEEDED,
                        details={"confirmed_by": "DPO desk", "reference": "AD-42",
                                 "confirmed_at": "2026-12-03T10:00:00+00:00"})
-    ledger.record_step(rid, "erasure-certificate", "deliverable", "certify",
+    ledger.record_step(rid, "erasure-certificate", "deliverable", StepAction.CERTIFY,
                        StepStatus.SUCCEEDED,
                        details={"path": f"certificates/{rid}.json", "sha256": "ab" * 32,
                                 "outcome": "erased", **RUN})
@@ -104,9 +104,11 @@ def access(rt: Runtime, clock: Clock) -> str:
     ledger = rt.ledger
     rid = submit(ledger, rt.datamap, ticket("T-ACCESS", "access", ASKER)).request_id
     ledger.transition(rid, Status.IN_PROGRESS)
-    ledger.record_step(rid, "db", "sql", "collect", StepStatus.SUCCEEDED, StepCounts(found=12),
+    ledger.record_step(rid, "db", "sql", StepAction.COLLECT, StepStatus.SUCCEEDED,
+                       StepCounts(found=12),
                        details={"users": {"found": 12, "retain_reasons": []}, **RUN})
-    ledger.record_step(rid, "access-package", "deliverable", "deliver", StepStatus.SUCCEEDED,
+    ledger.record_step(rid, "access-package", "deliverable", StepAction.DELIVER,
+                       StepStatus.SUCCEEDED,
                        details={"location": f"packages/{rid}.dsrpkg",
                                 "expires_at": "2026-12-24T12:00:00+00:00",
                                 "sha256": "cd" * 32, "key_id": "0123456789abcdef",

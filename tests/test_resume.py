@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dsrflow.intake import submit
-from dsrflow.model import Status
+from dsrflow.model import Status, StepAction
 from flows import resume
 from flows.resume import resume_requests
 from tasks.runtime import Runtime, set_runtime
@@ -84,12 +84,12 @@ def test_a_request_whose_run_died_is_taken_over_and_the_run_marked_crashed(
     assert ledger.take_leases([rid], str(dead.id), timedelta(minutes=10),
                               at=an_hour_ago).granted == [rid]
     ledger.transition(rid, Status.IN_PROGRESS)
-    ledger.record_step(rid, "db", "sql", "erase", steps.StepStatus.RUNNING)
+    ledger.record_step(rid, "db", "sql", StepAction.ERASE, steps.StepStatus.RUNNING)
 
     assert resume_requests(grace_minutes=30) == {"resumed": 1, "abandoned": 1, "batches": 1}
     assert ledger.get(rid).status is Status.COMPLETED
-    [erase] = [s for s in ledger.steps([rid]) if (s["system"], s["action"]) == ("db", "erase")]
-    assert erase["status"] == "succeeded" and erase["attempts"] == 2
+    [erase] = [s for s in ledger.steps([rid]) if (s.system, s.action) == ("db", "erase")]
+    assert erase.status == "succeeded" and erase.attempts == 2
     assert ledger.lease_holders([rid]) == {}
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(UUID(str(dead.id))).state

@@ -67,7 +67,7 @@ class StepsMixin:
         request_id: str,
         system: str,
         kind: str,
-        action: str,
+        action: StepAction,
         status: StepStatus,
         counts: StepCounts | None = None,
         error: str | None = None,
@@ -78,7 +78,7 @@ class StepsMixin:
                           [StepWrite(request_id, status, counts, error, details)])
 
     def record_steps(
-        self, system: str, kind: str, action: str, writes: Sequence[StepWrite]
+        self, system: str, kind: str, action: StepAction, writes: Sequence[StepWrite]
     ) -> None:
         """Record a batch's progress or outcomes in one system's step (one row per request
         × system × action), in one transaction.
@@ -128,7 +128,7 @@ class StepsMixin:
                                              "steps": audited})
 
     def prepare_steps(
-        self, system: str, action: str,
+        self, system: str, action: StepAction,
         prepared: Mapping[str, tuple[StepCounts, dict[str, Any]]],
     ) -> None:
         """What an erasure is about to commit, per request (counts and parts), kept in its
@@ -188,7 +188,7 @@ def _step_values(
     kept = (status is StepStatus.SUCCEEDED and succeeded
             and _reports_no_work(counts, write.error, details))
     values: dict[str, Any] = {"kind": kind, "status": status.value, "error": write.error}
-    adds_up = action == StepAction.ERASE.value and row is not None
+    adds_up = action == StepAction.ERASE and row is not None
     if status is StepStatus.RUNNING:
         values.update(started_at=stamp, attempts=(row["attempts"] if row else 0) + 1)
         if not succeeded:

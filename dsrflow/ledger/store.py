@@ -11,7 +11,6 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from dsrflow.files import private_file
 from dsrflow.identities import Identity, Subject
 from dsrflow.ledger.batches import chunks
 from dsrflow.ledger.leases import LeasesMixin
+from dsrflow.ledger.rows import PartnerRequest, RequestRecord, StepRecord
 from dsrflow.ledger.schema import (
     audit_events,
     audit_head,
@@ -55,7 +55,6 @@ from dsrflow.model import (
     PARTNER_TRANSITIONS,
     PartnerStatus,
     Regime,
-    RequestType,
     Status,
     check_transition,
 )
@@ -77,35 +76,6 @@ class ClosedRequest(ValueError):
 class ExtensionRefused(ValueError):
     """An extension the regime or the request's state does not allow; the message says
     why, with the dates involved."""
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    """A request as the rest of the pipeline sees it: no identities."""
-
-    id: str
-    ticket_id: str | None
-    type: RequestType | None
-    regime: Regime | None
-    channel: str | None
-    scope: frozenset[str] | None
-    status: Status
-    reason: str | None
-    received_at: datetime
-    verified_at: datetime | None
-    due_at: datetime | None
-    deadline_error: str | None
-    completed_at: datetime | None
-    datamap_version: str | None
-    policy_version: str | None
-    extended_due_at: datetime | None = None
-    extension_notice_at: datetime | None = None
-    extension_reason: str | None = None
-
-    @property
-    def effective_due_at(self) -> datetime | None:
-        """The due date that binds now: the extended one, if the request was extended."""
-        return self.extended_due_at or self.due_at
 
 
 def now() -> datetime:
@@ -316,13 +286,13 @@ class Ledger(StepsMixin, LeasesMixin):
     def get_many(self, request_ids: Sequence[str]) -> list[RequestRecord]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(requests).where(requests.c.id.in_(list(request_ids))))
-            by_id = {row.id: _record(row._mapping) for row in rows}
+            by_id = {row.id: RequestRecord.from_row(row._mapping) for row in rows}
         return [by_id[i] for i in request_ids if i in by_id]
 
     def all(self) -> list[RequestRecord]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(requests).order_by(requests.c.received_at, requests.c.id))
-            return [_record(row._mapping) for row in rows]
+            return [RequestRecord.from_row(row._mapping) for row in rows]
 
     def runnable(self) -> list[str]:
         """Requests that a run would pick up: verified, or left unfinished."""
@@ -531,7 +501,7 @@ class Ledger(StepsMixin, LeasesMixin):
             # at the same moment, and an older "unknown" must not overwrite it.
             self._locked(conn, requests.c.id, request_id)
             row = conn.execute(select(requests).where(requests.c.id == request_id)).one()
-            record = _record(row._mapping)
+            record = RequestRecord.from_row(row._mapping)
             if record.due_at is None and record.regime is not None:
                 # A request whose calendar was missing at intake gets another try, from
                 # receipt (its clock did not wait), in case a calendar now has the year.
@@ -628,7 +598,7 @@ class Ledger(StepsMixin, LeasesMixin):
         with self.engine.begin() as conn:
             self._locked(conn, requests.c.id, request_id)
             row = conn.execute(select(requests).where(requests.c.id == request_id)).one()
-            record = _record(row._mapping)
+            record = RequestRecord.from_row(row._mapping)
             new_due = self._extension_due(record, until, notice_at)
             previous = record.effective_due_at
             assert previous is not None  # checked by _extension_due
@@ -695,12 +665,12 @@ class Ledger(StepsMixin, LeasesMixin):
         return new_due
 
     # -- steps ------------------------------------------------------------------------
-    def steps(self, request_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def steps(self, request_ids: Sequence[str] | None = None) -> list[StepRecord]:
         query = select(steps).order_by(steps.c.request_id, steps.c.system, steps.c.id)
         if request_ids is not None:
             query = query.where(steps.c.request_id.in_(list(request_ids)))
         with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            return [StepRecord.from_row(row._mapping) for row in conn.execute(query)]
 
     # -- partners ---------------------------------------------------------------------
     def partner_request_id(self, request_id: str, system: str, make_id: Any) -> str:
@@ -755,7 +725,9 @@ class Ledger(StepsMixin, LeasesMixin):
             self._audit(conn, "partner.update", request_id, detail)
         return changed
 
-    def partner_request_by_id(self, system: str, subject_request_id: str) -> dict[str, Any] | None:
+    def partner_request_by_id(
+        self, system: str, subject_request_id: str
+    ) -> PartnerRequest | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(partner_requests).where(
@@ -763,20 +735,21 @@ class Ledger(StepsMixin, LeasesMixin):
                     partner_requests.c.subject_request_id == subject_request_id,
                 )
             ).one_or_none()
-        return dict(row._mapping) if row is not None else None
+        return PartnerRequest.from_row(row._mapping) if row is not None else None
 
     def partner_requests(
-        self, request_ids: Sequence[str] | None = None, statuses: Sequence[str] | None = None
-    ) -> list[dict[str, Any]]:
+        self, request_ids: Sequence[str] | None = None,
+        statuses: Iterable[PartnerStatus] | None = None,
+    ) -> list[PartnerRequest]:
         query = select(partner_requests).order_by(
             partner_requests.c.created_at, partner_requests.c.request_id
         )
         if request_ids is not None:
             query = query.where(partner_requests.c.request_id.in_(list(request_ids)))
         if statuses is not None:
-            query = query.where(partner_requests.c.status.in_(list(statuses)))
+            query = query.where(partner_requests.c.status.in_(sorted(statuses)))
         with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            return [PartnerRequest.from_row(row._mapping) for row in conn.execute(query)]
 
     # -- audit ------------------------------------------------------------------------
     def audit(self, event_name: str, request_id: str | None, detail: dict[str, Any]) -> None:
@@ -832,25 +805,3 @@ class Ledger(StepsMixin, LeasesMixin):
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(requests)).scalar_one())
 
-
-def _record(row: Any) -> RequestRecord:
-    return RequestRecord(
-        id=row["id"],
-        ticket_id=row["ticket_id"],
-        type=RequestType(row["type"]) if row["type"] else None,
-        regime=Regime(row["regime"]) if row["regime"] else None,
-        channel=row["channel"],
-        scope=frozenset(row["scope"]) if row["scope"] else None,
-        status=Status(row["status"]),
-        reason=row["reason"],
-        received_at=_utc(row["received_at"]),  # type: ignore[arg-type]
-        verified_at=_utc(row["verified_at"]),
-        due_at=_utc(row["due_at"]),
-        deadline_error=row["deadline_error"],
-        completed_at=_utc(row["completed_at"]),
-        datamap_version=row["datamap_version"],
-        policy_version=row["policy_version"],
-        extended_due_at=_utc(row["extended_due_at"]),
-        extension_notice_at=_utc(row["extension_notice_at"]),
-        extension_reason=row["extension_reason"],
-    )

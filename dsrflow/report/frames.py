@@ -4,7 +4,7 @@ Request and ticket ids only, never identities."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dsrflow.deadlines import RULES, CalendarUnavailable, Deadlines
-from dsrflow.ledger import Ledger
+from dsrflow.ledger import Ledger, PartnerRequest, StepRecord
 from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, Regime, Status
 from dsrflow.sla import deadline_state
 
@@ -171,9 +171,7 @@ def steps_frame(ledger: Ledger) -> pd.DataFrame:
     return step_table(ledger.steps(), ledger.partner_requests())[STEP_COLUMNS]
 
 
-def step_table(
-    rows: Sequence[Mapping[str, Any]], partners: Sequence[Mapping[str, Any]]
-) -> pd.DataFrame:
+def step_table(rows: Sequence[StepRecord], partners: Sequence[PartnerRequest]) -> pd.DataFrame:
     """`steps_frame`, plus the errors and the retain reasons apart (the request page shows
     them in their own columns). Rows are grouped by integer codes rather than merged on
     the ids: a ledger of 100,000 requests has some 300,000 step rows."""
@@ -182,7 +180,12 @@ def step_table(
         return _typed_counts(pd.DataFrame(columns=columns))
     # Column by column: a tuple per row would cost the garbage collector more than the
     # look-ups cost.
-    values = {field: [row[field] for row in rows] for field in _STEP_FIELDS}
+    values: dict[str, list[Any]] = {
+        field: [getattr(row, field) for row in rows] for field in _STEP_FIELDS
+    }
+    # Plain strings in the frame: the report filters and prints them.
+    values["action"] = [row.action.value for row in rows]
+    values["status"] = [row.status.value for row in rows]
     raw = pd.DataFrame(values)
     key = ["request_id", "system"]
     group = raw.groupby(key, sort=True).ngroup().to_numpy()
@@ -206,7 +209,7 @@ def step_table(
     failed[group[(raw["status"] == "failed").to_numpy()]] = True
     frame["status"] = frame["status"].where(~failed, "failed")
     frame["collected"] = frame["found"].where(frame["action"] == "collect", None)
-    status_of = {(str(p["request_id"]), str(p["system"])): p["status"] for p in partners}
+    status_of = {(p.request_id, p.system): p.status.value for p in partners}
     partner_status = np.full(groups, None, dtype=object)
     ids, systems = frame["request_id"].tolist(), frame["system"].tolist()
     for g in np.flatnonzero((frame["kind"] == "partner").to_numpy()).tolist():
@@ -225,7 +228,7 @@ def step_table(
         text = "failed" if is_missing(messages[i]) else str(messages[i])
         errors.setdefault(codes[i], []).append(f"{actions[i]}: {text}")
     kept: dict[int, set[str]] = {}
-    details = [row["details"] for row in rows]
+    details = [row.details for row in rows]
     for i in np.flatnonzero(~checks).tolist():
         reasons = _retain_reasons(details[i])
         if reasons:

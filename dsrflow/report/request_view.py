@@ -7,13 +7,12 @@ import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import pandas as pd
 
 from dsrflow.deadlines import RULES, Deadlines
-from dsrflow.ledger import Ledger, RequestRecord
-from dsrflow.model import DELIVERABLE_KIND, Status
+from dsrflow.ledger import Ledger, PartnerRequest, RequestRecord, StepRecord
+from dsrflow.model import DELIVERABLE_KIND, Status, StepAction
 from dsrflow.report.frames import aware, iso, step_table
 from dsrflow.report.pages import TEXT_COLUMNS, html_table, page, to_markdown
 from dsrflow.sla import business_days_left, business_days_used, deadline_state
@@ -45,7 +44,8 @@ VIEW_DELIVERABLE_COLUMNS = [
     "deliverable", "status", "location", "expires", "sha256", "outcome", "key handed over",
     "error",
 ]
-_DELIVERABLE_NAMES = {"deliver": "access package", "certify": "erasure certificate"}
+_DELIVERABLE_NAMES = {StepAction.DELIVER: "access package",
+                      StepAction.CERTIFY: "erasure certificate"}
 
 
 def build_request_view(
@@ -181,42 +181,38 @@ def _facts(
 
 
 def _partner_rows(
-    partners: Sequence[Mapping[str, Any]], steps: Sequence[Mapping[str, Any]]
+    partners: Sequence[PartnerRequest], steps: Sequence[StepRecord]
 ) -> pd.DataFrame:
     # The confirmation time lives with the step a person confirmed, not with the partner row.
     confirmed_at = {
-        str(s["system"]): str(s["details"]["confirmed_at"])
-        for s in steps
-        if s["kind"] == "partner" and isinstance(s.get("details"), dict)
-        and s["details"].get("confirmed_at")
+        s.system: str(s.details["confirmed_at"])
+        for s in steps if s.kind == "partner" and s.details.get("confirmed_at")
     }
     rows = [
-        [p["system"], p["status"], p.get("reference"), p.get("confirmed_by"),
-         confirmed_at.get(str(p["system"])), iso(p.get("expected_completion_at")),
-         p.get("subject_request_id"), p.get("error")]
+        [p.system, p.status.value, p.reference, p.confirmed_by, confirmed_at.get(p.system),
+         iso(p.expected_completion_at), p.subject_request_id, p.error]
         for p in partners
     ]
     return pd.DataFrame(rows, columns=VIEW_PARTNER_COLUMNS)
 
 
-def _deliverable_rows(steps: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def _deliverable_rows(steps: Sequence[StepRecord]) -> pd.DataFrame:
     rows = []
     for step in steps:
-        if step["kind"] != DELIVERABLE_KIND:
+        if step.kind != DELIVERABLE_KIND:
             continue
-        details = step.get("details") if isinstance(step.get("details"), dict) else {}
-        assert isinstance(details, dict)
-        package = step["action"] == "deliver"
+        details = step.details
+        package = step.action == StepAction.DELIVER
         # Only these fields: `key_handed_to` is free text a person typed, and stays out.
         handed = (details.get("key_handed_over_at") or "not yet") if package else None
         rows.append([
-            _DELIVERABLE_NAMES.get(str(step["action"]), str(step["system"])),
-            step["status"],
+            _DELIVERABLE_NAMES.get(step.action, step.system),
+            step.status.value,
             details.get("location") if package else details.get("path"),
             details.get("expires_at"),
             details.get("sha256"),
             details.get("outcome"),
             handed,
-            step.get("error"),
+            step.error,
         ])
     return pd.DataFrame(rows, columns=VIEW_DELIVERABLE_COLUMNS)
