@@ -129,14 +129,16 @@ Resuming: each finished file is appended to `state_dir/erase-<batch>.jsonl` (the
 fingerprint of its request ids and of its identities keyed under each request's key: no
 value is stored) with what the file looks like afterwards (inode, size and mtime; the ETag
 on S3) and its counts. The entry is written before the new file is moved into place. A
-rerun of the same batch skips a file that still looks like its entry and reports the
-recorded counts, so a crash at any point followed by a rerun gives the same files and the
-same outcome as one clean run. An interrupted rewrite leaves a temporary file that the
+rerun of the same batch skips a file that still looks like its entry, so a crash at any
+point followed by a rerun gives the same files as one clean run. What a call changed is
+its own report: the counts of files rewritten before a crash reach the ledger through
+`progress` as the run goes (`dsrflow.ledger.steps.PROGRESS`), and a rerun counts only
+what it changes. An interrupted rewrite leaves a temporary file that the
 next run deletes (beside the glob's matches and beside the real files behind links: only
 `.….dsrflow-tmp` files). An in-place copy a crash interrupted is finished by the next
 erasure of the system before it reads anything, whatever its batch (and by collect and
-verify), and recorded in its batch's checkpoint with its counts. One erasure per system runs
-at a time (a lock in `state_dir`).
+verify), and recorded in its batch's checkpoint with its counts, which the batch's rerun
+reports. One erasure per system runs at a time (a lock in `state_dir`).
 
 A file that grows while it is rewritten (an active log) has its new lines read and
 processed too before the replacement; a writer that keeps the old file open goes on writing
@@ -1533,7 +1535,13 @@ class LogsConnector:
         subjects: Sequence[Subject],
         scope: Scope,
         pseudonymizers: Mapping[str, Pseudonymizer],
+        progress: Callable[[Mapping[str, Outcome]], None] | None = None,
     ) -> dict[str, Outcome]:
+        """Rewrite every file holding the subjects' lines, one file at a time. Reports what
+        this call changed: a file an earlier call already rewrote holds none of their
+        lines, and counts nothing. `progress`, if given, is told after each file what the
+        requests with lines in it have had changed so far, so the counts of a run stopped
+        half-way are not lost."""
         outcomes = {s.request_id: Outcome() for s in subjects}
         if not self._in_scope(scope):
             return outcomes
@@ -1558,6 +1566,11 @@ class LogsConnector:
                         part.anonymized += anonymized
                         if found:
                             part.statements = [statement]
+                    changed = [rid for rid, (_, anonymized) in counts.items() if anonymized]
+                    if progress is not None and changed:
+                        # Right after the file is in place: a crash can only fall between
+                        # its replacement and this, never lose a whole run's counts.
+                        progress({rid: outcomes[rid] for rid in changed})
         return outcomes
 
     # -- erasing one file -------------------------------------------------------------------
@@ -1573,7 +1586,12 @@ class LogsConnector:
             if file.bucket is not None and not done.get("purged", True):
                 self._purge_versions(file, done.get("version_id"))
                 checkpoint.put(key, {**done, "purged": True})
-            return {rid: list(c) for rid, c in done.get("counts", {}).items()}
+            if done.get("recovered"):
+                # Finished by recovery after the call that rewrote it was stopped: that
+                # call never reported it. Said once.
+                checkpoint.put(key, {**done, "recovered": False})
+                return {rid: list(c) for rid, c in done.get("counts", {}).items()}
+            return {}  # rewritten by an earlier call, which reported it
         if file.bucket is not None:
             return self._erase_object(file, reader, prefilter, replace, checkpoint, key)
         return self._erase_local(file, reader, prefilter, replace, checkpoint, key)
@@ -1713,7 +1731,8 @@ class LogsConnector:
             finally:
                 os.close(fd)
             _Checkpoint(self.state_dir, record["batch"]).put(
-                record["key"], {"look": _look(new), "counts": record["counts"]}
+                record["key"], {"look": _look(new), "counts": record["counts"],
+                                "recovered": True}
             )
             _drop_in_place(content)
         for content_path in directory.glob(f".*{PENDING_SUFFIX}"):

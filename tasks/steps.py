@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from functools import partial
 
 from connectors.base import Outcome, Scope
+from connectors.logs import LogsConnector
 from connectors.objects import ObjectsConnector
 from connectors.sql import Discovery, SqlConnector
 from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
 from dsrflow.identities import Identity, Subject
-from dsrflow.ledger import RequestRecord, StepCounts, StepRecord, StepWrite
+from dsrflow.ledger import PLAN, PROGRESS, RequestRecord, StepCounts, StepRecord, StepWrite
 from dsrflow.model import (
     DELIVERABLE_KIND,
     IDENTITIES_KEY,
@@ -185,11 +186,21 @@ def _do(
         keys = rt.ledger.pseudonymizers([s.request_id for s in subjects])
         # These say what they are about to do before doing it (SQL: before its commit;
         # objects: before the first deletion), so a run killed in between is counted.
-        prepared = partial(_prepare, rt, system)
+        prepared = partial(_prepare, rt, system, PLAN)
         if isinstance(connector, SqlConnector) and _separate(rt, connector):
             return connector.erase(subjects, scope, keys, prepared=prepared)
         if isinstance(connector, ObjectsConnector):
             return connector.erase(subjects, scope, keys, prepared=prepared)
+        if isinstance(connector, LogsConnector):
+            # Files are rewritten one by one: what is done so far is told as it goes, and
+            # stays counted if the call stops (the isolation retry reports only the rest).
+            try:
+                return connector.erase(subjects, scope, keys,
+                                       progress=partial(_prepare, rt, system, PROGRESS))
+            except BaseException:
+                rt.ledger.settle_progress(system, StepAction.ERASE,
+                                          [s.request_id for s in subjects])
+                raise
         return connector.erase(subjects, scope, keys)
     if action is StepAction.COLLECT:
         collected = connector.collect(subjects, scope)
@@ -235,11 +246,12 @@ def _separate(rt: Runtime, connector: SqlConnector) -> bool:
                 and ledger.database == target.database)
 
 
-def _prepare(rt: Runtime, system: str, outcomes: Mapping[str, Outcome]) -> None:
-    """Record what an erasure is about to commit (see `Ledger.prepare_steps`)."""
+def _prepare(rt: Runtime, system: str, mode: str, outcomes: Mapping[str, Outcome]) -> None:
+    """Record what an erasure is about to commit, or has done so far (see
+    `Ledger.prepare_steps`)."""
     rt.ledger.prepare_steps(system, StepAction.ERASE, {
         rid: (_counts(o, StepAction.ERASE), o.details()) for rid, o in outcomes.items()
-    })
+    }, mode=mode)
 
 
 def _run_group(

@@ -3,7 +3,8 @@ Prefect server), then the recovery a production install does on its own: the dea
 leases expire, `resume-requests` takes the requests over, the partner's answer is checked.
 Each ends with every request completed, the partner asked once per request, every step
 done once more at most, and the ledger's and the certificates' counts equal to the rows
-that left the database and the objects that left the bucket (S3 on moto)."""
+that left the database, the objects that left the bucket (S3 on moto) and the log lines
+rewritten."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
+from dsrflow.ledger import StepRecord
 from dsrflow.ledger.schema import requests
 from dsrflow.model import Status
 from dsrflow.settings import load_settings
@@ -77,12 +79,46 @@ def _setup(tmp_path: Path, partner: ReferencePartner, endpoint: str) -> tuple[Pa
     doc["systems"]["media"] = {"kind": "objects", "endpoint_url": endpoint, "buckets": {
         BUCKET: {"category": "media", "action": "delete",
                  "ownership": [{"key_template": "uploads/{user_id}/"}]}}}
+    doc["systems"]["applogs"] = {"kind": "logs", "sources": {"app": {
+        "path": "logs/*.log", "format": "text", "identities": ["email"]}}}
     return cli_config(tmp_path, doc), url
 
 
+def _write_logs(folder: Path, emails: list[str]) -> int:
+    """Three days of access logs, each with the subjects' lines among others'; returns how
+    many lines are the subjects'."""
+    (folder / "logs").mkdir()
+    mine = 0
+    for day in (1, 2, 3):
+        lines = []
+        for n in range(40):
+            who = emails[n % len(emails)] if n % 4 == 0 else f"user{n}@example.org"
+            mine += who in emails
+            lines.append(f"2026-11-0{day}T10:{n:02d}:00Z INFO login ok user={who} "
+                         f"ip=10.0.{day}.{n} ua=\"Mozilla/5.0\"")
+        (folder / "logs" / f"app-{day}.log").write_text("\n".join(lines) + "\n")
+    return mine
+
+
+def _lines_of(folder: Path, emails: list[str]) -> int:
+    return sum(1 for path in (folder / "logs").glob("*.log")
+               for line in path.read_text().splitlines() if any(e in line for e in emails))
+
+
+def _anonymized_as_recorded(steps: list[StepRecord], system: str) -> tuple[int, int]:
+    ledger = sum(s.anonymized or 0 for s in steps if (s.system, s.action) == (system, "erase"))
+    certified = 0
+    for step in steps:
+        if step.action == "certify":
+            document = json.loads(Path(step.details["path"]).read_text())
+            [entry] = [s for s in document["certificate"]["systems"] if s["system"] == system]
+            certified += int(entry["erase"]["anonymized"])
+    return ledger, certified
+
+
 @pytest.mark.parametrize(
-    "point", ["after-gate", "before-commit", "after-commit", "after-objects", "after-post",
-              "before-close"]
+    "point", ["after-gate", "before-commit", "after-commit", "after-objects", "mid-logs",
+              "after-post", "before-close"]
 )
 def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
     point: str, tmp_path: Path, partner: ReferencePartner, prefect_server: list[Path],
@@ -107,6 +143,7 @@ def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
             for uid in UIDS]
         before = sqlworld.total_rows(url)
         objects_before = _objects(s3_endpoint)
+        lines = _write_logs(tmp_path, [emails[uid] for uid in UIDS])
 
         env = {k: v for k, v in os.environ.items()
                if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
@@ -147,6 +184,9 @@ def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
         gone = objects_before - _objects(s3_endpoint)
         assert gone == 2 * len(UIDS) and deleted == gone and certified == gone, (
             point, gone, deleted, certified)
+        anonymized, certified = _anonymized_as_recorded(steps, "applogs")
+        assert _lines_of(tmp_path, list(emails.values())) == 0
+        assert anonymized == certified == lines, (point, lines, anonymized, certified)
     finally:
         set_runtime(previous)
         rt.close()

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from dsrflow.crypto import Keyring
 from dsrflow.deadlines import CalendarOverrides, Deadlines
 from dsrflow.identities import Identity, IdentityType
-from dsrflow.ledger import ClosedRequest, Ledger, StepCounts, UnknownRequest
+from dsrflow.ledger import PROGRESS, ClosedRequest, Ledger, StepCounts, UnknownRequest
 from dsrflow.ledger.schema import audit_events, audit_head, identity_tokens, requests, steps
 from dsrflow.model import RUN_KEY, InvalidTransition, Status, StepAction, StepStatus
 from dsrflow.tickets import Rejection, Ticket
@@ -841,6 +841,61 @@ def test_an_erasure_killed_around_its_commit_is_counted_once(
     assert step.details["posts"]["deleted"] == 5
     assert "_prepared" not in step.details
     assert ledger.verify_audit_chain() is None
+
+
+def _lines(n: int) -> dict[str, Any]:
+    return {"access": {"found": n, "deleted": 0, "anonymized": n, "retained": 0,
+                       "remaining": 0, "retain_reasons": [], "statements": ["s2"]}}
+
+
+def _progress(ledger: Ledger, request_id: str, n: int) -> None:
+    ledger.prepare_steps("logs", StepAction.ERASE, {request_id: (
+        StepCounts(found=n, anonymized=n), _lines(n))}, mode=PROGRESS)
+
+
+def _finish(ledger: Ledger, request_id: str, n: int) -> None:
+    ledger.record_step(request_id, "logs", "logs", StepAction.ERASE, StepStatus.SUCCEEDED,
+                       StepCounts(found=n, anonymized=n), details=_lines(n) if n else {})
+
+
+@pytest.mark.parametrize("stopped", ["killed", "raised"])
+def test_what_an_erasure_reported_as_done_before_it_stopped_adds_to_what_the_rest_does(
+    ledger: Ledger, stopped: str
+) -> None:
+    """Log files are rewritten one by one: an attempt reports 3 lines done and is killed
+    (or raises, and the isolation retry goes on in the same attempt). What comes after
+    finds only the 4 lines it had not reached: the step says 7, the lines really changed."""
+    request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
+    ledger.record_step(request_id, "logs", "logs", StepAction.ERASE, StepStatus.RUNNING)
+    _progress(ledger, request_id, 1)
+    _progress(ledger, request_id, 3)  # cumulative, as the connector reports it
+    if stopped == "killed":  # SIGKILL; the rerun starts
+        ledger.record_step(request_id, "logs", "logs", StepAction.ERASE, StepStatus.RUNNING)
+    else:
+        ledger.settle_progress("logs", StepAction.ERASE, [request_id])
+    _progress(ledger, request_id, 4)
+    _finish(ledger, request_id, 4)
+    [step] = ledger.steps([request_id])
+    assert (step.found, step.anonymized) == (7, 7)
+    assert step.details["access"]["anonymized"] == 7
+    assert "_prepared" not in step.details
+    # A rerun over the finished step changes nothing and counts nothing more.
+    ledger.record_step(request_id, "logs", "logs", StepAction.ERASE, StepStatus.RUNNING)
+    _finish(ledger, request_id, 0)
+    [step] = ledger.steps([request_id])
+    assert (step.found, step.anonymized, step.status) == (7, 7, "succeeded")
+    assert ledger.verify_audit_chain() is None
+
+
+def test_progress_is_superseded_by_the_outcome_of_the_same_attempt(ledger: Ledger) -> None:
+    request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
+    ledger.record_step(request_id, "logs", "logs", StepAction.ERASE, StepStatus.RUNNING)
+    _progress(ledger, request_id, 2)
+    _progress(ledger, request_id, 5)
+    _finish(ledger, request_id, 5)
+    [step] = ledger.steps([request_id])
+    assert (step.found, step.anonymized, step.attempts) == (5, 5, 1)
+    assert "_prepared" not in step.details
 
 
 def test_a_transition_that_lost_the_race_changes_nothing_and_is_on_record(

@@ -1,7 +1,7 @@
 """The ledger: requests, steps and the audit trail (SQLAlchemy; SQLite or PostgreSQL)."""
 
 from dsrflow.ledger.rows import PartnerRequest, RequestRecord, StepRecord
-from dsrflow.ledger.steps import StepCounts, StepWrite
+from dsrflow.ledger.steps import PLAN, PROGRESS, StepCounts, StepWrite
 from dsrflow.ledger.store import (
     ClosedRequest,
     ExtensionRefused,
@@ -10,6 +10,8 @@ from dsrflow.ledger.store import (
 )
 
 __all__ = [
+    "PLAN",
+    "PROGRESS",
     "ClosedRequest",
     "ExtensionRefused",
     "Ledger",

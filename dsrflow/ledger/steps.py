@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 COUNT_COLUMNS = ("found", "deleted", "anonymized", "retained", "remaining")
+# What an erasure tells the ledger before its outcome (`StepsMixin.prepare_steps`): all it
+# is about to commit at once (SQL's transaction, an object store's planned deletions), or
+# what it has made durable so far, piece by piece (log files rewritten one at a time).
+PLAN = "plan"
+PROGRESS = "progress"
 
 
 @dataclass(frozen=True)
@@ -129,13 +134,15 @@ class StepsMixin:
 
     def prepare_steps(
         self, system: str, action: StepAction,
-        prepared: Mapping[str, tuple[StepCounts, dict[str, Any]]],
+        prepared: Mapping[str, tuple[StepCounts, dict[str, Any]]], *, mode: str = PLAN,
     ) -> None:
-        """What an erasure is about to commit, per request (counts and parts), kept in its
-        running step until the outcome is recorded: a run killed in between leaves it, and
-        the rerun's counts are read against it (`dsrflow.ledger.counts.at_least`). An
-        earlier interrupted attempt's figures are kept where larger. One transaction for
-        the batch; one audit entry."""
+        """What an erasure is about to commit (`PLAN`) or has made durable so far
+        (`PROGRESS`), per request (counts and parts), kept in its running step until the
+        outcome is recorded. A run killed in between leaves it: a plan is read against
+        the rerun's counts (`dsrflow.ledger.counts.at_least`: the rerun changes only what
+        the plan meant to), progress is added to the step when the rerun starts (what the
+        rerun changes is what the interrupted attempt had not). Figures of the same attempt
+        and mode are kept where larger. One transaction for the batch; one audit entry."""
         if not prepared:
             return
         with self.engine.begin() as conn:
@@ -146,8 +153,11 @@ class StepsMixin:
                 if row is None or row["status"] != StepStatus.RUNNING.value:
                     continue
                 details = dict(row["details"] or {})
-                earlier = details.get(PREPARED_KEY) or {"counts": {}, "parts": {}}
+                earlier = details.get(PREPARED_KEY)
+                if not earlier or earlier.get("mode", PLAN) != mode:
+                    earlier = {"counts": {}, "parts": {}}
                 details[PREPARED_KEY] = {
+                    "mode": mode,
                     "counts": at_least(earlier["counts"], counts.__dict__),
                     "parts": at_least_parts(earlier["parts"], parts),
                 }
@@ -161,6 +171,31 @@ class StepsMixin:
                 self._audit(conn, "step.prepared", None, {
                     "system": system, "action": action,
                     "requests": [rid for rid in prepared if rid in rows],
+                })
+
+    def settle_progress(self, system: str, action: StepAction, request_ids: Sequence[str]) -> None:
+        """Add what an erasure call reported as done (`PROGRESS`) to its steps, for a call
+        that raised: what it changed before it stopped stays counted whatever the retry
+        reports. One transaction for the batch; one audit entry."""
+        with self.engine.begin() as conn:
+            rows = self._locked_steps(conn, system, action, request_ids)
+            updates, settled = [], []
+            for rid, row in rows.items():
+                if (folded := _fold_progress(row)) is not None:
+                    counts, details = folded
+                    updates.append({"_id": row["id"], "_details": details,
+                                    **{f"_{c}": getattr(counts, c) for c in COUNT_COLUMNS}})
+                    settled.append(rid)
+            if updates:
+                conn.execute(
+                    update(steps).where(steps.c.id == bindparam("_id"))
+                    .values(details=bindparam("_details"),
+                            **{c: bindparam(f"_{c}") for c in COUNT_COLUMNS}),
+                    updates,
+                )
+                self._audit(conn, "step.progress_settled", None, {
+                    "system": system, "action": action,
+                    "requests": sorted(settled),
                 })
 
     def _locked_steps(
@@ -191,6 +226,11 @@ def _step_values(
     adds_up = action == StepAction.ERASE and row is not None
     if status is StepStatus.RUNNING:
         values.update(started_at=stamp, attempts=(row["attempts"] if row else 0) + 1)
+        if adds_up and row is not None and (folded := _fold_progress(row)) is not None:
+            # An earlier attempt was stopped after changing data it had reported as it
+            # went: those changes are facts, added before this attempt starts.
+            counts, details = folded
+            values.update(details=details, **{c: getattr(counts, c) for c in COUNT_COLUMNS})
         if not succeeded:
             # A success's finish time and details wait for what the rerun reports:
             # `_had_succeeded` reads them as the mark of a rerun over a success. An
@@ -202,7 +242,9 @@ def _step_values(
         if adds_up:
             assert row is not None
             prepared = (row["details"] or {}).get(PREPARED_KEY)
-            if prepared and counts is not None:
+            # This attempt's own progress is in what it reports now; an interrupted
+            # attempt's plan is read against it.
+            if prepared and counts is not None and prepared.get("mode") != PROGRESS:
                 # An attempt was killed after preparing: the rerun and it, as one.
                 counts = StepCounts(**at_least(prepared["counts"], counts.__dict__))
                 details = at_least_parts(prepared["parts"], details)
@@ -214,6 +256,21 @@ def _step_values(
         if counts is not None:
             values.update({c: getattr(counts, c) for c in COUNT_COLUMNS})
     return values, counts, kept
+
+
+def _fold_progress(row: Mapping[str, Any]) -> tuple[StepCounts, dict[str, Any]] | None:
+    """The counts and details of a step with what an interrupted attempt reported as done
+    (`PROGRESS`) added up, and that report cleared; None when there is none."""
+    details = dict(row["details"] or {})
+    prepared = details.get(PREPARED_KEY)
+    if not prepared or prepared.get("mode") != PROGRESS:
+        return None
+    del details[PREPARED_KEY]
+    before = {c: row[c] for c in COUNT_COLUMNS}
+    counts = StepCounts(**add_up(before, prepared["counts"]))
+    merged = add_up_parts(details, prepared["parts"]) or {}
+    merged.update({k: v for k, v in details.items() if k.startswith("_")})
+    return counts, merged
 
 
 def _had_succeeded(status: str, finished_at: datetime | None) -> bool:
