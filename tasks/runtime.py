@@ -9,9 +9,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, cast
 
-from connectors.base import Connector
+from sqlalchemy.engine import URL
+
+from connectors.base import Connector, ConnectorConfigError
 from connectors.partner import Partner
 from connectors.partners import build_partner
 from connectors.sql import SqlConnector
@@ -97,7 +100,15 @@ class Runtime:
     def _build(self, name: str) -> Any:
         spec = self.datamap.systems[name]
         if isinstance(spec, SqlSystem):
-            return SqlConnector(name, spec)
+            connector = SqlConnector(name, spec)
+            if _same_sqlite_file(connector.engine.url, self.ledger.engine.url):
+                # SQLite has one writer per file: the erasure could not record what it is
+                # about to commit before committing, and a crash between would go uncounted.
+                connector.engine.dispose()
+                raise ConnectorConfigError(
+                    f"systems.{name}.url: the ledger's own SQLite file; give the ledger a "
+                    "file of its own (ledger_url)")
+            return connector
         if isinstance(spec, ObjectsSystem):
             from connectors.objects import ObjectsConnector
 
@@ -158,3 +169,9 @@ def set_runtime(runtime: Runtime | None) -> Runtime | None:
     with _current_lock:
         previous, _current = _current, runtime
         return previous
+
+
+def _same_sqlite_file(a: URL, b: URL) -> bool:
+    files = [u.database for u in (a, b) if u.get_backend_name() == "sqlite"
+             and u.database not in (None, "", ":memory:")]
+    return len(files) == 2 and Path(files[0]).resolve() == Path(files[1]).resolve()

@@ -187,9 +187,7 @@ def _do(
         # These say what they are about to do before doing it (SQL: before its commit;
         # objects: before the first deletion), so a run killed in between is counted.
         prepared = partial(_prepare, rt, system, PLAN)
-        if isinstance(connector, SqlConnector) and _separate(rt, connector):
-            return connector.erase(subjects, scope, keys, prepared=prepared)
-        if isinstance(connector, ObjectsConnector):
+        if isinstance(connector, SqlConnector | ObjectsConnector):
             return connector.erase(subjects, scope, keys, prepared=prepared)
         if isinstance(connector, LogsConnector):
             # Files are rewritten one by one: what is done so far is told as it goes, and
@@ -236,14 +234,6 @@ def _counts(outcome: Outcome, action: StepAction) -> StepCounts:
         retained=outcome.total("retained"),
         remaining=outcome.total("remaining") if action is StepAction.VERIFY else None,
     )
-
-
-def _separate(rt: Runtime, connector: SqlConnector) -> bool:
-    """Whether the ledger can be written while the system's erasure holds its transaction:
-    not when both are one SQLite file (SQLite has one writer per file)."""
-    ledger, target = rt.ledger.engine.url, connector.engine.url
-    return not (ledger.get_backend_name() == target.get_backend_name() == "sqlite"
-                and ledger.database == target.database)
 
 
 def _prepare(rt: Runtime, system: str, mode: str, outcomes: Mapping[str, Outcome]) -> None:

@@ -22,6 +22,7 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
+from connectors.base import ConnectorConfigError
 from dsrflow.ledger import StepRecord
 from dsrflow.ledger.schema import requests
 from dsrflow.model import Status
@@ -31,7 +32,7 @@ from flows.resume import resume_requests
 from tasks import partners
 from tasks.runtime import Runtime, set_runtime
 from tests import sqlworld
-from tests.helpers import cli_config, ticket
+from tests.helpers import cli_config, make_runtime, ticket
 
 UIDS = [1, 2]
 BUCKET = "crash-uploads"
@@ -189,4 +190,16 @@ def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
         assert anonymized == certified == lines, (point, lines, anonymized, certified)
     finally:
         set_runtime(previous)
+        rt.close()
+
+
+def test_a_system_kept_in_the_ledgers_own_sqlite_file_is_refused(tmp_path: Path) -> None:
+    """SQLite has one writer per file: an erasure there could not record what it is about
+    to commit before committing, so a crash between would go uncounted. Refused, named."""
+    _, url = sqlworld.sqlite_world(tmp_path, 3, 1)
+    rt = make_runtime(tmp_path, sqlworld.datamap_doc(url), ledger_url=url)
+    try:
+        with pytest.raises(ConnectorConfigError, match=r"systems\.db\.url: the ledger's own"):
+            rt.sql("db")
+    finally:
         rt.close()
