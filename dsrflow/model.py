@@ -109,6 +109,23 @@ class StepStatus(StrEnum):
     BLOCKED = "blocked"
 
 
+_S = StepStatus
+# Target -> the step states it may be written over (the ledger checks it with the row
+# locked). An attempt may start over anything and an answer or a person's confirmation
+# may finish anything; but what a run reports from before a partner's answer (waiting,
+# failed, blocked) never overwrites that answer: the callback that came while the run was
+# between its POST and its step write stays applied.
+STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
+    _S.PENDING: frozenset({_S.PENDING}),
+    _S.RUNNING: frozenset(StepStatus),
+    _S.SUCCEEDED: frozenset(StepStatus),
+    _S.PENDING_EXTERNAL: frozenset({_S.PENDING, _S.RUNNING, _S.PENDING_EXTERNAL}),
+    _S.FAILED: frozenset(StepStatus) - {_S.SUCCEEDED},
+    _S.BLOCKED: frozenset(StepStatus) - {_S.SUCCEEDED},
+    _S.NOT_APPLICABLE: frozenset(StepStatus) - {_S.SUCCEEDED},
+}
+
+
 class PartnerStatus(StrEnum):
     """Where a request handed to one partner stands (the ledger's partner_requests)."""
 

@@ -898,6 +898,32 @@ def test_progress_is_superseded_by_the_outcome_of_the_same_attempt(ledger: Ledge
     assert "_prepared" not in step.details
 
 
+def test_a_step_answered_while_the_run_was_busy_keeps_the_answer(ledger: Ledger) -> None:
+    """A run sends a partner request and, before it writes the step as waiting, the
+    partner's callback records it succeeded: the run's late `pending_external` is a lost
+    race, on record, not applied. A rerun may still start the step again."""
+    request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
+    ledger.record_step(request_id, "adnet", "partner", StepAction.ERASE, StepStatus.RUNNING)
+    ledger.record_step(request_id, "adnet", "partner", StepAction.ERASE, StepStatus.SUCCEEDED,
+                       details={"partner_status": "completed"})
+    for late in (StepStatus.PENDING_EXTERNAL, StepStatus.FAILED, StepStatus.BLOCKED):
+        ledger.record_step(request_id, "adnet", "partner", StepAction.ERASE, late,
+                           error="waiting for adnet")
+    [step] = ledger.steps([request_id])
+    assert (step.status, step.error, step.details["partner_status"]) == (
+        "succeeded", None, "completed")
+    with ledger.engine.connect() as conn:
+        details = conn.execute(sa.select(audit_events.c.detail)
+                               .where(audit_events.c.event.like("step.%"))
+                               .order_by(audit_events.c.id)).scalars().all()
+    lost = [entry for detail in details for entry in detail["steps"] if "lost" in entry]
+    assert [entry["status"] for entry in lost] == ["pending_external", "failed", "blocked"]
+    assert all(entry["lost"] == "the step is succeeded" for entry in lost)
+    ledger.record_step(request_id, "adnet", "partner", StepAction.ERASE, StepStatus.RUNNING)
+    [step] = ledger.steps([request_id])
+    assert step.status == "running" and step.attempts == 2
+
+
 def test_a_transition_that_lost_the_race_changes_nothing_and_is_on_record(
     ledger: Ledger,
 ) -> None:

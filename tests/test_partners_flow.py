@@ -326,6 +326,37 @@ def test_a_callback_before_the_post_returns_is_not_lost(
     assert partners.check(rt) == {}  # nothing left to poll
 
 
+def test_a_callback_between_the_post_and_the_step_write_is_not_lost(
+    runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The partner's answer lands after dsrflow recorded its POST as submitted and before
+    it wrote the step as waiting: the late `pending_external` must not overwrite the
+    answer, or the request would wait for a poll of a partner request already done."""
+    rt, world = runtime
+    rid = _erasure(rt, world, 2, "E-1")
+    real_send = partners.send
+
+    def answered_meanwhile(rt_: Runtime, system: str, members: Any) -> Any:
+        outcomes = real_send(rt_, system, members)
+        for member in members if system == "adnet" else ():
+            [row] = [p for p in rt_.ledger.partner_requests([member.id]) if p.system == system]
+            partner.complete(row.subject_request_id)
+            partners.apply_status(rt_, system, member.id,
+                                  rt_.partner(system).where(row.subject_request_id))
+        return outcomes
+
+    monkeypatch.setattr(partners, "send", answered_meanwhile)
+    process_requests([rid])
+    assert _steps(rt, rid)["adnet"].status == "succeeded"
+    [row] = [p for p in rt.ledger.partner_requests([rid]) if p.system == "adnet"]
+    assert row.status == "completed" and partner.posts[row.subject_request_id] == 1
+    assert partners.check(rt) == {}  # nothing to poll: adnet is done
+    # Only the courier is left: once a person confirms it, the request closes.
+    partners.confirm(rt, rid, "courier", by="lin.q", reference="CR-1")
+    assert rt.ledger.get(rid).status is Status.COMPLETED
+
+
 def test_reruns_never_ask_a_partner_again(
     runtime: tuple[Runtime, sqlworld.World], partner: ReferencePartner
 ) -> None:

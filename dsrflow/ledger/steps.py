@@ -22,7 +22,14 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from dsrflow.ledger.batches import chunks
 from dsrflow.ledger.counts import add_up, add_up_parts, at_least, at_least_parts
 from dsrflow.ledger.schema import steps
-from dsrflow.model import PREPARED_KEY, RUN_KEY, SEARCHED_KEY, StepAction, StepStatus
+from dsrflow.model import (
+    PREPARED_KEY,
+    RUN_KEY,
+    SEARCHED_KEY,
+    STEP_TRANSITIONS,
+    StepAction,
+    StepStatus,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -105,6 +112,12 @@ class StepsMixin:
             audited: list[dict[str, Any]] = []
             for write in writes:
                 row = found.get(write.request_id)
+                if row is not None and row["status"] not in STEP_TRANSITIONS[write.status]:
+                    # Lost a race (a partner's answer came first): on record, not applied.
+                    audited.append({"request_id": write.request_id,
+                                    "status": write.status.value,
+                                    "lost": f"the step is {row['status']}"})
+                    continue
                 values, counts, kept = _step_values(row, write, kind, action, stamp)
                 if row is None:
                     inserts.append({"request_id": write.request_id, "system": system,
