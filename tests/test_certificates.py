@@ -104,6 +104,12 @@ def _subject_with_holds(world: sqlworld.World) -> int:
     raise AssertionError("the seed gives no user with orders and posts")
 
 
+def _beside(db_url: str) -> str | None:
+    """The ledger in the world's own PostgreSQL database (as a small install might keep
+    it); SQLite has one writer per file, so there it gets a file of its own."""
+    return db_url if db_url.startswith("postgresql") else None
+
+
 def _start(tmp_path: Path, url: str, ledger_url: str | None = None) -> Erasure:
     engine = sa.create_engine(url)
     world = sqlworld.generate(random.Random(5), 6)
@@ -125,7 +131,7 @@ def erasure(
 ) -> Iterator[Erasure]:
     # Outside Prefect there is no run; pretend there is one, as the flow has.
     monkeypatch.setattr(tasks.steps, "current_run", lambda: dict(RUN))
-    started = _start(tmp_path, db_url, db_url)
+    started = _start(tmp_path, db_url, _beside(db_url))
     previous = set_runtime(started.rt)
     yield started
     set_runtime(previous)
@@ -372,7 +378,7 @@ def test_a_certificate_issued_again_keeps_when_the_partner_finished(
 
     clock = LedgerClock(datetime(2026, 11, 20, 10, 0, tzinfo=UTC))
     monkeypatch.setattr(store, "now", clock)
-    e = _start(tmp_path, db_url, db_url)
+    e = _start(tmp_path, db_url, _beside(db_url))
     previous = set_runtime(e.rt)
     try:
         # The database goes away while it erases (its identities were resolved before).
