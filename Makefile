@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy dsrflow connectors tasks flows deployments examples tests benchmarks docs/screenshots.py
+	$(BIN)/mypy dsrflow connectors pipeline tasks flows deployments examples tests benchmarks docs/screenshots.py
 
 unit: $(STAMP)
 	$(BIN)/pytest

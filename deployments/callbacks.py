@@ -23,8 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from connectors.opendsr import OpenDsrPartner, ProtocolError, Untrusted, answer
 from dsrflow.datamap import PartnerSystem
 from dsrflow.errors import safe_error
-from tasks import partners
-from tasks.runtime import Runtime
+from pipeline import closing, partners
+from pipeline.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _apply(rt: Runtime, system: str, body: bytes, headers: list[tuple[str, str]]
         return _answer(404, "unknown request")
     request_id = found.request_id
     partners.apply_status(rt, system, request_id, answer(status))
-    partners.close_finished(rt, [request_id])
+    closing.close_finished(rt, [request_id])
     return _answer(202, "accepted")
 
 

@@ -110,7 +110,7 @@ def _runtime(config: Path | None) -> Any:
     from dsrflow.prefect_env import prepare
 
     prepare(settings.path(settings.prefect_home))
-    from tasks.runtime import Runtime, set_runtime
+    from pipeline.runtime import Runtime, set_runtime
 
     runtime = Runtime(settings)
     try:
@@ -233,7 +233,7 @@ def run_batch(ids: list[str]) -> bool:
     from dsrflow.model import Status
     from dsrflow.prefect_env import embedded_server_turn
     from flows.request import BatchIncomplete, process_requests
-    from tasks.runtime import get_runtime
+    from pipeline.runtime import get_runtime
 
     settings = get_runtime().settings
 
@@ -633,7 +633,7 @@ def partner_confirm(
     config: ConfigOption = None,
 ) -> None:
     """Record that a manual partner carried out a request."""
-    from tasks import partners
+    from pipeline import partners
 
     rt = _runtime(config)
     try:
@@ -647,7 +647,7 @@ def partner_confirm(
 def partner_retry(request_id: str, partner: str, config: ConfigOption = None) -> None:
     """Send a blocked partner request again (once its objection is dealt with): under the
     same id, at the request's next run (`dsrflow run REQUEST_ID`)."""
-    from tasks import partners
+    from pipeline import partners
 
     rt = _runtime(config)
     try:
@@ -661,7 +661,7 @@ def partner_retry(request_id: str, partner: str, config: ConfigOption = None) ->
 @partner_app.command("check")
 def partner_check(config: ConfigOption = None) -> None:
     """Ask OpenDSR partners about everything still waiting (callbacks can be lost)."""
-    from tasks import partners
+    from pipeline import partners
 
     rt = _runtime(config)
     happened = partners.check(rt)
@@ -749,7 +749,7 @@ def package_handed_over(
     config: ConfigOption = None,
 ) -> None:
     """Record that the key went out, and delete it from the outbox: dsrflow keeps no key."""
-    from tasks.deliverables import handed_over
+    from pipeline.deliverables import handed_over
 
     rt = _runtime(config)
     try:
@@ -764,7 +764,7 @@ def package_handed_over(
 def package_expire(config: ConfigOption = None) -> None:
     """Past the link's lifetime: drop keys still in the outbox (recorded as never handed
     over) and delete local packages. For S3, also give the bucket a lifecycle rule."""
-    from tasks.deliverables import expire
+    from pipeline.deliverables import expire
 
     dropped, deleted = expire(_runtime(config))
     console.print(f"{len(dropped)} unsent keys dropped from the outbox, "

@@ -90,7 +90,7 @@ def _run(out: Path, users: int, endpoint: str, partner: Any, console: Console) -
     from dsrflow.intake import submit
     from dsrflow.model import Status
     from dsrflow.report import write_reports
-    from tasks.runtime import Runtime, set_runtime
+    from pipeline.runtime import Runtime, set_runtime
 
     runtime = Runtime(settings)
     set_runtime(runtime)
@@ -140,7 +140,7 @@ def _partners_answer(runtime: Any, partner: Any, console: Console) -> None:
     (real HTTP, signed); a person confirms the manual partner for all but one request,
     which is left waiting to show what that looks like."""
     from dsrflow.model import PARTNER_WAITING, PartnerStatus
-    from tasks import partners
+    from pipeline import partners
 
     waiting = runtime.ledger.partner_requests(statuses=PARTNER_WAITING)
     sent = [row for row in waiting if row.system == "adnet"
@@ -276,7 +276,7 @@ def _check_deliverables(runtime: Any, console: Console) -> list[str]:
     from dsrflow.errors import safe_error
     from dsrflow.model import DELIVERABLE_KIND, Status, StepStatus
     from dsrflow.packages import PackageError, check_package, unseal
-    from tasks.deliverables import CERTIFICATE, PACKAGE
+    from pipeline.deliverables import CERTIFICATE, PACKAGE
 
     table = Table("ticket", "type", "delivered", "check", title="Access packages and certificates")
     problems = []

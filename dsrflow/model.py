@@ -174,6 +174,17 @@ class StepAction(StrEnum):
     CERTIFY = "certify"  # the erasure certificate
 
 
+def action_for(request_type: RequestType) -> StepAction:
+    """What a request of this type does in each system it concerns."""
+    if request_type.collects:
+        return StepAction.COLLECT
+    if request_type.erases:
+        return StepAction.ERASE
+    if request_type is RequestType.RECTIFICATION:
+        return StepAction.RECTIFY
+    return StepAction.RESTRICT
+
+
 # The ledger's steps table holds, beside the systems' own steps, the bookkeeping of what a
 # request delivers (an access package, an erasure certificate) under this kind.
 DELIVERABLE_KIND = "deliverable"

@@ -25,8 +25,8 @@ from dsrflow.errors import raises_safely, safe_error
 from dsrflow.queue import IntakeCounts, QueueSettings
 from dsrflow.settings import ConfigError
 from flows.request import BatchIncomplete, process_requests
+from pipeline.runtime import get_runtime
 from tasks.requests import announce
-from tasks.runtime import get_runtime
 
 _TASK: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 

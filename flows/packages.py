@@ -12,8 +12,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dsrflow.errors import raises_safely
-from tasks import deliverables
-from tasks.runtime import get_runtime
+from pipeline import deliverables
+from pipeline.runtime import get_runtime
 
 
 @task(name="expire-packages", cache_policy=NO_CACHE, persist_result=False)

@@ -24,7 +24,8 @@ from prefect.runtime import flow_run
 
 from dsrflow.errors import raises_safely
 from flows.runners import SettingsTaskRunner
-from tasks.leases import Hold, holding
+from pipeline.leases import Hold, holding
+from pipeline.runtime import get_runtime
 from tasks.monitoring import RunProgress, tag_run
 from tasks.requests import (
     Closed,
@@ -35,7 +36,6 @@ from tasks.requests import (
     publish_results,
     resolve_identities,
 )
-from tasks.runtime import get_runtime
 from tasks.systems import apply_to_system, verify_system
 
 

@@ -26,8 +26,8 @@ from prefect.cache_policies import NO_CACHE
 
 from dsrflow.errors import raises_safely
 from flows.intake import dispatch
+from pipeline.runtime import get_runtime
 from tasks.monitoring import crash_runs
-from tasks.runtime import get_runtime
 
 
 def now() -> datetime:

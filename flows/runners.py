@@ -3,7 +3,7 @@ default), or a Dask cluster — a LocalCluster of worker processes started for t
 existing scheduler.
 
 Dask workers are other processes (on other machines, with a scheduler address): a system
-task there builds its own runtime from `$DSRFLOW_CONFIG` (`tasks.runtime.get_runtime`) and
+task there builds its own runtime from `$DSRFLOW_CONFIG` (`pipeline.runtime.get_runtime`) and
 reports to the Prefect API in `$PREFECT_API_URL`, so both must be set in the workers'
 environment. Only the system tasks (collect, erase, verify: one per system) go to the
 cluster; the batch's gate, plan and close run in the flow's process.
@@ -41,7 +41,7 @@ def task_runner(settings: TaskRunnerSettings) -> TaskRunner[Any]:
 
 
 def _settings_from_runtime() -> TaskRunnerSettings:
-    from tasks.runtime import get_runtime
+    from pipeline.runtime import get_runtime
 
     return get_runtime().settings.task_runner
 

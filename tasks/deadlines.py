@@ -38,7 +38,7 @@ from dsrflow.errors import raises_safely, safe_error
 from dsrflow.ledger import Ledger, RequestRecord
 from dsrflow.ledger.schema import audit_events
 from dsrflow.sla import business_days_left, deadline_state
-from tasks.runtime import get_runtime
+from pipeline.runtime import get_runtime
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 

@@ -10,7 +10,8 @@ from prefect import get_client
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run, task_run
 
-from tasks.runtime import get_runtime
+from pipeline.runs import read_runs_with
+from pipeline.runtime import get_runtime
 
 
 def current_run() -> dict[str, str]:
@@ -18,6 +19,9 @@ def current_run() -> dict[str, str]:
     ledger: the erasure certificate names the runs that did the work."""
     ids = {"flow_run_id": flow_run.get_id(), "task_run_id": task_run.get_id()}
     return {k: str(v) for k, v in ids.items() if v is not None}
+
+
+read_runs_with(current_run)  # the pipeline's records name the Prefect runs
 
 
 def tag_run(request_ids: Sequence[str]) -> list[str]:

@@ -13,9 +13,9 @@ from prefect.events import emit_event
 from dsrflow.errors import raises_safely
 from dsrflow.ledger import RequestRecord, StepRecord
 from dsrflow.model import Status
-from tasks import deliverables, partners, steps
-from tasks.runtime import get_runtime
-from tasks.steps import Closed
+from pipeline import closing, deliverables, partners, steps
+from pipeline.closing import Closed
+from pipeline.runtime import get_runtime
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -71,7 +71,7 @@ DELIVERED_EVENTS = {
 @task(name="close-requests", **_TASK)  # type: ignore[call-overload]
 @raises_safely
 def close_requests(request_ids: list[str]) -> Closed:
-    return steps.close_requests(get_runtime(), request_ids)
+    return closing.close_requests(get_runtime(), request_ids)
 
 
 @task(name="publish-results", **_TASK)  # type: ignore[call-overload]

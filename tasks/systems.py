@@ -7,9 +7,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dsrflow.errors import raises_safely
-from tasks import steps
-from tasks.runtime import get_runtime
-from tasks.steps import StepResult
+from pipeline import steps
+from pipeline.runtime import get_runtime
+from pipeline.steps import StepResult
 
 
 @task(name="apply-to-system", task_run_name="apply-{system}", cache_policy=NO_CACHE,

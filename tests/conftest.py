@@ -35,7 +35,7 @@ from dsrflow.ledger import Ledger  # noqa: E402
 @pytest.fixture
 def cli_runtime() -> Iterator[None]:
     """The CLI installs a process-wide runtime; close it after the test."""
-    from tasks.runtime import set_runtime
+    from pipeline.runtime import set_runtime
 
     yield
     previous = set_runtime(None)

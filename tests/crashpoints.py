@@ -27,7 +27,7 @@ def _die(*_: Any, **__: Any) -> Any:
 
 def arm(point: str) -> None:
     if point == "after-gate":
-        from tasks import steps
+        from pipeline import steps
 
         real_open = steps.open_requests
 
@@ -91,9 +91,9 @@ def arm(point: str) -> None:
 
         OpenDsrPartner.submit = submit_then_die  # type: ignore[method-assign]
     elif point == "before-close":
-        from tasks import steps
+        from pipeline import closing
 
-        steps.close_requests = _die  # type: ignore[assignment]
+        closing.close_requests = _die  # type: ignore[assignment]
     else:
         raise SystemExit(f"unknown point {point}")
 

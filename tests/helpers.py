@@ -13,7 +13,7 @@ from dsrflow.crypto import encode_key, new_key
 from dsrflow.settings import Settings, write_key_file
 from dsrflow.signing import encode_signing_key, new_signing_key
 from dsrflow.tickets import Ticket
-from tasks.runtime import Runtime
+from pipeline.runtime import Runtime
 
 WISHE = Path(__file__).resolve().parent.parent / "examples" / "wishe"
 

@@ -16,7 +16,7 @@ from dsrflow.intake import submit
 from dsrflow.model import Status
 from examples.partner import Faults, ReferencePartner
 from flows.request import process_requests
-from tasks.runtime import Runtime, set_runtime
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import tasks.steps
+import pipeline.steps
 from connectors.sql import SqlConnector
 from dsrflow.certificates import (
     FORMAT,
@@ -49,10 +49,10 @@ from dsrflow.signing import (
     key_id,
     new_signing_key,
 )
-from tasks import partners
-from tasks.deliverables import CERTIFICATE
-from tasks.runtime import Runtime, set_runtime
-from tasks.steps import apply_to_system, open_requests, resolve_identities, verify_system
+from pipeline import partners
+from pipeline.deliverables import CERTIFICATE
+from pipeline.runtime import Runtime, set_runtime
+from pipeline.steps import apply_to_system, open_requests, resolve_identities, verify_system
 from tests import sqlworld
 from tests.helpers import flat, invoke, make_runtime, ticket
 
@@ -130,7 +130,7 @@ def erasure(
     tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Erasure]:
     # Outside Prefect there is no run; pretend there is one, as the flow has.
-    monkeypatch.setattr(tasks.steps, "current_run", lambda: dict(RUN))
+    monkeypatch.setattr(pipeline.steps, "current_run", lambda: dict(RUN))
     started = _start(tmp_path, db_url, _beside(db_url))
     previous = set_runtime(started.rt)
     yield started
@@ -439,7 +439,7 @@ def signed_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     """One real certificate body (SQLite), shared by the signature tests."""
     tmp = tmp_path_factory.mktemp("cert")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tasks.steps, "current_run", lambda: dict(RUN))
+        mp.setattr(pipeline.steps, "current_run", lambda: dict(RUN))
         e = _start(tmp, f"sqlite:///{tmp / 'userdb.sqlite'}")
         try:
             yield _complete(e)

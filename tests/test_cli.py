@@ -22,7 +22,7 @@ from dsrflow.report import REQUEST_COLUMNS, STEP_COLUMNS
 from dsrflow.settings import read_key_file
 from examples.wishe.generate import build_world
 from examples.wishe.subjects import SUBJECTS
-from tasks.runtime import get_runtime, set_runtime
+from pipeline.runtime import get_runtime, set_runtime
 from tests.helpers import cli_config, flat, invoke, wishe_datamap
 
 WISHE = Path(__file__).resolve().parent.parent / "examples" / "wishe"
@@ -322,7 +322,7 @@ def test_status_shows_due_dates_as_the_regime_local_day(config: Path, tmp_path: 
     `status` shows the Los Angeles day, as the request's page does; the CSV keeps the UTC
     moment."""
     from dsrflow.settings import load_settings
-    from tasks.runtime import Runtime
+    from pipeline.runtime import Runtime
 
     doc = json.loads((WISHE / "tickets" / "02-portability.json").read_text())
     doc.update(ticket_id="CA-1", received_at="2026-11-20T09:30:00+00:00",

@@ -29,8 +29,8 @@ from dsrflow.model import Status
 from dsrflow.settings import load_settings
 from examples.partner import ReferencePartner
 from flows.resume import resume_requests
-from tasks import partners
-from tasks.runtime import Runtime, set_runtime
+from pipeline import partners
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import cli_config, make_runtime, ticket
 

@@ -27,8 +27,8 @@ from dsrflow.intake import submit
 from dsrflow.settings import CONFIG_ENV, load_settings, write_key_file
 from flows.request import process_requests
 from flows.runners import SettingsTaskRunner, TaskRunnerSettings, task_runner
-from tasks import steps
-from tasks.runtime import Runtime, set_runtime
+from pipeline import steps
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import ticket
 
@@ -55,7 +55,7 @@ def _write_config(tmp: Path, db_url: str) -> Path:
 
 def _worker_state() -> dict[str, Any]:
     """Runs inside a Dask worker: its pid, and what its runtime (if a task built one) holds."""
-    from tasks import runtime
+    from pipeline import runtime
 
     current = runtime._current
     return {
@@ -99,7 +99,7 @@ def dask_world(
     monkeypatch.setenv("PREFECT_API_URL", str(prefect.settings.PREFECT_API_URL.value()))
 
     # The system tasks must not run in this process: spy on the plain logic they call.
-    # (Workers import `tasks.steps` afresh, unpatched.)
+    # (Workers import `pipeline.steps` afresh, unpatched.)
     local_calls: list[str] = []
 
     def spy(name: str) -> Callable[..., Any]:

@@ -20,8 +20,8 @@ from dsrflow.ledger import store as ledger_store
 from dsrflow.model import Status
 from dsrflow.tickets import Ticket
 from flows.deadlines import deadline_report
+from pipeline.runtime import Runtime, set_runtime
 from tasks import deadlines as deadline_tasks
-from tasks.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import CN_2027, DUE_2027, RECEIVED_2027, make_runtime, ticket_2027
 

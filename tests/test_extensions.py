@@ -25,7 +25,7 @@ from dsrflow.ledger.schema import audit_events
 from dsrflow.model import Regime, Status
 from dsrflow.sla import deadline_state
 from dsrflow.tickets import Ticket, Verification
-from tasks.runtime import get_runtime
+from pipeline.runtime import get_runtime
 from tests import sqlworld
 from tests.helpers import cli_config, invoke, ticket
 

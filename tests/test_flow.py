@@ -22,7 +22,7 @@ from dsrflow.leakscan import files_containing
 from dsrflow.model import Status
 from dsrflow.packages import check_package, unseal
 from flows.request import BatchIncomplete, process_requests
-from tasks.runtime import Runtime, set_runtime
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from dsrflow.errors import StepFailed
 from dsrflow.intake import submit
 from dsrflow.model import Status
-from tasks import steps
-from tasks.runtime import Runtime
+from pipeline import closing, steps
+from pipeline.runtime import Runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 
@@ -85,7 +85,7 @@ def test_a_failed_bucket_holds_back_the_rows_that_list_its_keys(
     assert by_system["db"].status == "failed"
     assert "held back" in (by_system["db"].error or "")
     assert _posts(rt, uid) == len(mine)
-    assert steps.close_requests(rt, [rid]).statuses == {rid: Status.FAILED}
+    assert closing.close_requests(rt, [rid]).statuses == {rid: Status.FAILED}
 
     # Once the bucket answers, a rerun erases the objects by the keys the rows still hold,
     # then the rows; nobody else's objects are touched.

@@ -29,7 +29,7 @@ from dsrflow.intake import submit
 from dsrflow.ledger import Ledger
 from dsrflow.model import Status
 from dsrflow.queue import QueueSettings
-from tasks.runtime import Runtime, get_runtime
+from pipeline.runtime import Runtime, get_runtime
 from tests.helpers import cli_config, invoke, make_runtime, wishe_datamap
 from tests.hostile import FUZZ_ENV, Case, Tally, cases, leaked, names_a_field
 

@@ -23,7 +23,7 @@ from dsrflow import queue
 from dsrflow.leakscan import files_containing
 from dsrflow.model import Status
 from dsrflow.queue import IntakeCounts, QueueSettings
-from tasks.runtime import Runtime, set_runtime
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 

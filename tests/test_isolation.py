@@ -20,7 +20,7 @@ from dsrflow.intake import submit
 from dsrflow.ledger import StepRecord
 from dsrflow.model import Status
 from flows.request import BatchIncomplete, process_requests
-from tasks.runtime import Runtime, set_runtime
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 

@@ -18,7 +18,7 @@ from dsrflow.ledger import Ledger
 from dsrflow.model import Status
 from dsrflow.settings import load_settings
 from flows.request import process_requests
-from tasks.runtime import Runtime, set_runtime
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import cli_config, make_runtime, ticket
 from tests.test_ledger import make_ticket, race
@@ -103,7 +103,7 @@ def test_a_run_whose_lease_ran_out_stops_working_on_what_another_took_over(
 ) -> None:
     """A run stalled past its leases' life (a paused machine): another run took one of its
     requests over. Its next renewal finds out, and it goes on with the others only."""
-    from tasks.leases import Hold
+    from pipeline.leases import Hold
 
     ids = [submit(runtime.ledger, runtime.datamap, ticket(
         f"H-{uid}", "erasure", [{"type": "user_id", "value": str(uid)}])).request_id

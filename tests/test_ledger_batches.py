@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import event
 
 from dsrflow.intake import submit
-from tasks import steps
-from tasks.runtime import Runtime
+from pipeline import steps
+from pipeline.runtime import Runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 

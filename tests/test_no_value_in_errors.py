@@ -37,7 +37,7 @@ from dsrflow.identities import IdentityType
 from dsrflow.intake import submit
 from dsrflow.leakscan import files_containing
 from dsrflow.model import Status
-from tasks.runtime import Runtime, set_runtime
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import invoke, ticket
 
@@ -215,7 +215,7 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     def collect(self: SqlConnector, subjects: Any, scope: Any) -> Any:
         raise KeyError(subjects[0].values(IdentityType.EMAIL)[0])
 
-    import tasks.deliverables as deliverables
+    import pipeline.deliverables as deliverables
 
     original = deliverables.issue_certificate
 
@@ -365,7 +365,7 @@ def _run_broken_databases(rt: Runtime, faults: dict[str, str], process_requests:
 def _run(rt: Runtime, faults: dict[str, str], process_requests: Any,
          check_partners: Any) -> tuple[list[str], list[str]]:
     """The tickets, the batch, and a flow whose task raises with a value in the message."""
-    import tasks.partners
+    import pipeline.partners
 
     good = [
         ticket("MK-1", "erasure", [{"type": "email", "value": EMAIL.upper()},
@@ -398,13 +398,13 @@ def _run(rt: Runtime, faults: dict[str, str], process_requests: Any,
     def check(rt: Runtime) -> Any:
         raise ValueError(f"cannot poll for {EMAIL}")
 
-    original = tasks.partners.check
-    tasks.partners.check = check  # type: ignore[assignment]
+    original = pipeline.partners.check
+    pipeline.partners.check = check  # type: ignore[assignment]
     try:
         with pytest.raises(Exception) as escaped:
             check_partners()
     finally:
-        tasks.partners.check = original  # type: ignore[assignment]
+        pipeline.partners.check = original  # type: ignore[assignment]
     if MARK in str(escaped.value):
         return ids, [f"what escaped a flow says {escaped.value!s}"]
     return ids, []

@@ -35,8 +35,8 @@ from dsrflow.packages import (
     seal,
     unseal,
 )
-from tasks import deliverables, steps
-from tasks.runtime import Runtime, set_runtime
+from pipeline import closing, deliverables, steps
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 
@@ -272,7 +272,7 @@ def test_no_package_of_half_the_data(
         with contextlib.suppress(StepFailed):
             steps.apply_to_system(rt, system, [rid])
     assert deliverables.produce(rt, [rid]) == {}
-    assert steps.close_requests(rt, [rid]).statuses == {rid: Status.PARTIALLY_COMPLETED}
+    assert closing.close_requests(rt, [rid]).statuses == {rid: Status.PARTIALLY_COMPLETED}
     rt.close()
 
 

@@ -18,8 +18,8 @@ from dsrflow.identities import Subject
 from dsrflow.intake import submit
 from dsrflow.model import PartnerStatus, Status
 from flows.request import process_requests
-from tasks import partners
-from tasks.runtime import Runtime, set_runtime
+from pipeline import partners
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 

@@ -17,7 +17,7 @@ from dsrflow.model import Status
 from examples.partner import ReferencePartner
 from examples.partner.webhook import WebhookReceiver
 from flows.request import process_requests
-from tasks.runtime import Runtime, set_runtime
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 
@@ -82,7 +82,7 @@ def test_a_rectification_goes_to_the_partners_that_hold_the_field(
     assert adnet.posts == {}  # nothing it cannot read was sent to it
     assert "Xiao Zhang" not in str(steps)  # the new value stays out of the ledger's steps
 
-    from tasks import partners
+    from pipeline import partners
 
     partners.confirm(rt, rid, "adnet", by="privacy desk", reference="AD-9")
     assert rt.ledger.get(rid).status is Status.COMPLETED

@@ -16,8 +16,8 @@ from dsrflow.ledger import StepRecord
 from dsrflow.model import Status
 from examples.partner import Faults, ReferencePartner
 from flows.request import BatchIncomplete, process_requests
-from tasks import partners
-from tasks.runtime import Runtime, set_runtime
+from pipeline import partners
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 

@@ -22,7 +22,7 @@ from dsrflow.ledger import store as ledger_store
 from dsrflow.ledger.schema import requests
 from dsrflow.model import PartnerStatus, Status, StepAction, StepStatus
 from dsrflow.report import build_request_view, request_view, request_view_markdown
-from tasks.runtime import Runtime
+from pipeline.runtime import Runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 

@@ -14,7 +14,7 @@ from dsrflow.intake import submit
 from dsrflow.model import Status, StepAction
 from flows import resume
 from flows.resume import resume_requests
-from tasks.runtime import Runtime, set_runtime
+from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 
@@ -68,7 +68,7 @@ def test_a_request_whose_run_died_is_taken_over_and_the_run_marked_crashed(
     from prefect import flow, get_client
     from prefect.states import Running
 
-    from tasks import steps
+    from pipeline import steps
 
     @flow(name="killed-run")
     def killed() -> None:  # pragma: no cover - never runs: only its flow run is made

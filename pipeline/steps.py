@@ -21,9 +21,8 @@ from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
 from dsrflow.identities import Identity, Subject
-from dsrflow.ledger import PLAN, PROGRESS, RequestRecord, StepCounts, StepRecord, StepWrite
+from dsrflow.ledger import PLAN, PROGRESS, RequestRecord, StepCounts, StepWrite
 from dsrflow.model import (
-    DELIVERABLE_KIND,
     IDENTITIES_KEY,
     RUN_KEY,
     SEARCHED_KEY,
@@ -31,12 +30,13 @@ from dsrflow.model import (
     Status,
     StepAction,
     StepStatus,
+    action_for,
 )
-from tasks import partners
-from tasks.isolation import run_isolated
-from tasks.leases import lease_ttl
-from tasks.monitoring import current_run
-from tasks.runtime import Runtime
+from pipeline import partners
+from pipeline.isolation import run_isolated
+from pipeline.leases import lease_ttl
+from pipeline.runs import current_run
+from pipeline.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -51,16 +51,6 @@ class StepResult:
     retained: int = 0
     remaining: int | None = None
     error: str | None = None
-
-
-def action_for(request_type: RequestType) -> StepAction:
-    if request_type.collects:
-        return StepAction.COLLECT
-    if request_type.erases:
-        return StepAction.ERASE
-    if request_type is RequestType.RECTIFICATION:
-        return StepAction.RECTIFY
-    return StepAction.RESTRICT
 
 
 def applies(rt: Runtime, system: str, record: RequestRecord) -> bool:
@@ -454,55 +444,3 @@ def _resolved(rt: Runtime, records: list[RequestRecord]) -> list[RequestRecord]:
                     f"be resolved in {unresolved[record.id]}; rerun once they can",
                 )
     return [r for r in records if r.id not in unresolved]
-
-
-@dataclass(frozen=True)
-class Closed:
-    statuses: dict[str, Status]
-    # Requests the run did not bring home: closed other than completed, or waiting for a
-    # partner while one of their systems failed or is blocked (a partner's pending answer
-    # must not hide a database that was down until the partner replies days later).
-    unfinished: list[str]
-
-
-def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:
-    """Each request's final status from its steps: completed when every step succeeded
-    (and verification found nothing left), partial when some did, failed when none did."""
-    steps_by_request: dict[str, list[StepRecord]] = defaultdict(list)
-    for step in rt.ledger.steps(request_ids):
-        steps_by_request[step.request_id].append(step)
-    final: dict[str, Status] = {}
-    troubled: list[str] = []
-    unfinished = (StepStatus.FAILED, StepStatus.BLOCKED)
-    for rid in request_ids:
-        # What the systems did decides between partial and failed; a certificate issued for
-        # an erasure that failed everywhere does not make it partial, nor do identities
-        # learnt for systems that then failed. A deliverable or a look-up of identities
-        # that failed does keep the request from completing.
-        statuses = {s.status for s in steps_by_request[rid]
-                    if s.kind != DELIVERABLE_KIND and s.action != StepAction.RESOLVE}
-        failed = [s for s in steps_by_request[rid] if s.status in unfinished]
-        if failed:
-            troubled.append(rid)
-        if StepStatus.PENDING_EXTERNAL in statuses:
-            # Open until every partner has answered (no worker waits meanwhile); a failed
-            # or blocked step shows in the report and closes the request as partial then.
-            final[rid] = Status.IN_PROGRESS
-            continue
-        if not failed and StepStatus.RUNNING not in statuses:
-            target, reason = Status.COMPLETED, None
-            if not steps_by_request[rid]:
-                reason = "no system holds data in the request's scope"
-        elif StepStatus.SUCCEEDED in statuses:
-            target = Status.PARTIALLY_COMPLETED
-            reason = "; ".join(f"{s.system} {s.action}: {s.error}" for s in failed)
-        else:
-            target = Status.FAILED
-            reason = "; ".join(f"{s.system} {s.action}: {s.error}" for s in failed)
-        if not rt.ledger.transition(rid, target, reason,
-                                    expect=frozenset({Status.IN_PROGRESS})):
-            target = rt.ledger.get(rid).status  # closed meanwhile (a callback): as it is
-        final[rid] = target
-        if target is not Status.COMPLETED and rid not in troubled:
-            troubled.append(rid)
-    return Closed(final, troubled)

@@ -31,8 +31,9 @@ from dsrflow.datamap import PartnerSystem, SqlSystem
 from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import write_export
 from dsrflow.ledger import PartnerRequest, RequestRecord
-from dsrflow.model import PARTNER_DONE, PartnerStatus, Status, StepAction, StepStatus
-from tasks.runtime import Runtime
+from dsrflow.model import PARTNER_DONE, PartnerStatus, StepAction, StepStatus, action_for
+from pipeline.closing import close_finished
+from pipeline.runtime import Runtime
 
 # Polled: every request a polled partner may hold and has not finished. `created` too: a
 # run killed between the POST and its ledger write leaves it so, and the poll (or a 404,
@@ -306,26 +307,6 @@ def confirm(
     close_finished(rt, [request_id])
 
 
-def close_finished(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
-    """Close the requests among these that have no step left waiting."""
-    from tasks import deliverables
-    from tasks.steps import close_requests
-
-    waiting = {
-        s.request_id
-        for s in rt.ledger.steps(list(request_ids))
-        if s.status in (StepStatus.PENDING_EXTERNAL, StepStatus.RUNNING)
-    }
-    ready = [
-        rid for rid in dict.fromkeys(request_ids)
-        if rid not in waiting and rt.ledger.get(rid).status is Status.IN_PROGRESS
-    ]
-    if not ready:
-        return {}
-    deliverables.produce(rt, ready)
-    return close_requests(rt, ready).statuses
-
-
 def _resend(rt: Runtime, system: str, request_id: str) -> None:
     record = rt.ledger.get(request_id)
     outcome = send(rt, system, [record])[request_id]
@@ -340,8 +321,6 @@ def _row(rt: Runtime, request_id: str, system: str) -> PartnerRequest | None:
 
 
 def _action(record: RequestRecord) -> StepAction:
-    from tasks.steps import action_for
-
     assert record.type is not None
     return action_for(record.type)
 

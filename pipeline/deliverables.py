@@ -35,8 +35,8 @@ from dsrflow.packages import (
     new_package_key,
     seal,
 )
-from tasks.monitoring import current_run
-from tasks.runtime import Runtime
+from pipeline.runs import current_run
+from pipeline.runtime import Runtime
 
 KIND = DELIVERABLE_KIND
 PACKAGE = "access-package"

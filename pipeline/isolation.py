@@ -4,7 +4,7 @@ the batch, so each fails alone with its reason and the rest of the batch goes on
 of the system itself (a database down, a bucket refused, a file unreadable, a configuration
 error) is every request's: it fails the batch at once, without a call per request.
 
-Plain Python: the request's step functions (tasks.steps) run their connector calls through
+Plain Python: the request's step functions (pipeline.steps) run their connector calls through
 `run_isolated`.
 """
 

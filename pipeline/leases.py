@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from dsrflow.errors import safe_error
-from tasks.runtime import Runtime
+from pipeline.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
