@@ -494,7 +494,7 @@ def test_the_intake_flow_processes_tickets_and_gives_prefect_no_identity(
 def test_a_batch_starts_one_deployment_run_whatever_the_order_of_its_ids(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from flows.intake import batch_key, start_deployment_run
+    from tasks.intake import batch_key, start_deployment_run
 
     calls: list[dict[str, Any]] = []
 

@@ -12,9 +12,9 @@ import pytest
 
 from dsrflow.intake import submit
 from dsrflow.model import Status, StepAction
-from flows import resume
 from flows.resume import resume_requests
 from pipeline.runtime import Runtime, set_runtime
+from tasks import resume
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
 
