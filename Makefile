@@ -21,11 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dsrflow demo --out $(OUT) --users $(USERS)
 
+# ruff, and the import contract in pyproject.toml: each layer imports only those below it.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy dsrflow connectors pipeline tasks flows deployments examples tests benchmarks docs/screenshots.py
+	$(BIN)/mypy dsrflow connectors pipeline tasks flows deployments entrypoints examples tests benchmarks docs/screenshots.py
 
 unit: $(STAMP)
 	$(BIN)/pytest

@@ -51,7 +51,7 @@ TRUSTED = frozenset({
     "dsrflow.datamap.DataMapError",
     "dsrflow.deadlines.CalendarUnavailable",
     "dsrflow.deadlines.CalendarOverridesError",
-    "dsrflow.demo.DemoError",
+    "entrypoints.demo.DemoError",
     "dsrflow.identities.IdentityError",
     "dsrflow.ledger.store.UnknownRequest",
     "dsrflow.ledger.store.ClosedRequest",

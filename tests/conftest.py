@@ -47,7 +47,7 @@ def cli_runtime() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 on loopback: a real HTTP endpoint, so presigned links can be fetched."""
-    from dsrflow.demo import moto_server
+    from entrypoints.demo import moto_server
 
     with moto_server() as endpoint:
         yield endpoint

@@ -100,6 +100,6 @@ def arm(point: str) -> None:
 
 if __name__ == "__main__":
     arm(sys.argv[1])
-    from dsrflow.cli import app
+    from entrypoints.cli import app
 
     app(["run", "--config", sys.argv[2]])

@@ -88,7 +88,7 @@ def ticket_2027(valid: Ticket) -> Ticket:
 def invoke(*args: str | Path) -> Result:
     """The `dsrflow` command line, in a terminal wide enough that rich neither wraps nor
     truncates its tables."""
-    from dsrflow.cli import app
+    from entrypoints.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
 

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-from dsrflow.cli import app
 from dsrflow.report import REQUEST_COLUMNS, STEP_COLUMNS
 from dsrflow.settings import read_key_file
+from entrypoints.cli import app
 from examples.wishe.generate import build_world
 from examples.wishe.subjects import SUBJECTS
 from pipeline.runtime import get_runtime, set_runtime

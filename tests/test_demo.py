@@ -22,7 +22,7 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
     out = tmp_path / "demo-out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     result = subprocess.run(
-        [sys.executable, "-m", "dsrflow.cli", "demo", "--users", "40", "--out", str(out)],
+        [sys.executable, "-m", "entrypoints.cli", "demo", "--users", "40", "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -149,7 +149,7 @@ def test_connector_checkpoints(tmp_path: Path, permissive_umask: int) -> None:
 
 
 def test_the_demo_folder(tmp_path: Path, permissive_umask: int) -> None:
-    from dsrflow.demo import _fresh_folder
+    from entrypoints.demo import _fresh_folder
 
     out = tmp_path / "demo-out"
     _fresh_folder(out)

@@ -129,7 +129,7 @@ def test_two_runs_at_once_on_one_config_do_every_step_once(tmp_path: Path) -> No
     sqlworld.unfollow_among(url, uids)
     config = cli_config(tmp_path, sqlworld.datamap_doc(url))
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
-    dsrflow = [sys.executable, "-m", "dsrflow.cli"]
+    dsrflow = [sys.executable, "-m", "entrypoints.cli"]
     for uid in uids:
         path = tmp_path / f"T-{uid}.json"
         path.write_text(json.dumps(ticket(f"T-{uid}", "erasure",

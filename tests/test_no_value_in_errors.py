@@ -572,12 +572,12 @@ def test_every_trusted_class_exists() -> None:
 def test_the_command_line_says_an_unexpected_error_without_its_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_runtime: None
 ) -> None:
-    import dsrflow.cli
+    import entrypoints.cli
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError(f"invalid literal for int() with base 10: {USER_ID!r}")
 
-    monkeypatch.setattr(dsrflow.cli, "load_datamap", broken)
+    monkeypatch.setattr(entrypoints.cli, "load_datamap", broken)
     result = invoke("datamap", "check", tmp_path / "datamap.yaml")
     assert result.exit_code == 1
     assert MARK not in result.output

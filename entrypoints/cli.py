@@ -509,7 +509,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="where the demo world goes")] = Path("demo-out"),
 ) -> None:
     """Build the demo world, submit the sample tickets, run them, write the report."""
-    from dsrflow.demo import run_demo
+    from entrypoints.demo import run_demo
 
     code = run_demo(out, users, console)
     raise typer.Exit(code)

@@ -86,10 +86,10 @@ def _run(out: Path, users: int, endpoint: str, partner: Any, console: Console) -
 
     prepare(settings.path(settings.prefect_home))
     # Prefect is imported only now, with its home set.
-    from dsrflow.cli import run_batch
     from dsrflow.intake import submit
     from dsrflow.model import Status
     from dsrflow.report import write_reports
+    from entrypoints.cli import run_batch
     from pipeline.runtime import Runtime, set_runtime
 
     runtime = Runtime(settings)
@@ -247,9 +247,9 @@ def _counts(counts: dict[str, int]) -> str:
 def _print_report(out: Path, console: Console) -> None:
     import pandas as pd
 
-    from dsrflow.cli import STATUS_COLUMNS, frame_table, status_view
     from dsrflow.deadlines import Deadlines
     from dsrflow.model import DELIVERABLE_KIND
+    from entrypoints.cli import STATUS_COLUMNS, frame_table, status_view
 
     report = pd.read_csv(out / "report.csv", dtype=str)
     # Deadlines only to tell the day in each regime's time zone: no calendar is asked.
