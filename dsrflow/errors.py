@@ -67,7 +67,7 @@ TRUSTED = frozenset({
     "connectors.objects.UnsafeKey",
     "connectors.partner.PartnerError",
     "connectors.sql.SchemaMismatch",
-    "connectors.sql_draft.DraftError",
+    "dsrflow.datamap_draft.DraftError",
     "deployments.serve.DeploymentConfigError",
     "flows.request.BatchIncomplete",
 })

@@ -533,7 +533,7 @@ def datamap_draft(
     system: Annotated[str, typer.Option(help="the system's name in the map")] = "userdb",
 ) -> None:
     """Draft a data map from a live database, for a person to review."""
-    from connectors.sql_draft import draft, to_yaml
+    from dsrflow.datamap_draft import draft, to_yaml
 
     result = draft(db, system)
     text = to_yaml(result)

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from connectors.sql_draft import Draft, DraftError, draft, draft_datamap, to_yaml
 from dsrflow.datamap import parse_datamap
+from dsrflow.datamap_draft import Draft, DraftError, draft, draft_datamap, to_yaml
 
 # A small shop the drafter's rules were not written for: a subject table named
 # `customers`, a reference the database does not declare (carts.customer_id), a table two
