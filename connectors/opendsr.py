@@ -1,61 +1,7 @@
 """OpenDSR 2.0 partner connector: tells a processor (a partner the app shares data with)
 to erase, or to report, what it holds of a subject, over the partner's HTTP API.
 
-How a request goes out: the flow mints a lowercase UUIDv4 `subject_request_id` and writes
-it to the ledger *before* calling `OpenDsrPartner.submit`, so every retry (ours, Prefect's,
-or a re-run after a crash) sends the same id, and the partner treats a repeated id as the
-same request: the id is the idempotency key, which is what makes a POST safe to retry. The
-body is serialized canonically (sorted keys), so a retry sends the same bytes.
-
-What is sent:
-
-- `regulation`: `gdpr` and `ccpa` as they are. OpenDSR 2.0 knows no other regulation, and
-  `pipl` requests go out as `gdpr`: the closest regime with the same rights (access, copy,
-  portability, deletion) and no CCPA-style exemptions, so the partner applies the stricter
-  reading. `uk_gdpr` goes out as `gdpr` too: the UK kept the GDPR's text, rights and
-  periods. Refusing instead would break the privacy policy's promise (4.2) that deletion
-  and cancellation reach the data shared with partners, for the app's main regime. No
-  `extensions` note is added: the specification reserves `extensions` for keys named by
-  the *processor's* domain. The ledger keeps the real regime; the `Receipt` says what was
-  sent (`regulation`).
-- `subject_request_type`: `access`, `portability`, `erasure`; `account_cancellation` and
-  `consent_withdrawal` are `erasure` (OpenDSR cannot scope by category, so a scoped
-  withdrawal erases everything the partner holds of the subject: whether the partner is
-  concerned at all is the planner's decision, from the categories shared with it).
-  `rectification` and `restriction` have no OpenDSR form: `UnsupportedRequest`.
-- `subject_identities`: for every identity type the data map says the partner accepts, each
-  of the subject's identities of that type, raw or as the lowercase hex sha256/sha1/md5 of
-  the *normalized* value (emails case-folded, phones in E.164), named `as_type` if the map
-  gives one (`controller_customer_id` for our user id). Identities the partner does not
-  accept are left out; if none remain, `NoSupportedIdentity`.
-- `submitted_time` (RFC 3339, UTC, when the subject made the request), `api_version`,
-  `status_callback_urls`.
-
-Retries: connection errors, timeouts, HTTP 5xx and 429 are retried a bounded number of
-times, with exponential backoff and full jitter (`backoff` is injectable, so tests do not
-wait); a `Retry-After` of a few seconds is honoured. When they run out:
-`PartnerUnavailable` (retryable later). Any other 4xx is not retried: `PartnerRejected`
-carries the status code and the partner's `error` code and (scrubbed) message. A 409 to a submission
-means the partner already has the id: the client confirms it with a status request and
-returns the receipt marked `duplicate`. Redirects are not followed.
-
-Trust: every successful response must carry `X-OpenDSR-Signature`, the base64 signature of
-the raw body (SHA-256 digest; RSA PKCS#1 v1.5 or ECDSA, DER or raw r||s) made with the
-key of the processor's certificate, which the data map pins (PEM file). A missing or bad
-signature, or an expired certificate, raises `SignatureError` before the body is parsed.
-Callbacks go through `verify_callback`: the `X-OpenDSR-Processor-Domain` header must be on
-the allow-list (exact, case-insensitive) before the signature is checked, and the
-signature must verify before the body is parsed. The legacy `X-OpenGDPR-*` header names
-are accepted too, as the specification asks.
-
-Privacy: `encoded_request` (the partner's base64 copy of our request, identities included)
-is dropped from every parsed response and callback: never logged, stored or returned.
-Identity values are kept out of `repr`, logs and exception messages. No text a partner or
-a caller sent is put into an exception's message (a partner may echo an identity in any
-spelling): `PartnerRejected` says the status and a numeric or plain-word error code; the
-partner's error message, clipped and scrubbed of the identities we sent and anything that
-looks like an email address or phone number, is kept in its `error_message` attribute only.
-A plain-HTTP endpoint is refused unless it is on loopback.
+The full specification: `docs/opendsr-client.md`.
 """
 
 from __future__ import annotations
@@ -123,7 +69,7 @@ REGULATIONS = ("gdpr", "ccpa")
 STATUSES = ("pending", "in_progress", "completed", "cancelled")
 FINAL_STATUSES = frozenset({"completed", "cancelled"})
 
-# Our request types and regimes -> what OpenDSR can carry (see the module docstring).
+# Our request types and regimes -> what OpenDSR can carry (see docs/opendsr-client.md).
 REQUEST_TYPE_MAP = {
     "access": "access",
     "portability": "portability",
