@@ -33,6 +33,7 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 import phonenumbers
 
 from connectors.base import ConnectorConfigError, Outcome, Records, Scope, resolve_endpoint
+from connectors.s3 import delete_versions, key_versions, versioned
 from dsrflow.crypto import Pseudonymizer
 from dsrflow.datamap import Action, LogSource, LogsSystem
 from dsrflow.identities import Identity, IdentityType, Subject
@@ -49,7 +50,6 @@ PENDING_SUFFIX = ".dsrflow-pending"  # the new version of a file being rewritten
 GZIP_LEVEL = 6
 MAX_PHONE_DIGITS = 17  # 00 + a 3-digit country code + 12 digits
 SHORT_ID = 6  # identifiers shorter than this are looked for as whole tokens only
-DELETE_BATCH = 1000  # S3's limit of keys per DeleteObjects request
 _GZIP_MAGIC = b"\x1f\x8b"
 # A glob match whose stat fails with one of these is not a file: a link to nothing.
 _NO_FILE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
@@ -1732,32 +1732,18 @@ class LogsConnector:
         """Every version and delete marker of the key but `keep` (versioned buckets)."""
         assert file.bucket is not None
         try:
-            status = self.client.get_bucket_versioning(Bucket=file.bucket).get("Status")
-            if status not in ("Enabled", "Suspended"):
+            if not versioned(self.client, file.bucket):
                 return
-            doomed: list[dict[str, str]] = []
-            pages = self.client.get_paginator("list_object_versions").paginate(
-                Bucket=file.bucket, Prefix=file.name
-            )
-            for page in pages:
-                for entry in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                    if entry["Key"] == file.name and entry["VersionId"] != keep:
-                        doomed.append({"Key": file.name, "VersionId": entry["VersionId"]})
-            for i in range(0, len(doomed), DELETE_BATCH):
-                result = self.client.delete_objects(
-                    Bucket=file.bucket,
-                    Delete={"Objects": doomed[i : i + DELETE_BATCH], "Quiet": True},
-                )
-                if result.get("Errors"):
-                    code = result["Errors"][0].get("Code", "unknown")
-                    raise LogsError(
-                        f"systems.{self.name}.sources.{file.source}: s3://{file.bucket}/"
-                        f"{file.name}: deleting old versions failed ({code})"
-                    )
-        except LogsError:
-            raise
+            doomed = [{"Key": file.name, "VersionId": v}
+                      for v in key_versions(self.client, file.bucket, file.name) if v != keep]
+            errors = delete_versions(self.client, file.bucket, doomed)
         except Exception as exc:
             raise self._error(file, "delete old versions", exc) from None
+        if errors:
+            raise LogsError(
+                f"systems.{self.name}.sources.{file.source}: s3://{file.bucket}/"
+                f"{file.name}: deleting old versions failed ({', '.join(sorted(errors))})"
+            )
 
     # -- reading ----------------------------------------------------------------------------
     def _scan_file(

@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-import re
 import string
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -45,11 +44,11 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from connectors.base import ConnectorConfigError, Outcome, Records, Scope, resolve_endpoint
+from connectors.s3 import delete_versions, error_code
 from dsrflow.crypto import Pseudonymizer
 from dsrflow.datamap import Action, Bucket, ColumnRef, ObjectOwnership, ObjectsSystem
 from dsrflow.identities import IdentityError, IdentityType, Subject, normalize, unsafe_reason
 
-DELETE_BATCH = 1000  # S3's limit of objects per DeleteObjects request
 WORKERS = 8  # concurrent listings and per-object reads (boto3 clients are thread-safe)
 
 _NO_LOCK_CONFIGURATION = ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration")
@@ -301,7 +300,7 @@ class ObjectsConnector:
             try:
                 config = self.client.get_object_lock_configuration(Bucket=bucket)
             except ClientError as exc:
-                if _code(exc) not in _NO_LOCK_CONFIGURATION:
+                if error_code(exc) not in _NO_LOCK_CONFIGURATION:
                     raise self._error(bucket, "get_object_lock_configuration", exc) from None
             except BotoCoreError as exc:
                 raise self._error(bucket, "get_object_lock_configuration", exc) from None
@@ -435,7 +434,7 @@ class ObjectsConnector:
             try:
                 head = self.client.head_object(**args)
             except ClientError as exc:
-                if _code(exc) in ("404", "NoSuchKey", "NoSuchVersion"):
+                if error_code(exc) in ("404", "NoSuchKey", "NoSuchVersion"):
                     return []  # gone since the listing: nothing left to keep
                 raise self._error(bucket, "head_object", exc) from None
             except BotoCoreError as exc:
@@ -499,15 +498,10 @@ class ObjectsConnector:
     # -- erasing ------------------------------------------------------------------------
     def _delete(self, bucket: str, objects: list[dict[str, str]]) -> Counter[str]:
         """Delete in batches of 1,000; returns S3's per-object error codes and counts."""
-        errors: Counter[str] = Counter()
-        for start in range(0, len(objects), DELETE_BATCH):
-            chunk = objects[start : start + DELETE_BATCH]
-            response = self._call(
-                bucket, "delete_objects", Bucket=bucket, Delete={"Objects": chunk, "Quiet": True}
-            )
-            for err in response.get("Errors", []):
-                errors[_plain_code(err.get("Code", "unknown"))] += 1
-        return errors
+        try:
+            return delete_versions(self.client, bucket, objects)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(bucket, "delete_objects", exc) from None
 
     # -- plumbing -----------------------------------------------------------------------
     def _call(self, bucket: str, operation: str, **kwargs: Any) -> Any:
@@ -524,7 +518,7 @@ class ObjectsConnector:
 
     def _error(self, bucket: str, operation: str, exc: Exception) -> ObjectsError:
         # Only the error code: S3's messages and botocore's parameter errors can quote keys.
-        what = _code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+        what = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
         return ObjectsError(f"systems.{self.name}.buckets.{bucket}: {operation} failed: {what}")
 
     def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -613,20 +607,6 @@ def _identifier(key: str, entry: _Entry) -> dict[str, str]:
     if entry.version_id is None:
         return {"Key": key}
     return {"Key": key, "VersionId": entry.version_id}
-
-
-_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
-
-
-def _code(exc: ClientError) -> str:
-    return _plain_code(exc.response.get("Error", {}).get("Code", "unknown"))
-
-
-def _plain_code(code: Any) -> str:
-    """An S3 error code as an error message may show it (`NoSuchBucket`, `AccessDenied`):
-    anything else an endpoint answers is not repeated."""
-    text = str(code)
-    return text if _CODE.fullmatch(text) else "unrecognised"
 
 
 def _op_hash(operation: str, bucket: str) -> str:

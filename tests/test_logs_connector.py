@@ -558,6 +558,32 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield boto3.client("s3", region_name="us-east-1")
 
 
+def test_old_versions_that_s3_refuses_to_delete_fail_the_file_by_error_code_only(
+    tmp_path: Path, s3: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The old version still holds the subject's line: the erasure must fail, naming the
+    file and S3's code, and never repeat what the endpoint put in the code."""
+    s3.create_bucket(Bucket="wishe-logs")
+    s3.put_bucket_versioning(Bucket="wishe-logs", VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket="wishe-logs", Key="app/d1.log", Body=b"uid=12 zhang.wei@example.com\n")
+    real = s3.delete_objects
+
+    def refusing(**kwargs: Any) -> Any:
+        real(**kwargs)  # S3 answers per object: some went, these did not
+        return {"Errors": [{"Key": "app/d1.log", "Code": "AccessDenied"},
+                           {"Key": "app/d1.log", "Code": "denied zhang.wei@example.com"}]}
+
+    monkeypatch.setattr(s3, "delete_objects", refusing)
+    source = {"s3": {"bucket": "wishe-logs", "prefix": "app/"}, "format": "text",
+              "identities": ["email", "user_id"]}
+    zhang = subject("r1", ZHANG)
+    with pytest.raises(LogsError) as caught:
+        connector(tmp_path, {"access": source}, client=s3).erase([zhang], None, keys_for(zhang))
+    message = str(caught.value)
+    assert "s3://wishe-logs/app/d1.log: deleting old versions failed" in message
+    assert "AccessDenied, unrecognised" in message and "zhang" not in message
+
+
 @pytest.mark.parametrize("versioned", [True, False])
 def test_s3_objects_plain_and_gzip(tmp_path: Path, s3: Any, versioned: bool) -> None:
     s3.create_bucket(Bucket="wishe-logs")
