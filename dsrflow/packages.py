@@ -23,7 +23,6 @@ fetch objects (see `tasks/deliverables.py`).
 from __future__ import annotations
 
 import hashlib
-import html
 import io
 import json
 import re
@@ -39,6 +38,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from dsrflow.datamap import DataMap, Disclosure, LogsSystem, ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.ledger import RequestRecord
 from dsrflow.redaction import mask_others
+from dsrflow.templates import render
 
 FORMAT = "dsrflow.access-package/1"
 MANIFEST = "manifest.json"
@@ -310,74 +310,14 @@ def check_package(package: bytes) -> dict[str, Any]:
 
 # -- index.html ---------------------------------------------------------------------------
 def _index(manifest: dict[str, Any]) -> str:
-    e = html.escape
-    request = manifest["request"]
-    categories = "".join(
-        f"<tr><td>{e(c['category'])}</td><td>{e('; '.join(c['purposes']) or '-')}</td>"
-        f"<td>{e(c['retention'])}</td></tr>"
-        for c in manifest["categories"]
+    """The package's index.html: what the requester reads first."""
+    return render(
+        "package_index.html",
+        request=manifest["request"], generated_at=manifest["generated_at"],
+        categories=manifest["categories"], sources=manifest["sources"],
+        withheld=sum(s["others_withheld"] for s in manifest["sources"]),
+        files=manifest["files"], object_links=manifest["object_links"],
+        has_files=any("object_key" in f for f in manifest["files"])
+        or bool(manifest["object_links"]),
+        recipients=manifest["recipients"], partner_results=manifest["partner_results"],
     )
-    sources = "".join(
-        f"<tr><td>{e(s['system'])}</td><td>{e(s['part'])}</td><td>{e(', '.join(s['categories']))}"
-        f"</td><td>{s['records']}</td><td>"
-        + " ".join(f'<a href="{e(f)}">{e(f.rsplit(".", 1)[-1].upper())}</a>' for f in s["files"])
-        + "</td></tr>"
-        for s in manifest["sources"]
-    )
-    objects = "".join(
-        f'<li><a href="{e(f["path"])}">{e(f["object_key"])}</a> ({f["bytes"]} bytes)</li>'
-        for f in manifest["files"] if "object_key" in f
-    ) + "".join(
-        f'<li><a href="{e(link["url"])}">{e(link["key"])}</a> ({link["bytes"]} bytes; link '
-        f"valid until {e(link['expires_at'])})</li>"
-        for link in manifest["object_links"]
-    )
-    withheld = sum(s["others_withheld"] for s in manifest["sources"])
-    others = (
-        f"<p>{withheld} mentions of other people (their email addresses and phone numbers) "
-        "in our logs were withheld: they are theirs to see, not ours to give.</p>"
-        if withheld else ""
-    )
-    recipients = "".join(
-        f"<tr><td>{e(r['name'])}</td><td>{e(r['role'])}</td><td>{e(', '.join(r['categories']))}"
-        f"</td><td>{e(r['purpose'] or '-')}</td></tr>"
-        for r in manifest["recipients"]
-    )
-    results = "".join(
-        f"<li>{e(r['partner'])}: "
-        + (f'<a href="{e(r["results_url"])}">their results</a>' if r.get("results_url")
-           else "no results link")
-        + (f" ({r['results_count']} records)" if r.get("results_count") is not None else "")
-        + "</li>"
-        for r in manifest["partner_results"]
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Your data</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 60rem; color: #1d2433; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5rem; }}
-th, td {{ border-bottom: 1px solid #dde1e8; padding: 0.3rem 0.6rem; text-align: left; }}
-th {{ background: #f3f5f9; }}
-</style></head><body>
-<h1>The personal data we hold about you</h1>
-<p>Request {e(str(request['ticket_id']))} ({e(str(request['type']))}), received
-{e(str(request['received_at']))}; package made {e(str(manifest['generated_at']))} under
-privacy policy version {e(str(request['policy_version']))}.</p>
-<h2>What we hold, why, and for how long</h2>
-<table><tr><th>category</th><th>why we process it</th><th>how long we keep it</th></tr>
-{categories}</table>
-<h2>Where it comes from</h2>
-<table><tr><th>system</th><th>table or store</th><th>categories</th><th>records</th>
-<th>files</th></tr>
-{sources}</table>
-{others}
-<h2>Your files</h2>
-<ul>{objects or "<li>none</li>"}</ul>
-<h2>Who we share it with</h2>
-<table><tr><th>recipient</th><th>role</th><th>categories</th><th>purpose</th></tr>
-{recipients}</table>
-<h2>What our partners hold</h2>
-<ul>{results or "<li>no partner returned results for this request</li>"}</ul>
-<p><small>manifest.json lists every file with its SHA-256 checksum.</small></p>
-</body></html>
-"""

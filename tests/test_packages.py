@@ -364,3 +364,29 @@ def test_no_object_key_can_escape_the_package_folder(key: str) -> None:
         assert ".." not in parts and not entry.startswith("/") and "\\" not in entry
         assert zf.read(entry) == b"abc"
     assert check_package(package)["files"]
+
+
+def test_the_index_escapes_whatever_the_package_holds() -> None:
+    """A key, a partner's link or a recipient's name is shown as text, never as markup: the
+    requester opens index.html in a browser."""
+    from dsrflow.packages import _index
+
+    hostile = '<script>alert("x")</script>'
+    page = _index({
+        "request": {"ticket_id": "T-1", "type": "access", "received_at": "2026-11-20",
+                    "policy_version": "3.2"},
+        "generated_at": "2026-11-21",
+        "categories": [{"category": "contact", "purposes": [hostile], "retention": "1 year"}],
+        "sources": [{"system": "db", "part": "users", "categories": ["contact"], "records": 1,
+                     "files": ["db/users.csv"], "others_withheld": 2}],
+        "files": [{"path": "objects/a.jpg", "object_key": hostile, "bytes": 3}],
+        "object_links": [],
+        "recipients": [{"name": hostile, "role": "processor", "categories": ["contact"],
+                        "purpose": None}],
+        "partner_results": [{"partner": "adnet", "results_url": 'https://x.example/"><b>',
+                             "results_count": 4}, {"partner": "courier"}],
+    })
+    assert "<script>" not in page and page.count("&lt;script&gt;") == 3
+    assert 'href="https://x.example/&#34;&gt;&lt;b&gt;"' in page
+    assert "2 mentions of other people" in page and "(4 records)" in page
+    assert "courier: no results link" in page and "<td>-</td>" in page  # no purpose given

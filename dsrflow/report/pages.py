@@ -3,13 +3,13 @@ for Prefect artifacts, and the files `write_reports` leaves in a folder."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from markupsafe import Markup, escape
 
 from dsrflow.deadlines import Deadlines
 from dsrflow.ledger import Ledger
@@ -25,6 +25,7 @@ from dsrflow.report.frames import (
     systems_frame,
     utc_column,
 )
+from dsrflow.templates import render
 
 # Rows of the requests table in the HTML page: 100,000 rows made a 56 MiB page that no
 # browser shows comfortably; report.csv keeps every row.
@@ -46,63 +47,15 @@ def _md_cell(value: Any) -> str:
     return " ".join(str(value).replace("|", "\\|").split())
 
 
-_STYLE = """\
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #1d2433; }
-table { border-collapse: collapse; font-size: 0.85rem; margin-bottom: 2rem; }
-th, td { border-bottom: 1px solid #dde1e8; padding: 0.3rem 0.6rem; text-align: left; }
-th { background: #f3f5f9; }
-td { white-space: nowrap; }
-td.text, table.facts td { white-space: normal; min-width: 14rem; }
-table.facts th { width: 14rem; }
-.scroll { overflow-x: auto; }
-.charts { display: flex; flex-wrap: wrap; gap: 1rem; margin-bottom: 1rem; }
-.charts img { width: min(700px, calc(50% - 1rem)); min-width: 420px; height: auto; }
-.filter, .note { color: #4b5563; }
-.controls label { margin-right: 1rem; }
-td.sha { font-family: ui-monospace, monospace; font-size: 0.75rem; word-break: break-all; }"""
-
-# Narrows the rows already on the page; `dsrflow report --status ...` narrows the report.
-_ROW_FILTER_SCRIPT = """\
-<script>
-(function () {
-  var table = document.getElementById("requests");
-  var selects = document.querySelectorAll("select[data-filter]");
-  var count = document.getElementById("rows-shown");
-  function apply() {
-    var rows = table.tBodies[0].rows, shown = 0;
-    for (var i = 0; i < rows.length; i++) {
-      var keep = true;
-      selects.forEach(function (s) {
-        if (s.value && rows[i].getAttribute("data-" + s.dataset.filter) !== s.value) {
-          keep = false;
-        }
-      });
-      rows[i].hidden = !keep;
-      if (keep) { shown++; }
-    }
-    count.textContent = shown + " rows";
-  }
-  selects.forEach(function (s) { s.addEventListener("change", apply); });
-  apply();
-})();
-</script>"""
 _ROW_FILTERS = ("status", "regime", "type")
 # Prose columns wrap; ids, dates and counts stay on one line each.
 TEXT_COLUMNS = {"reason": "text", "extension_reason": "text", "retained because": "text",
                  "error": "text"}
 
 
-def page(title: str, body: str) -> str:
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-{_STYLE}
-</style></head><body>
-{body}
-<p><small>Generated {datetime.now(UTC).isoformat(timespec="seconds")}. No identities are
-shown: requests are identified by ticket and request id only.</small></p>
-</body></html>
-"""
+def generated_at() -> str:
+    """The footer's time of every page."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def html_rows(requests: pd.DataFrame, max_rows: int | None = HTML_MAX_ROWS) -> pd.DataFrame:
@@ -141,47 +94,24 @@ def to_html(
 
     if systems is None:
         systems = systems_frame(steps)
-    counts = requests["deadline_state"].value_counts().to_dict()
-    summary = " · ".join(f"{html.escape(str(k))}: {v}" for k, v in sorted(counts.items()))
-    charts = "\n".join(
-        f'<img src="{data_uri(png)}" alt="{html.escape(alt)}">'
-        for alt, png in report_charts(requests, now, deadlines)
-    )
     shown = html_rows(requests, max_rows)
-    request_note = ""
-    if len(shown) < len(requests):
-        request_note = (
-            f'<p class="note">{len(shown):,} of {len(requests):,} shown: open requests '
-            "first, the most urgent due date first, then the most recently closed; "
-            "report.csv has all.</p>\n")
     shown_steps = steps_of(steps, shown) if len(shown) < len(requests) else steps
-    steps_note = ""
-    if len(shown_steps) < len(steps):
-        steps_note = (f'<p class="note">The steps of the requests shown: {len(shown_steps):,} '
-                      f"of {len(steps):,}; steps.csv has all.</p>\n")
-    clock = f" · as of {iso(aware(now))}" if now is not None else ""
-    body = f"""<h1>{html.escape(title)}</h1>
-<p class="filter">Filter: {html.escape(filter.describe() if filter else "none (every request)")}</p>
-<p>{len(requests)} tickets · {summary}{clock}</p>
-<div class="charts">
-{charts}
-</div>
-<h2>Requests</h2>
-{request_note}{_row_filter_controls(shown)}
-<div class="scroll">
-{html_table(shown[_PAGE_ORDER], table_id="requests", row_attrs=_ROW_FILTERS,
-            classes=TEXT_COLUMNS)}
-</div>
-<h2>Per system</h2>
-<div class="scroll">
-{html_table(systems)}
-</div>
-<h2>Per request and system</h2>
-{steps_note}<div class="scroll">
-{html_table(shown_steps, classes=TEXT_COLUMNS)}
-</div>
-{_ROW_FILTER_SCRIPT}"""
-    return page(title, body)
+    counts = requests["deadline_state"].value_counts().to_dict()
+    return render(
+        "report.html", title=title, generated_at=generated_at(),
+        filter=filter.describe() if filter else "none (every request)",
+        tickets=len(requests), counts=sorted((str(k), v) for k, v in counts.items()),
+        as_of=iso(aware(now)) if now is not None else None,
+        charts=[(alt, data_uri(png)) for alt, png in report_charts(requests, now, deadlines)],
+        shown=len(shown), total=len(requests),
+        row_filters=[(c, sorted({str(v) for v in shown[c] if not is_missing(v)}))
+                     for c in _ROW_FILTERS],
+        requests_table=html_table(shown[_PAGE_ORDER], table_id="requests",
+                                  row_attrs=_ROW_FILTERS, classes=TEXT_COLUMNS),
+        systems_table=html_table(systems),
+        steps_shown=len(shown_steps), steps_total=len(steps),
+        steps_table=html_table(shown_steps, classes=TEXT_COLUMNS),
+    )
 
 
 # The page leads with what a reader scans for (where each request stands and by when);
@@ -191,28 +121,17 @@ _LEAD = ["ticket_id", "type", "regime", "status", "deadline_state", "due_at", "e
 _PAGE_ORDER = _LEAD + [c for c in REQUEST_COLUMNS if c not in _LEAD]
 
 
-def _row_filter_controls(shown: pd.DataFrame) -> str:
-    selects = []
-    for column in _ROW_FILTERS:
-        values = sorted({str(v) for v in shown[column] if not is_missing(v)})
-        options = "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>'
-                          for v in values)
-        selects.append(f'<label>{column} <select data-filter="{column}">'
-                       f'<option value="">all</option>{options}</select></label>')
-    return (f'<p class="controls">Show only: {"".join(selects)}'
-            '<span id="rows-shown"></span></p>')
-
-
 def html_table(
     frame: pd.DataFrame, *, table_id: str | None = None, row_attrs: Sequence[str] = (),
     classes: Mapping[str, str] | None = None,
-) -> str:
+) -> Markup:
     """The frame as an HTML table, every cell escaped and missing values empty: what
     `DataFrame.to_html(index=False, na_rep="", escape=True)` gives (`<NA>` aside), built
-    column by column so that a table of 100,000 rows takes well under a second.
-    `row_attrs`: columns repeated as `data-<column>` attributes of each row (the page's
-    row filter reads them); `classes`: a CSS class for some columns' cells."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    column by column so that a table of 100,000 rows takes well under a second (a
+    template's loop would not). `row_attrs`: columns repeated as `data-<column>`
+    attributes of each row (the page's row filter reads them); `classes`: a CSS class for
+    some columns' cells (given by the code, never by data)."""
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
     columns = [_cells(frame[c]) for c in frame.columns]
     classes = classes or {}
     opens = [f'<td class="{classes[c]}">' if c in classes else "<td>" for c in frame.columns]
@@ -226,13 +145,13 @@ def html_table(
         start + "".join(o + c + "</td>" for o, c in zip(opens, cells, strict=True)) + "</tr>"
         for start, cells in zip(starts, zip(*columns, strict=True), strict=True)
     ) if len(frame.columns) else ""
-    ident = f' id="{html.escape(table_id)}"' if table_id else ""
-    return (f'<table class="dataframe"{ident}>\n<thead><tr style="text-align: right;">{head}'
-            f"</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>")
+    ident = f' id="{escape(table_id)}"' if table_id else ""
+    return Markup(f'<table class="dataframe"{ident}>\n<thead><tr style="text-align: right;">'
+                  f"{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>")
 
 
 def _cells(column: pd.Series) -> list[str]:
-    return ["" if is_missing(v) else html.escape(str(v)) for v in column.astype(object).tolist()]
+    return ["" if is_missing(v) else str(escape(str(v))) for v in column.astype(object).tolist()]
 
 
 def write_reports(

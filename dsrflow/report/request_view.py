@@ -3,19 +3,20 @@ what it delivered (access package or erasure certificate). HTML and Markdown."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pandas as pd
+from markupsafe import Markup
 
 from dsrflow.deadlines import RULES, Deadlines
 from dsrflow.ledger import Ledger, PartnerRequest, RequestRecord, StepRecord
 from dsrflow.model import DELIVERABLE_KIND, Status, StepAction
 from dsrflow.report.frames import aware, iso, step_table
-from dsrflow.report.pages import TEXT_COLUMNS, html_table, page, to_markdown
+from dsrflow.report.pages import TEXT_COLUMNS, generated_at, html_table, to_markdown
 from dsrflow.sla import business_days_left, business_days_used, deadline_state
+from dsrflow.templates import render
 
 
 @dataclass(frozen=True)
@@ -76,20 +77,11 @@ def request_view(
     """One request's page (HTML, self-contained): its dates and deadline, the versions it
     ran under, what each system found and did, its partners and its deliverables."""
     view = build_request_view(ledger, deadlines, request_id, now, at_risk_days)
-    facts = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-                      for k, v in view.facts)
-    body = f"""<h1>{html.escape(view.title)}</h1>
-<table class="facts">
-{facts}
-</table>
-<h2>Systems</h2>
-{_html_section(view.systems, "no system has been worked on yet")}
-<h2>Partners</h2>
-{_html_section(view.partners, "not handed to any partner")}
-<h2>Deliverables</h2>
-{_html_section(view.deliverables, "no access package or erasure certificate yet",
-               {"sha256": "sha"})}"""
-    return page(view.title, body)
+    return render(
+        "request.html", title=view.title, generated_at=generated_at(), facts=view.facts,
+        systems=_html_table(view.systems), partners=_html_table(view.partners),
+        deliverables=_html_table(view.deliverables, {"sha256": "sha"}),
+    )
 
 
 def request_view_markdown(
@@ -110,12 +102,11 @@ def request_view_markdown(
     return "\n".join(sections)
 
 
-def _html_section(frame: pd.DataFrame, empty: str,
-                  classes: Mapping[str, str] | None = None) -> str:
+def _html_table(frame: pd.DataFrame, classes: Mapping[str, str] | None = None) -> Markup | None:
+    """The section's table; None when there is nothing to show (the page says so)."""
     if frame.empty:
-        return f'<p class="note">{html.escape(empty)}</p>'
-    table = html_table(frame, classes={**TEXT_COLUMNS, **(classes or {})})
-    return f'<div class="scroll">\n{table}\n</div>'
+        return None
+    return html_table(frame, classes={**TEXT_COLUMNS, **(classes or {})})
 
 
 def _md_section(frame: pd.DataFrame, empty: str) -> str:
