@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# From the checkout's root: the demo world (examples/) is not part of an install.
 demo: $(STAMP)
-	$(BIN)/dsrflow demo --out $(OUT) --users $(USERS)
+	$(BIN)/python -m entrypoints.cli demo --out $(OUT) --users $(USERS)
 
 # ruff, and the import contract in pyproject.toml: each layer imports only those below it.
 lint: $(STAMP)

@@ -39,7 +39,16 @@ class DemoError(RuntimeError):
 
 
 def run_demo(out: Path, users: int, console: Console) -> int:
-    from examples.partner import ReferencePartner
+    try:  # the demo world and its stand-ins are not in a production install
+        import moto.server  # noqa: F401
+
+        from examples.partner import ReferencePartner
+    except ImportError:
+        raise DemoError(
+            "the demo runs from a checkout of the repository, with the demo extra: run "
+            "`make demo` there (or `pip install -e '.[demo]'` and `python -m "
+            "entrypoints.cli demo` from its root)"
+        ) from None
 
     out = out.resolve()
     _fresh_folder(out)
