@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 OUT ?= demo-out
 USERS ?= 200
 
-.PHONY: install demo test lint typecheck unit bench ui clean
+.PHONY: install demo test test-fast lint typecheck unit bench ui clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -34,6 +34,11 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# The tests that need no server (PostgreSQL, Prefect, moto) and are not end to end, on
+# every core: about a minute. `make test` runs everything, as CI does.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -n auto -m "not server and not slow"
 
 # Log redaction against `grep -F` in the same run (docs/performance.md has the 1 GiB run).
 bench: $(STAMP)

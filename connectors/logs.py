@@ -1316,6 +1316,16 @@ class _Checkpoint:
         return self.entries.get(key)
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
+        """Record a file's state; its counts are untold until `tell` (unless the entry
+        says otherwise: a change to a told entry stays told)."""
+        self._append(key, {"told": False, **entry})
+
+    def tell(self, key: str) -> None:
+        """The file's counts have been reported: a rerun does not report them again."""
+        if key in self.entries:
+            self._append(key, {**self.entries[key], "told": True})
+
+    def _append(self, key: str, entry: dict[str, Any]) -> None:
         self.entries[key] = entry
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"file": key, **entry}, sort_keys=True) + "\n")
@@ -1424,9 +1434,12 @@ class LogsConnector:
                             part.statements = [statement]
                     changed = [rid for rid, (_, anonymized) in counts.items() if anonymized]
                     if progress is not None and changed:
-                        # Right after the file is in place: a crash can only fall between
-                        # its replacement and this, never lose a whole run's counts.
                         progress({rid: outcomes[rid] for rid in changed})
+                    if counts:
+                        # Told (or, with no `progress`, in what this call returns): a
+                        # rerun of the batch does not report the file again. A crash
+                        # before this leaves it untold, and the rerun reports it.
+                        checkpoint.tell(file.key)
         return outcomes
 
     # -- erasing one file -------------------------------------------------------------------
@@ -1442,10 +1455,9 @@ class LogsConnector:
             if file.bucket is not None and not done.get("purged", True):
                 self._purge_versions(file, done.get("version_id"))
                 checkpoint.put(key, {**done, "purged": True})
-            if done.get("recovered"):
-                # Finished by recovery after the call that rewrote it was stopped: that
-                # call never reported it. Said once.
-                checkpoint.put(key, {**done, "recovered": False})
+            if not done.get("told", True):
+                # Rewritten by a call that stopped before reporting it (or finished by
+                # recovery): this call reports it.
                 return {rid: list(c) for rid, c in done.get("counts", {}).items()}
             return {}  # rewritten by an earlier call, which reported it
         if file.bucket is not None:
@@ -1587,8 +1599,7 @@ class LogsConnector:
             finally:
                 os.close(fd)
             _Checkpoint(self.state_dir, record["batch"]).put(
-                record["key"], {"look": _look(new), "counts": record["counts"],
-                                "recovered": True}
+                record["key"], {"look": _look(new), "counts": record["counts"]}
             )
             _drop_in_place(content)
         for content_path in directory.glob(f".*{PENDING_SUFFIX}"):

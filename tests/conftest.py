@@ -30,6 +30,21 @@ import sqlalchemy as sa  # noqa: E402
 from dsrflow.crypto import Keyring, new_key  # noqa: E402
 from dsrflow.ledger import Ledger  # noqa: E402
 
+# -- what `make test-fast` leaves out ------------------------------------------------------------
+SERVERS = frozenset({"postgres_server", "postgres_url", "prefect_server", "s3_endpoint"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts or uses a server `server`, from the fixtures it uses
+    (a `db_url` test on its PostgreSQL side too), so that `make test-fast` can leave them
+    out without anyone keeping a list."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if SERVERS & set(getattr(item, "fixturenames", ())) or (
+            params.get("db_url") == "postgresql"
+        ):
+            item.add_marker(pytest.mark.server)
+
 
 # -- the command line ------------------------------------------------------------------------
 @pytest.fixture

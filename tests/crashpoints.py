@@ -6,7 +6,8 @@ Points: `after-gate` (leases taken, requests in progress, nothing done), `before
 are gone, the ledger does not know), `after-post` (the partner has the request, the ledger
 does not know), `before-close` (everything done and certified, the requests not yet
 closed), `after-objects` (the bucket's objects deleted, the ledger not told), `mid-logs`
-(the first log file rewritten and reported as done, the others not reached).
+(the first log file rewritten, reported and marked so in the connector's checkpoint, the
+others not reached).
 """
 
 from __future__ import annotations
@@ -65,21 +66,15 @@ def arm(point: str) -> None:
 
         ObjectsConnector.erase = objects_then_die  # type: ignore[method-assign]
     elif point == "mid-logs":
-        from connectors.logs import LogsConnector
+        from connectors import logs
 
-        real_logs_erase = LogsConnector.erase
+        real_tell = logs._Checkpoint.tell
 
-        def logs_die_after_first_file(self: LogsConnector, *args: Any, **kwargs: Any) -> Any:
-            tell = kwargs["progress"]
+        def tell_then_die(self: Any, key: str) -> None:
+            real_tell(self, key)
+            _die()
 
-            def told_then_die(outcomes: Any) -> None:
-                tell(outcomes)
-                _die()
-
-            kwargs["progress"] = told_then_die
-            return real_logs_erase(self, *args, **kwargs)
-
-        LogsConnector.erase = logs_die_after_first_file  # type: ignore[method-assign]
+        logs._Checkpoint.tell = tell_then_die  # type: ignore[method-assign]
     elif point == "after-post":
         from connectors.opendsr import OpenDsrPartner
 

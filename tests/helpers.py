@@ -88,9 +88,16 @@ def ticket_2027(valid: Ticket) -> Ticket:
 def invoke(*args: str | Path) -> Result:
     """The `dsrflow` command line, in a terminal wide enough that rich neither wraps nor
     truncates its tables."""
-    from entrypoints.cli import app
+    from entrypoints.cli import app, console, err
 
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+    # rich reads COLUMNS once, when a console is made (whichever test imported the CLI
+    # first): set the widths themselves.
+    widths = console.width, err.width
+    console.width = err.width = 250
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+    finally:
+        console.width, err.width = widths
 
 
 def flat(text: str) -> str:

@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from dsrflow.leakscan import files_containing
 from examples.wishe.subjects import SUBJECTS
+
+pytestmark = pytest.mark.slow  # the whole demo: half a minute
 
 TICKETS = Path(__file__).resolve().parent.parent / "examples" / "wishe" / "tickets"
 

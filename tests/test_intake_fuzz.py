@@ -33,6 +33,8 @@ from pipeline.runtime import Runtime, get_runtime
 from tests.helpers import cli_config, invoke, make_runtime, wishe_datamap
 from tests.hostile import FUZZ_ENV, Case, Tally, cases, leaked, names_a_field
 
+pytestmark = pytest.mark.slow  # thousands of tickets, through the command line too
+
 COUNT = int(os.environ.get(FUZZ_ENV, "500"))
 SEED = 20261203
 CLI_CHUNK = 250  # files per `dsrflow submit`

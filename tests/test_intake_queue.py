@@ -284,6 +284,7 @@ _hostile: st.SearchStrategy[bytes | str] = st.one_of(
 )
 
 
+@pytest.mark.slow  # hundreds of hostile messages through moto's queue: ten seconds
 def test_no_message_however_hostile_is_lost_or_stops_intake(rt: Runtime, sqs: Sqs) -> None:
     @dataclass
     class Tally:

@@ -119,6 +119,7 @@ def test_a_run_whose_lease_ran_out_stops_working_on_what_another_took_over(
 
 
 # -- two `dsrflow run` at once ----------------------------------------------------------------
+@pytest.mark.slow  # two `dsrflow run` processes, each with its Prefect server: half a minute
 def test_two_runs_at_once_on_one_config_do_every_step_once(tmp_path: Path) -> None:
     """The operator's run next to a scheduled one: both `dsrflow run` on the same settings
     (the same embedded Prefect server's database, the same requests), started together.

@@ -364,6 +364,34 @@ def test_crash_part_way_then_rerun_equals_a_clean_run(tmp_path: Path,
     assert totals(resumed, "anonymized") == {"r1": totals(expected, "anonymized")["r1"] - 1}
 
 
+def test_a_file_rewritten_but_not_yet_reported_is_reported_by_the_rerun(
+    tmp_path: Path,
+) -> None:
+    """A call stopped between putting a file in place and reporting it (the ledger was
+    busy, the process was killed): the batch's rerun reports that file's lines, and not
+    the ones reported before."""
+    _three_files(tmp_path)
+    zhang = subject("r1", ZHANG)
+    key = keys_for(zhang)
+    told: list[int] = []
+
+    class Stopped(Exception):
+        pass
+
+    def progress(outcomes: Mapping[str, Outcome]) -> None:
+        if told:
+            raise Stopped  # the second file is in place; its report never arrives
+        told.append(outcomes["r1"].total("anonymized"))
+
+    with pytest.raises(Stopped):
+        connector(tmp_path).erase([zhang], None, key, progress=progress)
+    resumed = connector(tmp_path).erase([zhang], None, key)
+    assert told == [1]
+    assert totals(resumed, "anonymized") == {"r1": 2}  # d2 (untold) and d3 (not reached)
+    again = connector(tmp_path).erase([zhang], None, key)
+    assert totals(again, "anonymized") == {"r1": 0}
+
+
 def test_a_killed_run_leaves_a_temporary_file_that_the_next_run_removes(tmp_path: Path) -> None:
     _three_files(tmp_path)
     stale = tmp_path / f"logs/.d1.log.abc{logs.TMP_SUFFIX}"

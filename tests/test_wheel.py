@@ -16,9 +16,12 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests import sqlworld
+
+pytestmark = pytest.mark.slow  # a wheel build and a fresh virtualenv
 
 ROOT = Path(__file__).resolve().parent.parent
 
