@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dsrflow.files import DIR_MODE, private_dir
+from dsrflow.model import Regime
 from dsrflow.settings import load_settings, write_key_file
 
 MARKER = ".dsrflow-demo"
@@ -104,8 +106,10 @@ def _run(out: Path, users: int, endpoint: str, partner: Any, console: Console) -
     runtime = Runtime(settings)
     set_runtime(runtime)
     submitted = Table("ticket", "type", "status", "note", title="Tickets received")
+    now = datetime.now(UTC)
     for path in sorted((EXAMPLES / "tickets").glob("*.json")):
-        result = submit(runtime.ledger, runtime.datamap, path.read_bytes(),
+        result = submit(runtime.ledger, runtime.datamap,
+                        _dated(json.loads(path.read_bytes()), runtime.deadlines, now),
                         phone_regions=runtime.settings.phone_regions)
         record = runtime.ledger.get(result.request_id)
         submitted.add_row(result.ticket_id or path.name,
@@ -121,6 +125,7 @@ def _run(out: Path, users: int, endpoint: str, partner: Any, console: Console) -
         console.print(f"Running {len(ids)} verified requests as one Prefect flow run…")
         completed = run_batch(ids)
         _partners_answer(runtime, partner, console)
+        _extend(runtime, console, now)
 
     paths = write_reports(out, runtime.ledger, runtime.deadlines,
                           at_risk_days=settings.at_risk_days)
@@ -144,14 +149,73 @@ def _run(out: Path, users: int, endpoint: str, partner: Any, console: Console) -
     return 0 if completed and not unfinished and not problems else 1
 
 
+# A month of requests as the demo shows it, dated back from the day it runs: each sample
+# ticket's age in days, or what its deadline should be at the end ("overdue", "at_risk":
+# the age that puts it there, on its regime's calendar). Those three and the extended one
+# are left waiting for the partners; the others complete on time.
+MONTH: dict[str, int | str] = {
+    "WSH-2026-11-0001": "overdue", "WSH-2026-11-0002": 12, "WSH-2026-11-0003": 11,
+    "WSH-2026-11-0004": 10, "WSH-2026-11-0005": 6, "WSH-2026-11-0006": 5,
+    "WSH-2026-11-0007": "at_risk", "WSH-2026-11-0008": 8, "WSH-2026-11-0009": 1,
+}
+EXTENDED = "WSH-2026-11-0008"  # its partners are slow: extended, with a notice
+LEFT_OPEN = frozenset({"WSH-2026-11-0001", "WSH-2026-11-0007", EXTENDED})
+
+
+def _dated(ticket: dict[str, Any], deadlines: Any, now: datetime) -> bytes:
+    """The ticket received `MONTH[ticket_id]` days before `now` (at its own local time of
+    day), verified as long after receipt as in the sample."""
+    received = datetime.fromisoformat(ticket["received_at"])
+    age = MONTH.get(str(ticket.get("ticket_id")), 0)
+    if isinstance(age, str):
+        age = _age_for(age, Regime(ticket["regime"]), received, deadlines, now)
+    local_today = now.astimezone(received.tzinfo).date()
+    moved = datetime.combine(local_today - timedelta(days=age), received.timetz())
+    shift = moved - received
+    dated = {**ticket, "received_at": moved.isoformat()}
+    verification = ticket.get("verification")
+    if isinstance(verification, dict) and verification.get("verified_at"):
+        verified = datetime.fromisoformat(verification["verified_at"]) + shift
+        dated["verification"] = {**verification, "verified_at": verified.isoformat()}
+    return json.dumps(dated).encode()
+
+
+def _age_for(state: str, regime: Regime, received: datetime, deadlines: Any,
+             now: datetime) -> int:
+    """The fewest days back that leave a request received then `overdue` (due a day ago
+    or more) or `at_risk` (one or two working days left) at `now`."""
+    calendar = deadlines.calendar(regime)
+    for age in range(1, 120):
+        at = datetime.combine(now.astimezone(received.tzinfo).date() - timedelta(days=age),
+                              received.timetz())
+        due = deadlines.due(regime, at)
+        if state == "overdue" and due < now - timedelta(days=1):
+            return age
+        left = calendar.working_days_between(deadlines.local_date(regime, now),
+                                             deadlines.local_date(regime, due))
+        if state == "at_risk" and due > now and 1 <= left <= 2:
+            return age
+    raise DemoError(f"no age gives a {regime.value} request the state {state}")
+
+
+def _extend(runtime: Any, console: Console, now: datetime) -> None:
+    """A person extends the request whose partners are slow, and tells the subject."""
+    record = next(r for r in runtime.ledger.all() if r.ticket_id == EXTENDED)
+    due = runtime.ledger.extend(record.id, "the partners holding the restricted data have "
+                                "not answered yet; the subject was told why", at=now)
+    console.print(f"{EXTENDED} extended to {due.date().isoformat()}: the subject was told why.")
+
+
 def _partners_answer(runtime: Any, partner: Any, console: Console) -> None:
     """The partners do their part: the reference OpenDSR partner finishes and calls back
-    (real HTTP, signed); a person confirms the manual partner for all but one request,
-    which is left waiting to show what that looks like."""
+    (real HTTP, signed), and a person confirms the manual partner, for every request but
+    those `LEFT_OPEN`, which show what waiting looks like."""
     from dsrflow.model import PARTNER_WAITING, PartnerStatus
     from pipeline import partners
 
-    waiting = runtime.ledger.partner_requests(statuses=PARTNER_WAITING)
+    left_open = {r.id for r in runtime.ledger.all() if r.ticket_id in LEFT_OPEN}
+    waiting = [row for row in runtime.ledger.partner_requests(statuses=PARTNER_WAITING)
+               if row.request_id not in left_open]
     sent = [row for row in waiting if row.system == "adnet"
             and row.status != PartnerStatus.AWAITING_CONFIRMATION]
     for row in sent:
@@ -162,22 +226,15 @@ def _partners_answer(runtime: Any, partner: Any, console: Console) -> None:
             partners.confirm(runtime, row.request_id, "adnet", by="demo-operator",
                              reference=f"AD-{row.subject_request_id[:8]}")
     manual = [row for row in waiting if row.system == "courier"]
-    for row in manual[:-1]:
+    for row in manual:
+        # As a person would: `dsrflow partner confirm REQUEST_ID courier --by … --reference …`
         partners.confirm(runtime, row.request_id, "courier", by="demo-operator",
                          reference=f"CR-{row.subject_request_id[:8]}")
     console.print(
         f"Partners: adnet (OpenDSR) finished {len(sent)} requests and called back; "
-        f"courier (manual) confirmed {max(len(manual) - 1, 0)}."
+        f"courier (manual) confirmed {len(manual)}. Still waiting for them: "
+        f"{', '.join(sorted(LEFT_OPEN))}."
     )
-    if manual:
-        # The last one shows what waiting looks like, then a person confirms it, as they
-        # would with `dsrflow partner confirm REQUEST_ID courier --by … --reference …`.
-        last = manual[-1]
-        status = runtime.ledger.get(last.request_id).status.value
-        console.print(f"Request {last.request_id} is {status}, waiting for courier; "
-                      "a person confirms it now.")
-        partners.confirm(runtime, last.request_id, "courier", by="demo-operator",
-                         reference=f"CR-{last.subject_request_id[:8]}")
 
 
 def _fresh_folder(out: Path) -> None:
