@@ -14,7 +14,7 @@ import click
 import pandas as pd
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from dsrflow.datamap import DataMapError, load_datamap
 from dsrflow.errors import safe_error
@@ -390,11 +390,42 @@ def _print_status(rt: Any, ids: list[str]) -> None:
                               STATUS_COLUMNS))
 
 
-def frame_table(frame: pd.DataFrame, columns: dict[str, str], title: str | None = None) -> Table:
-    """A rich table of some of a frame's columns, headed as `columns` says."""
-    table = Table(*columns, title=title)
-    for _, row in frame.iterrows():
-        table.add_row(*[_cell(row[c]) for c in columns.values()])
+# What a table keeps when the terminal is too narrow for all its columns, first to last;
+# the others follow in their own order.
+FIRST_KEPT = ("ticket", "status", "deadline", "left", "due", "system", "deleted",
+              "anonymized", "remaining")
+WRAPPED = frozenset({"reason", "error"})  # free text wraps; identifiers and dates never do
+WRAPPED_WIDTH = 24
+
+
+def frame_table(
+    frame: pd.DataFrame, columns: dict[str, str], title: str | None = None, *,
+    width: int | None = None,
+) -> Table:
+    """A rich table of some of a frame's columns, headed as `columns` says: as many of
+    them as fit `width` (default: the console's) with no value cut short, chosen in the
+    order of `FIRST_KEPT`, shown in their own order; a caption names the ones left out.
+    A terminal narrower than the table (or none: a CI log) gets fewer whole columns,
+    not every column truncated to a few letters."""
+    width = width or console.width
+    cells = {header: [_cell(v) for v in frame[name]] for header, name in columns.items()}
+    ranked = [h for h in FIRST_KEPT if h in cells] + [h for h in cells if h not in FIRST_KEPT]
+    kept: set[str] = set()
+    used = 1  # the table's left border
+    for header in ranked:
+        natural = max([len(header), *map(len, cells[header])])
+        need = (min(natural, WRAPPED_WIDTH) if header in WRAPPED else natural) + 3
+        if used + need <= width or not kept:
+            kept.add(header)
+            used += need
+    shown = [h for h in cells if h in kept]
+    left_out = [h for h in cells if h not in kept]
+    caption = (f"left out to fit {width} columns: {', '.join(left_out)}" if left_out
+               else None)
+    table = Table(*[Column(h, no_wrap=h not in WRAPPED, overflow="fold") for h in shown],
+                  title=title, caption=caption)
+    for row in zip(*[cells[h] for h in shown], strict=True):
+        table.add_row(*row)
     return table
 
 

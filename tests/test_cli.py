@@ -5,6 +5,7 @@ start Prefect and are tested elsewhere."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import stat
@@ -432,3 +433,30 @@ def test_the_ledger_file_holds_no_identity(submitted: Result, config: Path) -> N
     for name, data in blobs:
         for spelling in identity_spellings():
             assert spelling.encode() not in data, (name, spelling)
+
+
+def test_a_table_too_wide_for_the_terminal_keeps_whole_columns_and_says_which_went() -> None:
+    """In 60 columns (a narrow terminal, a CI log) the status table shows the columns that
+    matter most, every value whole, and names the ones it left out, instead of cutting
+    every column to "WSH-2…"."""
+    import pandas as pd
+    from rich.console import Console
+
+    from entrypoints.cli import STATUS_COLUMNS, frame_table
+
+    frame = pd.DataFrame([{
+        "ticket_id": "WSH-2026-11-0001", "type": "account_cancellation", "regime": "pipl",
+        "status": "awaiting_verification", "due": "2026-12-02", "deadline_state": "at_risk",
+        "business_days_used": "13", "business_days_left": "2",
+        "reason": "the partners holding the restricted data have not answered yet",
+    }])
+    for width in (60, 250):
+        out = Console(width=width, record=True, file=io.StringIO())
+        out.print(frame_table(frame, STATUS_COLUMNS, width=width))
+        text = out.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert "…" not in text
+        for value in ("WSH-2026-11-0001", "awaiting_verification", "at_risk"):
+            assert value in text
+    caption = str(frame_table(frame, STATUS_COLUMNS, width=60).caption)
+    assert caption == "left out to fit 60 columns: type, regime, due, days used, left, reason"
