@@ -10,6 +10,7 @@ itself comes only from the wheel (that site-packages' editable-install hook is n
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,8 +34,17 @@ def _run(args: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_wheel_serves_and_checks_data_maps_and_carries_no_demo(tmp_path: Path) -> None:
+    # From a copy of the tracked files: a build in the checkout leaves build/ behind, and
+    # setuptools packs whatever a stale build/lib still holds into the next wheel.
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                  tmp_path / "dist", ROOT], cwd=tmp_path)
+                  tmp_path / "dist", source], cwd=tmp_path)
     assert built.returncode == 0, built.stderr[-2000:]
     [wheel] = (tmp_path / "dist").glob("dsrflow-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
