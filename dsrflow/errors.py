@@ -62,7 +62,7 @@ TRUSTED = frozenset({
     "dsrflow.settings.ConfigError",
     "connectors.base.ConnectorConfigError",
     "connectors.http.Exhausted",
-    "connectors.logs.LogsError",
+    "connectors.logs.errors.LogsError",
     "connectors.objects.ObjectsError",
     "connectors.objects.UnsafeKey",
     "connectors.partner.PartnerError",

@@ -66,15 +66,15 @@ def arm(point: str) -> None:
 
         ObjectsConnector.erase = objects_then_die  # type: ignore[method-assign]
     elif point == "mid-logs":
-        from connectors import logs
+        from connectors.logs import rewrite as logs_rewrite
 
-        real_tell = logs._Checkpoint.tell
+        real_tell = logs_rewrite._Checkpoint.tell
 
         def tell_then_die(self: Any, key: str) -> None:
             real_tell(self, key)
             _die()
 
-        logs._Checkpoint.tell = tell_then_die  # type: ignore[method-assign]
+        logs_rewrite._Checkpoint.tell = tell_then_die  # type: ignore[method-assign]
     elif point == "after-post":
         from connectors.opendsr import OpenDsrPartner
 

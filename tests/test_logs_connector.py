@@ -22,9 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-import connectors.logs as logs
 from connectors.base import Outcome
 from connectors.logs import LogsConnector, LogsError
+from connectors.logs import connector as logs_connector
+from connectors.logs import errors as logs_errors
+from connectors.logs import prefilter as logs_prefilter
+from connectors.logs import rewrite as logs_rewrite
 from dsrflow.crypto import is_pseudonym
 from dsrflow.datamap import LogsSystem, parse_datamap
 from dsrflow.identities import Identity, IdentityType, Subject
@@ -277,7 +280,7 @@ def test_gzip_in_and_out(tmp_path: Path) -> None:
 
 def test_blocks_carry_lines_across_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               ) -> None:
-    monkeypatch.setattr(logs, "BLOCK", 7)  # every line spans several blocks
+    monkeypatch.setattr(logs_prefilter, "BLOCK", 7)  # every line spans several blocks
     rng = random.Random(3)
     lines = []
     for i in range(60):
@@ -332,7 +335,7 @@ def test_crash_part_way_then_rerun_equals_a_clean_run(tmp_path: Path,
     key = keys_for(zhang)
     expected = connector(clean).erase([zhang], None, key)
 
-    real = logs._replace_file
+    real = logs_connector._replace_file
     calls = {"n": 0}
 
     def failing(tmp: str, path: str) -> None:
@@ -346,10 +349,10 @@ def test_crash_part_way_then_rerun_equals_a_clean_run(tmp_path: Path,
     def progress(outcomes: Mapping[str, Outcome]) -> None:
         told.append(outcomes["r1"].total("anonymized"))
 
-    monkeypatch.setattr(logs, "_replace_file", failing)
+    monkeypatch.setattr(logs_connector, "_replace_file", failing)
     with pytest.raises(LogsError, match=r"logs/d2\.log: replace failed"):
         connector(crashed).erase([zhang], None, key, progress=progress)
-    monkeypatch.setattr(logs, "_replace_file", real)
+    monkeypatch.setattr(logs_connector, "_replace_file", real)
     assert read_lines(crashed / "logs/d1.log")[0].startswith("day 1 uid=pn_")
     assert read_lines(crashed / "logs/d2.log")[0] == "day 2 uid=12"  # not replaced
     assert not list((crashed / "logs").glob(".*"))  # the temporary file went away
@@ -394,7 +397,7 @@ def test_a_file_rewritten_but_not_yet_reported_is_reported_by_the_rerun(
 
 def test_a_killed_run_leaves_a_temporary_file_that_the_next_run_removes(tmp_path: Path) -> None:
     _three_files(tmp_path)
-    stale = tmp_path / f"logs/.d1.log.abc{logs.TMP_SUFFIX}"
+    stale = tmp_path / f"logs/.d1.log.abc{logs_rewrite.TMP_SUFFIX}"
     stale.write_text("day 1 uid=12 (half a copy)")
     zhang = subject("r1", ZHANG)
     c = connector(tmp_path)
@@ -429,7 +432,7 @@ def test_lines_appended_during_the_rewrite_are_kept_and_erased(
 ) -> None:
     path = tmp_path / "logs/live.log"
     write(path, ["uid=12 first", "uid=123 other"])
-    real = logs._scan
+    real = logs_connector._scan
     appended = {"done": False}
 
     def scan_then_append(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -439,7 +442,7 @@ def test_lines_appended_during_the_rewrite_are_kept_and_erased(
             with open(path, "a") as f:
                 f.write("uid=12 appended\nuid=123 appended\n")
 
-    monkeypatch.setattr(logs, "_scan", scan_then_append)
+    monkeypatch.setattr(logs_connector, "_scan", scan_then_append)
     zhang = subject("r1", ZHANG)
     outcomes = connector(tmp_path).erase([zhang], None, keys_for(zhang))
     new = read_lines(path)
@@ -507,7 +510,7 @@ def test_an_endpoint_variable_that_is_not_set_is_named(tmp_path: Path) -> None:
     c = connector(tmp_path, {"access": {"s3": {"bucket": "wishe-logs"}, "format": "text",
                                         "identities": ["email"]}},
                   endpoint_url_env="DSRFLOW_TEST_UNSET_ENDPOINT")
-    with pytest.raises(logs.LogsConfigError, match="DSRFLOW_TEST_UNSET_ENDPOINT"):
+    with pytest.raises(logs_errors.LogsConfigError, match="DSRFLOW_TEST_UNSET_ENDPOINT"):
         c.verify([subject("r1", ZHANG)], None)
 
 

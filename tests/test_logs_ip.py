@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import connectors.logs as logs
 from connectors.logs import LogsConnector
+from connectors.logs import matching as logs_matching
+from connectors.logs import prefilter as logs_prefilter
 from dsrflow.crypto import is_pseudonym
 from dsrflow.datamap import LogsSystem
 from dsrflow.identities import Identity, IdentityError, IdentityType, Subject, normalize_ip
@@ -274,15 +275,15 @@ def test_short_addresses_make_few_lines_candidates(engine: str) -> None:
     }
     for i, line in subjects_lines.items():
         lines[i] = line
-    index = logs._Index.build([person(f"r{i}", ip) for i, ip in enumerate(ips)])
-    prefilter = logs._Prefilter(index.literals(frozenset({IdentityType.IP})), engine)
+    index = logs_matching._Index.build([person(f"r{i}", ip) for i, ip in enumerate(ips)])
+    prefilter = logs_prefilter._Prefilter(index.literals(frozenset({IdentityType.IP})), engine)
     data = ("\n" + "\n".join(lines) + "\n").encode()
-    scanned = data.translate(logs.VIEW) if prefilter.wants_view else data
+    scanned = data.translate(logs_matching.VIEW) if prefilter.wants_view else data
     starts = {data.rfind(b"\n", 0, end - 1) + 1 for end in prefilter.ends(scanned)}
     candidates = {data.count(b"\n", 0, start) - 1 for start in starts}  # line numbers
     mentioning = {
         i for i, line in enumerate(lines)
-        if logs._text_mentions(line.encode(), frozenset({IdentityType.IP}), index, True)}
+        if logs_matching._text_mentions(line.encode(), frozenset({IdentityType.IP}), index, True)}
     assert mentioning == set(subjects_lines) and mentioning <= candidates
     # Measured: 15 candidate lines of 20,000 (the 4 above; 11 with an IPv6 group `…db8`).
     assert len(candidates) <= 0.002 * len(lines)
@@ -292,12 +293,12 @@ def test_the_engine_is_chosen_by_what_compiling_and_translating_cost() -> None:
     # 100 subjects' IPv4 literals (forward, reversed, mapped): short digit runs between
     # byte classes, slow to compile as raw patterns; a view of 64 MiB is quicker.
     subjects = [person(f"r{i}", f"198.51.{i}.{i + 1}") for i in range(100)]
-    literals = logs._Index.build(subjects).literals(frozenset({IdentityType.IP}))
-    assert logs._engine_for(literals, 64 << 20) == "view"
-    assert logs._engine_for(literals, 64 << 30) == "raw"
-    assert logs._engine_for(literals[:4], 64 << 20) == "raw"
-    assert logs._engine_for(literals, None) == "raw"  # sizes unknown: the count decides
-    assert logs._engine_for([b"x"] * (logs.RAW_MAX + 1), 64 << 30) == "view"
+    literals = logs_matching._Index.build(subjects).literals(frozenset({IdentityType.IP}))
+    assert logs_prefilter._engine_for(literals, 64 << 20) == "view"
+    assert logs_prefilter._engine_for(literals, 64 << 30) == "raw"
+    assert logs_prefilter._engine_for(literals[:4], 64 << 20) == "raw"
+    assert logs_prefilter._engine_for(literals, None) == "raw"  # sizes unknown: the count decides
+    assert logs_prefilter._engine_for([b"x"] * (logs_prefilter.RAW_MAX + 1), 64 << 30) == "view"
 
 
 # -- property: nothing of anyone else changes, no spelling of the batch survives ----------------

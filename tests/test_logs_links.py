@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import connectors.logs as logs
 from connectors.logs import LogsConnector, LogsError
+from connectors.logs import connector as logs_connector
+from connectors.logs import rewrite as logs_rewrite
 from dsrflow.datamap import LogsSystem
 from dsrflow.identities import Identity, IdentityType, Subject
 from tests.logfiles import keys_for, write
@@ -62,7 +63,7 @@ def totals(outcomes: dict[str, Any], attribute: str) -> dict[str, int]:
 
 def temporaries(*directories: Path) -> list[Path]:
     return [p for d in directories if d.exists() for p in d.iterdir()
-            if p.name.endswith((logs.TMP_SUFFIX, logs.PENDING_SUFFIX, ".json"))]
+            if p.name.endswith((logs_rewrite.TMP_SUFFIX, logs_rewrite.PENDING_SUFFIX, ".json"))]
 
 
 # -- symbolic links ---------------------------------------------------------------------------
@@ -131,13 +132,13 @@ def test_two_sources_and_several_links_reaching_one_file_read_and_rewrite_it_onc
     c = connector(tmp_path, sources)
     zhang = subject("r1", ZHANG)
     replaced: list[str] = []
-    real_replace = logs._replace_file
+    real_replace = logs_connector._replace_file
 
     def counting(tmp: str, path: str) -> None:
         replaced.append(path)
         real_replace(tmp, path)
 
-    monkeypatch.setattr(logs, "_replace_file", counting)
+    monkeypatch.setattr(logs_connector, "_replace_file", counting)
 
     collected = c.collect([zhang], None)["r1"]
     assert verify_parts(c, zhang) == {"current": 3, "archive": 0}
@@ -209,9 +210,9 @@ def test_stale_temporaries_beside_a_link_target_are_removed_and_nothing_else(
     target = tmp_path / "var/app.log"
     write(target, ["uid=123 only"])
     link(tmp_path / "logs/app.log", target)
-    stale = tmp_path / f"var/.app.log.x1y2{logs.TMP_SUFFIX}"
+    stale = tmp_path / f"var/.app.log.x1y2{logs_rewrite.TMP_SUFFIX}"
     stale.write_text("uid=12 half a copy")
-    others = [tmp_path / "var/.keep", tmp_path / f"var/notes{logs.TMP_SUFFIX}"]
+    others = [tmp_path / "var/.keep", tmp_path / f"var/notes{logs_rewrite.TMP_SUFFIX}"]
     for other in others:
         other.write_text("not ours")
     zhang = subject("r1", ZHANG)
@@ -278,7 +279,7 @@ def test_a_crash_during_an_in_place_rewrite_is_finished_by_the_next_run(
     expected = connector(clean).erase([zhang], None, key)
     before = (crashed / "logs/a.log").read_bytes()
 
-    real_copy = logs._copy_in_place
+    real_copy = logs_connector._copy_in_place
 
     def crash(src: str, fd: int, times: tuple[int, int]) -> os.stat_result:
         if when.startswith("half"):
@@ -286,13 +287,14 @@ def test_a_crash_during_an_in_place_rewrite_is_finished_by_the_next_run(
             os.pwrite(fd, data[: len(data) // 2], 0)
         raise OSError(5, "simulated crash")
 
-    monkeypatch.setattr(logs, "_copy_in_place", crash)
+    monkeypatch.setattr(logs_connector, "_copy_in_place", crash)
     with pytest.raises(LogsError, match=r"logs/a\.log: rewrite in place failed .*next erase"):
         connector(crashed).erase([zhang], None, key)
-    monkeypatch.setattr(logs, "_copy_in_place", real_copy)
+    monkeypatch.setattr(logs_connector, "_copy_in_place", real_copy)
     if when.startswith("before"):
         assert (crashed / "logs/a.log").read_bytes() == before
-    assert len(list((crashed / ".state/in-place").glob(f".*{logs.PENDING_SUFFIX}.json"))) == 1
+    journals = (crashed / ".state/in-place").glob(f".*{logs_rewrite.PENDING_SUFFIX}.json")
+    assert len(list(journals)) == 1
 
     if rerun == "another batch first":
         # Whoever erases next finishes the copy before reading anything (here someone
@@ -381,16 +383,16 @@ def test_a_replace_the_system_refuses_fails_the_step_and_a_rerun_finishes(
     link(tmp_path / "logs/app.log", target)
     zhang = subject("r1", ZHANG)
     key = keys_for(zhang)
-    real_replace = logs._replace_file
+    real_replace = logs_connector._replace_file
 
     def refused(tmp: str, path: str) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(logs, "_replace_file", refused)
+    monkeypatch.setattr(logs_connector, "_replace_file", refused)
     c = connector(tmp_path)
     _assert_refused(c, zhang, "logs/app.log")
     assert target.read_bytes() == data and not temporaries(target.parent)
-    monkeypatch.setattr(logs, "_replace_file", real_replace)
+    monkeypatch.setattr(logs_connector, "_replace_file", real_replace)
     assert totals(c.erase([zhang], None, key), "found") == {"r1": 1}
     assert b"uid=12 " not in target.read_bytes()
 
@@ -401,13 +403,13 @@ def test_a_target_that_vanishes_mid_way_fails_the_step(
     target = tmp_path / "var/app.log"
     write(target, ["uid=12 x", "uid=123 y"])
     link(tmp_path / "logs/app.log", target)
-    real_scan = logs._scan
+    real_scan = logs_connector._scan
 
     def scan_then_vanish(*args: Any, **kwargs: Any) -> Iterator[Any]:
         yield from real_scan(*args, **kwargs)
         target.unlink(missing_ok=True)
 
-    monkeypatch.setattr(logs, "_scan", scan_then_vanish)
+    monkeypatch.setattr(logs_connector, "_scan", scan_then_vanish)
     _assert_refused(connector(tmp_path), subject("r1", ZHANG), "logs/app.log")
     assert not temporaries(target.parent)
 

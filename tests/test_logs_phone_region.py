@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from connectors.logs import LogsConnector, _Index
+from connectors.logs import LogsConnector
+from connectors.logs.matching import _Index
 from dsrflow.crypto import is_pseudonym
 from dsrflow.datamap import LogsSystem
 from dsrflow.identities import Identity, IdentityType, Subject, phone_variants
