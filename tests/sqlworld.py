@@ -335,16 +335,23 @@ def total_rows(url: str) -> int:
 def deleted_as_recorded(steps: list[StepRecord], system: str = "db") -> tuple[int, int]:
     """What the ledger's erase steps and the signed certificates say was deleted in
     `system`, summed over the requests."""
+    return changed_as_recorded(steps, system, "deleted")
+
+
+def changed_as_recorded(steps: list[StepRecord], system: str, count: str) -> tuple[int, int]:
+    """What the ledger's erase steps and the signed certificates say of `count` (deleted,
+    anonymized) in `system`, summed over the requests."""
     import json
     from pathlib import Path
 
-    ledger = sum(s.deleted or 0 for s in steps if (s.system, s.action) == (system, "erase"))
+    ledger = sum(getattr(s, count) or 0 for s in steps
+                 if (s.system, s.action) == (system, "erase"))
     certified = 0
     for step in steps:
         if step.action == "certify":
             document = json.loads(Path(step.details["path"]).read_text())
             [entry] = [s for s in document["certificate"]["systems"] if s["system"] == system]
-            certified += int(entry["erase"]["deleted"])
+            certified += int(entry["erase"][count])
     return ledger, certified
 
 

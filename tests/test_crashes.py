@@ -23,7 +23,6 @@ import pytest
 import sqlalchemy as sa
 
 from connectors.base import ConnectorConfigError
-from dsrflow.ledger import StepRecord
 from dsrflow.ledger.schema import requests
 from dsrflow.model import Status
 from dsrflow.settings import load_settings
@@ -106,17 +105,6 @@ def _lines_of(folder: Path, emails: list[str]) -> int:
                for line in path.read_text().splitlines() if any(e in line for e in emails))
 
 
-def _anonymized_as_recorded(steps: list[StepRecord], system: str) -> tuple[int, int]:
-    ledger = sum(s.anonymized or 0 for s in steps if (s.system, s.action) == (system, "erase"))
-    certified = 0
-    for step in steps:
-        if step.action == "certify":
-            document = json.loads(Path(step.details["path"]).read_text())
-            [entry] = [s for s in document["certificate"]["systems"] if s["system"] == system]
-            certified += int(entry["erase"]["anonymized"])
-    return ledger, certified
-
-
 @pytest.mark.parametrize(
     "point", ["after-gate", "before-commit", "after-commit", "after-objects", "mid-logs",
               "after-post", "before-close"]
@@ -185,7 +173,7 @@ def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
         gone = objects_before - _objects(s3_endpoint)
         assert gone == 2 * len(UIDS) and deleted == gone and certified == gone, (
             point, gone, deleted, certified)
-        anonymized, certified = _anonymized_as_recorded(steps, "applogs")
+        anonymized, certified = sqlworld.changed_as_recorded(steps, "applogs", "anonymized")
         assert _lines_of(tmp_path, list(emails.values())) == 0
         assert anonymized == certified == lines, (point, lines, anonymized, certified)
     finally:
