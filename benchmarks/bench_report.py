@@ -41,6 +41,7 @@ import pandas as pd
 from benchmarks import machine as describe_machine
 from dsrflow.charts import report_charts
 from dsrflow.deadlines import CalendarUnavailable, Deadlines
+from dsrflow.gates import Gate, GateDecision
 from dsrflow.ledger import PartnerRequest, RequestRecord, StepRecord
 from dsrflow.model import PartnerStatus, Regime, RequestType, Status, StepAction, StepStatus
 from dsrflow.report import requests_frame, steps_frame, systems_frame, to_html
@@ -184,6 +185,15 @@ class MemoryLedger:
 
     def steps(self, request_ids: Sequence[str] | None = None) -> list[StepRecord]:
         return self.step_rows
+
+    def gate_decisions(self) -> dict[str, dict[Gate, GateDecision]]:
+        # Every screened request has its repeat check on record; one in twenty repeats.
+        return {
+            r.id: {Gate.REPEAT: GateDecision(
+                r.id, Gate.REPEAT, "flag" if i % 20 == 0 else "none", "checked",
+                self.records[i - 1].id if i % 20 == 0 and i else None)}
+            for i, r in enumerate(self.records)
+        }
 
     def partner_requests(self, request_ids: Sequence[str] | None = None,
                          statuses: Sequence[str] | None = None) -> list[PartnerRequest]:

@@ -46,16 +46,17 @@ from sqlalchemy.sql.elements import Tuple
 
 from dsrflow.datamap import Reference, SqlSystem
 from dsrflow.datamap import Table as TableMap
-from dsrflow.identities import Identity, IdentityType, Subject, ip_variants, phone_variants
+from dsrflow.identities import (
+    ACCOUNT_GRADE,
+    Identity,
+    IdentityType,
+    Subject,
+    ip_variants,
+    phone_variants,
+)
 
 CHUNK = 500  # bound parameters per IN list: far below SQLite's and PostgreSQL's limits
 SHARED_REASON = "shared with another data subject"
-# Identities that name one account. Device ids and IP addresses do not: a family tablet, an
-# office's address. A row they lead to is someone's, but not thereby the subject's account.
-ACCOUNT_GRADE = frozenset(
-    {IdentityType.USER_ID, IdentityType.EMAIL, IdentityType.PHONE, IdentityType.THIRD_PARTY}
-)
-
 _INTEGER = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: `²` is a digit to str.isdigit
 
 Key = tuple[Any, ...]

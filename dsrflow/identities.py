@@ -51,6 +51,13 @@ class IdentityType(StrEnum):
     IP = "ip"  # an IPv4 or IPv6 address, as `ipaddress` writes it
 
 
+# Identities that name one person's account: a device id or an IP address is often several
+# people's, so it never makes a row, an account or an earlier request someone's.
+ACCOUNT_GRADE = frozenset(
+    {IdentityType.USER_ID, IdentityType.EMAIL, IdentityType.PHONE, IdentityType.THIRD_PARTY}
+)
+
+
 class IdentityError(ValueError):
     pass
 

@@ -29,7 +29,8 @@ from sqlalchemy.engine import make_url
 from dsrflow.crypto import KeyMaterialError, Keyring, decode_key, encode_key, new_key
 from dsrflow.delivery import PackageSettings
 from dsrflow.files import FILE_MODE, private_dir
-from dsrflow.model import DEFAULT_PHONE_REGIONS, Regime
+from dsrflow.gates import DEFAULT_REPEAT_RULES, RepeatRule
+from dsrflow.model import DEFAULT_PHONE_REGIONS, Regime, RequestType
 from dsrflow.queue import QueueSettings
 from dsrflow.signing import decode_signing_key, encode_signing_key, new_signing_key
 
@@ -106,6 +107,12 @@ class Settings(BaseSettings):
         "`country` is read in (ISO 3166 alpha-2); a regime without one takes only +…",
     )
     at_risk_days: int = Field(default=3, ge=0)
+    repeats: dict[RequestType, RepeatRule] = Field(
+        default_factory=lambda: dict(DEFAULT_REPEAT_RULES),
+        description="per request type, what a repeat within its window gets (privacy policy "
+        "6.6.2): allow, flag or refuse; types not named here are allowed. The defaults "
+        "stand for every type this does not name",
+    )
     calendar_overrides: Path | None = None
     task_retries: int = Field(default=3, ge=0)
     task_runner: TaskRunnerSettings = Field(
@@ -133,6 +140,14 @@ class Settings(BaseSettings):
                 "(e.g. phone_regions: {pipl: CN, ccpa: US})"
             )
         return data
+
+    @field_validator("repeats")
+    @classmethod
+    def _repeat_defaults(
+        cls, value: dict[RequestType, RepeatRule]
+    ) -> dict[RequestType, RepeatRule]:
+        # Naming one type keeps the defaults of the others.
+        return {**DEFAULT_REPEAT_RULES, **value}
 
     @field_validator("phone_regions")
     @classmethod

@@ -3,6 +3,7 @@
     open the batch: take a lease on each request (one run per request at a time; one
       another run holds is skipped, and said so); only verified requests pass the gate
     resolve identities (every identity the account's own rows hold, beyond the ticket's)
+    screen: the policy's gates (a repeat is allowed, flagged or refused)
     plan which systems each request concerns
     apply to every system at once (collect, erase, rectify, restrict); a system whose
       rows list another system's keys (uploads.s3_key) waits until that one is done
@@ -35,6 +36,7 @@ from tasks.requests import (
     plan_systems,
     publish_results,
     resolve_identities,
+    screen_requests,
 )
 from tasks.systems import apply_to_system, verify_system
 
@@ -97,7 +99,8 @@ def _work(hold: Hold) -> Closed:
     """The batch's work; each step goes only to the requests the run still holds."""
     tag_run(hold.request_ids)
     resolve_identities(hold.still(hold.request_ids))
-    plan = plan_systems(hold.still(hold.request_ids))
+    screened = screen_requests(hold.still(hold.request_ids))
+    plan = plan_systems(hold.still(screened.ready))
     settings = get_runtime().settings
     retry = {"retries": settings.task_retries, "retry_delay_seconds": settings.task_retry_delays}
     progress = RunProgress(sum(len(w) for w in plan.waves) + len(plan.verify))
@@ -118,5 +121,6 @@ def _work(hold: Hold) -> Closed:
     for done in as_completed(list(verified)):
         progress.advance(f"verification of {verified[done]}")
 
-    deliver_results(hold.still(hold.request_ids))
-    return close_requests(hold.still(hold.request_ids))
+    deliver_results(hold.still(screened.ready))
+    closed = close_requests(hold.still(screened.ready))
+    return closed.with_stopped(screened.stopped)

@@ -21,6 +21,10 @@ class Closed:
     # must not hide a database that was down until the partner replies days later).
     unfinished: list[str]
 
+    def with_stopped(self, stopped: dict[str, Status]) -> Closed:
+        """These and the requests a gate stopped (refused, waiting): final as they are."""
+        return Closed({**self.statuses, **stopped}, self.unfinished)
+
 
 def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:
     """Each request's final status from its steps: completed when every step succeeded

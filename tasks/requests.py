@@ -13,7 +13,7 @@ from prefect.events import emit_event
 from dsrflow.errors import raises_safely
 from dsrflow.ledger import RequestRecord, StepRecord
 from dsrflow.model import Status
-from pipeline import closing, deliverables, partners, steps
+from pipeline import closing, deliverables, partners, screening, steps
 from pipeline.closing import Closed
 from pipeline.runtime import get_runtime
 
@@ -39,6 +39,17 @@ def resolve_identities(request_ids: list[str]) -> dict[str, int]:
         if count:
             logger.info("request %s: %d identities learnt from its own rows", rid, count)
     return learnt
+
+
+@task(name="screen-requests", **_TASK)  # type: ignore[call-overload]
+@raises_safely
+def screen_requests(request_ids: list[str]) -> screening.Screened:
+    """The policy's gates: a repeat is allowed, flagged or refused (privacy policy 6.6.2)."""
+    screened = screening.screen(get_runtime(), request_ids)
+    logger = get_run_logger()
+    for rid, status in screened.stopped.items():
+        logger.info("request %s stopped at the gate: %s", rid, status.value)
+    return screened
 
 
 @task(name="plan-systems", **_TASK)  # type: ignore[call-overload]
@@ -120,6 +131,7 @@ CLOSING_EVENTS = {
     Status.COMPLETED: "dsr.request.completed",
     Status.PARTIALLY_COMPLETED: "dsr.request.failed",
     Status.FAILED: "dsr.request.failed",
+    Status.REFUSED: "dsr.request.refused",
 }
 
 

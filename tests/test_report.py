@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from dsrflow.crypto import Keyring
 from dsrflow.deadlines import Deadlines
+from dsrflow.gates import Gate, GateDecision
 from dsrflow.ledger import Ledger, RequestRecord, StepCounts
 from dsrflow.model import PartnerStatus, Regime, RequestType, Status, StepAction, StepStatus
 from dsrflow.report import (
@@ -512,6 +513,9 @@ class Records:
 
     def all(self) -> list[RequestRecord]:
         return self.records
+
+    def gate_decisions(self) -> dict[str, dict[Gate, GateDecision]]:
+        return {}
 
 
 REGIMES = [Regime.PIPL, Regime.GDPR, Regime.CCPA, Regime.UK_GDPR]

@@ -38,6 +38,7 @@ class RequestRecord:
     extended_due_at: datetime | None = None
     extension_notice_at: datetime | None = None
     extension_reason: str | None = None
+    created_at: datetime | None = None  # when the ledger recorded it (ties in receipt time)
 
     @property
     def effective_due_at(self) -> datetime | None:
@@ -65,6 +66,7 @@ class RequestRecord:
             extended_due_at=utc(row["extended_due_at"]),
             extension_notice_at=utc(row["extension_notice_at"]),
             extension_reason=row["extension_reason"],
+            created_at=utc(row["created_at"]),
         )
 
 

@@ -133,6 +133,19 @@ partner_requests = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# What each of the policy's gates decided about a request, once (a rerun reads it back).
+gate_decisions = Table(
+    "gate_decisions",
+    metadata,
+    Column("request_id", String(36), ForeignKey("requests.id"), primary_key=True),
+    Column("gate", String(32), primary_key=True),
+    Column("decision", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    # The earlier request a repeat repeats.
+    Column("related_request_id", String(36)),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+)
+
 # One row: the hash at the head of the audit chain. Writers lock it, so the chain never forks.
 audit_head = Table(
     "audit_head",

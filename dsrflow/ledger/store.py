@@ -38,6 +38,7 @@ from dsrflow.errors import safe_error
 from dsrflow.files import private_file
 from dsrflow.identities import Identity, Subject
 from dsrflow.ledger.batches import chunks
+from dsrflow.ledger.gates import GatesMixin
 from dsrflow.ledger.leases import LeasesMixin
 from dsrflow.ledger.rows import PartnerRequest, RequestRecord, StepRecord
 from dsrflow.ledger.schema import (
@@ -125,7 +126,7 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-class Ledger(StepsMixin, LeasesMixin):
+class Ledger(StepsMixin, LeasesMixin, GatesMixin):
     def __init__(self, url: str, keyring: Keyring, deadlines: Deadlines | None = None) -> None:
         self.engine = make_engine(url)
         self.keyring = keyring

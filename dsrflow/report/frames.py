@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from dsrflow.deadlines import RULES, CalendarUnavailable, Deadlines
-from dsrflow.ledger import Ledger, PartnerRequest, StepRecord
+from dsrflow.gates import Gate, RepeatDecision
+from dsrflow.ledger import Ledger, PartnerRequest, RequestRecord, StepRecord
 from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, Regime, Status
 from dsrflow.sla import deadline_state
 
@@ -20,7 +21,7 @@ REQUEST_COLUMNS = [
     "request_id", "ticket_id", "type", "regime", "status", "received_at", "verified_at",
     "due_at", "extended_due_at", "extension_notice_at", "extension_reason", "completed_at",
     "deadline_state", "business_days_used", "business_days_left", "datamap_version",
-    "policy_version", "reason",
+    "policy_version", "repeat", "repeat_of", "reason",
 ]
 STEP_COLUMNS = [
     "request_id", "system", "kind", "action", "found", "collected", "deleted", "anonymized",
@@ -142,6 +143,7 @@ def requests_frame(
         since_due, since_due_unknown = counter.between(regime, due_days, today)
         left[rows] = np.where(ahead, to_due, -since_due)
         left_unknown[rows] = np.where(ahead, to_due_unknown, since_due_unknown)
+    repeat, repeat_of = _repeats(ledger, records)
     frame = pd.DataFrame(
         {
             "request_id": [r.id for r in records],
@@ -156,11 +158,34 @@ def requests_frame(
             "business_days_left": pd.arrays.IntegerArray(left, left_unknown),
             "datamap_version": [r.datamap_version for r in records],
             "policy_version": [r.policy_version for r in records],
+            "repeat": repeat,
+            "repeat_of": repeat_of,
             "reason": [r.reason or r.deadline_error for r in records],
         },
         columns=REQUEST_COLUMNS,
     )
     return frame
+
+
+def _repeats(
+    ledger: Ledger, records: Sequence[RequestRecord]
+) -> tuple[list[str | None], list[str | None]]:
+    """Per request, what the repeat gate decided (allow, flag, refuse; empty when it is no
+    repeat or was never screened) and the ticket of the request it repeats."""
+    decided = ledger.gate_decisions()
+    tickets = {r.id: r.ticket_id or r.id for r in records}
+    decision: list[str | None] = []
+    of: list[str | None] = []
+    for record in records:
+        found = decided.get(record.id, {}).get(Gate.REPEAT)
+        if found is None or found.decision == RepeatDecision.NONE:
+            decision.append(None)
+            of.append(None)
+            continue
+        decision.append(found.decision)
+        related = found.related_request_id
+        of.append(tickets.get(related, related) if related else None)
+    return decision, of
 
 
 def steps_frame(ledger: Ledger) -> pd.DataFrame:

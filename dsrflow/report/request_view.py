@@ -63,7 +63,7 @@ def build_request_view(
     systems = work[list(VIEW_SYSTEM_COLUMNS)].rename(columns=VIEW_SYSTEM_COLUMNS)
     return RequestView(
         title=f"Request {record.id}",
-        facts=_facts(record, deadlines, now, at_risk_days),
+        facts=_facts(record, deadlines, now, at_risk_days) + _gate_facts(ledger, record),
         systems=systems.reset_index(drop=True),
         partners=_partner_rows(partners, rows),
         deliverables=_deliverable_rows(rows),
@@ -169,6 +169,14 @@ def _facts(
     if record.reason or record.deadline_error:
         facts.append(("reason", str(record.reason or record.deadline_error)))
     return facts
+
+
+def _gate_facts(ledger: Ledger, record: RequestRecord) -> list[tuple[str, str]]:
+    """What the policy's gates decided, each with its reason (a check that found nothing
+    says so too: the page shows that it ran)."""
+    decided = ledger.gate_decisions([record.id]).get(record.id, {})
+    return [(f"gate: {gate.value}", f"{d.decision}: {d.reason}")
+            for gate, d in sorted(decided.items())]
 
 
 def _partner_rows(
