@@ -23,7 +23,7 @@ from dsrflow.gates import (
     RepeatRule,
     repeat_of,
 )
-from dsrflow.identities import Identity
+from dsrflow.identities import Identity, IdentityType
 from dsrflow.intake import submit
 from dsrflow.ledger import Ledger
 from dsrflow.model import RequestType, Status
@@ -136,12 +136,12 @@ def test_the_ledger_finds_a_subject_through_an_identity_learnt_from_their_rows(
     ledger: Ledger,
 ) -> None:
     first = _accept(ledger, "T-1", [{"type": "email", "value": "ana@example.com"}])
-    ledger.add_identities(first, [Identity.read("phone", "+8613800138000")])
+    ledger.add_identities(first, [Identity.read(IdentityType.PHONE, "+8613800138000")])
     second = _accept(ledger, "T-2", [{"type": "phone", "value": "+86 138 0013 8000"}])
     stranger = _accept(ledger, "T-3", [{"type": "email", "value": "ben@example.com"}])
     # A device id many people may share never makes two requests one subject's.
-    ledger.add_identities(stranger, [Identity.read("device_id", "tablet-1")])
-    ledger.add_identities(second, [Identity.read("device_id", "tablet-1")])
+    ledger.add_identities(stranger, [Identity.read(IdentityType.DEVICE_ID, "tablet-1")])
+    ledger.add_identities(second, [Identity.read(IdentityType.DEVICE_ID, "tablet-1")])
 
     found = ledger.same_subject_requests([first, second, stranger])
     assert [e.request_id for e in found[second]] == [first]
