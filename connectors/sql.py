@@ -315,6 +315,27 @@ class SqlConnector:
                         _bump(out[rid].unreadable, spec.type.value)
         return found
 
+    def birth_dates(self, subjects: Sequence[Subject]) -> dict[str, list[date]]:
+        """The dates of birth in each subject's own rows (the data map's
+        `birth_date_column`s; a row that is also someone else's says nothing of the
+        subject's age). A value that is no date is left out."""
+        out: dict[str, list[date]] = {s.request_id: [] for s in subjects}
+        tables = {n: m.birth_date_column for n, m in self.system.tables.items()
+                  if m.birth_date_column}
+        if not tables:
+            return out
+        with self.engine.connect() as conn:
+            located = self.locate(conn, subjects)
+            for name, column in tables.items():
+                keys = [k for k, who in located.owners[name].items()
+                        if len(who) == 1 and k not in located.foreign[name]]
+                for key, row in self.locator.fetch(conn, name, keys, [column]).items():
+                    born = _as_date(row[column])
+                    if born is not None:
+                        (rid,) = located.owners[name][key]
+                        out[rid].append(born)
+        return out
+
     def column_values(
         self, subjects: Sequence[Subject], table: str, column: str
     ) -> dict[str, list[Any]]:
@@ -445,6 +466,19 @@ def _held_reasons(mapped: TableMap, scope: Scope, row: Mapping[str, Any]) -> lis
         col.reason for c, col in mapped.retained_columns(scope).items()
         if col.reason and row.get(c) is not None
     })
+
+
+def _as_date(value: Any) -> date | None:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip()[:10])
+        except ValueError:
+            return None
+    return None
 
 
 def _bump(counts: dict[str, int], key: str) -> None:

@@ -56,6 +56,9 @@ ERASING_ACTIONS = frozenset(
 )
 
 
+BIRTH_DATE_CATEGORIES = frozenset({"profile", "minors"})
+
+
 class DataMapError(ValueError):
     def __init__(self, source: str, path: str, message: str) -> None:
         super().__init__(f"{source}: {path}: {message}" if path else f"{source}: {message}")
@@ -147,6 +150,10 @@ class Table(_Strict):
     restriction_column: Identifier | None = Field(
         default=None, description="a timestamp column set when processing is restricted"
     )
+    birth_date_column: Identifier | None = Field(
+        default=None, description="the subject's date of birth (a date column of category "
+        "profile or minors): a subject under `guardian_age` waits for a guardian (policy 7.x)"
+    )
 
     @model_validator(mode="after")
     def _columns_exist(self) -> Table:
@@ -156,9 +163,16 @@ class Table(_Strict):
         named += [c for r in self.references for c in r.columns]
         if self.restriction_column:
             named.append(self.restriction_column)
+        if self.birth_date_column:
+            named.append(self.birth_date_column)
         missing = sorted({c for c in named if c not in self.columns})
         if missing:
             raise ValueError(f"columns used but not mapped: {', '.join(missing)}")
+        if self.birth_date_column and (
+            self.columns[self.birth_date_column].category not in BIRTH_DATE_CATEGORIES
+        ):
+            raise ValueError(f"birth_date_column {self.birth_date_column} must be of category "
+                             f"{' or '.join(sorted(BIRTH_DATE_CATEGORIES))}")
         actions = {c.action for c in self.columns.values()}
         if Action.DELETE in actions and Action.RETAIN in actions:
             retained = [n for n, c in self.columns.items() if c.action is Action.RETAIN]

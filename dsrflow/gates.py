@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +23,10 @@ POLICY_REPEATS = "privacy policy 6.6.2"
 
 class Gate(StrEnum):
     REPEAT = "repeat"
+    MINOR = "minor"  # the subject was found to be a child (recorded once, when first found)
+
+
+POLICY_MINORS = "privacy policy 7.x"
 
 
 class RepeatDecision(StrEnum):
@@ -53,9 +57,35 @@ DEFAULT_REPEAT_RULES: dict[RequestType, RepeatRule] = {
 }
 
 # An earlier request that was never served does not make a later one unreasonable: a
-# rejected ticket, and one refused (as a repeat itself: a chain of refusals would
-# otherwise stretch the window for ever).
-_NOT_SERVED = frozenset({Status.REJECTED, Status.REFUSED})
+# rejected ticket, one refused (as a repeat itself: a chain of refusals would otherwise
+# stretch the window for ever), one still waiting for the subject's identity or for a
+# guardian (the new ticket is often the subject's or the guardian's next try).
+_NOT_SERVED = frozenset(
+    {Status.REJECTED, Status.REFUSED, Status.AWAITING_VERIFICATION, Status.AWAITING_GUARDIAN}
+)
+
+
+def of_age_on(born: date, age: int) -> date:
+    """The day someone born on `born` turns `age` (29 February: 1 March in other years)."""
+    try:
+        return born.replace(year=born.year + age)
+    except ValueError:
+        return date(born.year + age, 3, 1)
+
+
+def waits_for_guardian(
+    relation: str | None, guardian_verified: bool, minor: bool, age: int
+) -> str | None:
+    """Why the request must wait for a guardian, or None when it may go on: a child's
+    request needs a verified guardian, and a guardian who says they act for the subject
+    must be verified before they do, child or not."""
+    if relation is not None and not guardian_verified:
+        return (f"a {relation.replace('_', ' ')} acts for the subject and their guardianship "
+                f"is not verified yet ({POLICY_MINORS})")
+    if minor and relation is None:
+        return (f"the subject is under {age}: a verified parent or guardian must make or "
+                f"confirm the request ({POLICY_MINORS})")
+    return None
 
 
 @dataclass(frozen=True)

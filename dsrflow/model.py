@@ -48,6 +48,9 @@ DEFAULT_PHONE_REGIONS: dict[Regime, str] = {
 class Status(StrEnum):
     RECEIVED = "received"
     AWAITING_VERIFICATION = "awaiting_verification"
+    # The subject is a child (policy 7.x): nothing runs until a guardian's authority is
+    # verified, or the subject comes of age. The clock runs meanwhile.
+    AWAITING_GUARDIAN = "awaiting_guardian"
     VERIFIED = "verified"
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
@@ -62,7 +65,8 @@ class Status(StrEnum):
 
 
 OPEN_STATUSES = frozenset(
-    {Status.RECEIVED, Status.AWAITING_VERIFICATION, Status.VERIFIED, Status.IN_PROGRESS}
+    {Status.RECEIVED, Status.AWAITING_VERIFICATION, Status.AWAITING_GUARDIAN, Status.VERIFIED,
+     Status.IN_PROGRESS}
 )
 
 # Re-running a failed or partial request is allowed (every step is idempotent); a
@@ -71,8 +75,12 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.RECEIVED: frozenset({Status.AWAITING_VERIFICATION, Status.VERIFIED, Status.REFUSED}),
     Status.AWAITING_VERIFICATION: frozenset({Status.VERIFIED, Status.REFUSED}),
     Status.VERIFIED: frozenset({Status.IN_PROGRESS, Status.REFUSED}),
+    # Back to verified once a guardian is verified or the subject comes of age: the next
+    # run screens it again.
+    Status.AWAITING_GUARDIAN: frozenset({Status.VERIFIED, Status.REFUSED}),
     Status.IN_PROGRESS: frozenset(
-        {Status.COMPLETED, Status.PARTIALLY_COMPLETED, Status.FAILED, Status.REFUSED}
+        {Status.COMPLETED, Status.PARTIALLY_COMPLETED, Status.FAILED, Status.REFUSED,
+         Status.AWAITING_GUARDIAN}
     ),
     Status.PARTIALLY_COMPLETED: frozenset({Status.IN_PROGRESS}),
     Status.FAILED: frozenset({Status.IN_PROGRESS}),

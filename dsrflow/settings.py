@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         "`country` is read in (ISO 3166 alpha-2); a regime without one takes only +…",
     )
     at_risk_days: int = Field(default=3, ge=0)
+    guardian_age: int = Field(
+        default=14, ge=1, le=21,
+        description="a subject younger than this (by the data map's birth_date_column) is "
+        "processed only with a verified guardian (privacy policy 7.x: under 14)",
+    )
     repeats: dict[RequestType, RepeatRule] = Field(
         default_factory=lambda: dict(DEFAULT_REPEAT_RULES),
         description="per request type, what a repeat within its window gets (privacy policy "

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any
 
 import phonenumbers
@@ -87,6 +88,26 @@ class Verification(BaseModel):
     verified_at: Timestamp | None = None
 
 
+class GuardianRelation(StrEnum):
+    PARENT = "parent"
+    LEGAL_GUARDIAN = "legal_guardian"
+
+
+class Guardian(BaseModel):
+    """Someone acting for the subject (policy 7.x): who they are to the subject, their own
+    identities (to reach them; never searched or erased as the subject's), and how their
+    guardianship was verified (none yet: the request waits for it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    relation: GuardianRelation
+    identities: Annotated[list[Identity], Field(min_length=1, max_length=5)]
+    verification: Verification | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.verification is not None and self.verification.verified_at is not None
+
+
 def _country(value: str) -> str:
     code = value.strip().upper()
     # phonenumbers knows every ISO 3166 alpha-2 country that has a numbering plan: the
@@ -110,6 +131,9 @@ class Ticket(BaseModel):
     )
     channel: Channel = "app"
     received_at: Timestamp
+    guardian: Guardian | None = Field(
+        default=None, description="a parent or legal guardian acting for the subject"
+    )
     country: Annotated[str, Field(min_length=2, max_length=2)] | None = Field(
         default=None, description="the subject's country (ISO 3166 alpha-2): where "
         "phone numbers written without a country code are read"
@@ -133,7 +157,8 @@ class Ticket(BaseModel):
 
     @model_validator(mode="after")
     def _type_specific(self) -> Ticket:
-        if self.type is RequestType.CONSENT_WITHDRAWAL and not self.scope:
+        if self.type is RequestType.CONSENT_WITHDRAWAL and not self.scope and not self.guardian:
+            # A guardian's withdrawal is of everything (policy 7.3): no scope needed.
             raise ValueError("scope: consent_withdrawal needs the categories it withdraws")
         if self.type is RequestType.RECTIFICATION and not self.corrections:
             raise ValueError("corrections: rectification needs at least one correction")
@@ -142,6 +167,17 @@ class Ticket(BaseModel):
         verified_at = self.verification.verified_at if self.verification else None
         if verified_at is not None and verified_at < self.received_at:
             raise ValueError("verification.verified_at: before received_at")
+        if self.guardian is not None:
+            vouched = self.guardian.verification
+            if vouched and vouched.verified_at and vouched.verified_at < self.received_at:
+                raise ValueError("guardian.verification.verified_at: before received_at")
+            theirs = set(self.identities)
+            for i, identity in enumerate(self.guardian.identities):
+                if identity in theirs:
+                    # Searched as the subject's, it would erase the guardian's own data.
+                    raise ValueError(
+                        f"guardian.identities.{i}: is also one of the subject's identities"
+                    )
         return self
 
     @property

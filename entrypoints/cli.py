@@ -76,7 +76,9 @@ keys_app = _Typer(help="Key files.", no_args_is_help=True)
 partner_app = _Typer(help="Requests handed to partners.", no_args_is_help=True)
 package_app = _Typer(help="Encrypted access packages.", no_args_is_help=True)
 certificate_app = _Typer(help="Signed erasure certificates.", no_args_is_help=True)
+guardian_app = _Typer(help="Guardians acting for children (policy 7.x).", no_args_is_help=True)
 app.add_typer(certificate_app, name="certificate")
+app.add_typer(guardian_app, name="guardian")
 app.add_typer(datamap_app, name="datamap")
 app.add_typer(keys_app, name="keys")
 app.add_typer(partner_app, name="partner")
@@ -269,6 +271,27 @@ def verify(
     try:
         rt.ledger.mark_verified(request_id, method, datetime.now(UTC))
     except InvalidTransition as exc:
+        raise fail(say(exc)) from None
+    _print_status(rt, [request_id])
+
+
+@guardian_app.command("verify")
+def guardian_verify(
+    request_id: str,
+    method: Annotated[str, typer.Option(help="how the guardianship was confirmed (e.g. "
+                                        "household_registration, court_order)")],
+    config: ConfigOption = None,
+) -> None:
+    """Record that the guardian a ticket named has been verified. A request waiting for it
+    goes back to verified: the next `resume-requests` runs it, or `dsrflow run ID` now."""
+    from datetime import UTC, datetime
+
+    from dsrflow.ledger import GuardianMissing
+
+    rt = _runtime(config)
+    try:
+        rt.ledger.verify_guardian(request_id, method, datetime.now(UTC))
+    except GuardianMissing as exc:
         raise fail(say(exc)) from None
     _print_status(rt, [request_id])
 

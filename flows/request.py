@@ -3,7 +3,8 @@
     open the batch: take a lease on each request (one run per request at a time; one
       another run holds is skipped, and said so); only verified requests pass the gate
     resolve identities (every identity the account's own rows hold, beyond the ticket's)
-    screen: the policy's gates (a repeat is allowed, flagged or refused)
+    screen: the policy's gates (a repeat is allowed, flagged or refused; a child's request
+      waits for a verified guardian)
     plan which systems each request concerns
     apply to every system at once (collect, erase, rectify, restrict); a system whose
       rows list another system's keys (uploads.s3_key) waits until that one is done
@@ -123,4 +124,4 @@ def _work(hold: Hold) -> Closed:
 
     deliver_results(hold.still(screened.ready))
     closed = close_requests(hold.still(screened.ready))
-    return closed.with_stopped(screened.stopped)
+    return closed.with_stopped(screened.stopped, screened.failed)

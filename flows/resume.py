@@ -1,6 +1,9 @@
-"""Resume: verified requests that no run picked up, and requests whose run died.
+"""Resume: verified requests that no run picked up, requests whose run died, and children's
+requests that waited for a guardian until the child came of age.
 
     find the requests verified more than `grace_minutes` ago and still waiting
+    find the children's requests whose subject has come of age (policy 7.x): verified
+      again, to be screened on today's birth date
     find the requests whose run stopped renewing its lease (killed, its machine lost),
       and mark that flow run crashed in Prefect
     start `process-requests` for them, in batches (through its deployment, or here)
@@ -23,7 +26,7 @@ from prefect import flow, get_run_logger
 
 from dsrflow.errors import raises_safely
 from flows.intake import dispatch
-from tasks.resume import find_abandoned, find_stranded, mark_crashed
+from tasks.resume import find_abandoned, find_of_age, find_stranded, mark_crashed
 
 
 @flow(name="resume-requests", persist_result=False)
@@ -40,11 +43,13 @@ def resume_requests(
         crashed = mark_crashed(sorted(set(abandoned.values())))
         get_run_logger().info("%d requests were held by runs that died (%d marked crashed)",
                               len(abandoned), crashed)
-    stranded = list(dict.fromkeys([*abandoned, *find_stranded(grace_minutes)]))
+    of_age = find_of_age()
+    stranded = list(dict.fromkeys([*abandoned, *of_age, *find_stranded(grace_minutes)]))
     batches = [stranded[i:i + batch_size] for i in range(0, len(stranded), batch_size)]
     for batch in batches:
         dispatch(process_deployment, batch)
     if stranded:
         get_run_logger().info("%d verified requests were waiting; %d batches started",
                               len(stranded), len(batches))
-    return {"resumed": len(stranded), "abandoned": len(abandoned), "batches": len(batches)}
+    return {"resumed": len(stranded), "abandoned": len(abandoned), "of_age": len(of_age),
+            "batches": len(batches)}

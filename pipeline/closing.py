@@ -21,9 +21,10 @@ class Closed:
     # must not hide a database that was down until the partner replies days later).
     unfinished: list[str]
 
-    def with_stopped(self, stopped: dict[str, Status]) -> Closed:
-        """These and the requests a gate stopped (refused, waiting): final as they are."""
-        return Closed({**self.statuses, **stopped}, self.unfinished)
+    def with_stopped(self, stopped: dict[str, Status], failed: Sequence[str] = ()) -> Closed:
+        """These and the requests a gate stopped (refused, waiting, or failed because a
+        look-up failed: those are unfinished too)."""
+        return Closed({**self.statuses, **stopped}, [*self.unfinished, *failed])
 
 
 def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:

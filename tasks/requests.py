@@ -44,7 +44,8 @@ def resolve_identities(request_ids: list[str]) -> dict[str, int]:
 @task(name="screen-requests", **_TASK)  # type: ignore[call-overload]
 @raises_safely
 def screen_requests(request_ids: list[str]) -> screening.Screened:
-    """The policy's gates: a repeat is allowed, flagged or refused (privacy policy 6.6.2)."""
+    """The policy's gates: a repeat is allowed, flagged or refused (privacy policy 6.6.2); a
+    child's request waits for a verified guardian (7.x)."""
     screened = screening.screen(get_runtime(), request_ids)
     logger = get_run_logger()
     for rid, status in screened.stopped.items():

@@ -24,6 +24,14 @@ def find_stranded(grace_minutes: float) -> list[str]:
     return get_runtime().ledger.stranded(now() - timedelta(minutes=grace_minutes))
 
 
+@task(name="find-of-age", cache_policy=NO_CACHE, persist_result=False)
+@raises_safely
+def find_of_age() -> list[str]:
+    """Children's requests that waited for a guardian, whose subject has come of age: back
+    to verified, to be screened again (policy 7.x)."""
+    return get_runtime().ledger.came_of_age(now().date())
+
+
 @task(name="find-abandoned", cache_policy=NO_CACHE, persist_result=False)
 @raises_safely
 def find_abandoned() -> dict[str, str]:

@@ -87,6 +87,7 @@ DATAMAP_DOC: dict[str, Any] = {
                         {"type": "email", "column": "email"},
                         {"type": "phone", "column": "phone"},
                     ],
+                    "birth_date_column": "birthday",
                     "columns": {
                         "id": {"category": "account", "action": "retain",
                                "reason": "referenced by retained orders"},

@@ -84,7 +84,7 @@ def test_received_dates_are_utc_days_both_included(config: Path,
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--status", "complete"], "unknown status 'complete'; allowed: received, "
-     "awaiting_verification, verified, in_progress, completed"),
+     "awaiting_verification, awaiting_guardian, verified, in_progress, completed"),
     (["--regime", "hipaa"], "unknown regime 'hipaa'; allowed: pipl, gdpr, ccpa"),
     (["--type", "delete"], "unknown type 'delete'; allowed: access, portability, erasure"),
     (["--state", "late"], "unknown deadline state 'late'; allowed: on_time, extended"),

@@ -45,19 +45,21 @@ def test_a_request_verified_by_hand_is_resumed_after_the_grace_period(
     just_now = _erasure(runtime, "R-3", 3, verified=True)
 
     # Within the grace period nothing is started: intake may be about to.
-    assert resume_requests(grace_minutes=30) == {"resumed": 0, "abandoned": 0, "batches": 0}
+    assert resume_requests(grace_minutes=30) == {
+        "resumed": 0, "abandoned": 0, "of_age": 0, "batches": 0}
 
     # Later, the verified ones run; the unverified one still waits for its identity.
     later = datetime.now(UTC) + timedelta(minutes=31)
     monkeypatch.setattr(resume, "now", lambda: later)
     assert resume_requests(grace_minutes=30, batch_size=1) == {
-        "resumed": 2, "abandoned": 0, "batches": 2}
+        "resumed": 2, "abandoned": 0, "of_age": 0, "batches": 2}
     assert ledger.get(by_hand).status is Status.COMPLETED
     assert ledger.get(just_now).status is Status.COMPLETED
     assert ledger.get(waiting).status is Status.AWAITING_VERIFICATION
 
     # Done is done: the next look finds nothing.
-    assert resume_requests(grace_minutes=30) == {"resumed": 0, "abandoned": 0, "batches": 0}
+    assert resume_requests(grace_minutes=30) == {
+        "resumed": 0, "abandoned": 0, "of_age": 0, "batches": 0}
 
 
 def test_a_request_whose_run_died_is_taken_over_and_the_run_marked_crashed(
@@ -86,7 +88,8 @@ def test_a_request_whose_run_died_is_taken_over_and_the_run_marked_crashed(
     ledger.transition(rid, Status.IN_PROGRESS)
     ledger.record_step(rid, "db", "sql", StepAction.ERASE, steps.StepStatus.RUNNING)
 
-    assert resume_requests(grace_minutes=30) == {"resumed": 1, "abandoned": 1, "batches": 1}
+    assert resume_requests(grace_minutes=30) == {
+        "resumed": 1, "abandoned": 1, "of_age": 0, "batches": 1}
     assert ledger.get(rid).status is Status.COMPLETED
     [erase] = [s for s in ledger.steps([rid]) if (s.system, s.action) == ("db", "erase")]
     assert erase.status == "succeeded" and erase.attempts == 2

@@ -1,5 +1,6 @@
 """The ledger: requests, steps and the audit trail (SQLAlchemy; SQLite or PostgreSQL)."""
 
+from dsrflow.ledger.gates import GuardianMissing
 from dsrflow.ledger.rows import PartnerRequest, RequestRecord, StepRecord
 from dsrflow.ledger.steps import PLAN, PROGRESS, StepCounts, StepWrite
 from dsrflow.ledger.store import (
@@ -14,6 +15,7 @@ __all__ = [
     "PROGRESS",
     "ClosedRequest",
     "ExtensionRefused",
+    "GuardianMissing",
     "Ledger",
     "PartnerRequest",
     "RequestRecord",

@@ -4,14 +4,16 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, insert, select
+from sqlalchemy import Connection, and_, insert, select, update
 from sqlalchemy.orm import aliased
 
+from dsrflow.crypto import Keyring
 from dsrflow.gates import Earlier, Gate, GateDecision, RepeatDecision
 from dsrflow.identities import ACCOUNT_GRADE
 from dsrflow.ledger.batches import chunks
@@ -23,14 +25,102 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 
+class GuardianMissing(ValueError):
+    """A guardian's verification for a request whose ticket named no guardian."""
+
+
 class GatesMixin:
     """The gate operations of the ledger (`Ledger` mixes this in)."""
 
     engine: Engine
+    keyring: Keyring
 
     def _audit(self, conn: Connection, event_name: str, request_id: str | None,
                detail: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def _locked(self, conn: Connection, column: Any, request_id: str) -> Any:
+        raise NotImplementedError
+
+    def _transition(self, conn: Connection, request_id: str, current: Status, target: Status,
+                    reason: str | None, values: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- guardians (policy 7.x) -------------------------------------------------------------
+    def wait_for_guardian(self, request_id: str, reason: str, of_age: date | None) -> bool:
+        """Park a request the run holds (in_progress) until a guardian is verified or, for
+        a child, until `of_age` (kept encrypted with the identities: it says when the
+        child was born). False if the request had moved on."""
+        with self.engine.begin() as conn:
+            current = Status(self._locked(conn, requests.c.status, request_id))
+            if current is not Status.IN_PROGRESS:
+                return current is Status.AWAITING_GUARDIAN
+            blob = conn.execute(select(requests.c.subject_enc)
+                                .where(requests.c.id == request_id)).scalar_one()
+            values: dict[str, Any] = {}
+            if blob is not None:
+                secret = json.loads(self.keyring.decrypt(blob, request_id))
+                secret["of_age_on"] = of_age.isoformat() if of_age else None
+                values["subject_enc"] = self.keyring.encrypt(
+                    json.dumps(secret).encode(), request_id)
+            self._transition(conn, request_id, current, Status.AWAITING_GUARDIAN, reason,
+                             values)
+        return True
+
+    def verify_guardian(self, request_id: str, method: str, verified_at: datetime) -> Status:
+        """Record that the guardian the ticket named was verified (how, and when); a
+        request waiting for it goes back to `verified`, for the next run to screen again.
+        Returns the request's status."""
+        verified_at = verified_at.astimezone(UTC)
+        with self.engine.begin() as conn:
+            current = Status(self._locked(conn, requests.c.status, request_id))
+            relation = conn.execute(select(requests.c.guardian_relation)
+                                    .where(requests.c.id == request_id)).scalar_one()
+            if relation is None:
+                raise GuardianMissing(
+                    f"request {request_id} names no guardian: a parent or guardian files a "
+                    "ticket of their own, with `guardian:` (docs/tickets.md)")
+            if not current.is_open:
+                raise GuardianMissing(f"request {request_id} is {current.value}")
+            conn.execute(update(requests).where(requests.c.id == request_id).values(
+                guardian_verification_method=method, guardian_verified_at=verified_at))
+            self._audit(conn, "request.guardian_verified", request_id,
+                        {"relation": relation, "method": method,
+                         "verified_at": verified_at.isoformat()})
+            if current is Status.AWAITING_GUARDIAN:
+                self._transition(conn, request_id, current, Status.VERIFIED, None, {})
+                return Status.VERIFIED
+        return current
+
+    def came_of_age(self, today: date) -> list[str]:
+        """Requests waiting for a guardian only because the subject was a child, who is of
+        age by `today`: back to `verified` (the next run screens them again, on the
+        day's birth date). Oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(requests.c.id, requests.c.subject_enc)
+                .where(requests.c.status == Status.AWAITING_GUARDIAN.value,
+                       requests.c.guardian_relation.is_(None))
+                .order_by(requests.c.received_at, requests.c.id)
+            ).all()
+        due = []
+        for row in rows:
+            if row.subject_enc is None:
+                continue
+            secret = json.loads(self.keyring.decrypt(row.subject_enc, row.id))
+            when = secret.get("of_age_on")
+            if when is not None and date.fromisoformat(when) <= today:
+                due.append(row.id)
+        moved = []
+        for rid in due:
+            with self.engine.begin() as conn:
+                current = Status(self._locked(conn, requests.c.status, rid))
+                if current is not Status.AWAITING_GUARDIAN:
+                    continue  # a guardian was verified meanwhile, or a person refused it
+                self._transition(conn, rid, current, Status.VERIFIED, None, {})
+                self._audit(conn, "request.came_of_age", rid, {"on": today.isoformat()})
+                moved.append(rid)
+        return moved
 
     def same_subject_requests(self, request_ids: Sequence[str]) -> dict[str, list[Earlier]]:
         """Per request, the other requests that share an account-grade identity token with

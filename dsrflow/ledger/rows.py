@@ -39,6 +39,8 @@ class RequestRecord:
     extension_notice_at: datetime | None = None
     extension_reason: str | None = None
     created_at: datetime | None = None  # when the ledger recorded it (ties in receipt time)
+    guardian_relation: str | None = None  # a guardian acts for the subject (policy 7.x)
+    guardian_verified_at: datetime | None = None
 
     @property
     def effective_due_at(self) -> datetime | None:
@@ -67,6 +69,8 @@ class RequestRecord:
             extension_notice_at=utc(row["extension_notice_at"]),
             extension_reason=row["extension_reason"],
             created_at=utc(row["created_at"]),
+            guardian_relation=row["guardian_relation"],
+            guardian_verified_at=utc(row["guardian_verified_at"]),
         )
 
 

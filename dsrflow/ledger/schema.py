@@ -43,6 +43,10 @@ requests = Table(
     Column("extension_notice_at", DateTime(timezone=True)),
     Column("extension_reason", Text),
     Column("completed_at", DateTime(timezone=True)),
+    # A guardian acting for the subject (their identities are in `subject_enc`).
+    Column("guardian_relation", String(32)),
+    Column("guardian_verification_method", String(64)),
+    Column("guardian_verified_at", DateTime(timezone=True)),
     # Identities and corrections, AES-GCM under the installation key; dropped on close.
     Column("subject_enc", LargeBinary),
     # The per-request pseudonym key, encrypted; destroyed on close so pseudonyms become

@@ -56,6 +56,7 @@ from dsrflow.model import (
     PARTNER_TRANSITIONS,
     PartnerStatus,
     Regime,
+    RequestType,
     Status,
     check_transition,
 )
@@ -188,6 +189,15 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin):
             # for national spellings only in this region.
             "phone_region": ticket.phone_region,
         }
+        guardian = ticket.guardian
+        scope = sorted(ticket.scope) if ticket.scope else None
+        if guardian is not None:
+            # To reach them, never to search: they are not tokenized as the subject's.
+            secret["guardian"] = [i.model_dump(mode="json") for i in guardian.identities]
+            if ticket.type is RequestType.CONSENT_WITHDRAWAL:
+                # A guardian withdrawing consent for a child withdraws it for everything
+                # (policy 7.3: the child's data is deleted), whatever scope was named.
+                scope = None
         stamp = now()
         row = {
             "id": request_id,
@@ -195,9 +205,17 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin):
             "type": ticket.type.value,
             "regime": ticket.regime.value,
             "channel": ticket.channel,
-            "scope": sorted(ticket.scope) if ticket.scope else None,
+            "scope": scope,
             "status": status.value,
             "verification_method": ticket.verification.method if ticket.verification else None,
+            "guardian_relation": guardian.relation.value if guardian else None,
+            "guardian_verification_method": (
+                guardian.verification.method if guardian and guardian.verification else None
+            ),
+            "guardian_verified_at": (
+                guardian.verification.verified_at.astimezone(UTC)  # type: ignore[union-attr]
+                if guardian and guardian.verified else None
+            ),
             "received_at": received,
             "verified_at": verified_at,
             "due_at": due,
@@ -223,7 +241,11 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin):
                     "request.received",
                     request_id,
                     {"ticket_id": ticket.ticket_id, "type": ticket.type.value,
-                     "status": status.value},
+                     "status": status.value,
+                     **({"guardian": guardian.relation.value,
+                         "guardian_verified": guardian.verified} if guardian else {}),
+                     **({"scope_asked": sorted(ticket.scope or []), "scope": "everything"}
+                        if guardian and scope is None and ticket.scope else {})},
                 )
         except IntegrityError:
             # Another intake won the race for this ticket id.

@@ -21,7 +21,7 @@ REQUEST_COLUMNS = [
     "request_id", "ticket_id", "type", "regime", "status", "received_at", "verified_at",
     "due_at", "extended_due_at", "extension_notice_at", "extension_reason", "completed_at",
     "deadline_state", "business_days_used", "business_days_left", "datamap_version",
-    "policy_version", "repeat", "repeat_of", "reason",
+    "policy_version", "repeat", "repeat_of", "minor", "guardian", "reason",
 ]
 STEP_COLUMNS = [
     "request_id", "system", "kind", "action", "found", "collected", "deleted", "anonymized",
@@ -143,7 +143,7 @@ def requests_frame(
         since_due, since_due_unknown = counter.between(regime, due_days, today)
         left[rows] = np.where(ahead, to_due, -since_due)
         left_unknown[rows] = np.where(ahead, to_due_unknown, since_due_unknown)
-    repeat, repeat_of = _repeats(ledger, records)
+    gates = _gates(ledger, records)
     frame = pd.DataFrame(
         {
             "request_id": [r.id for r in records],
@@ -158,8 +158,7 @@ def requests_frame(
             "business_days_left": pd.arrays.IntegerArray(left, left_unknown),
             "datamap_version": [r.datamap_version for r in records],
             "policy_version": [r.policy_version for r in records],
-            "repeat": repeat,
-            "repeat_of": repeat_of,
+            **gates,
             "reason": [r.reason or r.deadline_error for r in records],
         },
         columns=REQUEST_COLUMNS,
@@ -167,25 +166,32 @@ def requests_frame(
     return frame
 
 
-def _repeats(
-    ledger: Ledger, records: Sequence[RequestRecord]
-) -> tuple[list[str | None], list[str | None]]:
-    """Per request, what the repeat gate decided (allow, flag, refuse; empty when it is no
-    repeat or was never screened) and the ticket of the request it repeats."""
+def _gates(ledger: Ledger, records: Sequence[RequestRecord]) -> dict[str, list[Any]]:
+    """Per request, what the policy's gates found: the repeat decision (allow, flag,
+    refuse; empty when it is no repeat or was never screened) and the ticket it repeats;
+    whether the subject was found to be a child; the guardian acting and whether they are
+    verified."""
     decided = ledger.gate_decisions()
     tickets = {r.id: r.ticket_id or r.id for r in records}
-    decision: list[str | None] = []
-    of: list[str | None] = []
+    columns: dict[str, list[Any]] = {"repeat": [], "repeat_of": [], "minor": [],
+                                     "guardian": []}
     for record in records:
-        found = decided.get(record.id, {}).get(Gate.REPEAT)
-        if found is None or found.decision == RepeatDecision.NONE:
-            decision.append(None)
-            of.append(None)
-            continue
-        decision.append(found.decision)
-        related = found.related_request_id
-        of.append(tickets.get(related, related) if related else None)
-    return decision, of
+        gates = decided.get(record.id, {})
+        repeat = gates.get(Gate.REPEAT)
+        if repeat is None or repeat.decision == RepeatDecision.NONE:
+            columns["repeat"].append(None)
+            columns["repeat_of"].append(None)
+        else:
+            related = repeat.related_request_id
+            columns["repeat"].append(repeat.decision)
+            columns["repeat_of"].append(tickets.get(related, related) if related else None)
+        columns["minor"].append(Gate.MINOR in gates)
+        relation = record.guardian_relation
+        columns["guardian"].append(
+            None if relation is None
+            else f"{relation} ({'verified' if record.guardian_verified_at else 'not verified'})"
+        )
+    return columns
 
 
 def steps_frame(ledger: Ledger) -> pd.DataFrame:

@@ -175,8 +175,12 @@ def _gate_facts(ledger: Ledger, record: RequestRecord) -> list[tuple[str, str]]:
     """What the policy's gates decided, each with its reason (a check that found nothing
     says so too: the page shows that it ran)."""
     decided = ledger.gate_decisions([record.id]).get(record.id, {})
-    return [(f"gate: {gate.value}", f"{d.decision}: {d.reason}")
-            for gate, d in sorted(decided.items())]
+    facts = [(f"gate: {gate.value}", f"{d.decision}: {d.reason}")
+             for gate, d in sorted(decided.items())]
+    if record.guardian_relation is not None:
+        verified = iso(record.guardian_verified_at) or "not verified"
+        facts.append(("guardian", f"{record.guardian_relation}, verified: {verified}"))
+    return facts
 
 
 def _partner_rows(

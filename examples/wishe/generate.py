@@ -350,7 +350,7 @@ class _Population:
         return start + timedelta(seconds=self.rng.randrange(span))
 
     def _birthday(self) -> date:
-        return date(1960, 1, 1) + timedelta(days=self.rng.randrange(52 * 365))
+        return date(1960, 1, 1) + timedelta(days=self.rng.randrange(48 * 365))  # adults
 
     def _password_hash(self) -> str:
         salt = base64.b64encode(self.rng.randbytes(16)).decode().rstrip("=")
