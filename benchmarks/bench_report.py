@@ -186,6 +186,12 @@ class MemoryLedger:
     def steps(self, request_ids: Sequence[str] | None = None) -> list[StepRecord]:
         return self.step_rows
 
+    def holds(self) -> list[object]:
+        return []
+
+    def held_parts(self) -> list[dict[str, object]]:
+        return []
+
     def gate_decisions(self) -> dict[str, dict[Gate, GateDecision]]:
         # Every screened request has its repeat check on record; one in twenty repeats.
         return {

@@ -37,11 +37,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import NoSuchTableError
 
 from connectors.base import Outcome, PartOutcome, Records, Scope
+from connectors.sql_holds import HeldRows, held_rows
 from connectors.sql_ownership import SHARED_REASON, Key, Located, Locator, chunks
 from dsrflow.anonymize import is_erased, transform
 from dsrflow.crypto import Pseudonymizer
 from dsrflow.datamap import SqlSystem
 from dsrflow.datamap import Table as TableMap
+from dsrflow.holds import Held
 from dsrflow.identities import Identity, Subject
 
 
@@ -130,38 +132,51 @@ class SqlConnector:
         scope: Scope,
         pseudonymizers: Mapping[str, Pseudonymizer],
         prepared: Callable[[Mapping[str, Outcome]], None] | None = None,
+        held: Mapping[str, Held] | None = None,
     ) -> dict[str, Outcome]:
         """Erase the batch in one transaction. `prepared`, if given, is told the outcomes
         just before the commit (to record them where a crash after the commit cannot lose
-        them); if it raises, nothing is committed."""
+        them); if it raises, nothing is committed. `held`: per request, what legal holds
+        keep (`connectors.sql_holds`): those rows are left as they are (marked restricted
+        where the table has a restriction column) and counted retained, with the holds'
+        notes as the reason."""
         outcomes = {s.request_id: Outcome() for s in subjects}
         with self.engine.begin() as conn:
             located = self.locate(conn, subjects)
-            self._break_cycles(conn, located, scope)
+            holding = held_rows(conn, self.locator, self.system, located, held or {})
+            self._break_cycles(conn, located, scope, holding)
+            stamp = datetime.now(UTC)
             for name in self._order:
                 mapped = self.system.tables[name]
                 if not _in_scope(mapped, scope):
                     continue
                 deletes = mapped.deletes_rows(scope)
-                keys = [k for k in located.owners[name] if not located.kept(name, k, deletes)]
+                keys = [k for k in located.owners[name]
+                        if not located.kept(name, k, deletes)
+                        and not holding.keeps(name, k, deletes)]
                 done = _Done()
                 if keys and deletes:
                     self._delete(conn, name, keys, done)
                 elif keys:
                     self._anonymize(conn, name, keys, located, scope, pseudonymizers, done)
+                self._restrict_held(conn, name, holding, stamp, done)
                 for rid, outcome in outcomes.items():
                     _tally(outcome.part(name), located.rows_of(name, rid), name, located,
-                           deletes, done)
+                           deletes, done, holding)
             if prepared is not None:
                 prepared(outcomes)
         return outcomes
 
-    def verify(self, subjects: Sequence[Subject], scope: Scope) -> dict[str, Outcome]:
+    def verify(
+        self, subjects: Sequence[Subject], scope: Scope, held: Mapping[str, Held] | None = None,
+    ) -> dict[str, Outcome]:
         """Look again: a row still there that should be gone, or a column that is not in
-        its erased form yet, remains; a row kept because it is shared is retained."""
+        its erased form yet, remains; a row kept because it is shared, or held, is
+        retained."""
         outcomes = {s.request_id: Outcome() for s in subjects}
         with self.engine.connect() as conn:
             located = self.locate(conn, subjects)
+            holding = held_rows(conn, self.locator, self.system, located, held or {})
             for name, mapped in self.system.tables.items():
                 keys = list(located.owners[name])
                 if not keys or not _in_scope(mapped, scope):
@@ -174,7 +189,7 @@ class SqlConnector:
                 )
                 done = _Done()
                 for key in keys:
-                    if located.kept(name, key, deletes):
+                    if located.kept(name, key, deletes) or holding.keeps(name, key, deletes):
                         continue
                     row = rows.get(key)
                     if deletes or (row is not None and not all(
@@ -184,7 +199,7 @@ class SqlConnector:
                         done.retained[key] = reasons
                 for rid, outcome in outcomes.items():
                     _tally(outcome.part(name), located.rows_of(name, rid), name, located,
-                           deletes, done)
+                           deletes, done, holding)
         return outcomes
 
     def rectify(self, subject: Subject, corrections: Mapping[str, str]) -> Outcome:
@@ -402,7 +417,25 @@ class SqlConnector:
             conn.execute(stmt, updates)
             done.statements.add(_statement_hash(stmt))
 
-    def _break_cycles(self, conn: Connection, located: Located, scope: Scope) -> None:
+    def _restrict_held(
+        self, conn: Connection, name: str, holding: HeldRows, stamp: datetime, done: _Done
+    ) -> None:
+        """Mark the held rows restricted where the table has a column for it: kept for
+        the hold, and for nothing else."""
+        column = self.system.tables[name].restriction_column
+        keys = list(holding.held[name])
+        if column is None or not keys:
+            return
+        table = self.tables[name]
+        for chunk in chunks(keys):
+            stmt = (update(table).where(self.locator.pk_in(name, chunk), table.c[column].is_(None))
+                    .values({column: stamp}))
+            conn.execute(stmt)
+            done.statements.add(_statement_hash(stmt))
+
+    def _break_cycles(
+        self, conn: Connection, located: Located, scope: Scope, holding: HeldRows
+    ) -> None:
         """Rows about to be deleted that point at each other around a reference cycle
         cannot be deleted in any order while the keys are set: null the nullable ones
         first. (A cycle of NOT NULL keys needs deferrable constraints; the database's
@@ -411,7 +444,8 @@ class SqlConnector:
             mapped = self.system.tables[child]
             if not mapped.deletes_rows(scope) or (child, ref.table) not in self._broken:
                 continue  # one nullable key per cycle is enough to break it
-            keys = [k for k in located.owners[child] if not located.kept(child, k, True)]
+            keys = [k for k in located.owners[child]
+                    if not located.kept(child, k, True) and not holding.keeps(child, k, True)]
             table = self.tables[child]
             for chunk in chunks(keys):
                 conn.execute(
@@ -433,7 +467,8 @@ class _Done:
 
 
 def _tally(
-    part: PartOutcome, mine: list[Key], name: str, located: Located, deletes: bool, done: _Done
+    part: PartOutcome, mine: list[Key], name: str, located: Located, deletes: bool, done: _Done,
+    holding: HeldRows,
 ) -> None:
     """One request's counts in one table: what was found, done, left and kept, and why."""
     part.found = len(mine)
@@ -442,6 +477,9 @@ def _tally(
     for key in mine:
         if located.kept(name, key, deletes):
             shared += 1
+        elif holding.keeps(name, key, deletes):
+            part.retained += 1
+            reasons.update(holding.notes(name, key))
         elif key in done.retained:
             part.retained += 1
             reasons.update(done.retained[key])

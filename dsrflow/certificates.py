@@ -49,7 +49,7 @@ from dsrflow.signing import encode_public_key, key_id
 
 if TYPE_CHECKING:  # the ledger pulls in SQLAlchemy and Alembic; `verify` needs neither
     from dsrflow.datamap import DataMap
-    from dsrflow.ledger import Ledger, PartnerRequest, StepRecord
+    from dsrflow.ledger import Ledger, PartnerRequest, RequestRecord, StepRecord
 
 FORMAT = "dsrflow.erasure-certificate/1"
 ALGORITHM = "Ed25519"
@@ -142,13 +142,41 @@ def build_certificate(
             "effective_due_at": _time(record.effective_due_at),
             "datamap_version": record.datamap_version,
             "policy_version": record.policy_version,
+            # A follow-up finishes what a legal hold held back of this earlier request.
+            "follows_request_id": record.follows_request_id,
         },
         "identities": _identities(resolved, systems),
         "systems": systems,
         "partners": partners,
         "holds": holds,
+        "legal_holds": _legal_holds(ledger, record),
         "outcome": {"status": INCOMPLETE if reasons else COMPLETE, "reasons": reasons},
     }
+
+
+def _legal_holds(ledger: Ledger, record: RequestRecord) -> list[dict[str, Any]]:
+    """The legal holds that kept part of this request's data: the policy's exemption (its
+    code), the end date, where, and what the subject may do about it where the regime
+    says they must be told (the citation and the approver stay in the ledger)."""
+    from dsrflow.holds import APPEALS, POLICY_HOLDS
+
+    systems: dict[str, list[str]] = defaultdict(list)
+    for part in ledger.held_parts([record.id]):
+        for hold_id in part["hold_ids"]:
+            systems[hold_id].append(part["system"])
+    out = []
+    for hold_id, where in sorted(systems.items()):
+        hold = ledger.hold(hold_id)
+        out.append({
+            "hold": hold.id,
+            "exemption": hold.reason.value,
+            "basis": POLICY_HOLDS,
+            "until": hold.until.date().isoformat(),
+            "systems": sorted(where),
+            "categories": sorted(hold.categories) if hold.categories else None,
+            "appeal": APPEALS.get(record.regime) if record.regime else None,
+        })
+    return out
 
 
 def _system(

@@ -2,128 +2,53 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import pandas as pd
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 
 from dsrflow.datamap import DataMapError, load_datamap
-from dsrflow.errors import safe_error
 from dsrflow.settings import (
     CONFIG_ENV,
     ConfigError,
-    Settings,
     add_signing_key,
-    load_settings,
     write_key_file,
+)
+from entrypoints.holds import hold_app
+from entrypoints.terminal import (
+    ConfigOption,
+    Typer,
+    console,
+    err,
+    fail,
+    load_config,
+    open_runtime,
+    say,
 )
 
 if TYPE_CHECKING:  # the calendars load `holidays`: only the commands that need them do
     from dsrflow.deadlines import Deadlines
 
 
-class _Typer(typer.Typer):
-    """Every command's unexpected error is said as `safe_error` says it (type and a fixed
-    hint unless dsrflow wrote the message), with exit code 1: never a traceback, which
-    would print the exception's text, its causes' and (typer's default) local variables."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(pretty_exceptions_enable=False, pretty_exceptions_show_locals=False,
-                         **kwargs)
-
-    def command(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
-        register = super().command(*args, **kwargs)
-
-        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-            register(_guarded(fn))
-            return fn
-
-        return decorator
-
-
-def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.ClickException):
-            raise
-        except Exception as exc:
-            error = fail(f"error: {say(exc)}")
-        raise error  # outside the handler: no context to print
-
-    return run
-
-
-def say(exc: BaseException) -> str:
-    """An error for the terminal: `safe_error`, without the type of a message dsrflow
-    wrote, and not clipped as a stored error is."""
-    return safe_error(exc, typed=False, limit=2000)
-
-
-app = _Typer(help="Data-subject requests, answered by Prefect flows.", no_args_is_help=True)
-datamap_app = _Typer(help="Draft and check data maps.", no_args_is_help=True)
-keys_app = _Typer(help="Key files.", no_args_is_help=True)
-partner_app = _Typer(help="Requests handed to partners.", no_args_is_help=True)
-package_app = _Typer(help="Encrypted access packages.", no_args_is_help=True)
-certificate_app = _Typer(help="Signed erasure certificates.", no_args_is_help=True)
-guardian_app = _Typer(help="Guardians acting for children (policy 7.x).", no_args_is_help=True)
+app = Typer(help="Data-subject requests, answered by Prefect flows.", no_args_is_help=True)
+datamap_app = Typer(help="Draft and check data maps.", no_args_is_help=True)
+keys_app = Typer(help="Key files.", no_args_is_help=True)
+partner_app = Typer(help="Requests handed to partners.", no_args_is_help=True)
+package_app = Typer(help="Encrypted access packages.", no_args_is_help=True)
+certificate_app = Typer(help="Signed erasure certificates.", no_args_is_help=True)
+guardian_app = Typer(help="Guardians acting for children (policy 7.x).", no_args_is_help=True)
 app.add_typer(certificate_app, name="certificate")
 app.add_typer(guardian_app, name="guardian")
+app.add_typer(hold_app, name="hold")
 app.add_typer(datamap_app, name="datamap")
 app.add_typer(keys_app, name="keys")
 app.add_typer(partner_app, name="partner")
 app.add_typer(package_app, name="package")
-console = Console()
-err = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="dsrflow.yaml (default: $DSRFLOW_CONFIG, ./dsrflow.yaml)"),
-]
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Say what went wrong on stderr, in red, as plain text (a message quoting a value in
-    [brackets] must not be read as markup), and give the exit to raise."""
-    err.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        raise fail(f"config error: {say(exc)}", 2) from None
-
-
-def _runtime(config: Path | None) -> Any:
-    """The runtime, with Prefect's environment prepared first (see dsrflow.prefect_env)."""
-    settings = _settings(config)
-    from dsrflow.prefect_env import prepare
-
-    prepare(settings.path(settings.prefect_home))
-    from pipeline.runtime import Runtime, set_runtime
-
-    runtime = Runtime(settings)
-    try:
-        runtime.datamap  # noqa: B018 - fail now, with the path, not mid-run
-        runtime.ledger  # noqa: B018
-    except (DataMapError, ConfigError) as exc:
-        raise fail(f"error: {say(exc)}", 2) from None
-    set_runtime(runtime)
-    return runtime
-
-
 @app.command()
 def submit(
     files: Annotated[list[Path], typer.Argument(help="ticket JSON files ('-' for stdin)")],
@@ -137,7 +62,7 @@ def submit(
     already on record, rejected (recorded, with the reason) or not recorded (unreadable, or
     the ledger failed); whatever happens to one file, the next is submitted. Exit 1 if any
     file was not recorded."""
-    rt = _runtime(config)
+    rt = open_runtime(config)
     if queue:
         _enqueue(rt, files)
         return
@@ -218,7 +143,7 @@ def run(
     config: ConfigOption = None,
 ) -> None:
     """Process requests now (one Prefect flow run for the batch)."""
-    rt = _runtime(config)
+    rt = open_runtime(config)
     ids = request_ids or rt.ledger.runnable()
     if not ids:
         console.print("nothing to run")
@@ -267,7 +192,7 @@ def verify(
 
     from dsrflow.model import InvalidTransition
 
-    rt = _runtime(config)
+    rt = open_runtime(config)
     try:
         rt.ledger.mark_verified(request_id, method, datetime.now(UTC))
     except InvalidTransition as exc:
@@ -288,7 +213,7 @@ def guardian_verify(
 
     from dsrflow.ledger import GuardianMissing
 
-    rt = _runtime(config)
+    rt = open_runtime(config)
     try:
         rt.ledger.verify_guardian(request_id, method, datetime.now(UTC))
     except GuardianMissing as exc:
@@ -305,7 +230,7 @@ def refuse(
     """Refuse a request (identity not verified, manifestly unfounded, ...)."""
     from dsrflow.model import InvalidTransition, Status
 
-    rt = _runtime(config)
+    rt = open_runtime(config)
     try:
         rt.ledger.transition(request_id, Status.REFUSED, reason)
     except InvalidTransition as exc:
@@ -334,7 +259,7 @@ def extend(
     period: that moment is kept as the notice date."""
     from dsrflow.ledger import ExtensionRefused, UnknownRequest
 
-    rt = _runtime(config)
+    rt = open_runtime(config)
     try:
         due = rt.ledger.extend(request_id, reason, until.date() if until else None)
     except UnknownRequest:
@@ -362,7 +287,7 @@ def status(
     """Requests and their deadlines (one request with its steps, given an id)."""
     from dsrflow.ledger import UnknownRequest
 
-    rt = _runtime(config)
+    rt = open_runtime(config)
     if request_id:
         try:
             rt.ledger.get(request_id)
@@ -518,7 +443,7 @@ def report(
             raise fail("--request shows one request; the filters do not apply to it", 2)
         if (fmt or "md") not in ("html", "md"):
             raise fail("--format must be html or md with --request", 2)
-        rt = _runtime(config)
+        rt = open_runtime(config)
         view = request_view if fmt == "html" else request_view_markdown
         try:
             text = view(rt.ledger, rt.deadlines, request, at_risk_days=rt.settings.at_risk_days)
@@ -535,7 +460,7 @@ def report(
         except FilterError as exc:
             raise fail(say(exc), 2) from None
         rows = HTML_MAX_ROWS if html_rows is None else html_rows
-        rt = _runtime(config)
+        rt = open_runtime(config)
         if fmt == "csv":
             paths = write_reports(out or Path("."), rt.ledger, rt.deadlines,
                                   at_risk_days=rt.settings.at_risk_days, filter=chosen,
@@ -628,7 +553,7 @@ def keys_public_key(config: ConfigOption = None) -> None:
     whoever checks certificates (`dsrflow certificate verify --public-key ...`)."""
     from dsrflow.signing import encode_public_key, key_id
 
-    settings = _settings(config)
+    settings = load_config(config)
     try:
         public = settings.signing_key_pair().public_key()
     except ConfigError as exc:
@@ -660,7 +585,7 @@ def certificate_verify(
             raise fail(f"error: {say(exc)}", 2) from None
     else:
         # The certificate's own embedded key is never trusted: a forger would embed theirs.
-        settings = _settings(config)
+        settings = load_config(config)
         try:
             trusted = [settings.signing_key_pair().public_key()]
         except ConfigError as exc:
@@ -689,7 +614,7 @@ def partner_confirm(
     """Record that a manual partner carried out a request."""
     from pipeline import partners
 
-    rt = _runtime(config)
+    rt = open_runtime(config)
     try:
         partners.confirm(rt, request_id, partner, by=by, reference=reference)
     except LookupError as exc:
@@ -703,7 +628,7 @@ def partner_retry(request_id: str, partner: str, config: ConfigOption = None) ->
     same id, at the request's next run (`dsrflow run REQUEST_ID`)."""
     from pipeline import partners
 
-    rt = _runtime(config)
+    rt = open_runtime(config)
     try:
         partners.retry(rt, request_id, partner)
     except LookupError as exc:
@@ -717,7 +642,7 @@ def partner_check(config: ConfigOption = None) -> None:
     """Ask OpenDSR partners about everything still waiting (callbacks can be lost)."""
     from pipeline import partners
 
-    rt = _runtime(config)
+    rt = open_runtime(config)
     happened = partners.check(rt)
     for request_id, what in happened.items():
         console.print(f"{request_id}: {what}")
@@ -745,7 +670,7 @@ def serve(
     from deployments.callbacks import create_app, serving
     from deployments.serve import apply_automations, serve_all
 
-    rt = _runtime(config)
+    rt = open_runtime(config)
     if notification_block:
         apply_automations(notification_block=notification_block)
     chosen = config or os.environ.get(CONFIG_ENV)
@@ -763,7 +688,7 @@ def serve(
 @app.command("audit")
 def audit(config: ConfigOption = None) -> None:
     """Check the audit trail's hash chain."""
-    rt = _runtime(config)
+    rt = open_runtime(config)
     broken = rt.ledger.verify_audit_chain()
     if broken is None:
         console.print("audit chain intact")
@@ -805,7 +730,7 @@ def package_handed_over(
     """Record that the key went out, and delete it from the outbox: dsrflow keeps no key."""
     from pipeline.deliverables import handed_over
 
-    rt = _runtime(config)
+    rt = open_runtime(config)
     try:
         handed_over(rt, request_id, channel=channel, by=by)
     except LookupError as exc:
@@ -820,7 +745,7 @@ def package_expire(config: ConfigOption = None) -> None:
     over) and delete local packages. For S3, also give the bucket a lifecycle rule."""
     from pipeline.deliverables import expire
 
-    dropped, deleted = expire(_runtime(config))
+    dropped, deleted = expire(open_runtime(config))
     console.print(f"{len(dropped)} unsent keys dropped from the outbox, "
                   f"{len(deleted)} expired local packages deleted")
 

@@ -4,6 +4,7 @@ requests that waited for a guardian until the child came of age.
     find the requests verified more than `grace_minutes` ago and still waiting
     find the children's requests whose subject has come of age (policy 7.x): verified
       again, to be screened on today's birth date
+    release the legal holds whose end date passed, and re-queue what they held back
     find the requests whose run stopped renewing its lease (killed, its machine lost),
       and mark that flow run crashed in Prefect
     start `process-requests` for them, in batches (through its deployment, or here)
@@ -26,7 +27,13 @@ from prefect import flow, get_run_logger
 
 from dsrflow.errors import raises_safely
 from flows.intake import dispatch
-from tasks.resume import find_abandoned, find_of_age, find_stranded, mark_crashed
+from tasks.resume import (
+    find_abandoned,
+    find_of_age,
+    find_stranded,
+    mark_crashed,
+    release_expired_holds,
+)
 
 
 @flow(name="resume-requests", persist_result=False)
@@ -44,7 +51,9 @@ def resume_requests(
         get_run_logger().info("%d requests were held by runs that died (%d marked crashed)",
                               len(abandoned), crashed)
     of_age = find_of_age()
-    stranded = list(dict.fromkeys([*abandoned, *of_age, *find_stranded(grace_minutes)]))
+    released = release_expired_holds()
+    stranded = list(dict.fromkeys(
+        [*abandoned, *of_age, *released, *find_stranded(grace_minutes)]))
     batches = [stranded[i:i + batch_size] for i in range(0, len(stranded), batch_size)]
     for batch in batches:
         dispatch(process_deployment, batch)

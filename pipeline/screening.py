@@ -63,6 +63,12 @@ def _refuse_repeats(rt: Runtime, records: list[RequestRecord]) -> dict[str, Stat
     found: list[GateDecision] = []
     for record in records:
         assert record.type is not None and record.created_at is not None  # a request
+        if record.follows_request_id is not None:
+            # Finishing what a legal hold held back is the same request, not a new one.
+            found.append(GateDecision(
+                record.id, Gate.REPEAT, RepeatDecision.NONE.value,
+                f"finishes request {record.follows_request_id} once its legal hold ended"))
+            continue
         found.append(repeat_of(record.id, record.type, record.received_at, record.created_at,
                                history.get(record.id, []), rt.settings.repeats))
     stopped: dict[str, Status] = {}

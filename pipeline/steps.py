@@ -17,9 +17,10 @@ from connectors.base import Outcome, Scope
 from connectors.logs import LogsConnector
 from connectors.objects import ObjectsConnector
 from connectors.sql import Discovery, SqlConnector
-from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
+from dsrflow.datamap import LogsSystem, ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
+from dsrflow.holds import Held, held_in
 from dsrflow.identities import Identity, Subject
 from dsrflow.ledger import PLAN, PROGRESS, RequestRecord, StepCounts, StepWrite
 from dsrflow.model import (
@@ -37,6 +38,10 @@ from pipeline.isolation import run_isolated
 from pipeline.leases import lease_ttl
 from pipeline.runs import current_run
 from pipeline.runtime import Runtime
+
+# The part a system's step names when holds kept what it holds whole, without a count (a
+# partner's copy, which is not asked for).
+HELD_PART = "legal_hold"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ def applies(rt: Runtime, system: str, record: RequestRecord) -> bool:
     """Whether a request concerns a system at all: its scope (if any) meets the system's
     categories, and a rectification names a field in it."""
     spec = rt.datamap.systems[system]
+    if record.systems is not None and system not in record.systems:
+        return False  # a follow-up goes only where a legal hold held it back
     if isinstance(spec, PartnerSystem):
         return _reaches_partner(rt, spec, record)
     if record.type is RequestType.RECTIFICATION:
@@ -86,20 +93,95 @@ def _reaches_partner(rt: Runtime, spec: PartnerSystem, record: RequestRecord) ->
 
 
 def apply_to_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[StepResult]:
-    """Collect, erase, rectify or restrict, as each request asks. Raises `StepFailed` (after
-    recording every outcome) if any group failed, so the caller's retry policy applies."""
+    """Collect, erase, rectify or restrict, as each request asks; an erasure leaves what
+    legal holds keep. Raises `StepFailed` (after recording every outcome) if any group
+    failed, so the caller's retry policy applies."""
     records = rt.ledger.get_many(request_ids)
     records = _hold_back(rt, system, records)
-    groups: dict[tuple[StepAction, Scope], list[RequestRecord]] = defaultdict(list)
+    held = _held(rt, system, records)
+    groups: dict[tuple[StepAction, Scope, bool], list[RequestRecord]] = defaultdict(list)
     for record in records:
         assert record.type is not None
-        groups[(action_for(record.type), record.scope)].append(record)
+        action = action_for(record.type)
+        scope, whole = _erase_scope(rt, system, record, held.get(record.id))
+        groups[(action, scope, whole)].append(record)
     results: list[StepResult] = []
-    for (action, scope), members in sorted(groups.items(), key=lambda g: g[0][0].value):
-        work = partial(_do, rt, system, action, members, scope)
+    for (action, scope, whole), members in sorted(
+            groups.items(), key=lambda g: (g[0][0].value, g[0][2])):
+        mine = {m.id: held[m.id] for m in members if m.id in held}
+        work = (partial(_retain, rt, system, scope, mine) if whole
+                else partial(_do, rt, system, action, members, scope, mine))
         results += _run_group(rt, system, action, members, work)
+    _keep_held(rt, system, held, results)
     _raise_if_failed(system, results)
     return results
+
+
+def _held(rt: Runtime, system: str, records: list[RequestRecord]) -> dict[str, Held]:
+    """What the legal holds in force on each erasing request's subject keep here."""
+    erasing = [r.id for r in records if r.type is not None and r.type.erases]
+    if not erasing:
+        return {}
+    categories = frozenset(rt.datamap.systems[system].categories)
+    out = {}
+    for rid, holds in rt.ledger.holds_for(erasing).items():
+        kept = held_in(holds, system, categories)
+        if kept is not None:
+            out[rid] = kept
+    return out
+
+
+def _erase_scope(
+    rt: Runtime, system: str, record: RequestRecord, held: Held | None
+) -> tuple[Scope, bool]:
+    """The scope a request erases in here, and whether holds keep all of it. A SQL system
+    is told what is held (rows of mixed categories are kept whole, see
+    `connectors.sql_holds`); elsewhere a held category keeps its bucket, its log system
+    or the partner's whole copy."""
+    spec = rt.datamap.systems[system]
+    if held is None or isinstance(spec, SqlSystem):
+        return record.scope, False
+    if held.categories is None or isinstance(spec, PartnerSystem | LogsSystem):
+        return record.scope, True
+    wanted = (record.scope or spec.categories) & spec.categories
+    left = wanted - held.categories
+    return (frozenset(left), False) if left else (record.scope, True)
+
+
+def _retain(
+    rt: Runtime, system: str, scope: Scope, held: Mapping[str, Held], subjects: list[Subject],
+) -> dict[str, Outcome]:
+    """What holds keep whole in a system: counted by a look (what is there is retained,
+    with the holds' notes); a partner's copy is not asked for at all."""
+    outcomes: dict[str, Outcome] = {}
+    spec = rt.datamap.systems[system]
+    looked = ({} if isinstance(spec, PartnerSystem)
+              else rt.connector(system).verify(subjects, scope))
+    for subject in subjects:
+        rid = subject.request_id
+        outcome = Outcome()
+        notes = held[rid].notes if rid in held else []
+        found = looked.get(rid)
+        parts = found.parts.items() if found is not None else [(HELD_PART, None)]
+        for name, part in parts:
+            kept = outcome.part(name)
+            kept.found = part.found if part is not None else 0
+            kept.retained = part.remaining + part.retained if part is not None else 0
+            kept.retain_reasons = sorted({*notes, *(part.retain_reasons if part else [])})
+        outcomes[rid] = outcome
+    return outcomes
+
+
+def _keep_held(
+    rt: Runtime, system: str, held: Mapping[str, Held], results: list[StepResult]
+) -> None:
+    """Record the parts holds kept back (and keep the identities to finish them), for the
+    requests whose step here succeeded: a failed one runs again anyway."""
+    done = {r.request_id for r in results if r.status is StepStatus.SUCCEEDED}
+    rt.ledger.keep_held_parts([
+        (rid, system, [h.id for h in kept.holds]) for rid, kept in sorted(held.items())
+        if rid in done
+    ])
 
 
 def key_readers(rt: Runtime, system: str) -> set[str]:
@@ -143,14 +225,18 @@ def _hold_back(rt: Runtime, system: str, records: list[RequestRecord]) -> list[R
 
 
 def verify_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[StepResult]:
-    """Look again: what a fresh look-up still finds of each erased subject."""
+    """Look again: what a fresh look-up still finds of each erased subject (what legal
+    holds keep is retained, not left)."""
     records = [r for r in rt.ledger.get_many(request_ids) if r.type and r.type.erases]
-    by_scope: dict[Scope, list[RequestRecord]] = defaultdict(list)
+    held = _held(rt, system, records)
+    by_scope: dict[tuple[Scope, bool], list[RequestRecord]] = defaultdict(list)
     for record in records:
-        by_scope[record.scope].append(record)
+        by_scope[_erase_scope(rt, system, record, held.get(record.id))].append(record)
     results: list[StepResult] = []
-    for scope, members in by_scope.items():
-        work = partial(_verify, rt, system, members, scope)
+    for (scope, whole), members in by_scope.items():
+        mine = {m.id: held[m.id] for m in members if m.id in held}
+        work = (partial(_retain, rt, system, scope, mine) if whole
+                else partial(_verify, rt, system, scope, mine))
         results += _run_group(rt, system, StepAction.VERIFY, members, work)
     # Data left behind is recorded as a failed verification, not retried: looking again
     # will not change it. Only a verification that could not run is worth a retry.
@@ -159,15 +245,17 @@ def verify_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[
 
 
 def _verify(
-    rt: Runtime, system: str, members: list[RequestRecord], scope: Scope,
-    subjects: list[Subject],
+    rt: Runtime, system: str, scope: Scope, held: Mapping[str, Held], subjects: list[Subject],
 ) -> dict[str, Outcome]:
-    return rt.connector(system).verify(subjects, scope)
+    connector = rt.connector(system)
+    if isinstance(connector, SqlConnector):
+        return connector.verify(subjects, scope, held=held)
+    return connector.verify(subjects, scope)
 
 
 def _do(
     rt: Runtime, system: str, action: StepAction, members: list[RequestRecord], scope: Scope,
-    subjects: list[Subject],
+    held: Mapping[str, Held], subjects: list[Subject],
 ) -> dict[str, Outcome]:
     if isinstance(rt.datamap.systems[system], PartnerSystem):
         return partners.send(rt, system, members)
@@ -177,7 +265,9 @@ def _do(
         # These say what they are about to do before doing it (SQL: before its commit;
         # objects: before the first deletion), so a run killed in between is counted.
         prepared = partial(_prepare, rt, system, PLAN)
-        if isinstance(connector, SqlConnector | ObjectsConnector):
+        if isinstance(connector, SqlConnector):
+            return connector.erase(subjects, scope, keys, prepared=prepared, held=held)
+        if isinstance(connector, ObjectsConnector):
             return connector.erase(subjects, scope, keys, prepared=prepared)
         if isinstance(connector, LogsConnector):
             # Files are rewritten one by one: what is done so far is told as it goes, and

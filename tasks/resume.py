@@ -32,6 +32,16 @@ def find_of_age() -> list[str]:
     return get_runtime().ledger.came_of_age(now().date())
 
 
+@task(name="release-expired-holds", cache_policy=NO_CACHE, persist_result=False)
+@raises_safely
+def release_expired_holds() -> list[str]:
+    """Legal holds whose end date passed are released; what no hold keeps any more is
+    re-queued (the follow-up requests' ids)."""
+    ledger = get_runtime().ledger
+    ledger.expire_holds(now())
+    return ledger.requeue_released(now())
+
+
 @task(name="find-abandoned", cache_policy=NO_CACHE, persist_result=False)
 @raises_safely
 def find_abandoned() -> dict[str, str]:

@@ -514,6 +514,12 @@ class Records:
     def all(self) -> list[RequestRecord]:
         return self.records
 
+    def holds(self) -> list[object]:
+        return []
+
+    def held_parts(self) -> list[dict[str, object]]:
+        return []
+
     def gate_decisions(self) -> dict[str, dict[Gate, GateDecision]]:
         return {}
 

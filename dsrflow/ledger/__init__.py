@@ -1,6 +1,7 @@
 """The ledger: requests, steps and the audit trail (SQLAlchemy; SQLite or PostgreSQL)."""
 
 from dsrflow.ledger.gates import GuardianMissing
+from dsrflow.ledger.holds import HoldRefused
 from dsrflow.ledger.rows import PartnerRequest, RequestRecord, StepRecord
 from dsrflow.ledger.steps import PLAN, PROGRESS, StepCounts, StepWrite
 from dsrflow.ledger.store import (
@@ -16,6 +17,7 @@ __all__ = [
     "ClosedRequest",
     "ExtensionRefused",
     "GuardianMissing",
+    "HoldRefused",
     "Ledger",
     "PartnerRequest",
     "RequestRecord",

@@ -41,6 +41,9 @@ class RequestRecord:
     created_at: datetime | None = None  # when the ledger recorded it (ties in receipt time)
     guardian_relation: str | None = None  # a guardian acts for the subject (policy 7.x)
     guardian_verified_at: datetime | None = None
+    # A follow-up that finishes what a legal hold held back: the request, and its systems.
+    follows_request_id: str | None = None
+    systems: frozenset[str] | None = None
 
     @property
     def effective_due_at(self) -> datetime | None:
@@ -71,6 +74,8 @@ class RequestRecord:
             created_at=utc(row["created_at"]),
             guardian_relation=row["guardian_relation"],
             guardian_verified_at=utc(row["guardian_verified_at"]),
+            follows_request_id=row["follows_request_id"],
+            systems=frozenset(row["systems"]) if row["systems"] is not None else None,
         )
 
 

@@ -54,6 +54,13 @@ requests = Table(
     Column("pseudonym_key_enc", LargeBinary),
     Column("datamap_version", String(64)),
     Column("policy_version", String(64)),
+    # A follow-up request (an erasure a legal hold held back, re-queued on its release):
+    # the request it finishes, and the only systems it goes to.
+    Column("follows_request_id", String(36)),
+    Column("systems", JSON),
+    # The identities, kept (encrypted) past the close while a legal hold keeps part of the
+    # subject's data, to finish the erasure once it is released.
+    Column("held_subject_enc", LargeBinary),
     Column("flow_run_id", String(36)),
     # The run that holds the request (a Prefect flow run id) and until when: one run per
     # request at a time; a crashed run's lease expires and a resume takes the request over.
@@ -148,6 +155,37 @@ gate_decisions = Table(
     # The earlier request a repeat repeats.
     Column("related_request_id", String(36)),
     Column("decided_at", DateTime(timezone=True), nullable=False),
+)
+
+legal_holds = Table(
+    "legal_holds",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    # The request that names the subject: its identity tokens are the hold's.
+    Column("request_id", String(36), ForeignKey("requests.id"), nullable=False),
+    Column("reason", String(32), nullable=False),  # the policy's exemption (6.6.3)
+    Column("citation", Text, nullable=False),
+    Column("categories", JSON),  # None: every category
+    Column("systems", JSON),  # None: every system
+    Column("until", DateTime(timezone=True), nullable=False),
+    Column("approved_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("released_at", DateTime(timezone=True)),
+    Column("released_by", String(128)),
+    Column("release_reason", Text),
+    Index("ix_legal_holds_request", "request_id"),
+)
+
+# A request's erasure in one system that holds kept back, until it is re-queued.
+held_parts = Table(
+    "held_parts",
+    metadata,
+    Column("request_id", String(36), ForeignKey("requests.id"), primary_key=True),
+    Column("system", String(64), primary_key=True),
+    Column("hold_ids", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("requeued_request_id", String(36)),
+    Column("requeued_at", DateTime(timezone=True)),
 )
 
 # One row: the hash at the head of the audit chain. Writers lock it, so the chain never forks.

@@ -39,6 +39,7 @@ from dsrflow.files import private_file
 from dsrflow.identities import Identity, Subject
 from dsrflow.ledger.batches import chunks
 from dsrflow.ledger.gates import GatesMixin
+from dsrflow.ledger.holds import HoldsMixin
 from dsrflow.ledger.leases import LeasesMixin
 from dsrflow.ledger.rows import PartnerRequest, RequestRecord, StepRecord
 from dsrflow.ledger.schema import (
@@ -127,7 +128,7 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-class Ledger(StepsMixin, LeasesMixin, GatesMixin):
+class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin):
     def __init__(self, url: str, keyring: Keyring, deadlines: Deadlines | None = None) -> None:
         self.engine = make_engine(url)
         self.keyring = keyring

@@ -21,7 +21,7 @@ REQUEST_COLUMNS = [
     "request_id", "ticket_id", "type", "regime", "status", "received_at", "verified_at",
     "due_at", "extended_due_at", "extension_notice_at", "extension_reason", "completed_at",
     "deadline_state", "business_days_used", "business_days_left", "datamap_version",
-    "policy_version", "repeat", "repeat_of", "minor", "guardian", "reason",
+    "policy_version", "repeat", "repeat_of", "minor", "guardian", "legal_holds", "reason",
 ]
 STEP_COLUMNS = [
     "request_id", "system", "kind", "action", "found", "collected", "deleted", "anonymized",
@@ -170,11 +170,19 @@ def _gates(ledger: Ledger, records: Sequence[RequestRecord]) -> dict[str, list[A
     """Per request, what the policy's gates found: the repeat decision (allow, flag,
     refuse; empty when it is no repeat or was never screened) and the ticket it repeats;
     whether the subject was found to be a child; the guardian acting and whether they are
-    verified."""
+    verified; the legal holds that kept part of its data (code, end date, system)."""
     decided = ledger.gate_decisions()
     tickets = {r.id: r.ticket_id or r.id for r in records}
+    holds = {h.id: h for h in ledger.holds()}
+    held: dict[str, set[str]] = {}
+    for part in ledger.held_parts():
+        for hold_id in part["hold_ids"]:
+            hold = holds.get(hold_id)
+            if hold is not None:
+                held.setdefault(part["request_id"], set()).add(
+                    f"{hold.reason.value} until {hold.until:%Y-%m-%d} ({part['system']})")
     columns: dict[str, list[Any]] = {"repeat": [], "repeat_of": [], "minor": [],
-                                     "guardian": []}
+                                     "guardian": [], "legal_holds": []}
     for record in records:
         gates = decided.get(record.id, {})
         repeat = gates.get(Gate.REPEAT)
@@ -191,6 +199,8 @@ def _gates(ledger: Ledger, records: Sequence[RequestRecord]) -> dict[str, list[A
             None if relation is None
             else f"{relation} ({'verified' if record.guardian_verified_at else 'not verified'})"
         )
+        columns["legal_holds"].append("; ".join(sorted(held[record.id]))
+                                      if record.id in held else None)
     return columns
 
 
