@@ -508,7 +508,26 @@ class DataMap(_Strict):
     disclosures: dict[Category, Disclosure] = Field(
         default={}, description="per category: purposes and retention, for access packages"
     )
+    sensitive_categories: list[Category] = Field(
+        default=[], description="sensitive personal information (privacy policy 2.1: "
+        "biometric, financial accounts, trajectory, minors' data, ...): shown apart in "
+        "access packages, counted apart in the report"
+    )
     systems: dict[Identifier, System] = Field(min_length=1)
+
+    @property
+    def sensitive(self) -> frozenset[str]:
+        return frozenset(self.sensitive_categories)
+
+    def part_categories(self, system: str, part: str) -> frozenset[str]:
+        """The categories of one part of a system (a table, a bucket), else of the
+        system."""
+        spec = self.systems.get(system)
+        if isinstance(spec, SqlSystem) and part in spec.tables:
+            return spec.tables[part].categories
+        if isinstance(spec, ObjectsSystem) and part in spec.buckets:
+            return frozenset({spec.buckets[part].category})
+        return frozenset(spec.categories) if spec is not None else frozenset()
 
     def sql(self, name: str) -> SqlSystem:
         system = self.systems[name]

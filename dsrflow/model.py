@@ -206,6 +206,8 @@ SEARCHED_KEY = "_searched"
 PREPARED_KEY = "_prepared"
 # ... and, for a `resolve` step, what it learnt, withheld and could not read, per type.
 IDENTITIES_KEY = "_identities"
+# ... the sensitive categories (policy 2.1, as the data map marks them) the step touched.
+SENSITIVE_KEY = "_sensitive"
 
 
 # Categories named in the privacy policy (2.x); a data map may add its own.

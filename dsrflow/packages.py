@@ -9,8 +9,10 @@ Inside the zip:
   an object too large to carry is listed with an expiring link instead;
 - `manifest.json`: categories, purposes, sources, retention periods, recipients (partners)
   and the SHA-256 of every other file, so the subject (or a regulator) can check that
-  nothing was altered;
-- `index.html`: the same, for a person.
+  nothing was altered; each source and category says whether it is sensitive personal
+  information (policy 2.1, as the data map marks it);
+- `index.html`: the same, for a person, with the sensitive sources in a section of their
+  own.
 
 The zip is encrypted with Fernet (AES-128-CBC + HMAC-SHA256, a published format with
 implementations in most languages) under a key made for this package alone; the key goes
@@ -35,7 +37,7 @@ from typing import Any
 import pandas as pd
 from cryptography.fernet import Fernet, InvalidToken
 
-from dsrflow.datamap import DataMap, Disclosure, LogsSystem, ObjectsSystem, PartnerSystem, SqlSystem
+from dsrflow.datamap import DataMap, Disclosure, LogsSystem, ObjectsSystem, PartnerSystem
 from dsrflow.ledger import RequestRecord
 from dsrflow.redaction import mask_others
 from dsrflow.templates import render
@@ -131,7 +133,8 @@ def build_package(contents: PackageContents) -> bytes:
                 out.add(f"{base}.csv", _csv(rows), **about, records=len(rows))
                 sections.append({**about, "records": len(rows), "kind": _kind(spec),
                                  "files": [f"{base}.json", f"{base}.csv"],
-                                 "others_withheld": withheld})
+                                 "others_withheld": withheld,
+                                 "sensitive": sorted(dm.sensitive & set(categories))})
                 if isinstance(spec, ObjectsSystem):
                     links += _objects(out, contents, system, part, rows, categories)
         manifest = _manifest(contents, out.files, sections, links, partner_results)
@@ -202,11 +205,14 @@ def _manifest(
             "policy_version": request.policy_version,
         },
         "categories": [
-            {"category": c, **_disclosure(dm.disclosures.get(c))} for c in used
+            {"category": c, "sensitive": c in dm.sensitive, **_disclosure(dm.disclosures.get(c))}
+            for c in used
         ],
+        # Each source says which of its categories are sensitive personal information
+        # (policy 2.1); index.html shows those sources in a section of their own.
         "sources": [
             {k: s[k] for k in ("system", "kind", "part", "categories", "records", "files",
-                               "others_withheld")}
+                               "others_withheld", "sensitive")}
             for s in sections
         ],
         "recipients": recipients,
@@ -223,14 +229,7 @@ def _disclosure(found: Disclosure | None) -> dict[str, Any]:
 
 
 def _categories(dm: DataMap, system: str, part: str) -> list[str]:
-    spec = dm.systems.get(system)
-    if isinstance(spec, SqlSystem) and part in spec.tables:
-        return sorted(spec.tables[part].categories)
-    if isinstance(spec, ObjectsSystem) and part in spec.buckets:
-        return [spec.buckets[part].category]
-    if isinstance(spec, LogsSystem):
-        return [spec.category]
-    return sorted(spec.categories) if spec is not None else []
+    return sorted(dm.part_categories(system, part))
 
 
 def _kind(spec: Any) -> str:

@@ -27,6 +27,7 @@ from dsrflow.model import (
     IDENTITIES_KEY,
     RUN_KEY,
     SEARCHED_KEY,
+    SENSITIVE_KEY,
     RequestType,
     Status,
     StepAction,
@@ -371,11 +372,33 @@ def _run_group(
             details[RUN_KEY] = run
         if member.id in searched:
             details[SEARCHED_KEY] = searched[member.id]
+        if touched := _sensitive(rt, system, member, outcome):
+            details[SENSITIVE_KEY] = touched
         writes.append(StepWrite(member.id, status, counts, error, details))
         results.append(StepResult(member.id, system, action, status, **counts.__dict__,
                                   error=error))
     rt.ledger.record_steps(system, kind, action, writes)  # one transaction
     return results
+
+
+def _sensitive(rt: Runtime, system: str, record: RequestRecord, outcome: Outcome) -> list[str]:
+    """The sensitive categories (policy 2.1) the step touched: those of the parts where it
+    found or changed something, within the request's scope; for a partner, what it was
+    asked about."""
+    sensitive = rt.datamap.sensitive
+    if not sensitive:
+        return []
+    scope = record.scope
+    if isinstance(rt.datamap.systems[system], PartnerSystem):
+        # Asked, unless a legal hold kept its copy (then it was not asked at all).
+        sent = HELD_PART not in outcome.parts and not outcome.blocked
+        cats = frozenset(rt.datamap.systems[system].categories) if sent else frozenset()
+    else:
+        cats = frozenset().union(*(
+            rt.datamap.part_categories(system, name) for name, part in outcome.parts.items()
+            if part.found or part.deleted or part.anonymized or part.retained
+        ))
+    return sorted(cats & sensitive & (scope if scope is not None else cats))
 
 
 def _raise_if_failed(system: str, results: list[StepResult]) -> None:

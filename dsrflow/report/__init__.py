@@ -7,11 +7,11 @@ A `ReportFilter` narrows the report to some statuses, regimes, types, deadline s
 days of receipt; the steps and the per-system totals follow the requests that pass.
 """
 
+from dsrflow.model import RUN_KEY
 from dsrflow.report.filters import FilterError, ReportFilter, filter_requests, make_filter, steps_of
 from dsrflow.report.frames import (
     DEADLINE_STATES,
     REQUEST_COLUMNS,
-    RUN_KEY,
     STEP_COLUMNS,
     SYSTEM_COLUMNS,
     requests_frame,

@@ -14,7 +14,7 @@ import pandas as pd
 from dsrflow.deadlines import RULES, CalendarUnavailable, Deadlines
 from dsrflow.gates import Gate, RepeatDecision
 from dsrflow.ledger import Ledger, PartnerRequest, RequestRecord, StepRecord
-from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, Regime, Status
+from dsrflow.model import DELIVERABLE_KIND, SENSITIVE_KEY, Regime, Status
 from dsrflow.sla import deadline_state
 
 REQUEST_COLUMNS = [
@@ -25,7 +25,7 @@ REQUEST_COLUMNS = [
 ]
 STEP_COLUMNS = [
     "request_id", "system", "kind", "action", "found", "collected", "deleted", "anonymized",
-    "retained", "remaining", "status", "partner_status", "reason",
+    "retained", "remaining", "status", "partner_status", "sensitive", "reason",
 ]
 STEP_COUNTS = ["found", "collected", "deleted", "anonymized", "retained", "remaining"]
 SYSTEM_STATUSES = ["succeeded", "failed", "pending_external", "blocked"]
@@ -269,11 +269,19 @@ def step_table(rows: Sequence[StepRecord], partners: Sequence[PartnerRequest]) -
         text = "failed" if is_missing(messages[i]) else str(messages[i])
         errors.setdefault(codes[i], []).append(f"{actions[i]}: {text}")
     kept: dict[int, set[str]] = {}
+    touched: dict[int, set[str]] = {}
     details = [row.details for row in rows]
     for i in np.flatnonzero(~checks).tolist():
         reasons = _retain_reasons(details[i])
         if reasons:
             kept.setdefault(codes[i], set()).update(reasons)
+        sensitive = details[i].get(SENSITIVE_KEY) if type(details[i]) is dict else None
+        if sensitive:
+            touched.setdefault(codes[i], set()).update(map(str, sensitive))
+    sensitive_text = np.full(groups, None, dtype=object)
+    for g, categories in touched.items():
+        sensitive_text[g] = ", ".join(sorted(categories))
+    frame["sensitive"] = sensitive_text
     error_text = np.full(groups, None, dtype=object)
     kept_text = np.full(groups, None, dtype=object)
     reason = np.full(groups, None, dtype=object)
@@ -296,7 +304,7 @@ def _retain_reasons(details: Any) -> list[str]:
     return [
         str(reason)
         for name, part in details.items()
-        if type(part) is dict and name != RUN_KEY
+        if type(part) is dict and not name.startswith("_")
         for reason in part.get("retain_reasons") or ()
     ]
 

@@ -97,10 +97,12 @@ def to_html(
     shown = html_rows(requests, max_rows)
     shown_steps = steps_of(steps, shown) if len(shown) < len(requests) else steps
     counts = requests["deadline_state"].value_counts().to_dict()
+    sensitive = steps[steps["sensitive"].notna()] if "sensitive" in steps else steps.iloc[:0]
     return render(
         "report.html", title=title, generated_at=generated_at(),
         filter=filter.describe() if filter else "none (every request)",
         tickets=len(requests), counts=sorted((str(k), v) for k, v in counts.items()),
+        sensitive_requests=sensitive["request_id"].nunique(), sensitive_steps=len(sensitive),
         as_of=iso(aware(now)) if now is not None else None,
         charts=[(alt, data_uri(png)) for alt, png in report_charts(requests, now, deadlines)],
         shown=len(shown), total=len(requests),

@@ -35,7 +35,8 @@ VIEW_SYSTEM_COLUMNS = {
     "system": "system", "kind": "kind", "action": "action", "status": "status",
     "found": "found", "collected": "collected", "deleted": "deleted",
     "anonymized": "anonymized", "retained": "retained", "retain_reasons": "retained because",
-    "remaining": "remaining after verification", "errors": "error",
+    "remaining": "remaining after verification", "sensitive": "sensitive (policy 2.1)",
+    "errors": "error",
 }
 VIEW_PARTNER_COLUMNS = [
     "partner", "status", "reference", "confirmed by", "confirmed at", "expected completion",
