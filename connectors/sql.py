@@ -310,13 +310,11 @@ class SqlConnector:
         for name, mapped in self.system.tables.items():
             if not mapped.identities:
                 continue
-            keys = [k for k, who in located.owners[name].items()
-                    if len(who) == 1 and k not in located.foreign[name]]
+            mine = _own_rows(located, name)
             columns = [i.column for i in mapped.identities]
             columns += [i.provider_column for i in mapped.identities if i.provider_column]
-            for key, row in self.locator.fetch(conn, name, keys, columns).items():
-                (rid,) = located.owners[name][key]
-                for spec in mapped.identities:
+            for key, row in self.locator.fetch(conn, name, list(mine), columns).items():
+                for rid, spec in ((r, i) for r in mine[key] for i in mapped.identities):
                     raw = row[spec.column]
                     if raw is None or str(raw).strip() == "":
                         continue
@@ -342,12 +340,12 @@ class SqlConnector:
         with self.engine.connect() as conn:
             located = self.locate(conn, subjects)
             for name, column in tables.items():
-                keys = [k for k, who in located.owners[name].items()
-                        if len(who) == 1 and k not in located.foreign[name]]
-                for key, row in self.locator.fetch(conn, name, keys, [column]).items():
+                mine = _own_rows(located, name)
+                for key, row in self.locator.fetch(conn, name, list(mine), [column]).items():
                     born = _as_date(row[column])
-                    if born is not None:
-                        (rid,) = located.owners[name][key]
+                    if born is None:
+                        continue
+                    for rid in mine[key]:
                         out[rid].append(born)
         return out
 
@@ -504,6 +502,17 @@ def _held_reasons(mapped: TableMap, scope: Scope, row: Mapping[str, Any]) -> lis
         col.reason for c, col in mapped.retained_columns(scope).items()
         if col.reason and row.get(c) is not None
     })
+
+
+def _own_rows(located: Located, table: str) -> dict[Key, list[str]]:
+    """The rows of a table that are one subject's alone, each with the requests whose
+    they are (several only when one subject asked twice in the batch)."""
+    out: dict[Key, list[str]] = {}
+    for key, who in located.owners[table].items():
+        mine = sorted(rid for rid in who if located.alone(table, key, rid))
+        if mine:
+            out[key] = mine
+    return out
 
 
 def _as_date(value: Any) -> date | None:

@@ -109,6 +109,7 @@ class Located:
     pinned: dict[str, set[Key]] = field(default_factory=lambda: defaultdict(set))
     accounts: dict[str, set[str]] = field(default_factory=dict)  # request -> its account ids
     _by_request: dict[str, dict[str, list[Key]]] | None = field(default=None, repr=False)
+    _by_accounts: dict[frozenset[str], frozenset[str]] | None = field(default=None, repr=False)
 
     def rows_of(self, table: str, request_id: str) -> list[Key]:
         """One request's rows of a table (an index built once: no scan of the batch)."""
@@ -126,8 +127,29 @@ class Located:
         return key in self.shared[table] or (deletes and key in self.pinned[table])
 
     def alone(self, table: str, key: Key, request_id: str) -> bool:
-        """Whether the row is the request's and nobody else's, in or outside the batch."""
-        return key not in self.foreign[table] and self.owners[table].get(key) == {request_id}
+        """Whether the row is the request's and nobody else's, in or outside the batch. Its
+        other owners in the batch, if any, must be the same person: requests whose
+        account-grade identities lead to the same accounts (a subject who asked twice, by
+        two identities). What a request learns must not depend on what else is in its
+        batch."""
+        if key in self.foreign[table]:
+            return False
+        owners = self.owners[table].get(key, set())
+        return request_id in owners and owners <= self.same_person(request_id)
+
+    def same_person(self, request_id: str) -> frozenset[str]:
+        """The requests of the batch that lead to exactly the same accounts as this one
+        (itself included; only itself when it leads to none)."""
+        mine = self.accounts.get(request_id)
+        if not mine:
+            return frozenset({request_id})
+        if self._by_accounts is None:  # built once: no scan of the batch per request
+            index: dict[frozenset[str], set[str]] = defaultdict(set)
+            for rid, ids in self.accounts.items():
+                if ids:
+                    index[frozenset(ids)].add(rid)
+            self._by_accounts = {k: frozenset(v) for k, v in index.items()}
+        return self._by_accounts.get(frozenset(mine), frozenset({request_id}))
 
 
 class Locator:

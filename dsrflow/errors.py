@@ -56,6 +56,8 @@ TRUSTED = frozenset({
     "dsrflow.ledger.store.UnknownRequest",
     "dsrflow.ledger.store.ClosedRequest",
     "dsrflow.ledger.store.ExtensionRefused",
+    "dsrflow.ledger.gates.GuardianMissing",
+    "dsrflow.ledger.holds.HoldRefused",
     "dsrflow.model.InvalidTransition",
     "dsrflow.packages.PackageError",
     "dsrflow.report.filters.FilterError",

@@ -116,6 +116,7 @@ def _run(out: Path, users: int, endpoint: str, partner: Any, console: Console) -
                           record.type.value if record.type else "?",
                           result.status.value, result.reason or "")
     console.print(submitted)
+    _hold(runtime, console, now)
 
     from deployments.callbacks import create_app, serving
 
@@ -157,8 +158,11 @@ MONTH: dict[str, int | str] = {
     "WSH-2026-11-0001": "overdue", "WSH-2026-11-0002": 12, "WSH-2026-11-0003": 11,
     "WSH-2026-11-0004": 10, "WSH-2026-11-0005": 6, "WSH-2026-11-0006": 5,
     "WSH-2026-11-0007": "at_risk", "WSH-2026-11-0008": 8, "WSH-2026-11-0009": 1,
+    "WSH-2026-11-0012": 3, "WSH-2026-11-0013": 2,
 }
 EXTENDED = "WSH-2026-11-0008"  # its partners are slow: extended, with a notice
+# The police asked that one subject's location history be kept: her erasure leaves it.
+HELD = "WSH-2026-11-0003"
 LEFT_OPEN = frozenset({"WSH-2026-11-0001", "WSH-2026-11-0007", EXTENDED})
 
 
@@ -173,11 +177,20 @@ def _dated(ticket: dict[str, Any], deadlines: Any, now: datetime) -> bytes:
     moved = datetime.combine(local_today - timedelta(days=age), received.timetz())
     shift = moved - received
     dated = {**ticket, "received_at": moved.isoformat()}
-    verification = ticket.get("verification")
+    dated["verification"] = _shifted(ticket.get("verification"), shift)
+    if isinstance(ticket.get("guardian"), dict):
+        guardian = ticket["guardian"]
+        dated["guardian"] = {**guardian,
+                             "verification": _shifted(guardian.get("verification"), shift)}
+    return json.dumps(dated).encode()
+
+
+def _shifted(verification: Any, shift: timedelta) -> Any:
+    """A verification verified as long after the moved receipt as after the sample's."""
     if isinstance(verification, dict) and verification.get("verified_at"):
         verified = datetime.fromisoformat(verification["verified_at"]) + shift
-        dated["verification"] = {**verification, "verified_at": verified.isoformat()}
-    return json.dumps(dated).encode()
+        return {**verification, "verified_at": verified.isoformat()}
+    return verification
 
 
 def _age_for(state: str, regime: Regime, received: datetime, deadlines: Any,
@@ -196,6 +209,19 @@ def _age_for(state: str, regime: Regime, received: datetime, deadlines: Any,
         if state == "at_risk" and due > now and 1 <= left <= 2:
             return age
     raise DemoError(f"no age gives a {regime.value} request the state {state}")
+
+
+def _hold(runtime: Any, console: Console, now: datetime) -> None:
+    """A person places a legal hold, as `dsrflow hold add` does: one subject's location
+    history is kept for an investigation while the rest of her erasure goes ahead."""
+    from dsrflow.holds import HoldReason
+
+    record = next(r for r in runtime.ledger.all() if r.ticket_id == HELD)
+    hold = runtime.ledger.add_hold(
+        record.id, HoldReason.CRIMINAL_INVESTIGATION, "demo: a police request to preserve "
+        "records", (now + timedelta(days=180)).date(), "demo-dpo", categories=["location"])
+    console.print(f"Legal hold {hold.id[:8]} on {HELD}'s subject: criminal_investigation, "
+                  f"location data, until {hold.until:%Y-%m-%d}.")
 
 
 def _extend(runtime: Any, console: Console, now: datetime) -> None:

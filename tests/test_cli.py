@@ -460,3 +460,48 @@ def test_a_table_too_wide_for_the_terminal_keeps_whole_columns_and_says_which_we
             assert value in text
     caption = str(frame_table(frame, STATUS_COLUMNS, width=60).caption)
     assert caption == "left out to fit 60 columns: type, regime, due, days used, left, reason"
+
+
+# -- the policy's gates on the command line ----------------------------------------------------
+def test_hold_add_list_release(submitted: Result, config: Path) -> None:
+    until = date(datetime.now(UTC).year + 1, 6, 30).isoformat()
+    bad = invoke("hold", "add", "--config", config, "--ticket", "WSH-2026-11-0003",
+                 "--reason", "curiosity", "--citation", "x", "--until", until,
+                 "--approved-by", "dpo")
+    assert bad.exit_code == 2 and "the policy's exemptions: legal_obligation" in flat(bad.output)
+    unknown = invoke("hold", "add", "--config", config, "--ticket", "WSH-2026-11-0003",
+                     "--reason", "criminal_investigation", "--citation", "x", "--until", until,
+                     "--approved-by", "dpo", "--category", "lokation")
+    assert unknown.exit_code == 2 and "not in the data map: lokation" in flat(unknown.output)
+
+    added = invoke("hold", "add", "--config", config, "--ticket", "WSH-2026-11-0003",
+                   "--reason", "criminal_investigation", "--citation", "PSB notice 118",
+                   "--until", until, "--approved-by", "dpo", "--category", "location")
+    assert added.exit_code == 0, added.output
+    hold_id = re.search(r"hold ([0-9a-f-]{36}):", added.output).group(1)  # type: ignore[union-attr]
+    assert f"criminal_investigation until {until}, location in every system" in added.output
+    listed = invoke("hold", "list", "--config", config)
+    assert hold_id[:8] in listed.output and "WSH-2026-11-0003" in listed.output
+
+    released = invoke("hold", "release", hold_id[:8], "--by", "dpo", "--reason", "closed",
+                      "--config", config)
+    assert released.exit_code == 0, released.output
+    assert hold_id[:8] not in invoke("hold", "list", "--config", config).output
+    assert "released" in invoke("hold", "list", "--all", "--config", config).output
+    again = invoke("hold", "release", hold_id[:8], "--by", "dpo", "--reason", "closed",
+                   "--config", config)
+    assert again.exit_code == 1 and f"no hold {hold_id} in force" in flat(again.output)
+
+
+def test_guardian_verify_needs_a_guardian_named_by_the_ticket(
+    submitted: Result, config: Path,
+) -> None:
+    ledger = get_runtime().ledger
+    request_ids = {t: ledger.find_by_ticket(t) for t in ("WSH-2026-11-0001", "WSH-2026-11-0012")}
+    adult = invoke("guardian", "verify", request_ids["WSH-2026-11-0001"], "--method", "x",
+                   "--config", config)
+    assert adult.exit_code == 1
+    assert "names no guardian: a parent or guardian files a ticket" in flat(adult.output)
+    child = invoke("guardian", "verify", request_ids["WSH-2026-11-0012"], "--method",
+                   "court_order", "--config", config)
+    assert child.exit_code == 0, child.output

@@ -44,8 +44,30 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
     # A month as a new user should first see it, whatever the day the demo runs: most
     # requests completed on time, one at risk, one overdue, one extended.
     assert report["deadline_state"].value_counts().to_dict() == {
-        "completed_on_time": 5, "at_risk": 1, "overdue": 1, "extended": 1,
+        "completed_on_time": 7, "at_risk": 1, "overdue": 1, "extended": 1,
         "awaiting_verification": 1, "not_applicable": 1}
+
+    # The policy's gates, each outcome with its reason: a repeat flagged (by another
+    # identity of the same subject, in the same batch), a child's erasure by her verified
+    # parent, and an erasure that met a legal hold on its subject's location history.
+    by_ticket = report.set_index("ticket_id")
+    assert by_ticket.loc["WSH-2026-11-0013", "repeat"] == "flag"
+    assert by_ticket.loc["WSH-2026-11-0013", "repeat_of"] == "WSH-2026-11-0002"
+    assert by_ticket["repeat"].notna().sum() == 1
+    assert bool(by_ticket.loc["WSH-2026-11-0012", "minor"])
+    assert by_ticket.loc["WSH-2026-11-0012", "guardian"] == "parent (verified)"
+    assert by_ticket.loc["WSH-2026-11-0012", "status"] == "completed"
+    held = by_ticket.loc["WSH-2026-11-0003"]
+    assert str(held["legal_holds"]).startswith("criminal_investigation until ")
+    certificate = json.loads((out / "certificates" / f"{held['request_id']}.json").read_text())
+    [hold] = certificate["certificate"]["legal_holds"]
+    assert (hold["exemption"], hold["categories"], hold["systems"]) == (
+        "criminal_investigation", ["location"], ["userdb"])
+    assert "supervisory authority" in hold["appeal"]  # a GDPR request: how to complain
+    location = [h for h in certificate["certificate"]["holds"]
+                if h["part"] == "location_history"]
+    assert location and location[0]["retained"] > 0
+    assert "Legal hold" in " ".join(result.stdout.split())
 
     # Every erasure-type request was proven: nothing remains in any system.
     erasing = valid[valid["type"].isin(["erasure", "consent_withdrawal",
@@ -86,8 +108,8 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
     collecting = valid[valid["type"].isin(["access", "portability"])
                        & (valid["status"] == "completed")]
     packaged = set(made[made["system"] == "access-package"]["request_id"])
-    assert packaged == set(collecting["request_id"]) and len(packaged) == 1
-    assert len(list((out / "handover").glob("*.json"))) == 1
+    assert packaged == set(collecting["request_id"]) and len(packaged) == 2
+    assert len(list((out / "handover").glob("*.json"))) == 2
     assert (made["status"] == "succeeded").all()
     assert "checksums ok" in said and "signature ok" in said
 

@@ -82,9 +82,9 @@ def test_the_wishe_queue_ends_up_in_the_ledger(ledger: Ledger, datamap: DataMap)
     by_status = {r.ticket_id: r.status for r in results}
     assert by_status["WSH-2026-11-0009"] is Status.AWAITING_VERIFICATION  # no verified_at
     assert by_status["WSH-2026-11-0010"] is Status.REJECTED
-    assert sum(s is Status.VERIFIED for s in by_status.values()) == 8
-    assert len(ledger.all()) == len(TICKETS) == 10
-    assert len(ledger.runnable()) == 8
+    assert sum(s is Status.VERIFIED for s in by_status.values()) == 10
+    assert len(ledger.all()) == len(TICKETS) == 12
+    assert len(ledger.runnable()) == 10
 
 
 def test_a_redelivered_ticket_is_the_same_request(ledger: Ledger, datamap: DataMap) -> None:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.sql import SqlConnector
 from dsrflow.exports import exported_systems
 from dsrflow.gates import (
     DEFAULT_REPEAT_RULES,
@@ -268,3 +269,29 @@ def _audit_events(rt: Runtime, request_id: str) -> list[tuple[str, str | None]]:
         data = detail if isinstance(detail, dict) else json.loads(detail)
         out.append((event, data.get("decision")))
     return out
+
+
+# -- a subject who asked twice in one batch ------------------------------------------------------
+def test_a_subject_who_asks_twice_in_one_batch_is_resolved_as_if_asking_once(
+    db_url: str,
+) -> None:
+    """Two requests of one person, by two identities, in the same batch own the same rows.
+    Each must learn from them what it would learn alone (a batch must not change what a
+    request finds), or neither knows the other's identities: the repeat goes unseen, and a
+    partner that takes only emails gets a phone number it cannot use."""
+    engine = sa.create_engine(db_url)
+    world = sqlworld.generate(random.Random(12), 6)
+    sqlworld.load(engine, world)
+    connector = SqlConnector("db", sqlworld.datamap().sql("db"), engine)
+    try:
+        by_email = world.subject(3, "r-email", IdentityType.EMAIL)
+        by_phone = world.subject(3, "r-phone", IdentityType.PHONE)
+        other = world.subject(4, "r-other", IdentityType.EMAIL)
+        together = connector.discover([by_email, by_phone, other])
+        for alone in (by_email, by_phone, other):
+            assert together[alone.request_id] == connector.discover([alone])[alone.request_id]
+        assert Identity.read(IdentityType.USER_ID, "3") in together["r-phone"].found
+        assert together["r-email"].withheld == {}
+    finally:
+        connector.dispose()
+        engine.dispose()

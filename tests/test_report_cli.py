@@ -61,9 +61,10 @@ def test_filters_by_status_regime_type_and_state(config: Path, request_ids: dict
     assert report("--status", "verified", "--status", "awaiting_verification") == (
         set(TICKET_IDS) - {INVALID_ID})
     assert report("--regime", "gdpr") == {"WSH-2026-11-0003", "WSH-2026-11-0008"}
-    assert report("--regime", "ccpa", "--type", "portability") == {"WSH-2026-11-0002"}
+    assert report("--regime", "ccpa", "--type", "portability") == {
+        "WSH-2026-11-0002", "WSH-2026-11-0013"}
     assert report("--type", "erasure", "--type", "access") == {
-        "WSH-2026-11-0001", "WSH-2026-11-0003", "WSH-2026-11-0009"}
+        "WSH-2026-11-0001", "WSH-2026-11-0003", "WSH-2026-11-0009", "WSH-2026-11-0012"}
     assert report("--state", "not_applicable") == {INVALID_ID}
     assert report("--type", "erasure", "--status", "awaiting_verification") == {
         "WSH-2026-11-0009"}
@@ -79,7 +80,8 @@ def test_received_dates_are_utc_days_both_included(config: Path,
     assert report("--since", "2026-11-05", "--until", "2026-11-10") == {
         "WSH-2026-11-0004", "WSH-2026-11-0005", "WSH-2026-11-0006"}
     assert report("--until", "2026-11-03") == {"WSH-2026-11-0001"}
-    assert report("--since", "2026-11-16", "--status", "verified") == {"WSH-2026-11-0008"}
+    assert report("--since", "2026-11-16", "--status", "verified") == {
+        "WSH-2026-11-0008", "WSH-2026-11-0012", "WSH-2026-11-0013"}
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -54,6 +54,12 @@ class DemoSubject:
         return normalize_phone(self.phone, "CN")  # Wishe stores numbers as China writes them
 
 
+def _years_ago(years: int, month: int, day: int) -> date:
+    """A birthday `years` ago this year (so the demo's child stays a child whenever it
+    runs)."""
+    return date(date.today().year - years, month, day)
+
+
 SUBJECTS: tuple[DemoSubject, ...] = (
     DemoSubject(
         user_id=1,
@@ -156,6 +162,20 @@ SUBJECTS: tuple[DemoSubject, ...] = (
         gender="male",
         unit_name=None,
         city="西安",
+    ),
+    # A child (policy 7.x): the sample ticket about her comes from her mother, a verified
+    # guardian, who is not a Wishe user.
+    DemoSubject(
+        user_id=9,
+        name="周子涵",
+        email="zhou.zihan@example.org",
+        phone="13511112222",
+        logins=(Login("qq", "5F1A9C3E7B2D4A6F8E0C1B3D5A7F9E2C"),),
+        device_ids=("9d2f6c1a7e3b4058",),
+        birthday=_years_ago(11, 4, 12),
+        gender="female",
+        unit_name=None,
+        city="南京",
     ),
 )
 
