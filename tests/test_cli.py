@@ -497,7 +497,8 @@ def test_guardian_verify_needs_a_guardian_named_by_the_ticket(
     submitted: Result, config: Path,
 ) -> None:
     ledger = get_runtime().ledger
-    request_ids = {t: ledger.find_by_ticket(t) for t in ("WSH-2026-11-0001", "WSH-2026-11-0012")}
+    request_ids = {t: str(ledger.find_by_ticket(t))
+                   for t in ("WSH-2026-11-0001", "WSH-2026-11-0012")}
     adult = invoke("guardian", "verify", request_ids["WSH-2026-11-0001"], "--method", "x",
                    "--config", config)
     assert adult.exit_code == 1
