@@ -111,7 +111,8 @@ def apply_to_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> lis
             groups.items(), key=lambda g: (g[0][0].value, g[0][2])):
         mine = {m.id: held[m.id] for m in members if m.id in held}
         work = (partial(_retain, rt, system, scope, mine) if whole
-                else partial(_do, rt, system, action, members, scope, mine))
+                else _and_held(rt, system, members, mine,
+                               partial(_do, rt, system, action, members, scope, mine)))
         results += _run_group(rt, system, action, members, work)
     _keep_held(rt, system, held, results)
     _raise_if_failed(system, results)
@@ -171,6 +172,42 @@ def _retain(
             kept.retain_reasons = sorted({*notes, *(part.retain_reasons if part else [])})
         outcomes[rid] = outcome
     return outcomes
+
+
+Work = Callable[[list[Subject]], dict[str, Outcome]]
+
+
+def _and_held(
+    rt: Runtime, system: str, members: list[RequestRecord], held: Mapping[str, Held],
+    work: Work,
+) -> Work:
+    """`work`, and a count of what partial holds keep in an object store (told only what
+    to erase: the held buckets are looked at, and what is there is retained with the
+    holds' notes), so the step shows what was kept, not only what went. A SQL system
+    counts its held rows itself; logs and partners are held whole or not at all."""
+    spec = rt.datamap.systems[system]
+    if not held or not isinstance(spec, ObjectsSystem):
+        return work
+    records = {m.id: m for m in members}
+
+    def counted(subjects: list[Subject]) -> dict[str, Outcome]:
+        outcomes = work(subjects)
+        by_scope: dict[frozenset[str], list[Subject]] = defaultdict(list)
+        for subject in subjects:
+            kept = held.get(subject.request_id)
+            if kept is None or kept.categories is None:
+                continue
+            wanted = (records[subject.request_id].scope or spec.categories) & spec.categories
+            if wanted & kept.categories:
+                by_scope[frozenset(wanted & kept.categories)].append(subject)
+        for scope, group in by_scope.items():
+            for rid, extra in _retain(rt, system, scope, held, group).items():
+                target = outcomes.setdefault(rid, Outcome())
+                for name, part in extra.parts.items():
+                    target.parts.setdefault(name, part)
+        return outcomes
+
+    return counted
 
 
 def _keep_held(
@@ -237,7 +274,8 @@ def verify_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[
     for (scope, whole), members in by_scope.items():
         mine = {m.id: held[m.id] for m in members if m.id in held}
         work = (partial(_retain, rt, system, scope, mine) if whole
-                else partial(_verify, rt, system, scope, mine))
+                else _and_held(rt, system, members, mine,
+                               partial(_verify, rt, system, scope, mine)))
         results += _run_group(rt, system, StepAction.VERIFY, members, work)
     # Data left behind is recorded as a failed verification, not retried: looking again
     # will not change it. Only a verification that could not run is worth a retry.

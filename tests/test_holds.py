@@ -22,7 +22,7 @@ from connectors.sql import SqlConnector
 from dsrflow.crypto import Pseudonymizer, new_key
 from dsrflow.datamap import parse_datamap
 from dsrflow.holds import APPEALS, Held, HoldReason, LegalHold, end_of_day, held_in
-from dsrflow.identities import IdentityType, Subject
+from dsrflow.identities import Identity, IdentityType, Subject
 from dsrflow.intake import submit
 from dsrflow.ledger import HoldRefused, Ledger
 from dsrflow.model import Regime, RequestType, Status
@@ -180,7 +180,6 @@ def _accept(ledger: Ledger, ticket_id: str, identities: list[dict[str, str]],
 
 def test_a_hold_is_met_through_any_identity_of_the_subject_and_ends(ledger: Ledger) -> None:
     first = _accept(ledger, "T-1", [{"type": "email", "value": "ana@example.com"}])
-    from dsrflow.identities import Identity
     ledger.add_identities(first, [Identity.read(IdentityType.PHONE, "+8613800138000")])
     hold = ledger.add_hold(first, HoldReason.LEGAL_OBLIGATION, "tax audit 2026/41", NEXT_YEAR,
                            "legal@wishe", categories=["transaction"])
@@ -312,3 +311,148 @@ def test_a_whole_system_held_is_not_erased_nor_failed_by_its_verification(
     assert kept.found and kept.retained == kept.found  # counted, every row of it kept
     assert steps[("db", "verify")].remaining == 0
     assert [p["system"] for p in rt.ledger.held_parts([erase])] == ["db"]
+
+
+# -- object storage, logs and partners ---------------------------------------------------------
+AWS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+       "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def test_a_hold_keeps_a_bucket_a_log_system_and_a_partners_copy(
+    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held: faces (biometric) and the logs. Erased: uploads and the database. Not asked:
+    the partner that holds face data. Every kept thing is counted, with the hold's note."""
+    import boto3
+
+    from pipeline import steps
+
+    for key, value in AWS.items():
+        monkeypatch.setenv(key, value)
+    generated, url = sqlworld.sqlite_world(tmp_path, 7, 6)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    suffix = f"{random.Random().getrandbits(40):x}"
+    uploads, faces = f"uploads-{suffix}", f"faces-{suffix}"
+    for bucket in (uploads, faces):
+        s3.create_bucket(Bucket=bucket)
+        for uid in (3, 4):
+            s3.put_object(Bucket=bucket, Key=f"u/{uid}/1.jpg", Body=b"jpg")
+    email = str(generated.user(3)["email"])
+    log = tmp_path / "logs" / "app.log"
+    log.parent.mkdir()
+    log.write_text(f"login {email}\nlogin {generated.user(4)['email']}\nbye {email}\n")
+    doc: dict[str, Any] = copy.deepcopy(sqlworld.datamap_doc(url))
+    doc["systems"]["media"] = {"kind": "objects", "endpoint_url": s3_endpoint, "buckets": {
+        uploads: {"category": "media", "action": "delete",
+                  "ownership": [{"key_template": "u/{user_id}/"}]},
+        faces: {"category": "biometric", "action": "delete",
+                "ownership": [{"key_template": "u/{user_id}/"}]}}}
+    doc["systems"]["applogs"] = {"kind": "logs", "sources": {"app": {
+        "path": str(log), "format": "text", "identities": ["email"]}}}
+    doc["systems"]["facepartner"] = {
+        "kind": "partner", "protocol": "manual", "categories": ["biometric"],
+        "identities": [{"type": "email"}], "contact": "dpo@facepartner.example"}
+    rt = make_runtime(tmp_path, doc)
+    try:
+        rid = submit(rt.ledger, rt.datamap, ticket(
+            "T-1", "erasure", [{"type": "email", "value": email}])).request_id
+        hold = rt.ledger.add_hold(rid, HoldReason.LEGAL_OBLIGATION, "court order 5", NEXT_YEAR,
+                                  "dpo", categories=["biometric", "logs"])
+        gate = steps.open_requests(rt, [rid], owner="test-run")
+        steps.resolve_identities(rt, gate.ready)
+        before_log = log.read_bytes()
+        for system in ("media", "applogs", "facepartner", "db"):
+            steps.apply_to_system(rt, system, [rid])
+        results = {s: steps.verify_system(rt, s, [rid]) for s in ("media", "applogs", "db")}
+
+        listed = {(b, o["Key"]) for b in (uploads, faces)
+                  for o in s3.list_objects_v2(Bucket=b).get("Contents", [])}
+        assert (faces, "u/3/1.jpg") in listed and (uploads, "u/3/1.jpg") not in listed
+        assert (uploads, "u/4/1.jpg") in listed
+        assert log.read_bytes() == before_log
+        assert rt.ledger.partner_requests([rid]) == []  # not asked at all
+
+        got = {(s.system, s.action.value): s for s in rt.ledger.steps([rid])}
+        note = hold.note
+        media = got[("media", "erase")]
+        assert media.status == "succeeded" and media.deleted == 1 and media.retained == 1
+        assert media.details[faces]["retain_reasons"] == [note]
+        assert got[("applogs", "erase")].retained == 2 and got[("applogs", "erase")].deleted == 0
+        assert got[("facepartner", "erase")].details["legal_hold"]["retain_reasons"] == [note]
+        for system, verified in results.items():
+            assert [r.remaining for r in verified] == [0], system
+        assert got[("media", "verify")].retained == 1
+        assert {p["system"] for p in rt.ledger.held_parts([rid])} == {
+            "media", "applogs", "facepartner"}
+    finally:
+        rt.close()
+
+
+def test_held_rows_are_marked_restricted_where_the_table_has_a_column_for_it(
+    tmp_path: Path,
+) -> None:
+    """Wishe's users table has `restricted_at`: a held account row is kept as it was, and
+    marked restricted (kept for the hold, processed for nothing else)."""
+    from examples.wishe.generate import build_world
+    from examples.wishe.subjects import by_id
+    from tests.helpers import wishe_datamap
+
+    url = f"sqlite:///{tmp_path / 'wishe.db'}"
+    build_world(url, users=12)
+    system = parse_datamap(wishe_datamap(url)).sql("userdb")
+    connector = SqlConnector("userdb", system)
+    try:
+        subject = Subject(request_id="r1", phone_region="CN", identities=(
+            Identity.read(IdentityType.USER_ID, "1"),
+            Identity.read(IdentityType.EMAIL, by_id(1).email)))
+        before = dict(_row(connector, 1))
+        assert before["restricted_at"] is None
+        held = {"r1": _held({"account"})}
+        outcome = connector.erase([subject], None, {"r1": Pseudonymizer(new_key())}, held=held)
+        after = dict(_row(connector, 1))
+        assert after.pop("restricted_at") is not None
+        before.pop("restricted_at")
+        assert after == before
+        assert held["r1"].notes[0] in outcome["r1"].part("users").retain_reasons
+        # Everything else of hers is gone (location history is not `account`).
+        with connector.engine.connect() as conn:
+            assert conn.execute(sa.text(
+                "SELECT count(*) FROM location_history WHERE user_id = 1")).scalar_one() == 0
+    finally:
+        connector.dispose()
+
+
+def _row(connector: SqlConnector, uid: int) -> Any:
+    with connector.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT * FROM users WHERE id = :i"), {"i": uid}).one()._mapping
+
+
+def test_two_releases_at_once_requeue_a_held_part_once(ledger: Ledger) -> None:
+    """`dsrflow hold release` and the resume flow's expiry may run at the same moment:
+    one follow-up, whichever wins."""
+    import threading
+
+    rid = _accept(ledger, "T-1", [{"type": "email", "value": "ana@example.com"}])
+    hold = ledger.add_hold(rid, HoldReason.TRADE_SECRETS, "NDA 12", NEXT_YEAR, "legal")
+    ledger.keep_held_parts([(rid, "db", [hold.id]), (rid, "media", [hold.id])])
+    ledger.keep_held_parts([(rid, "db", [hold.id])])  # a rerun records nothing twice
+    ledger.release_hold(hold.id, "legal", "settled")
+    barrier = threading.Barrier(2)
+    made: list[list[str]] = []
+
+    def requeue() -> None:
+        barrier.wait()
+        made.append(ledger.requeue_released())
+
+    threads = [threading.Thread(target=requeue) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    [follow] = [i for ids in made for i in ids]
+    record = ledger.get(follow)
+    assert record.systems == frozenset({"db", "media"}) and record.follows_request_id == rid
+    # The follow-up is the same subject: its tokens came along, and it has the identities.
+    assert ledger.same_subject_requests([follow])[follow][0].request_id == rid
+    assert [s.identities for s in ledger.subjects([follow])] == [
+        s.identities for s in ledger.subjects([rid])]
