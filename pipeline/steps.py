@@ -17,10 +17,10 @@ from connectors.base import Outcome, Scope
 from connectors.logs import LogsConnector
 from connectors.objects import ObjectsConnector
 from connectors.sql import Discovery, SqlConnector
-from dsrflow.datamap import LogsSystem, ObjectsSystem, PartnerSystem, SqlSystem
+from dsrflow.datamap import ObjectsSystem, PartnerSystem, SqlSystem
 from dsrflow.errors import StepFailed, safe_error
 from dsrflow.exports import write_export
-from dsrflow.holds import Held, held_in
+from dsrflow.holds import Held
 from dsrflow.identities import Identity, Subject
 from dsrflow.ledger import PLAN, PROGRESS, RequestRecord, StepCounts, StepWrite
 from dsrflow.model import (
@@ -34,15 +34,11 @@ from dsrflow.model import (
     StepStatus,
     action_for,
 )
-from pipeline import partners
+from pipeline import legal_holds, partners
 from pipeline.isolation import run_isolated
 from pipeline.leases import lease_ttl
 from pipeline.runs import current_run
 from pipeline.runtime import Runtime
-
-# The part a system's step names when holds kept what it holds whole, without a count (a
-# partner's copy, which is not asked for).
-HELD_PART = "legal_hold"
 
 
 @dataclass(frozen=True)
@@ -99,127 +95,25 @@ def apply_to_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> lis
     failed, so the caller's retry policy applies."""
     records = rt.ledger.get_many(request_ids)
     records = _hold_back(rt, system, records)
-    held = _held(rt, system, records)
+    held = legal_holds.held_here(rt, system, records)
     groups: dict[tuple[StepAction, Scope, bool], list[RequestRecord]] = defaultdict(list)
     for record in records:
         assert record.type is not None
         action = action_for(record.type)
-        scope, whole = _erase_scope(rt, system, record, held.get(record.id))
+        scope, whole = legal_holds.erase_scope(rt, system, record, held.get(record.id))
         groups[(action, scope, whole)].append(record)
     results: list[StepResult] = []
     for (action, scope, whole), members in sorted(
             groups.items(), key=lambda g: (g[0][0].value, g[0][2])):
         mine = {m.id: held[m.id] for m in members if m.id in held}
-        work = (partial(_retain, rt, system, scope, mine) if whole
-                else _and_held(rt, system, members, mine,
+        work = (partial(legal_holds.retain, rt, system, scope, mine) if whole
+                else legal_holds.counting(rt, system, members, mine,
                                partial(_do, rt, system, action, members, scope, mine)))
         results += _run_group(rt, system, action, members, work)
-    _keep_held(rt, system, held, results)
+    legal_holds.keep(rt, system, held, [r.request_id for r in results
+                                         if r.status is StepStatus.SUCCEEDED])
     _raise_if_failed(system, results)
     return results
-
-
-def _held(rt: Runtime, system: str, records: list[RequestRecord]) -> dict[str, Held]:
-    """What the legal holds in force on each erasing request's subject keep here."""
-    erasing = [r.id for r in records if r.type is not None and r.type.erases]
-    if not erasing:
-        return {}
-    categories = frozenset(rt.datamap.systems[system].categories)
-    out = {}
-    for rid, holds in rt.ledger.holds_for(erasing).items():
-        kept = held_in(holds, system, categories)
-        if kept is not None:
-            out[rid] = kept
-    return out
-
-
-def _erase_scope(
-    rt: Runtime, system: str, record: RequestRecord, held: Held | None
-) -> tuple[Scope, bool]:
-    """The scope a request erases in here, and whether holds keep all of it. A SQL system
-    is told what is held (rows of mixed categories are kept whole, see
-    `connectors.sql_holds`); elsewhere a held category keeps its bucket, its log system
-    or the partner's whole copy."""
-    spec = rt.datamap.systems[system]
-    if held is None or isinstance(spec, SqlSystem):
-        return record.scope, False
-    if held.categories is None or isinstance(spec, PartnerSystem | LogsSystem):
-        return record.scope, True
-    wanted = (record.scope or spec.categories) & spec.categories
-    left = wanted - held.categories
-    return (frozenset(left), False) if left else (record.scope, True)
-
-
-def _retain(
-    rt: Runtime, system: str, scope: Scope, held: Mapping[str, Held], subjects: list[Subject],
-) -> dict[str, Outcome]:
-    """What holds keep whole in a system: counted by a look (what is there is retained,
-    with the holds' notes); a partner's copy is not asked for at all."""
-    outcomes: dict[str, Outcome] = {}
-    spec = rt.datamap.systems[system]
-    looked = ({} if isinstance(spec, PartnerSystem)
-              else rt.connector(system).verify(subjects, scope))
-    for subject in subjects:
-        rid = subject.request_id
-        outcome = Outcome()
-        notes = held[rid].notes if rid in held else []
-        found = looked.get(rid)
-        parts = found.parts.items() if found is not None else [(HELD_PART, None)]
-        for name, part in parts:
-            kept = outcome.part(name)
-            kept.found = part.found if part is not None else 0
-            kept.retained = part.remaining + part.retained if part is not None else 0
-            kept.retain_reasons = sorted({*notes, *(part.retain_reasons if part else [])})
-        outcomes[rid] = outcome
-    return outcomes
-
-
-Work = Callable[[list[Subject]], dict[str, Outcome]]
-
-
-def _and_held(
-    rt: Runtime, system: str, members: list[RequestRecord], held: Mapping[str, Held],
-    work: Work,
-) -> Work:
-    """`work`, and a count of what partial holds keep in an object store (told only what
-    to erase: the held buckets are looked at, and what is there is retained with the
-    holds' notes), so the step shows what was kept, not only what went. A SQL system
-    counts its held rows itself; logs and partners are held whole or not at all."""
-    spec = rt.datamap.systems[system]
-    if not held or not isinstance(spec, ObjectsSystem):
-        return work
-    records = {m.id: m for m in members}
-
-    def counted(subjects: list[Subject]) -> dict[str, Outcome]:
-        outcomes = work(subjects)
-        by_scope: dict[frozenset[str], list[Subject]] = defaultdict(list)
-        for subject in subjects:
-            kept = held.get(subject.request_id)
-            if kept is None or kept.categories is None:
-                continue
-            wanted = (records[subject.request_id].scope or spec.categories) & spec.categories
-            if wanted & kept.categories:
-                by_scope[frozenset(wanted & kept.categories)].append(subject)
-        for scope, group in by_scope.items():
-            for rid, extra in _retain(rt, system, scope, held, group).items():
-                target = outcomes.setdefault(rid, Outcome())
-                for name, part in extra.parts.items():
-                    target.parts.setdefault(name, part)
-        return outcomes
-
-    return counted
-
-
-def _keep_held(
-    rt: Runtime, system: str, held: Mapping[str, Held], results: list[StepResult]
-) -> None:
-    """Record the parts holds kept back (and keep the identities to finish them), for the
-    requests whose step here succeeded: a failed one runs again anyway."""
-    done = {r.request_id for r in results if r.status is StepStatus.SUCCEEDED}
-    rt.ledger.keep_held_parts([
-        (rid, system, [h.id for h in kept.holds]) for rid, kept in sorted(held.items())
-        if rid in done
-    ])
 
 
 def key_readers(rt: Runtime, system: str) -> set[str]:
@@ -266,15 +160,15 @@ def verify_system(rt: Runtime, system: str, request_ids: Sequence[str]) -> list[
     """Look again: what a fresh look-up still finds of each erased subject (what legal
     holds keep is retained, not left)."""
     records = [r for r in rt.ledger.get_many(request_ids) if r.type and r.type.erases]
-    held = _held(rt, system, records)
+    held = legal_holds.held_here(rt, system, records)
     by_scope: dict[tuple[Scope, bool], list[RequestRecord]] = defaultdict(list)
     for record in records:
-        by_scope[_erase_scope(rt, system, record, held.get(record.id))].append(record)
+        by_scope[legal_holds.erase_scope(rt, system, record, held.get(record.id))].append(record)
     results: list[StepResult] = []
     for (scope, whole), members in by_scope.items():
         mine = {m.id: held[m.id] for m in members if m.id in held}
-        work = (partial(_retain, rt, system, scope, mine) if whole
-                else _and_held(rt, system, members, mine,
+        work = (partial(legal_holds.retain, rt, system, scope, mine) if whole
+                else legal_holds.counting(rt, system, members, mine,
                                partial(_verify, rt, system, scope, mine)))
         results += _run_group(rt, system, StepAction.VERIFY, members, work)
     # Data left behind is recorded as a failed verification, not retried: looking again
@@ -429,7 +323,7 @@ def _sensitive(rt: Runtime, system: str, record: RequestRecord, outcome: Outcome
     scope = record.scope
     if isinstance(rt.datamap.systems[system], PartnerSystem):
         # Asked, unless a legal hold kept its copy (then it was not asked at all).
-        sent = HELD_PART not in outcome.parts and not outcome.blocked
+        sent = legal_holds.HELD_PART not in outcome.parts and not outcome.blocked
         cats = frozenset(rt.datamap.systems[system].categories) if sent else frozenset()
     else:
         cats = frozenset().union(*(
