@@ -32,7 +32,7 @@ from dsrflow.gates import (
 )
 from dsrflow.identities import Subject
 from dsrflow.ledger import RequestRecord
-from dsrflow.model import Status
+from dsrflow.model import Status, StepAction, StepStatus
 from pipeline.isolation import run_isolated
 from pipeline.runtime import Runtime
 
@@ -52,7 +52,11 @@ def screen(rt: Runtime, request_ids: Sequence[str]) -> Screened:
     """Run the gates over a batch of requests the run holds (status in_progress)."""
     records = rt.ledger.get_many(request_ids)
     stopped = _refuse_repeats(rt, records)
-    left = [r for r in records if r.id not in stopped]
+    # A request whose identities could not be resolved goes to no system this run (the
+    # plan records why, step by step): its age is not asked of a system that just failed.
+    unresolved = {s.request_id for s in rt.ledger.steps([r.id for r in records])
+                  if s.action is StepAction.RESOLVE and s.status is StepStatus.FAILED}
+    left = [r for r in records if r.id not in stopped and r.id not in unresolved]
     waiting, failed = _guardians(rt, left)
     stopped.update(waiting)
     return Screened([r.id for r in records if r.id not in stopped], stopped, failed)
