@@ -226,12 +226,45 @@ PhoneRegion = Annotated[
 ]
 
 
+class RetentionRule(_Strict):
+    """`systems.<sql>.retention[]`: the rows of one table whose retention period has run
+    out (privacy policy 6.3.1(3), 7.4), counted from a timestamp column, and what happens
+    to them then: `delete` the rows, or `anonymize` them (the table's erasing actions, with
+    pseudonyms under a key made for the sweep and then dropped)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    table: Identifier
+    category: Category
+    counts_from: Identifier = Field(description="the timestamp column the period counts from")
+    after_days: int = Field(ge=1, le=36500)
+    action: Literal["delete", "anonymize"]
+
+
 class SqlSystem(_Strict):
     kind: Literal["sql"]
     phone_region: PhoneRegion = None
     url: str | None = Field(default=None, description="a URL without a password")
     url_env: str | None = Field(default=None, description="environment variable holding the URL")
     tables: dict[Identifier, Table] = Field(min_length=1)
+    retention: list[RetentionRule] = Field(
+        default=[], description="retention rules: what sweeps delete or anonymize, and when"
+    )
+
+    def account_column(self, table: str) -> str | None:
+        """The column of a table that names the account its rows belong to: its own
+        `user_id` identity column, or a reference to one. A sweep checks it against the
+        legal holds."""
+        mapped = self.tables[table]
+        for identity in mapped.identities:
+            if identity.type is IdentityType.USER_ID:
+                return identity.column
+        for ref in mapped.references:
+            parent = self.tables[ref.table]
+            target = ref.to_columns or parent.primary_key
+            if len(target) == 1 and any(i.type is IdentityType.USER_ID and i.column == target[0]
+                                        for i in parent.identities):
+                return ref.columns[0]
+        return None
 
     @field_validator("url")
     @classmethod
@@ -278,6 +311,7 @@ class SqlSystem(_Strict):
                         f"{ref.table} deletes its rows: the reference would point at nothing; "
                         f"null or pseudonymize {kept[0]}, or keep {ref.table}'s rows"
                     )
+        self._check_retention()
         unreachable = sorted(set(self.tables) - self.reachable_tables())
         if unreachable:
             raise ValueError(
@@ -285,6 +319,32 @@ class SqlSystem(_Strict):
                 "declare identities or references so erasure can find their rows"
             )
         return self
+
+    def _check_retention(self) -> None:
+        names: set[str] = set()
+        for i, rule in enumerate(self.retention):
+            where = f"retention.{i}"
+            if rule.name in names:
+                raise ValueError(f"{where}.name: {rule.name} names another rule too")
+            names.add(rule.name)
+            table = self.tables.get(rule.table)
+            if table is None:
+                raise ValueError(f"{where}.table: no table {rule.table!r} in this system")
+            if rule.counts_from not in table.columns:
+                raise ValueError(f"{where}.counts_from: {rule.table} has no mapped column "
+                                 f"{rule.counts_from!r}")
+            if rule.category not in table.categories:
+                raise ValueError(f"{where}.category: {rule.table} holds no {rule.category!r} "
+                                 f"data")
+            if self.account_column(rule.table) is None:
+                raise ValueError(f"{where}.table: no column of {rule.table} names the account "
+                                 "its rows belong to (a user_id identity, or a reference to "
+                                 "one): legal holds could not be honoured")
+            children = sorted(n for n, t in self.tables.items()
+                              if any(r.table == rule.table for r in t.references))
+            if rule.action == "delete" and children:
+                raise ValueError(f"{where}.action: {', '.join(children)} point at "
+                                 f"{rule.table}'s rows; anonymize them instead")
 
     @property
     def categories(self) -> frozenset[str]:

@@ -20,6 +20,7 @@ from dsrflow.settings import (
     write_key_file,
 )
 from entrypoints.holds import hold_app
+from entrypoints.retention import sweep
 from entrypoints.terminal import (
     ConfigOption,
     Typer,
@@ -45,6 +46,7 @@ guardian_app = Typer(help="Guardians acting for children (policy 7.x).", no_args
 app.add_typer(certificate_app, name="certificate")
 app.add_typer(guardian_app, name="guardian")
 app.add_typer(hold_app, name="hold")
+app.command("sweep")(sweep)
 app.add_typer(datamap_app, name="datamap")
 app.add_typer(keys_app, name="keys")
 app.add_typer(partner_app, name="partner")

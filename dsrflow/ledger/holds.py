@@ -177,6 +177,37 @@ class HoldsMixin:
         return {rid: sorted(found[rid].values(), key=lambda h: h.created_at)
                 for rid in request_ids if found.get(rid)}
 
+    def held_account_tokens(
+        self, system: str, category: str, at: datetime | None = None
+    ) -> tuple[set[str], list[str]]:
+        """For a sweep of `category` in `system`: the keyed tokens of the account ids (user
+        id identities) of every subject a hold in force there covers, found through every
+        request of theirs; and the holds whose subject has no account id on record (their
+        request was never resolved), which a sweep cannot honour row by row."""
+        at = (at or datetime.now(UTC)).astimezone(UTC)
+        holds = [h for h in self.holds() if h.active(at) and h.covers_system(system)
+                 and (h.categories is None or category in h.categories)]
+        if not holds:
+            return set(), []
+        mine = aliased(identity_tokens)
+        theirs = aliased(identity_tokens)
+        grades = sorted(t.value for t in ACCOUNT_GRADE)
+        tokens: set[str] = set()
+        blind: list[str] = []
+        with self.engine.connect() as conn:
+            for hold in holds:
+                same = select(theirs.c.request_id).select_from(mine).join(
+                    theirs, and_(theirs.c.token == mine.c.token, theirs.c.type == mine.c.type)
+                ).where(mine.c.request_id == hold.request_id, mine.c.type.in_(grades))
+                found = set(conn.execute(
+                    select(identity_tokens.c.token).where(
+                        identity_tokens.c.type == "user_id",
+                        identity_tokens.c.request_id.in_(same))).scalars())
+                if not found:
+                    blind.append(hold.id)
+                tokens |= found
+        return tokens, blind
+
     # -- what holds kept back ----------------------------------------------------------------
     def keep_held_parts(self, parts: Sequence[tuple[str, str, Sequence[str]]]) -> None:
         """Record (request, system, hold ids) parts that holds kept back, and keep each
