@@ -24,15 +24,16 @@ def sweep(
     rt = open_runtime(config)
     outcomes = retention.dry_run(rt) if dry_run else retention.run_sweep(rt, batch=batch_size)
     counted = "would touch" if dry_run else "changed"
-    table = Table("system", "rule", "action", "cutoff", counted, "held", "oldest",
-                  *(() if dry_run else ("batches", "longest batch (s)")), "note",
+    table = Table("system", "rule", "action", "cutoff", counted, "held",
+                  *(("oldest",) if dry_run else ("batches", "longest batch (s)")), "note",
                   title="Retention sweep (dry run)" if dry_run else "Retention sweep")
     for o in outcomes:
         done = o.expired if dry_run else o.changed
         cells = [o.system, o.rule, o.action, f"{o.cutoff:%Y-%m-%d}",
-                 "" if done is None else str(done), str(o.held),
-                 f"{o.oldest:%Y-%m-%d}" if o.oldest else ""]
-        if not dry_run:
+                 "" if done is None else str(done), str(o.held)]
+        if dry_run:
+            cells.append(f"{o.oldest:%Y-%m-%d}" if o.oldest else "")
+        else:
             cells += [str(o.batches), f"{o.longest_batch_s:.3f}"]
         table.add_row(*cells, o.skipped or "", style="red" if o.skipped else None)
     console.print(table)

@@ -135,6 +135,32 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
             assert spelling.encode() not in logs, (subject.email_normalized, spelling)
     assert kept.phone_e164[3:].encode() in logs
 
+    # The retention rules on the demo world: the dry run counts, the sweep deletes every
+    # location row past 90 days but the held subject's, and anonymizes old orders.
+    config = out / "dsrflow.yaml"
+    sweep = [sys.executable, "-m", "entrypoints.cli", "sweep", "--config", str(config)]
+    for args in (["--dry-run"], [], []):
+        ran = subprocess.run([*sweep, *args], capture_output=True, text=True,
+                             env={**env, "COLUMNS": "200"}, timeout=300)
+        assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+        assert "location-90d" in ran.stdout
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{out / 'wishe.db'}")
+    with engine.connect() as conn:
+        cutoff = conn.execute(sa.text(
+            "SELECT DISTINCT user_id FROM location_history WHERE recorded_at < :c"),
+            {"c": (pd.Timestamp.now("UTC") - pd.Timedelta(days=90)).strftime(
+                "%Y-%m-%d %H:%M:%S")}).scalars().all()
+        old_orders = conn.execute(sa.text(
+            "SELECT buyer_phone FROM orders WHERE created_at < :c"),
+            {"c": (pd.Timestamp.now("UTC") - pd.Timedelta(days=1095)).strftime(
+                "%Y-%m-%d %H:%M:%S")}).scalars().all()
+    engine.dispose()
+    li_na = next(s for s in SUBJECTS if s.email_normalized == "li.na@example.com")
+    assert cutoff == [li_na.user_id]  # held: criminal investigation, location data
+    assert old_orders and all(p is None or p.startswith("pn_") for p in old_orders)
+
     # Prefect's database (and everything else under its home) holds no identity.
     needles = {v for s in SUBJECTS for v in (s.email, s.email_normalized, s.phone,
                                               s.phone_e164)}
