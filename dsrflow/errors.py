@@ -72,6 +72,7 @@ TRUSTED = frozenset({
     "dsrflow.datamap_draft.DraftError",
     "deployments.serve.DeploymentConfigError",
     "flows.request.BatchIncomplete",
+    "flows.retention.SweepIncomplete",
 })
 
 # PostgreSQL SQLSTATE classes whose primary messages name objects (constraints, relations,

@@ -45,52 +45,59 @@ def rules(rt: Runtime) -> list[tuple[str, RetentionRule]]:
             for rule in system.retention]
 
 
+def find_rule(rt: Runtime, system: str, name: str) -> RetentionRule:
+    """A rule by its system and name (what a flow's task is given)."""
+    return next(r for s, r in rules(rt) if s == system and r.name == name)
+
+
 def dry_run(rt: Runtime, at: datetime | None = None) -> list[RuleOutcome]:
     """What each rule would touch now (counts and the oldest timestamp; no values)."""
     at = at or datetime.now(UTC)
-    out = []
-    for system, rule in rules(rt):
-        base = _base(system, rule, at)
-        held, blind = _holds(rt, system, rule, at)
-        if blind:
-            out.append(replace(base, skipped=_blind(blind)))
-            continue
-        try:
-            found = sql_retention.expired(rt.sql(system), rule, base.cutoff, held)
-        except Exception as exc:  # one system down: the others are still counted
-            out.append(replace(base, skipped=f"could not count: {safe_error(exc)}"))
-            continue
-        out.append(replace(base, expired=found.rows, held=found.held, oldest=found.oldest))
-    return out
+    return [count(rt, system, rule, at) for system, rule in rules(rt)]
 
 
 def run_sweep(rt: Runtime, at: datetime | None = None, batch: int = 1000) -> list[RuleOutcome]:
     """Apply every rule; each one's outcome is in the audit trail (`retention.swept`)."""
     at = at or datetime.now(UTC)
-    out = []
-    for system, rule in rules(rt):
-        base = _base(system, rule, at)
-        held, blind = _holds(rt, system, rule, at)
-        if blind:
-            outcome = replace(base, skipped=_blind(blind))
+    return [apply(rt, system, rule, at, batch) for system, rule in rules(rt)]
+
+
+def count(rt: Runtime, system: str, rule: RetentionRule, at: datetime) -> RuleOutcome:
+    """One rule's dry run."""
+    base = _base(system, rule, at)
+    held, blind = _holds(rt, system, rule, at)
+    if blind:
+        return replace(base, skipped=_blind(blind))
+    try:
+        found = sql_retention.expired(rt.sql(system), rule, base.cutoff, held)
+    except Exception as exc:  # one system down: the others are still counted
+        return replace(base, skipped=f"could not count: {safe_error(exc)}")
+    return replace(base, expired=found.rows, held=found.held, oldest=found.oldest)
+
+
+def apply(rt: Runtime, system: str, rule: RetentionRule, at: datetime, batch: int = 1000
+          ) -> RuleOutcome:
+    """One rule's sweep, recorded in the audit trail (`retention.swept`)."""
+    base = _base(system, rule, at)
+    held, blind = _holds(rt, system, rule, at)
+    if blind:
+        outcome = replace(base, skipped=_blind(blind))
+    else:
+        started = time.perf_counter()
+        try:
+            swept = sql_retention.sweep(rt.sql(system), rule, base.cutoff, held, batch)
+        except Exception as exc:  # what the batches before committed stays done
+            outcome = replace(base, skipped=f"failed: {safe_error(exc)}")
         else:
-            started = time.perf_counter()
-            try:
-                swept = sql_retention.sweep(rt.sql(system), rule, base.cutoff, held, batch)
-            except Exception as exc:  # what the batches before committed stays done
-                outcome = replace(base, skipped=f"failed: {safe_error(exc)}")
-            else:
-                outcome = replace(
-                    base, held=swept.held, changed=swept.changed, batches=swept.batches,
-                    longest_batch_s=swept.longest_batch_s,
-                    seconds=time.perf_counter() - started)
-        rt.ledger.audit("retention.swept", None, {
-            "system": system, "rule": rule.name, "action": rule.action,
-            "cutoff": outcome.cutoff.isoformat(), "changed": outcome.changed,
-            "held": outcome.held, "skipped": outcome.skipped,
-        })
-        out.append(outcome)
-    return out
+            outcome = replace(
+                base, held=swept.held, changed=swept.changed, batches=swept.batches,
+                longest_batch_s=swept.longest_batch_s, seconds=time.perf_counter() - started)
+    rt.ledger.audit("retention.swept", None, {
+        "system": system, "rule": rule.name, "action": rule.action,
+        "cutoff": outcome.cutoff.isoformat(), "changed": outcome.changed,
+        "held": outcome.held, "skipped": outcome.skipped,
+    })
+    return outcome
 
 
 def _base(system: str, rule: RetentionRule, at: datetime) -> RuleOutcome:

@@ -63,11 +63,12 @@ class RunProgress:
     """One progress artifact per run: 0% when the work starts, 100% when the last system
     (and its verification) has finished."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, unit: str = "system steps") -> None:
         self.total = max(total, 1)
         self.done = 0
+        self.unit = unit
         created = create_progress_artifact(
-            progress=0.0, description=f"0 of {total} system steps finished"
+            progress=0.0, description=f"0 of {total} {unit} finished"
         )
         assert isinstance(created, UUID)  # called from a sync flow: no coroutine
         self.artifact_id = created
@@ -77,5 +78,5 @@ class RunProgress:
         update_progress_artifact(
             self.artifact_id,
             progress=100.0 * min(self.done, self.total) / self.total,
-            description=f"{what} finished ({self.done} of {self.total} system steps)",
+            description=f"{what} finished ({self.done} of {self.total} {self.unit})",
         )

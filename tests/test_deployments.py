@@ -40,6 +40,8 @@ EXPECTED: dict[str, tuple[str, str, dict[str, Any] | None]] = {
                         {"cron": "30 * * * *", "timezone": "Asia/Shanghai"}),
     "resume-requests": ("flows/resume.py:resume_requests", "resume-requests",
                         {"interval": 600, "timezone": "Asia/Shanghai"}),
+    "retention-sweep": ("flows/retention.py:retention_sweep", "retention-sweep",
+                        {"cron": "0 3 * * *", "timezone": "Asia/Shanghai"}),
 }
 if (ROOT / "flows" / "intake.py").exists():
     EXPECTED["intake"] = ("flows/intake.py:intake", "intake",
@@ -57,7 +59,6 @@ def test_prefect_yaml_is_what_prefect_deploy_reads() -> None:
 
     model = PrefectYamlModel.model_validate(_doc())
     assert {d.name for d in model.deployments} == set(EXPECTED)
-    assert "retention-sweep" not in {d.name for d in model.deployments}  # its flow is to come
     for deployment in model.deployments:
         assert deployment.work_pool is not None and deployment.work_pool.name == "dsrflow"
     # Flow code is found on the worker through $DSRFLOW_ROOT, resolved when a run starts.

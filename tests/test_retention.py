@@ -4,6 +4,7 @@ and changes nothing the second time."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -220,3 +221,52 @@ def test_a_hold_whose_subject_has_no_account_id_stops_its_rules(runtime: Runtime
         events = conn.execute(sa.text(
             "SELECT count(*) FROM audit_events WHERE event = 'retention.swept'")).scalar_one()
     assert events == 2
+
+
+# -- the scheduled flow, on a real Prefect server -----------------------------------------------
+def test_the_retention_sweep_flow_counts_then_sweeps_and_shows_it(
+    tmp_path: Path, prefect_server: list[Path],
+) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.retention import SweepIncomplete, retention_sweep
+    from pipeline.runtime import set_runtime
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    _load(url, random.Random(3), 3, 30)
+    now = datetime.now(UTC)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # rows around today's cutoffs, as the flow sees them
+        conn.execute(sa.text("UPDATE locations SET recorded_at = :old WHERE id <= 10"),
+                     {"old": now - timedelta(days=100)})
+        conn.execute(sa.text("UPDATE locations SET recorded_at = :new WHERE id > 10"),
+                     {"new": now - timedelta(days=10)})
+    engine.dispose()
+    rt = make_runtime(tmp_path, datamap_doc(url))
+    previous = set_runtime(rt)
+    try:
+        counted = retention_sweep(dry_run=True)
+        assert counted["changed"] >= 10 and len(_rows(url)["locations"]) == 30
+        swept = retention_sweep(batch_size=4)
+        assert len(_rows(url)["locations"]) == 20
+        assert swept["changed"] == counted["changed"]
+        assert retention_sweep()["changed"] == 0
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retention-sweep"])))
+        latest = max(found, key=lambda a: a.created or now)
+        data = latest.data if isinstance(latest.data, list) else json.loads(str(latest.data))
+        rows = {r["rule"]: r for r in data}
+        assert rows["location-90d"]["changed"] == 0 and rows["location-90d"]["skipped"] == ""
+
+        # A hold it cannot honour row by row: the run fails, and says which rule.
+        rid = submit(rt.ledger, rt.datamap, ticket(
+            "T-1", "access", [{"type": "email", "value": "u1@example.com"}])).request_id
+        rt.ledger.add_hold(rid, HoldReason.PUBLIC_SAFETY, "notice 4", NEXT_YEAR, "dpo",
+                           categories=["location"])
+        with pytest.raises(SweepIncomplete, match="1 of 2 rules did not run: db location-90d"):
+            retention_sweep()
+    finally:
+        set_runtime(previous)
+        rt.close()

@@ -1,0 +1,60 @@
+"""The retention sweep's tasks: one rule at a time (counted, or applied), and what the
+Prefect UI shows of the sweep (ids, names and counts; no value of any row)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from dsrflow.errors import raises_safely
+from pipeline import retention
+from pipeline.runtime import get_runtime
+
+_TASK = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+def rule_names() -> list[tuple[str, str]]:
+    """(system, rule name) of every retention rule in the data map."""
+    return [(system, rule.name) for system, rule in retention.rules(get_runtime())]
+
+
+@task(name="sweep-rule", task_run_name="{system}:{name}", **_TASK)  # type: ignore[call-overload]
+@raises_safely
+def sweep_rule(system: str, name: str, at: datetime, dry_run: bool, batch_size: int
+               ) -> retention.RuleOutcome:
+    rt = get_runtime()
+    rule = retention.find_rule(rt, system, name)
+    outcome = (retention.count(rt, system, rule, at) if dry_run
+               else retention.apply(rt, system, rule, at, batch_size))
+    logger = get_run_logger()
+    if outcome.skipped:
+        logger.warning("%s %s not applied: %s", system, name, outcome.skipped)
+    elif dry_run:
+        logger.info("%s %s would %s %s rows (%d held)", system, name, rule.action,
+                    outcome.expired, outcome.held)
+    else:
+        logger.info("%s %s: %s rows %sd, %d held, %d batches, longest %.3f s", system, name,
+                    outcome.changed, rule.action.removesuffix("e"), outcome.held,
+                    outcome.batches, outcome.longest_batch_s)
+    return outcome
+
+
+@task(name="publish-sweep", **_TASK)  # type: ignore[call-overload]
+@raises_safely
+def publish_sweep(outcomes: list[retention.RuleOutcome], dry_run: bool) -> None:
+    create_table_artifact(
+        key="retention-sweep",
+        table=[{
+            "system": o.system, "rule": o.rule, "table": o.table, "category": o.category,
+            "action": o.action, "cutoff": o.cutoff.date().isoformat(),
+            ("would touch" if dry_run else "changed"): o.expired if dry_run else o.changed,
+            "held": o.held, "batches": o.batches,
+            "longest batch (s)": round(o.longest_batch_s, 3), "seconds": round(o.seconds, 3),
+            "skipped": o.skipped or "",
+        } for o in outcomes],
+        description=("Retention sweep (dry run): what each rule would touch" if dry_run
+                     else "Retention sweep: what each rule changed and kept"),
+    )
