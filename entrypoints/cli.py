@@ -31,6 +31,7 @@ from entrypoints.terminal import (
     open_runtime,
     say,
 )
+from entrypoints.tombstones import tombstones_app
 
 if TYPE_CHECKING:  # the calendars load `holidays`: only the commands that need them do
     from dsrflow.deadlines import Deadlines
@@ -47,6 +48,7 @@ app.add_typer(certificate_app, name="certificate")
 app.add_typer(guardian_app, name="guardian")
 app.add_typer(hold_app, name="hold")
 app.command("sweep")(sweep)
+app.add_typer(tombstones_app, name="tombstones")
 app.add_typer(datamap_app, name="datamap")
 app.add_typer(keys_app, name="keys")
 app.add_typer(partner_app, name="partner")

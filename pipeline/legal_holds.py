@@ -26,12 +26,17 @@ HELD_PART = "legal_hold"
 
 def held_here(rt: Runtime, system: str, records: list[RequestRecord]) -> dict[str, Held]:
     """What the legal holds in force on each erasing request's subject keep here."""
-    erasing = [r.id for r in records if r.type is not None and r.type.erases]
-    if not erasing:
+    return held_for(rt, system,
+                    [r.id for r in records if r.type is not None and r.type.erases])
+
+
+def held_for(rt: Runtime, system: str, request_ids: Sequence[str]) -> dict[str, Held]:
+    """What the legal holds in force on these requests' subjects keep in a system."""
+    if not request_ids:
         return {}
     categories = frozenset(rt.datamap.systems[system].categories)
     out = {}
-    for rid, holds in rt.ledger.holds_for(erasing).items():
+    for rid, holds in rt.ledger.holds_for(request_ids).items():
         kept = held_in(holds, system, categories)
         if kept is not None:
             out[rid] = kept

@@ -506,3 +506,16 @@ def test_guardian_verify_needs_a_guardian_named_by_the_ticket(
     child = invoke("guardian", "verify", request_ids["WSH-2026-11-0012"], "--method",
                    "court_order", "--config", config)
     assert child.exit_code == 0, child.output
+
+
+def test_sweep_dry_run_and_replay_on_the_wishe_world(submitted: Result, config: Path) -> None:
+    counted = invoke("sweep", "--dry-run", "--config", config)
+    assert counted.exit_code == 0, counted.output
+    assert "location-90d" in counted.output and "orders-3y" in counted.output
+    not_sql = invoke("tombstones", "replay", "--system", "adnet", "--config", config)
+    assert not_sql.exit_code == 2 and "adnet is not a SQL system" in flat(not_sql.output)
+    # No erasure has completed yet: nothing to replay, nothing left.
+    replayed = invoke("tombstones", "replay", "--system", "userdb", "--config", config)
+    assert replayed.exit_code == 0, replayed.output
+    assert "userdb: 0 erasures since ever, 0 of their subjects found again" in flat(
+        replayed.output)

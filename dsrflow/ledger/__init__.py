@@ -10,6 +10,7 @@ from dsrflow.ledger.store import (
     Ledger,
     UnknownRequest,
 )
+from dsrflow.ledger.tombstones import Tombstone
 
 __all__ = [
     "PLAN",
@@ -24,5 +25,6 @@ __all__ = [
     "StepCounts",
     "StepRecord",
     "StepWrite",
+    "Tombstone",
     "UnknownRequest",
 ]

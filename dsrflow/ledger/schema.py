@@ -188,6 +188,19 @@ held_parts = Table(
     Column("requeued_at", DateTime(timezone=True)),
 )
 
+# What each completed erasure covered, for replaying it on a database restored from a
+# backup: the subject is named by the request's identity tokens, which outlive it.
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("request_id", String(36), ForeignKey("requests.id"), primary_key=True),
+    Column("type", String(32), nullable=False),
+    Column("scope", JSON),
+    Column("systems", JSON, nullable=False),  # the systems whose erasure succeeded
+    Column("completed_at", DateTime(timezone=True), nullable=False),
+    Index("ix_tombstones_completed_at", "completed_at"),
+)
+
 # One row: the hash at the head of the audit chain. Writers lock it, so the chain never forks.
 audit_head = Table(
     "audit_head",

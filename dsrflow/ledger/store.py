@@ -49,9 +49,11 @@ from dsrflow.ledger.schema import (
     partner_requests,
     requests,
     steps,
+    tombstones,
 )
 from dsrflow.ledger.steps import StepsMixin
 from dsrflow.ledger.times import utc as _utc
+from dsrflow.ledger.tombstones import TombstonesMixin
 from dsrflow.model import (
     DEFAULT_PHONE_REGIONS,
     PARTNER_TRANSITIONS,
@@ -128,7 +130,7 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin):
+class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
     def __init__(self, url: str, keyring: Keyring, deadlines: Deadlines | None = None) -> None:
         self.engine = make_engine(url)
         self.keyring = keyring
@@ -510,10 +512,27 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin):
             changes["subject_enc"] = None
             changes["pseudonym_key_enc"] = None
         conn.execute(update(requests).where(requests.c.id == request_id).values(changes))
+        if target is Status.COMPLETED:
+            self._tombstone(conn, request_id, stamp)
         self._audit(
             conn, "request.status", request_id,
             {"from": current.value, "to": target.value, "reason": reason},
         )
+
+    def _tombstone(self, conn: Connection, request_id: str, at: datetime) -> None:
+        """An erasure that completed leaves what it covered (in the same transaction as
+        its completion): the systems whose erase succeeded, its type and scope."""
+        row = conn.execute(select(requests.c.type, requests.c.scope)
+                           .where(requests.c.id == request_id)).one()
+        if row.type is None or not RequestType(row.type).erases:
+            return
+        systems = sorted(set(conn.execute(
+            select(steps.c.system).where(steps.c.request_id == request_id,
+                                         steps.c.action == "erase",
+                                         steps.c.status == "succeeded")).scalars()))
+        conn.execute(insert(tombstones).values(
+            request_id=request_id, type=row.type, scope=row.scope, systems=systems,
+            completed_at=at))
 
     def mark_verified(self, request_id: str, method: str, verified_at: datetime) -> None:
         """The subject's identity was confirmed after the ticket arrived. Where the clock
