@@ -40,9 +40,12 @@ test: lint typecheck unit
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -n auto -m "not server and not slow"
 
-# Log redaction against `grep -F` in the same run (docs/performance.md has the 1 GiB run).
+# Small runs of the benchmarks, each against its baseline in the same run (log redaction
+# against `grep -F`; a retention sweep against a hand-written batched DELETE on
+# PostgreSQL). docs/performance.md has the full sizes and the commands.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_logs
+	$(BIN)/python -m benchmarks.bench_sweep --rows 200000 --expired 40000 --batch 5000
 
 # A local Prefect server and UI (SQLite under .dsrflow/prefect, analytics off). Then, in
 # another shell: PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/dsrflow serve

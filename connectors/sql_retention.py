@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, or_, select, tuple_, update
 
 from connectors.sql import SqlConnector
 from dsrflow.anonymize import transform
@@ -27,6 +27,14 @@ from dsrflow.datamap import RetentionRule
 
 # Account ids -> those of them whose data a legal hold keeps (in this rule's scope).
 HeldAccounts = Callable[[Iterable[str]], set[str]]
+
+
+class _HeldSince(Exception):
+    """A signal within `sweep` (never raised out of it): a batch met held accounts."""
+
+    def __init__(self, accounts: list[Any]) -> None:
+        super().__init__("held accounts met in a batch")
+        self.accounts = accounts
 
 
 @dataclass(frozen=True)
@@ -71,34 +79,53 @@ def sweep(connector: SqlConnector, rule: RetentionRule, cutoff: datetime,
           held_accounts: HeldAccounts, batch: int = 1000,
           progress: Callable[[Swept], None] | None = None) -> Swept:
     """Delete or anonymize the rows of `rule` past `cutoff`, `batch` at a time, leaving
-    those of accounts a legal hold keeps."""
+    those of accounts a legal hold keeps.
+
+    Whose rows are held is worked out once, from the accounts that own expired rows (one
+    grouped statement, one keyed token per account); each batch then leaves them out in
+    its own statement, so a deletion is one server-side statement per batch. A batch that
+    meets an account not seen at the start (a row that ran out since) has it checked
+    before the batch commits, and is rolled back and redone without it if it is held."""
     mapped = connector.system.tables[rule.table]
     table = connector.tables[rule.table]
     pk = [table.c[c] for c in mapped.primary_key]
     owner = table.c[_account_column(connector, rule)]
     stamp = table.c[rule.counts_from]
-    erasable = mapped.erasable_columns(None)
+    with connector.engine.connect() as conn:
+        owners = {r[0]: int(r[1]) for r in conn.execute(
+            select(owner, func.count()).where(stamp < cutoff).group_by(owner))}
+    checked = {str(o) for o in owners if o is not None}
+    kept = held_accounts(checked)
+    excluded = [o for o in owners if o is not None and str(o) in kept]
+    held = sum(owners[o] for o in excluded)
     key = Pseudonymizer(new_key())  # made for this sweep and dropped: anonymous, not pseudonymous
-    changed = held = batches = 0
+    changed = batches = 0
     longest = 0.0
     last: tuple[Any, ...] | None = None
     while True:
         started = time.perf_counter()
-        with connector.engine.begin() as conn:
-            query = select(*pk, owner).where(stamp < cutoff)
-            if last is not None:
-                query = query.where(tuple_(*pk) > tuple_(*last) if len(pk) > 1 else pk[0] > last[0])
-            rows = conn.execute(query.order_by(*pk).limit(batch)).all()
-            if not rows:
-                break
-            last = tuple(rows[-1][: len(pk)])
-            kept = held_accounts({str(r[-1]) for r in rows if r[-1] is not None})
-            keys = [tuple(r[: len(pk)]) for r in rows if r[-1] is None or str(r[-1]) not in kept]
-            held += len(rows) - len(keys)
-            if keys and rule.action == "delete":
-                changed += _delete(conn, connector, rule.table, keys)
-            elif keys:
-                changed += _anonymize(conn, connector, rule.table, keys, erasable, key)
+        try:
+            with connector.engine.begin() as conn:
+                where = [stamp < cutoff]
+                if excluded:
+                    where.append(or_(owner.is_(None), owner.not_in(excluded)))
+                if rule.action == "delete":
+                    done, seen, more = _delete_batch(conn, table, pk, owner, where, batch)
+                else:
+                    done, seen, more, last = _anonymize_batch(
+                        conn, connector, rule.table, pk, owner, where, batch, last, key)
+                unseen = {str(o) for o in seen} - checked
+                late = held_accounts(unseen) if unseen else set()
+                checked |= unseen
+                if late:  # rows of a held account that ran out since the start: not these
+                    raise _HeldSince([o for o in seen if str(o) in late])
+        except _HeldSince as exc:  # rolled back; redone without that account
+            excluded += exc.accounts
+            last = None
+            continue
+        if not more:
+            break
+        changed += done
         batches += 1
         longest = max(longest, time.perf_counter() - started)
         if progress is not None:
@@ -106,10 +133,30 @@ def sweep(connector: SqlConnector, rule: RetentionRule, cutoff: datetime,
     return Swept(changed, held, batches, longest)
 
 
-def _delete(conn: Connection, connector: SqlConnector, name: str, keys: list[tuple[Any, ...]]
-            ) -> int:
-    stmt = delete(connector.tables[name]).where(connector.locator.pk_in(name, keys))
-    return int(conn.execute(stmt).rowcount)
+def _delete_batch(conn: Connection, table: Table, pk: list[Any], owner: Any, where: list[Any],
+                  batch: int) -> tuple[int, set[Any], bool]:
+    """One batch deleted server-side: (rows deleted, their accounts, whether any were)."""
+    doomed = select(*pk).where(*where).order_by(*pk).limit(batch)
+    target = pk[0].in_(doomed.scalar_subquery()) if len(pk) == 1 else tuple_(*pk).in_(doomed)
+    gone = conn.execute(delete(table).where(target).returning(owner)).scalars().all()
+    return len(gone), {o for o in gone if o is not None}, bool(gone)
+
+
+def _anonymize_batch(
+    conn: Connection, connector: SqlConnector, name: str, pk: list[Any], owner: Any,
+    where: list[Any], batch: int, last: tuple[Any, ...] | None, key: Pseudonymizer,
+) -> tuple[int, set[Any], bool, tuple[Any, ...] | None]:
+    """One batch anonymized, after the last key seen (an anonymized row still matches the
+    predicate): (rows changed, their accounts, whether any rows were left, the last key)."""
+    if last is not None:
+        where = [*where, tuple_(*pk) > tuple_(*last) if len(pk) > 1 else pk[0] > last[0]]
+    rows = conn.execute(select(*pk, owner).where(*where).order_by(*pk).limit(batch)).all()
+    if not rows:
+        return 0, set(), False, last
+    width = len(pk)
+    erasable = connector.system.tables[name].erasable_columns(None)
+    done = _anonymize(conn, connector, name, [tuple(r[:width]) for r in rows], erasable, key)
+    return done, {r[-1] for r in rows if r[-1] is not None}, True, tuple(rows[-1][:width])
 
 
 def _anonymize(conn: Connection, connector: SqlConnector, name: str,

@@ -8,12 +8,10 @@ need it fail with the reason; they never skip.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 # Prefect reads its settings at import: point it at a throw-away home before anything
@@ -29,6 +27,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from dsrflow.crypto import Keyring, new_key  # noqa: E402
 from dsrflow.ledger import Ledger  # noqa: E402
+from tests.postgres import PostgresUnavailable, postgres  # noqa: E402
 
 # -- what `make test-fast` leaves out ------------------------------------------------------------
 SERVERS = frozenset({"postgres_server", "postgres_url", "prefect_server", "s3_endpoint"})
@@ -69,66 +68,15 @@ def s3_endpoint() -> Iterator[str]:
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
-def _pg_bindir() -> Path:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent
-    try:
-        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
-        candidate = Path(out.stdout.strip())
-        if (candidate / "pg_ctl").exists():
-            return candidate
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (candidate / "pg_ctl").exists():
-            return candidate
-    pytest.fail(
-        "PostgreSQL server binaries (pg_ctl, initdb) not found: install them "
-        "(`apt-get install postgresql`); .ci/run does this",
-        pytrace=False,
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL server for the session; yields an admin URL."""
-    bindir = _pg_bindir()
-    base = Path(tempfile.mkdtemp(prefix="dsrflow-pg-"))
-    as_root = os.geteuid() == 0
-    prefix: list[str] = []
-    if as_root:
-        shutil.chown(base, "postgres", "postgres")
-        base.chmod(0o700)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    data, log = base / "data", base / "log"
-
-    def run(*args: str) -> None:
-        result = subprocess.run([*prefix, *args], capture_output=True, text=True)
-        if result.returncode != 0:
-            detail = result.stderr.strip() or result.stdout.strip()
-            if log.exists():
-                detail += "\n" + log.read_text()[-2000:]
-            pytest.fail(f"PostgreSQL could not start ({args[0]}): {detail}", pytrace=False)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-        "--encoding=UTF8", "--no-sync")
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off", "start")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(postgres())
+        except PostgresUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield url
 
 
 @pytest.fixture
