@@ -1,13 +1,13 @@
 """Retention sweeps in one SQL system: the rows of a rule's table whose period ran out,
 counted (a dry run) or deleted / anonymized in bounded batches.
 
-Each batch is its own short transaction: the next `batch` expired rows after the last key
-seen (keyset order on the primary key, so rows a hold keeps never stall the sweep), their
-account checked against the legal holds, the others deleted or anonymized in one
-statement. No transaction holds a lock for longer than a batch takes. The predicate is
-`counts_from < cutoff`, which an index on that column serves. A second sweep finds the
-deleted rows gone and the anonymized ones already in their erased form: it changes
-nothing.
+Each batch is its own short transaction. A deletion is one statement per batch, run by
+the server: `batch` expired rows (`counts_from < cutoff`, served by an index on that
+column) of accounts no legal hold keeps, worked out once per sweep. An anonymization reads
+the next `batch` expired rows after the last key seen (keyset order: anonymized rows still
+match the predicate), transforms them and writes them back in one statement. No
+transaction holds a lock for longer than a batch takes. A second sweep finds the deleted
+rows gone and the anonymized ones already in their erased form: it changes nothing.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Swept:
 
 
 def expired(connector: SqlConnector, rule: RetentionRule, cutoff: datetime,
-            held_accounts: HeldAccounts) -> Expired:
+            held_accounts: HeldAccounts | None) -> Expired:
     """Count what `rule` would touch at `cutoff` (one grouped statement)."""
     table = connector.tables[rule.table]
     owner = table.c[_account_column(connector, rule)]
@@ -66,7 +66,7 @@ def expired(connector: SqlConnector, rule: RetentionRule, cutoff: datetime,
             select(owner, func.count(), func.min(stamp)).where(stamp < cutoff).group_by(owner)
         ).all()
     owners = {str(r[0]) for r in rows if r[0] is not None}
-    kept = held_accounts(owners)
+    kept = held_accounts(owners) if held_accounts is not None else set()
     oldest = min((r[2] for r in rows if r[2] is not None), default=None)
     return Expired(
         rows=sum(int(r[1]) for r in rows),
@@ -76,7 +76,7 @@ def expired(connector: SqlConnector, rule: RetentionRule, cutoff: datetime,
 
 
 def sweep(connector: SqlConnector, rule: RetentionRule, cutoff: datetime,
-          held_accounts: HeldAccounts, batch: int = 1000,
+          held_accounts: HeldAccounts | None, batch: int = 1000,
           progress: Callable[[Swept], None] | None = None) -> Swept:
     """Delete or anonymize the rows of `rule` past `cutoff`, `batch` at a time, leaving
     those of accounts a legal hold keeps.
@@ -85,17 +85,20 @@ def sweep(connector: SqlConnector, rule: RetentionRule, cutoff: datetime,
     grouped statement, one keyed token per account); each batch then leaves them out in
     its own statement, so a deletion is one server-side statement per batch. A batch that
     meets an account not seen at the start (a row that ran out since) has it checked
-    before the batch commits, and is rolled back and redone without it if it is held."""
+    before the batch commits, and is rolled back and redone without it if it is held.
+    `held_accounts` None: no hold in force covers this rule, and none of that is needed."""
     mapped = connector.system.tables[rule.table]
     table = connector.tables[rule.table]
     pk = [table.c[c] for c in mapped.primary_key]
     owner = table.c[_account_column(connector, rule)]
     stamp = table.c[rule.counts_from]
-    with connector.engine.connect() as conn:
-        owners = {r[0]: int(r[1]) for r in conn.execute(
-            select(owner, func.count()).where(stamp < cutoff).group_by(owner))}
+    owners: dict[Any, int] = {}
+    if held_accounts is not None:
+        with connector.engine.connect() as conn:
+            owners = {r[0]: int(r[1]) for r in conn.execute(
+                select(owner, func.count()).where(stamp < cutoff).group_by(owner))}
     checked = {str(o) for o in owners if o is not None}
-    kept = held_accounts(checked)
+    kept = held_accounts(checked) if held_accounts is not None else set()
     excluded = [o for o in owners if o is not None and str(o) in kept]
     held = sum(owners[o] for o in excluded)
     key = Pseudonymizer(new_key())  # made for this sweep and dropped: anonymous, not pseudonymous
@@ -110,12 +113,13 @@ def sweep(connector: SqlConnector, rule: RetentionRule, cutoff: datetime,
                 if excluded:
                     where.append(or_(owner.is_(None), owner.not_in(excluded)))
                 if rule.action == "delete":
-                    done, seen, more = _delete_batch(conn, table, pk, owner, where, batch)
+                    done, seen, more = _delete_batch(conn, table, pk, owner, where, batch,
+                                                     returning=held_accounts is not None)
                 else:
                     done, seen, more, last = _anonymize_batch(
                         conn, connector, rule.table, pk, owner, where, batch, last, key)
                 unseen = {str(o) for o in seen} - checked
-                late = held_accounts(unseen) if unseen else set()
+                late = held_accounts(unseen) if unseen and held_accounts else set()
                 checked |= unseen
                 if late:  # rows of a held account that ran out since the start: not these
                     raise _HeldSince([o for o in seen if str(o) in late])
@@ -134,10 +138,16 @@ def sweep(connector: SqlConnector, rule: RetentionRule, cutoff: datetime,
 
 
 def _delete_batch(conn: Connection, table: Table, pk: list[Any], owner: Any, where: list[Any],
-                  batch: int) -> tuple[int, set[Any], bool]:
-    """One batch deleted server-side: (rows deleted, their accounts, whether any were)."""
-    doomed = select(*pk).where(*where).order_by(*pk).limit(batch)
+                  batch: int, returning: bool) -> tuple[int, set[Any], bool]:
+    """One batch deleted server-side: (rows deleted, their accounts if `returning`, whether
+    any were)."""
+    # No order: the `counts_from` index finds expired rows wherever they are, and a held
+    # account's rows are left out by the predicate, so nothing is visited twice.
+    doomed = select(*pk).where(*where).limit(batch)
     target = pk[0].in_(doomed.scalar_subquery()) if len(pk) == 1 else tuple_(*pk).in_(doomed)
+    if not returning:
+        count = int(conn.execute(delete(table).where(target)).rowcount)
+        return count, set(), count > 0
     gone = conn.execute(delete(table).where(target).returning(owner)).scalars().all()
     return len(gone), {o for o in gone if o is not None}, bool(gone)
 

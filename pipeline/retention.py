@@ -107,15 +107,15 @@ def _base(system: str, rule: RetentionRule, at: datetime) -> RuleOutcome:
 
 
 def _holds(rt: Runtime, system: str, rule: RetentionRule, at: datetime
-           ) -> tuple[sql_retention.HeldAccounts, list[str]]:
+           ) -> tuple[sql_retention.HeldAccounts | None, list[str]]:
     """Which account ids the holds in force keep in this rule's scope (by keyed token),
     and the holds whose subject has no account id on record."""
     tokens, blind = rt.ledger.held_account_tokens(system, rule.category, at)
     keyring = rt.ledger.keyring
+    if not tokens:
+        return None, blind  # no hold covers it: the sweep need not look at accounts
 
     def held(accounts: Iterable[str]) -> set[str]:
-        if not tokens:
-            return set()
         return {a for a in accounts if keyring.token("user_id", a) in tokens}
 
     return held, blind
