@@ -93,9 +93,11 @@ def apply(rt: Runtime, system: str, rule: RetentionRule, at: datetime, batch: in
                 base, held=swept.held, changed=swept.changed, batches=swept.batches,
                 longest_batch_s=swept.longest_batch_s, seconds=time.perf_counter() - started)
     rt.ledger.audit("retention.swept", None, {
-        "system": system, "rule": rule.name, "action": rule.action,
-        "cutoff": outcome.cutoff.isoformat(), "changed": outcome.changed,
-        "held": outcome.held, "skipped": outcome.skipped,
+        "system": system, "rule": rule.name, "table": rule.table, "category": rule.category,
+        "action": rule.action, "cutoff": outcome.cutoff.isoformat(),
+        "changed": outcome.changed, "held": outcome.held, "batches": outcome.batches,
+        "longest_batch_s": round(outcome.longest_batch_s, 3),
+        "seconds": round(outcome.seconds, 3), "skipped": outcome.skipped,
     })
     return outcome
 

@@ -410,7 +410,8 @@ def test_write_reports_writes_three_files_without_identities(
 
     paths = write_reports(tmp_path / "out", ledger, deadlines, now=NOW)
 
-    assert set(paths) == {"report.csv", "steps.csv", "systems.csv", "report.html"}
+    assert set(paths) == {"report.csv", "steps.csv", "systems.csv", "sweeps.csv",
+                          "report.html"}
     assert all(p.parent == tmp_path / "out" and p.exists() for p in paths.values())
     report = pd.read_csv(paths["report.csv"])
     assert list(report.columns) == REQUEST_COLUMNS

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -259,6 +260,18 @@ def test_the_retention_sweep_flow_counts_then_sweeps_and_shows_it(
         data = latest.data if isinstance(latest.data, list) else json.loads(str(latest.data))
         rows = {r["rule"]: r for r in data}
         assert rows["location-90d"]["changed"] == 0 and rows["location-90d"]["skipped"] == ""
+
+        # The completion report has a sweep section: every rule applied, oldest first.
+        from dsrflow.report import sweeps_frame, write_reports
+
+        sweeps = sweeps_frame(rt.ledger)
+        location = sweeps[sweeps["rule"] == "location-90d"]
+        assert location["changed"].tolist() == [10, 0]  # the ten rows past 90 days, once
+        assert location["batches"].tolist()[0] == 3  # ten rows, four at a time
+        assert location["skipped"].isna().all()
+        paths = write_reports(tmp_path / "report", rt.ledger, rt.deadlines)
+        assert len(pd.read_csv(paths["sweeps.csv"])) == 4
+        assert "<h2>Retention sweeps</h2>" in paths["report.html"].read_text()
 
         # A hold it cannot honour row by row: the run fails, and says which rule.
         rid = submit(rt.ledger, rt.datamap, ticket(

@@ -828,6 +828,20 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
         # Keyed, so someone with write access to the database alone cannot re-chain edits.
         return keyed_digest(self.keyring.token_key, body)
 
+    def audit_events(self, event_name: str) -> list[tuple[datetime, dict[str, Any]]]:
+        """The audit trail's entries of one kind, oldest first: (when, detail)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(audit_events.c.at, audit_events.c.detail)
+                                .where(audit_events.c.event == event_name)
+                                .order_by(audit_events.c.id)).all()
+        out = []
+        for row in rows:
+            at = _utc(row.at)
+            assert at is not None
+            detail = row.detail if isinstance(row.detail, dict) else json.loads(row.detail)
+            out.append((at, dict(detail)))
+        return out
+
     def verify_audit_chain(self) -> int | None:
         """The id of the first event that does not chain, or None when the chain is whole."""
         prev = GENESIS

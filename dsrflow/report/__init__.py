@@ -13,9 +13,11 @@ from dsrflow.report.frames import (
     DEADLINE_STATES,
     REQUEST_COLUMNS,
     STEP_COLUMNS,
+    SWEEP_COLUMNS,
     SYSTEM_COLUMNS,
     requests_frame,
     steps_frame,
+    sweeps_frame,
     systems_frame,
 )
 from dsrflow.report.pages import HTML_MAX_ROWS, html_rows, to_html, to_markdown, write_reports
@@ -24,8 +26,8 @@ from dsrflow.sla import deadline_state
 
 __all__ = [
     "DEADLINE_STATES", "HTML_MAX_ROWS", "REQUEST_COLUMNS", "RUN_KEY", "STEP_COLUMNS",
-    "SYSTEM_COLUMNS", "FilterError", "ReportFilter", "build_request_view", "deadline_state",
-    "filter_requests", "html_rows", "make_filter", "request_view", "request_view_markdown",
-    "requests_frame", "steps_frame", "steps_of", "systems_frame", "to_html", "to_markdown",
-    "write_reports",
+    "SWEEP_COLUMNS", "SYSTEM_COLUMNS", "FilterError", "ReportFilter", "build_request_view",
+    "deadline_state", "filter_requests", "html_rows", "make_filter", "request_view",
+    "request_view_markdown", "requests_frame", "steps_frame", "steps_of", "sweeps_frame",
+    "systems_frame", "to_html", "to_markdown", "write_reports",
 ]

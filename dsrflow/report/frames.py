@@ -30,6 +30,8 @@ STEP_COLUMNS = [
 STEP_COUNTS = ["found", "collected", "deleted", "anonymized", "retained", "remaining"]
 SYSTEM_STATUSES = ["succeeded", "failed", "pending_external", "blocked"]
 SYSTEM_COLUMNS = ["system", "kind", "requests", *STEP_COUNTS, *SYSTEM_STATUSES]
+SWEEP_COLUMNS = ["swept_at", "system", "rule", "table", "category", "action", "cutoff",
+                 "changed", "held", "batches", "longest_batch_s", "seconds", "skipped"]
 
 DEADLINE_STATES = (
     "on_time", "extended", "at_risk", "overdue", "awaiting_verification", "unknown",
@@ -313,6 +315,18 @@ def _typed_counts(frame: pd.DataFrame) -> pd.DataFrame:
     for column in STEP_COUNTS:
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    return frame
+
+
+def sweeps_frame(ledger: Ledger) -> pd.DataFrame:
+    """One row per retention rule applied (`retention.swept` in the audit trail), oldest
+    first: what it changed and what holds kept, how long it took. Counts, names and
+    dates only."""
+    rows = [{"swept_at": iso(at), **{c: detail.get(c) for c in SWEEP_COLUMNS[1:]}}
+            for at, detail in ledger.audit_events("retention.swept")]
+    frame = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+    for column in ("changed", "held", "batches"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     return frame
 
 

@@ -22,11 +22,14 @@ from dsrflow.report.frames import (
     iso,
     requests_frame,
     steps_frame,
+    sweeps_frame,
     systems_frame,
     utc_column,
 )
 from dsrflow.templates import render
 
+# Retention rules applied that the page lists (the most recent); sweeps.csv has all.
+SWEEPS_SHOWN = 50
 # Rows of the requests table in the HTML page: 100,000 rows made a 56 MiB page that no
 # browser shows comfortably; report.csv keeps every row.
 HTML_MAX_ROWS = 2000
@@ -82,7 +85,7 @@ def to_html(
     requests: pd.DataFrame, steps: pd.DataFrame, title: str = "dsrflow report", *,
     now: datetime | None = None, deadlines: Deadlines | None = None,
     systems: pd.DataFrame | None = None, filter: ReportFilter | None = None,
-    max_rows: int | None = HTML_MAX_ROWS,
+    max_rows: int | None = HTML_MAX_ROWS, sweeps: pd.DataFrame | None = None,
 ) -> str:
     """The page: the filter applied, a summary, three charts (embedded PNGs) of every
     request given, the requests table (at most `max_rows` rows, see `html_rows`; None:
@@ -113,6 +116,12 @@ def to_html(
         systems_table=html_table(systems),
         steps_shown=len(shown_steps), steps_total=len(steps),
         steps_table=html_table(shown_steps, classes=TEXT_COLUMNS),
+        # The latest first: the page keeps the last SWEEPS_SHOWN; sweeps.csv has all.
+        sweeps_table=(html_table(sweeps.iloc[::-1].head(SWEEPS_SHOWN),
+                                 classes={"skipped": "text"})
+                      if sweeps is not None and len(sweeps) else None),
+        sweeps_shown=min(len(sweeps), SWEEPS_SHOWN) if sweeps is not None else 0,
+        sweeps_total=len(sweeps) if sweeps is not None else 0,
     )
 
 
@@ -162,18 +171,21 @@ def write_reports(
     max_rows: int | None = HTML_MAX_ROWS,
 ) -> dict[str, Path]:
     """report.csv, steps.csv, systems.csv and report.html, for the requests `filter` lets
-    through (default: all); the page's requests table shows at most `max_rows` of them."""
+    through (default: all); the page's requests table shows at most `max_rows` of them.
+    sweeps.csv: every retention rule applied (the filter is about requests: not these)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     requests = filter_requests(requests_frame(ledger, deadlines, now, at_risk_days), filter)
     steps = steps_of(steps_frame(ledger), requests)
     systems = systems_frame(steps)
-    paths = {name: out_dir / name
-             for name in ("report.csv", "steps.csv", "systems.csv", "report.html")}
+    sweeps = sweeps_frame(ledger)
+    paths = {name: out_dir / name for name in (
+        "report.csv", "steps.csv", "systems.csv", "sweeps.csv", "report.html")}
     requests.to_csv(paths["report.csv"], index=False)
     steps.to_csv(paths["steps.csv"], index=False)
     systems.to_csv(paths["systems.csv"], index=False)
+    sweeps.to_csv(paths["sweeps.csv"], index=False)
     paths["report.html"].write_text(to_html(
         requests, steps, now=now, deadlines=deadlines, systems=systems, filter=filter,
-        max_rows=max_rows,
+        max_rows=max_rows, sweeps=sweeps,
     ))
     return paths
