@@ -31,25 +31,29 @@ def app_db(postgres_server: str) -> Iterator[tuple[str, sa.Engine, str]]:
     """An app database and an admin connection that can copy it (CREATE DATABASE ...
     TEMPLATE: what a snapshot and a restore do to a whole database)."""
     admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    quote = admin.dialect.identifier_preparer.quote
     name = f"app_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        conn.execute(sa.text(f"CREATE DATABASE {quote(name)}"))
     url = postgres_server.rsplit("/", 1)[0] + f"/{name}"
     yield url, admin, name
     with admin.connect() as conn:
         for db in (name, f"{name}_snap"):
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quote(db)} WITH (FORCE)"))
     admin.dispose()
 
 
 def _copy(admin: sa.Engine, source: str, target: str) -> None:
+    # Database names cannot be bound parameters: they are quoted by the dialect (and are
+    # the test's own, made from a UUID).
+    quote = admin.dialect.identifier_preparer.quote
     with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)'))
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quote(target)} WITH (FORCE)"))
         # The source must have no other session: the runtime's pool is disposed first.
         conn.execute(sa.text(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"),
             {"d": source})
-        conn.execute(sa.text(f'CREATE DATABASE "{target}" TEMPLATE "{source}"'))
+        conn.execute(sa.text(f"CREATE DATABASE {quote(target)} TEMPLATE {quote(source)}"))
 
 
 def _normalized(rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]]) -> dict[str, Any]:

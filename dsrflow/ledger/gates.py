@@ -10,14 +10,13 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, insert, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import Connection, insert, select, update
 
 from dsrflow.crypto import Keyring
 from dsrflow.gates import Earlier, Gate, GateDecision, RepeatDecision
-from dsrflow.identities import ACCOUNT_GRADE
 from dsrflow.ledger.batches import chunks
-from dsrflow.ledger.schema import gate_decisions, identity_tokens, requests
+from dsrflow.ledger.schema import gate_decisions, requests
+from dsrflow.ledger.subjects import shared_tokens
 from dsrflow.ledger.times import utc
 from dsrflow.model import RequestType, Status
 
@@ -126,9 +125,7 @@ class GatesMixin:
         """Per request, the other requests that share an account-grade identity token with
         it (the ticket's identities and those learnt from its rows), whatever their type,
         age or status: `dsrflow.gates` decides which of them count."""
-        mine = aliased(identity_tokens)
-        theirs = aliased(identity_tokens)
-        grades = sorted(t.value for t in ACCOUNT_GRADE)
+        mine, theirs, joined = shared_tokens()
         found: dict[str, dict[str, Earlier]] = defaultdict(dict)
         with self.engine.connect() as conn:
             for chunk in chunks(list(dict.fromkeys(request_ids))):
@@ -136,12 +133,10 @@ class GatesMixin:
                     select(mine.c.request_id.label("rid"), requests.c.id, requests.c.ticket_id,
                            requests.c.type, requests.c.status, requests.c.received_at,
                            requests.c.created_at)
-                    .select_from(mine)
-                    .join(theirs, and_(theirs.c.token == mine.c.token,
-                                       theirs.c.type == mine.c.type,
-                                       theirs.c.request_id != mine.c.request_id))
+                    .select_from(joined)
                     .join(requests, requests.c.id == theirs.c.request_id)
-                    .where(mine.c.request_id.in_(chunk), mine.c.type.in_(grades),
+                    .where(mine.c.request_id.in_(chunk),
+                           theirs.c.request_id != mine.c.request_id,
                            requests.c.type.is_not(None))
                     .distinct()
                 )

@@ -13,14 +13,14 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, insert, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import Connection, insert, select, update
 
 from dsrflow.crypto import Keyring
 from dsrflow.holds import HoldReason, LegalHold, end_of_day
 from dsrflow.identities import ACCOUNT_GRADE
 from dsrflow.ledger.batches import chunks
 from dsrflow.ledger.schema import held_parts, identity_tokens, legal_holds, requests
+from dsrflow.ledger.subjects import shared_tokens
 from dsrflow.ledger.times import utc
 from dsrflow.model import Regime, Status
 
@@ -156,19 +156,15 @@ class HoldsMixin:
     ) -> dict[str, list[LegalHold]]:
         """Per request, the holds in force at `at` (default: now) on its subject."""
         at = (at or datetime.now(UTC)).astimezone(UTC)
-        mine = aliased(identity_tokens)
-        theirs = aliased(identity_tokens)
-        grades = sorted(t.value for t in ACCOUNT_GRADE)
+        mine, theirs, joined = shared_tokens()
         found: dict[str, dict[str, LegalHold]] = defaultdict(dict)
         with self.engine.connect() as conn:
             for chunk in chunks(list(dict.fromkeys(request_ids))):
                 rows = conn.execute(
                     select(mine.c.request_id.label("rid"), legal_holds)
-                    .select_from(mine)
-                    .join(theirs, and_(theirs.c.token == mine.c.token,
-                                       theirs.c.type == mine.c.type))
+                    .select_from(joined)
                     .join(legal_holds, legal_holds.c.request_id == theirs.c.request_id)
-                    .where(mine.c.request_id.in_(chunk), mine.c.type.in_(grades),
+                    .where(mine.c.request_id.in_(chunk),
                            legal_holds.c.released_at.is_(None), legal_holds.c.until >= at)
                 )
                 for row in rows:
@@ -189,16 +185,13 @@ class HoldsMixin:
                  and (h.categories is None or category in h.categories)]
         if not holds:
             return set(), []
-        mine = aliased(identity_tokens)
-        theirs = aliased(identity_tokens)
-        grades = sorted(t.value for t in ACCOUNT_GRADE)
+        mine, theirs, joined = shared_tokens()
         tokens: set[str] = set()
         blind: list[str] = []
         with self.engine.connect() as conn:
             for hold in holds:
-                same = select(theirs.c.request_id).select_from(mine).join(
-                    theirs, and_(theirs.c.token == mine.c.token, theirs.c.type == mine.c.type)
-                ).where(mine.c.request_id == hold.request_id, mine.c.type.in_(grades))
+                same = (select(theirs.c.request_id).select_from(joined)
+                        .where(mine.c.request_id == hold.request_id))
                 found = set(conn.execute(
                     select(identity_tokens.c.token).where(
                         identity_tokens.c.type == "user_id",
