@@ -55,3 +55,22 @@ def key_versions(client: Any, bucket: str, key: str) -> list[str]:
             if entry["Key"] == key:
                 found.append(str(entry["VersionId"]))
     return found
+
+
+def refused_deletions(
+    client: Any, bucket: str, objects: Sequence[dict[str, str]]
+) -> list[tuple[str, str | None, str]]:
+    """Delete these as `delete_versions` does, and say which S3 refused: (key, version id
+    if S3 names it, error code). A caller that counts what it deleted per key needs to
+    know whose deletions failed, not only how many. Client errors propagate."""
+    refused: list[tuple[str, str | None, str]] = []
+    for start in range(0, len(objects), DELETE_BATCH):
+        chunk = list(objects[start : start + DELETE_BATCH])
+        response = client.delete_objects(
+            Bucket=bucket, Delete={"Objects": chunk, "Quiet": True}
+        )
+        for err in response.get("Errors", []):
+            version = err.get("VersionId")
+            refused.append((str(err.get("Key", "")), str(version) if version else None,
+                            plain_code(err.get("Code", "unknown"))))
+    return refused

@@ -342,7 +342,7 @@ class SqlConnector:
             for name, column in tables.items():
                 mine = _own_rows(located, name)
                 for key, row in self.locator.fetch(conn, name, list(mine), [column]).items():
-                    born = _as_date(row[column])
+                    born = as_date(row[column])
                     if born is None:
                         continue
                     for rid in mine[key]:
@@ -515,7 +515,7 @@ def _own_rows(located: Located, table: str) -> dict[Key, list[str]]:
     return out
 
 
-def _as_date(value: Any) -> date | None:
+def as_date(value: Any) -> date | None:
     if isinstance(value, datetime):
         return value.date()
     if isinstance(value, date):

@@ -3,22 +3,38 @@ counted (a dry run) or deleted / anonymized in bounded batches.
 
 Each batch is its own short transaction. A deletion is one statement per batch, run by
 the server: `batch` expired rows (`counts_from < cutoff`, served by an index on that
-column) of accounts no legal hold keeps, worked out once per sweep. An anonymization reads
-the next `batch` expired rows after the last key seen (keyset order: anonymized rows still
-match the predicate), transforms them and writes them back in one statement. No
-transaction holds a lock for longer than a batch takes. A second sweep finds the deleted
-rows gone and the anonymized ones already in their erased form: it changes nothing.
+column), of accounts checked against the legal holds and found free when a hold covers the
+rule. An anonymization reads the next `batch` expired rows after the last key seen (keyset
+order: anonymized rows still match the predicate), transforms them and writes them back in
+one statement. No transaction holds a lock for longer than a batch takes. A second sweep
+finds the deleted rows gone and the anonymized ones already in their erased form: it
+changes nothing.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    MetaData,
+    Table,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from connectors.sql import SqlConnector
 from dsrflow.anonymize import transform
@@ -27,14 +43,6 @@ from dsrflow.datamap import RetentionRule
 
 # Account ids -> those of them whose data a legal hold keeps (in this rule's scope).
 HeldAccounts = Callable[[Iterable[str]], set[str]]
-
-
-class _HeldSince(Exception):
-    """A signal within `sweep` (never raised out of it): a batch met held accounts."""
-
-    def __init__(self, accounts: list[Any]) -> None:
-        super().__init__("held accounts met in a batch")
-        self.accounts = accounts
 
 
 @dataclass(frozen=True)
@@ -81,94 +89,161 @@ def sweep(connector: SqlConnector, rule: RetentionRule, cutoff: datetime,
     """Delete or anonymize the rows of `rule` past `cutoff`, `batch` at a time, leaving
     those of accounts a legal hold keeps.
 
-    Whose rows are held is worked out once, from the accounts that own expired rows (one
-    grouped statement, one keyed token per account); each batch then leaves them out in
-    its own statement, so a deletion is one server-side statement per batch. A batch that
-    meets an account not seen at the start (a row that ran out since) has it checked
-    before the batch commits, and is rolled back and redone without it if it is held.
-    `held_accounts` None: no hold in force covers this rule, and none of that is needed."""
-    mapped = connector.system.tables[rule.table]
+    `held_accounts` None: no hold in force covers this rule, every expired row goes.
+    Otherwise a batch takes only rows without an account or of an account already checked
+    and found free (`_Accounts`): a row of an account not checked yet is never touched,
+    whenever it appeared. Those accounts are read from the expired rows before the first
+    batch (one grouped statement, one keyed token per account) and again once the batches
+    run dry; an account seen only then (a row that ran out since) is checked, and the
+    batches resume if it is free."""
     table = connector.tables[rule.table]
-    pk = [table.c[c] for c in mapped.primary_key]
+    pk = [table.c[c] for c in connector.system.tables[rule.table].primary_key]
     owner = table.c[_account_column(connector, rule)]
-    stamp = table.c[rule.counts_from]
-    owners: dict[Any, int] = {}
-    if held_accounts is not None:
-        with connector.engine.connect() as conn:
-            owners = {r[0]: int(r[1]) for r in conn.execute(
-                select(owner, func.count()).where(stamp < cutoff).group_by(owner))}
-    checked = {str(o) for o in owners if o is not None}
-    kept = held_accounts(checked) if held_accounts is not None else set()
-    excluded = [o for o in owners if o is not None and str(o) in kept]
-    held = sum(owners[o] for o in excluded)
+    past = table.c[rule.counts_from] < cutoff
+    deletes = rule.action == "delete"
     key = Pseudonymizer(new_key())  # made for this sweep and dropped: anonymous, not pseudonymous
-    changed = batches = 0
-    longest = 0.0
-    last: tuple[Any, ...] | None = None
-    while True:
-        started = time.perf_counter()
-        try:
-            with connector.engine.begin() as conn:
-                where = [stamp < cutoff]
-                if excluded:
-                    where.append(or_(owner.is_(None), owner.not_in(excluded)))
-                if rule.action == "delete":
-                    done, seen, more = _delete_batch(conn, table, pk, owner, where, batch,
-                                                     returning=held_accounts is not None)
+    tally = _Tally()
+
+    def run(conn: Connection, where: list[ColumnElement[bool]], until_empty: bool = False
+            ) -> int:
+        """Batches of the rows `where` selects until one comes back short (or empty): the
+        rows they took."""
+        last: tuple[Any, ...] | None = None
+        took = 0
+        while True:
+            started = time.perf_counter()
+            with conn.begin():
+                if deletes:
+                    done = seen = _delete_batch(conn, table, pk, where, batch)
                 else:
-                    done, seen, more, last = _anonymize_batch(
-                        conn, connector, rule.table, pk, owner, where, batch, last, key)
-                unseen = {str(o) for o in seen} - checked
-                late = held_accounts(unseen) if unseen and held_accounts else set()
-                checked |= unseen
-                if late:  # rows of a held account that ran out since the start: not these
-                    raise _HeldSince([o for o in seen if str(o) in late])
-        except _HeldSince as exc:  # rolled back; redone without that account
-            excluded += exc.accounts
-            last = None
-            continue
-        if not more:
-            break
-        changed += done
-        batches += 1
-        longest = max(longest, time.perf_counter() - started)
-        if progress is not None:
-            progress(Swept(changed, held, batches, longest))
-    return Swept(changed, held, batches, longest)
+                    done, seen, last = _anonymize_batch(
+                        conn, connector, rule.table, pk, where, batch, last, key)
+            if seen == 0:
+                return took
+            took += seen
+            tally.batch(done, time.perf_counter() - started)
+            if progress is not None:
+                progress(tally.swept())
+            if seen < batch and not until_empty:
+                return took
+
+    with connector.engine.connect() as conn:
+        if held_accounts is None:  # deleting: until a batch finds nothing left
+            run(conn, [past], until_empty=deletes)
+        else:
+            with _Accounts.kept_apart(conn, owner, held_accounts) as accounts:
+                ran: int | None = None  # rows the last round's batches took
+                while True:
+                    left, freed = accounts.review(conn, past)
+                    # A round while rows are left that no hold keeps and it would take some:
+                    # the first; one for accounts found free since; deleting, one more for
+                    # rows that ran out while the last round took its share.
+                    if not left or not (ran is None or freed or (deletes and ran)):
+                        break
+                    ran = run(conn, [past, accounts.free])
+                tally.held = accounts.held_rows
+    return tally.swept()
 
 
-def _delete_batch(conn: Connection, table: Table, pk: list[Any], owner: Any, where: list[Any],
-                  batch: int, returning: bool) -> tuple[int, set[Any], bool]:
-    """One batch deleted server-side: (rows deleted, their accounts if `returning`, whether
-    any were)."""
-    # No order: the `counts_from` index finds expired rows wherever they are, and a held
-    # account's rows are left out by the predicate, so nothing is visited twice.
+@dataclass
+class _Tally:
+    changed: int = 0
+    held: int = 0
+    batches: int = 0
+    longest: float = 0.0
+
+    def batch(self, changed: int, seconds: float) -> None:
+        self.changed += changed
+        self.batches += 1
+        self.longest = max(self.longest, seconds)
+
+    def swept(self) -> Swept:
+        return Swept(self.changed, self.held, self.batches, self.longest)
+
+
+@dataclass
+class _Accounts:
+    """The accounts owning expired rows, checked against the holds: those found free in a
+    temporary table of the sweep's connection (`free`: a predicate the server evaluates in
+    each batch, whatever their number), those a hold keeps with their expired rows."""
+
+    owner: Any  # the rule's account column
+    cleared: Table  # the free accounts' ids
+    held_accounts: HeldAccounts
+    checked: set[str] = field(default_factory=set)
+    held: list[Any] = field(default_factory=list)
+    held_rows: int = 0
+
+    @classmethod
+    @contextmanager
+    def kept_apart(cls, conn: Connection, owner: Any, held_accounts: HeldAccounts
+                   ) -> Iterator[_Accounts]:
+        """The table lives as long as the sweep: created here, dropped on the way out (and
+        by the server with the session, whatever happens)."""
+        cleared = Table(f"dsrflow_sweep_{uuid.uuid4().hex[:12]}", MetaData(),
+                        Column("account", owner.type, primary_key=True, autoincrement=False),
+                        prefixes=["TEMPORARY"])
+        with conn.begin():
+            cleared.create(conn)
+        try:
+            yield cls(owner, cleared, held_accounts)
+        finally:
+            with conn.begin():
+                cleared.drop(conn)
+
+    @property
+    def free(self) -> ColumnElement[bool]:
+        """A row no hold can keep: it has no account, or one checked and found free."""
+        return or_(self.owner.is_(None), self.owner.in_(select(self.cleared.c.account)))
+
+    def review(self, conn: Connection, past: ColumnElement[bool]) -> tuple[int, int]:
+        """Check the accounts owning expired rows that were not checked yet (all of them the
+        first time; one grouped statement): (expired rows left that no hold keeps, accounts
+        found free)."""
+        where = [past]
+        if self.held:
+            where.append(or_(self.owner.is_(None), self.owner.not_in(self.held)))
+        with conn.begin():
+            left = {r[0]: int(r[1]) for r in conn.execute(
+                select(self.owner, func.count()).where(*where).group_by(self.owner))}
+        new = {str(o): o for o in left if o is not None and str(o) not in self.checked}
+        kept = self.held_accounts(new.keys()) if new else set()
+        self.checked |= new.keys()
+        for account in kept & new.keys():
+            self.held.append(new[account])
+            self.held_rows += left.pop(new[account])
+        free = [o for a, o in new.items() if a not in kept]
+        if free:
+            with conn.begin():
+                conn.execute(self.cleared.insert(), [{"account": o} for o in free])
+        return sum(left.values()), len(free)
+
+
+def _delete_batch(conn: Connection, table: Table, pk: list[Any],
+                  where: list[ColumnElement[bool]], batch: int) -> int:
+    """One batch deleted server-side: the rows deleted."""
+    # No order: the `counts_from` index finds expired rows wherever they are, and the rows
+    # a batch must not take (a held or unchecked account's) are left out by the predicate,
+    # so nothing is visited twice.
     doomed = select(*pk).where(*where).limit(batch)
     target = pk[0].in_(doomed.scalar_subquery()) if len(pk) == 1 else tuple_(*pk).in_(doomed)
-    if not returning:
-        count = int(conn.execute(delete(table).where(target)).rowcount)
-        return count, set(), count > 0
-    gone = conn.execute(delete(table).where(target).returning(owner)).scalars().all()
-    return len(gone), {o for o in gone if o is not None}, bool(gone)
+    return int(conn.execute(delete(table).where(target)).rowcount)
 
 
 def _anonymize_batch(
-    conn: Connection, connector: SqlConnector, name: str, pk: list[Any], owner: Any,
-    where: list[Any], batch: int, last: tuple[Any, ...] | None, key: Pseudonymizer,
-) -> tuple[int, set[Any], bool, tuple[Any, ...] | None]:
+    conn: Connection, connector: SqlConnector, name: str, pk: list[Any],
+    where: list[ColumnElement[bool]], batch: int, last: tuple[Any, ...] | None,
+    key: Pseudonymizer,
+) -> tuple[int, int, tuple[Any, ...] | None]:
     """One batch anonymized, after the last key seen (an anonymized row still matches the
-    predicate): (rows changed, their accounts, whether any rows were left, the last key)."""
+    predicate): (rows changed, rows read, the last key)."""
     if last is not None:
         where = [*where, tuple_(*pk) > tuple_(*last) if len(pk) > 1 else pk[0] > last[0]]
-    rows = conn.execute(select(*pk, owner).where(*where).order_by(*pk).limit(batch)).all()
-    if not rows:
-        return 0, set(), False, last
-    width = len(pk)
+    keys = [tuple(r) for r in conn.execute(select(*pk).where(*where).order_by(*pk).limit(batch))]
+    if not keys:
+        return 0, 0, last
     erasable = connector.system.tables[name].erasable_columns(None)
-    done = _anonymize(conn, connector, name, [tuple(r[:width]) for r in rows], erasable, key)
-    return done, {r[-1] for r in rows if r[-1] is not None}, True, tuple(rows[-1][:width])
-
-
+    return _anonymize(conn, connector, name, keys, erasable, key), len(keys), keys[-1]
 def _anonymize(conn: Connection, connector: SqlConnector, name: str,
                keys: list[tuple[Any, ...]], erasable: dict[str, Any], key: Pseudonymizer) -> int:
     if not erasable:

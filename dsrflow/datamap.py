@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from dsrflow.identities import IdentityType
-from dsrflow.model import POLICY_CATEGORIES
+from dsrflow.model import POLICY_CATEGORIES, Regime
 
 NON_PERSONAL = "non_personal"
 REDACTION_MARKER = "[REDACTED]"
@@ -226,18 +226,86 @@ PhoneRegion = Annotated[
 ]
 
 
+class ColumnRef(_Strict):
+    """A column of a SQL system: one listing object keys (userdb.uploads.s3_key), or the
+    accounts that exist (userdb.users.id)."""
+
+    system: Identifier
+    table: Identifier
+    column: Identifier
+
+
+RuleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Days = Annotated[int, Field(ge=1, le=36500)]
+
+
 class RetentionRule(_Strict):
     """`systems.<sql>.retention[]`: the rows of one table whose retention period has run
-    out (privacy policy 6.3.1(3), 7.4), counted from a timestamp column, and what happens
+    out (privacy policy 6.3.1(3)), counted from a timestamp column, and what happens
     to them then: `delete` the rows, or `anonymize` them (the table's erasing actions, with
     pseudonyms under a key made for the sweep and then dropped)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: RuleName
     table: Identifier
     category: Category
     counts_from: Identifier = Field(description="the timestamp column the period counts from")
-    after_days: int = Field(ge=1, le=36500)
+    after_days: Days
     action: Literal["delete", "anonymize"]
+
+
+class AccountRetentionRule(_Strict):
+    """`systems.<sql>.account_retention[]`: whole accounts whose period ran out — a
+    cancelled account `after_days` after its `cancelled_at` (policy 6.5), a child's account
+    when its period ends (7.4). Each such account gets an erasure request of its own, run
+    like any other (every system, partners, verification, a certificate); the request's
+    ticket id is derived from a keyed token of the account id, so a sweep never files the
+    same account twice."""
+
+    name: RuleName
+    table: Identifier = Field(description="the table whose rows are the accounts")
+    counts_from: Identifier = Field(description="the timestamp column the period counts from "
+                                    "(a row where it is empty has not started its period)")
+    after_days: Days
+    regime: Regime = Field(default=Regime.PIPL,
+                           description="the regime the erasure is recorded under (deadlines)")
+    reason: str = Field(min_length=1, description="why it runs out, as the policy says")
+    minors_only: bool = Field(
+        default=False, description="only accounts of subjects under `guardian_age` by the "
+        "table's birth_date_column (policy 7.4: children's data is kept no longer than "
+        "needed, so their period can be shorter)")
+
+
+class ObjectRetentionRule(_Strict):
+    """`systems.<objects>.retention[]`: the objects of one bucket whose period ran out,
+    counted from `last_modified` or from a tag holding an ISO 8601 date (`tag:expires_from`),
+    deleted with every version and delete marker. `orphans_of` narrows it to objects whose
+    account (the `{user_id}` of the bucket's key template) no longer has a row in that SQL
+    column: uploads of deleted accounts."""
+
+    name: RuleName
+    bucket: str
+    prefix: str = ""
+    after_days: Days
+    counts_from: str = Field(default="last_modified",
+                             pattern=r"^(last_modified|tag:[A-Za-z0-9 _.:/=+@-]{1,128})$")
+    orphans_of: ColumnRef | None = None
+
+
+class LogRetentionRule(_Strict):
+    """`systems.<logs>.retention[]`: the lines of one log source whose period ran out
+    (policy 3.1: security logs 180 days), deleted. `file_modified`: a whole file whose last
+    write is older than the period is deleted (every line in it is older still).
+    `line_timestamp`: each line's own time (jsonl: `timestamp_field`; text: the first
+    ISO 8601 or common-log-format `[04/Dec/2026:10:00:00 +0800]` timestamp in the line);
+    expired lines are cut out, a file left empty is deleted, and a line whose time cannot
+    be read is kept and counted. A time without a zone is read as UTC."""
+
+    name: RuleName
+    source: Identifier
+    after_days: Days
+    counts_from: Literal["file_modified", "line_timestamp"]
+    timestamp_field: str | None = Field(default=None,
+                                        description="jsonl: the (dotted) field of the time")
 
 
 class SqlSystem(_Strict):
@@ -248,6 +316,9 @@ class SqlSystem(_Strict):
     tables: dict[Identifier, Table] = Field(min_length=1)
     retention: list[RetentionRule] = Field(
         default=[], description="retention rules: what sweeps delete or anonymize, and when"
+    )
+    account_retention: list[AccountRetentionRule] = Field(
+        default=[], description="whole accounts whose period ran out: each gets an erasure"
     )
 
     def account_column(self, table: str) -> str | None:
@@ -321,12 +392,23 @@ class SqlSystem(_Strict):
         return self
 
     def _check_retention(self) -> None:
-        names: set[str] = set()
+        _unique_names([r.name for r in self.retention] + [r.name for r in self.account_retention])
+        for i, account_rule in enumerate(self.account_retention):
+            where = f"account_retention.{i}"
+            accounts = self.tables.get(account_rule.table)
+            if accounts is None:
+                raise ValueError(f"{where}.table: no table {account_rule.table!r} in this system")
+            if account_rule.counts_from not in accounts.columns:
+                raise ValueError(f"{where}.counts_from: {account_rule.table} has no mapped "
+                                 f"column {account_rule.counts_from!r}")
+            if not any(i.type is IdentityType.USER_ID for i in accounts.identities):
+                raise ValueError(f"{where}.table: {account_rule.table} has no user_id identity "
+                                 "column: its rows do not name accounts")
+            if account_rule.minors_only and accounts.birth_date_column is None:
+                raise ValueError(f"{where}.minors_only: {account_rule.table} has no "
+                                 "birth_date_column to tell a child's account")
         for i, rule in enumerate(self.retention):
             where = f"retention.{i}"
-            if rule.name in names:
-                raise ValueError(f"{where}.name: {rule.name} names another rule too")
-            names.add(rule.name)
             table = self.tables.get(rule.table)
             if table is None:
                 raise ValueError(f"{where}.table: no table {rule.table!r} in this system")
@@ -375,14 +457,6 @@ class S3Endpoint(_Strict):
         if self.endpoint_url is not None and self.endpoint_url_env is not None:
             raise ValueError("give at most one of endpoint_url or endpoint_url_env")
         return self
-
-
-class ColumnRef(_Strict):
-    """A column of a SQL system that lists object keys (e.g. userdb.uploads.s3_key)."""
-
-    system: Identifier
-    table: Identifier
-    column: Identifier
 
 
 class ObjectOwnership(_Strict):
@@ -435,6 +509,41 @@ class ObjectsSystem(S3Endpoint):
     kind: Literal["objects"]
     buckets: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")],
                   Bucket] = Field(min_length=1)
+    retention: list[ObjectRetentionRule] = Field(
+        default=[], description="retention rules: which objects sweeps delete, and when"
+    )
+
+    def owner_template(self, bucket: str) -> str | None:
+        """The key template of `bucket` that names the account ({user_id}) its objects
+        belong to, if one does."""
+        for rule in self.buckets[bucket].ownership:
+            if rule.key_template and "user_id" in template_placeholders(rule.key_template):
+                return rule.key_template
+        return None
+
+    def owner_tag(self, bucket: str) -> str | None:
+        """The object tag of `bucket` whose value is the owning account id, if one is."""
+        for rule in self.buckets[bucket].ownership:
+            if rule.tag and rule.tag_identity is IdentityType.USER_ID:
+                return rule.tag
+        return None
+
+    @model_validator(mode="after")
+    def _check_retention(self) -> ObjectsSystem:
+        _unique_names([r.name for r in self.retention])
+        for i, rule in enumerate(self.retention):
+            where = f"retention.{i}"
+            if rule.bucket not in self.buckets:
+                raise ValueError(f"{where}.bucket: no bucket {rule.bucket!r} in this system")
+            template = self.owner_template(rule.bucket)
+            if template is None and self.owner_tag(rule.bucket) is None:
+                raise ValueError(f"{where}.bucket: nothing tells whose {rule.bucket}'s objects "
+                                 "are (a key_template with {user_id}, or a user_id tag): "
+                                 "legal holds could not be honoured")
+            if rule.orphans_of is not None and template is None:
+                raise ValueError(f"{where}.orphans_of: {rule.bucket} has no key_template with "
+                                 "{user_id}, so an object's account cannot be looked up")
+        return self
 
     @property
     def categories(self) -> frozenset[str]:
@@ -476,10 +585,31 @@ class LogsSystem(S3Endpoint):
     action: Literal[Action.PSEUDONYMIZE, Action.REDACT] = Action.PSEUDONYMIZE
     redact_with: str = REDACTION_MARKER
     sources: dict[Identifier, LogSource] = Field(min_length=1)
+    retention: list[LogRetentionRule] = Field(
+        default=[], description="retention rules: which lines or files sweeps delete, and when"
+    )
 
     @property
     def categories(self) -> frozenset[str]:
         return frozenset({self.category})
+
+    @model_validator(mode="after")
+    def _check_retention(self) -> LogsSystem:
+        _unique_names([r.name for r in self.retention])
+        for i, rule in enumerate(self.retention):
+            where = f"retention.{i}"
+            source = self.sources.get(rule.source)
+            if source is None:
+                raise ValueError(f"{where}.source: no source {rule.source!r} in this system")
+            if rule.timestamp_field is not None and (
+                    source.format != "jsonl" or rule.counts_from != "line_timestamp"):
+                raise ValueError(f"{where}.timestamp_field: only for line_timestamp rules of "
+                                 "jsonl sources")
+            if (rule.counts_from == "line_timestamp" and source.format == "jsonl"
+                    and rule.timestamp_field is None):
+                raise ValueError(f"{where}.timestamp_field: a jsonl source's line_timestamp "
+                                 "rule names the field of each line's time")
+        return self
 
 
 class PartnerIdentity(_Strict):
@@ -546,6 +676,14 @@ System = Annotated[
 ]
 
 
+def _unique_names(names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"retention rule {name!r}: two rules of this system have that name")
+        seen.add(name)
+
+
 def template_placeholders(template: str) -> set[str]:
     import string
 
@@ -604,23 +742,32 @@ class DataMap(_Strict):
         return POLICY_CATEGORIES | set(self.categories) | {NON_PERSONAL}
 
     @model_validator(mode="after")
-    def _keys_from_exist(self) -> DataMap:
+    def _sql_columns_exist(self) -> DataMap:
         for name, system in self.systems.items():
             if not isinstance(system, ObjectsSystem):
                 continue
+            for i, object_rule in enumerate(system.retention):
+                ref = object_rule.orphans_of
+                if ref is not None and not self._is_sql_column(ref):
+                    raise ValueError(
+                        f"systems.{name}.retention.{i}.orphans_of: {ref.system}.{ref.table}."
+                        f"{ref.column} is not a mapped SQL column")
             for bucket_name, bucket in system.buckets.items():
                 for rule in bucket.ownership:
                     ref = rule.keys_from
                     if ref is None:
                         continue
-                    source = self.systems.get(ref.system)
-                    table = source.tables.get(ref.table) if isinstance(source, SqlSystem) else None
-                    if table is None or ref.column not in table.columns:
+                    if not self._is_sql_column(ref):
                         raise ValueError(
                             f"systems.{name}.buckets.{bucket_name}.ownership: keys_from "
                             f"{ref.system}.{ref.table}.{ref.column} is not a mapped SQL column"
                         )
         return self
+
+    def _is_sql_column(self, ref: ColumnRef) -> bool:
+        source = self.systems.get(ref.system)
+        table = source.tables.get(ref.table) if isinstance(source, SqlSystem) else None
+        return table is not None and ref.column in table.columns
 
 
 def parse_datamap(data: Any, source: str = "<data map>") -> DataMap:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from dsrflow.datamap import DataMap, ObjectsSystem, SqlSystem, template_placeholders
 from dsrflow.identities import IdentityType, unsafe_reason, user_id_problem
 from dsrflow.ledger import Ledger
-from dsrflow.model import DEFAULT_PHONE_REGIONS, Regime, Status
+from dsrflow.model import DEFAULT_PHONE_REGIONS, RETENTION_CHANNEL, Regime, Status
 from dsrflow.tickets import Rejection, Ticket, parse_ticket, rejection_of
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,18 @@ def submit(
     raw: bytes | str | dict[str, Any],
     received_at: datetime | None = None,
     phone_regions: Mapping[Regime, str] = DEFAULT_PHONE_REGIONS,
+    *,
+    internal: bool = False,
 ) -> Submitted:
     """Record one ticket: a request, or a rejection with its reason. Raises only when the
     ledger cannot record anything (`OperationalError`: unreachable, locked), or when it
-    fails to record even the rejection."""
+    fails to record even the rejection. `internal`: filed by dsrflow itself (a retention
+    sweep), the only way a request gets the `retention` channel."""
     verdict, ticket_received = _verdict(raw, datamap, phone_regions)
+    if isinstance(verdict, Ticket) and verdict.channel == RETENTION_CHANNEL and not internal:
+        ticket_received = verdict.received_at
+        verdict = _refused(verdict, f"channel {RETENTION_CHANNEL!r} is reserved for the "
+                           "erasures dsrflow's retention sweeps file")
     if isinstance(verdict, Ticket):
         try:
             request_id, created = ledger.accept(verdict, datamap.version, datamap.policy_version)

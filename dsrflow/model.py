@@ -29,6 +29,13 @@ ERASING_TYPES = frozenset(
 )
 
 
+# The channel of the erasures dsrflow files itself when an account's retention period ends
+# (`account_retention` rules): the controller's own decision, not a subject's request, so
+# the subject's gates (repeats, a guardian) do not apply. Intake refuses it on any ticket
+# from outside, where it would be a way round those gates.
+RETENTION_CHANNEL = "retention"
+
+
 class Regime(StrEnum):
     PIPL = "pipl"
     GDPR = "gdpr"

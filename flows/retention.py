@@ -1,9 +1,12 @@
 """Retention sweep: the data map's retention rules, applied on a schedule (privacy policy
-6.3.1(3), 7.4).
+3.1, 6.3.1(3), 6.5, 7.4).
 
     each rule, one after the other: count (dry run), or delete / anonymize what ran out
-      in bounded batches, leaving what legal holds keep; a progress bar advances per rule
-    publish a table artifact: per rule, rows changed and held, batches, the longest batch
+      (SQL rows, log lines, objects) in bounded batches, or file an erasure for each
+      account whose period ended, leaving what legal holds keep; a progress bar advances
+      per rule
+    publish a table artifact: per rule, what it changed (rows, lines, objects, erasures
+      filed for accounts) and what holds kept, batches, the longest batch
     fail the run if a rule could not run (a system down, a hold it cannot honour)
 
 Parameters carry no personal data: a flag and a batch size.
@@ -16,6 +19,7 @@ from datetime import UTC, datetime
 from prefect import flow
 
 from dsrflow.errors import raises_safely
+from pipeline import retention
 from tasks.monitoring import RunProgress
 from tasks.retention import publish_sweep, rule_names, sweep_rule
 
@@ -40,6 +44,4 @@ def retention_sweep(dry_run: bool = False, batch_size: int = 1000) -> dict[str, 
     if skipped:
         raise SweepIncomplete(f"{len(skipped)} of {len(outcomes)} rules did not run: "
                               + ", ".join(f"{o.system} {o.rule}" for o in skipped))
-    return {"rules": len(outcomes),
-            "changed": sum((o.expired if dry_run else o.changed) or 0 for o in outcomes),
-            "held": sum(o.held for o in outcomes)}
+    return retention.totals(outcomes, dry_run)

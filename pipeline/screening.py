@@ -7,6 +7,10 @@ touched:
   rows) waits as `awaiting_guardian` until a guardian is verified or the child comes of
   age, and so does any request whose ticket says a guardian acts and is not verified yet.
 
+Neither applies to the erasures a retention sweep files (channel `retention`): the
+controller's own decision when an account's period ended, which nobody asks for twice and
+no guardian needs to confirm.
+
 The repeat gate decides once per request (the ledger keeps the decision; a rerun reads it
 back), so a request flagged today is not refused tomorrow because the settings changed.
 Age is judged on the day of each screening: a child who turns 14 while the request waits
@@ -32,9 +36,12 @@ from dsrflow.gates import (
 )
 from dsrflow.identities import Subject
 from dsrflow.ledger import RequestRecord
-from dsrflow.model import Status, StepAction, StepStatus
+from dsrflow.model import RETENTION_CHANNEL, Status, StepAction, StepStatus
 from pipeline.isolation import run_isolated
 from pipeline.runtime import Runtime
+
+_CONTROLLERS_OWN = ("filed by a retention rule: the controller's own erasure when the "
+                    "account's retention period ended, not a subject's request")
 
 
 def now() -> datetime:
@@ -56,7 +63,9 @@ def screen(rt: Runtime, request_ids: Sequence[str]) -> Screened:
     # plan records why, step by step): its age is not asked of a system that just failed.
     unresolved = {s.request_id for s in rt.ledger.steps([r.id for r in records])
                   if s.action is StepAction.RESOLVE and s.status is StepStatus.FAILED}
-    left = [r for r in records if r.id not in stopped and r.id not in unresolved]
+    # A retention erasure is the controller's own: no guardian is asked to act for it.
+    left = [r for r in records if r.id not in stopped and r.id not in unresolved
+            and r.channel != RETENTION_CHANNEL]
     waiting, failed = _guardians(rt, left)
     stopped.update(waiting)
     return Screened([r.id for r in records if r.id not in stopped], stopped, failed)
@@ -72,6 +81,10 @@ def _refuse_repeats(rt: Runtime, records: list[RequestRecord]) -> dict[str, Stat
             found.append(GateDecision(
                 record.id, Gate.REPEAT, RepeatDecision.NONE.value,
                 f"finishes request {record.follows_request_id} once its legal hold ended"))
+            continue
+        if record.channel == RETENTION_CHANNEL:
+            found.append(GateDecision(record.id, Gate.REPEAT, RepeatDecision.NONE.value,
+                                      _CONTROLLERS_OWN))
             continue
         found.append(repeat_of(record.id, record.type, record.received_at, record.created_at,
                                history.get(record.id, []), rt.settings.repeats))

@@ -32,13 +32,8 @@ def sweep_rule(system: str, name: str, at: datetime, dry_run: bool, batch_size: 
     logger = get_run_logger()
     if outcome.skipped:
         logger.warning("%s %s not applied: %s", system, name, outcome.skipped)
-    elif dry_run:
-        logger.info("%s %s would %s %s rows (%d held)", system, name, rule.action,
-                    outcome.expired, outcome.held)
     else:
-        logger.info("%s %s: %s rows %sd, %d held, %d batches, longest %.3f s", system, name,
-                    outcome.changed, rule.action.removesuffix("e"), outcome.held,
-                    outcome.batches, outcome.longest_batch_s)
+        logger.info("%s", retention.summary(outcome, dry_run))
     return outcome
 
 
@@ -48,10 +43,11 @@ def publish_sweep(outcomes: list[retention.RuleOutcome], dry_run: bool) -> None:
     create_table_artifact(
         key="retention-sweep",
         table=[{
-            "system": o.system, "rule": o.rule, "table": o.table, "category": o.category,
-            "action": o.action, "cutoff": o.cutoff.date().isoformat(),
+            "system": o.system, "rule": o.rule, "target": o.target, "category": o.category,
+            "action": o.action, "unit": o.unit, "cutoff": o.cutoff.date().isoformat(),
             ("would touch" if dry_run else "changed"): o.expired if dry_run else o.changed,
-            "held": o.held, "batches": o.batches,
+            "held": o.held, "files deleted": o.files, "undated": o.undated,
+            "locked": o.locked, "batches": o.batches,
             "longest batch (s)": round(o.longest_batch_s, 3), "seconds": round(o.seconds, 3),
             "skipped": o.skipped or "",
         } for o in outcomes],

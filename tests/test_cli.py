@@ -508,7 +508,28 @@ def test_guardian_verify_needs_a_guardian_named_by_the_ticket(
     assert child.exit_code == 0, child.output
 
 
-def test_sweep_dry_run_and_replay_on_the_wishe_world(submitted: Result, config: Path) -> None:
+def test_sweep_dry_run_and_replay_on_the_wishe_world(
+    submitted: Result, config: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The object store is down: its rule says it could not count, the others are counted,
+    # and the command fails rather than report a sweep that did not look.
+    monkeypatch.setenv("WISHE_S3_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    down = invoke("sweep", "--dry-run", "--config", config)
+    assert down.exit_code == 1, down.output
+    rows = {line.split("│")[2].strip(): line for line in down.output.splitlines()
+            if line.count("│") > 5}
+    assert "could not count" in rows["orphan-uploads-30d"]
+    assert "rows" in rows["location-90d"] and "could not" not in rows["location-90d"]
+    assert "accounts" in rows["cancelled-30d"]
+    monkeypatch.setenv("WISHE_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket="wishe-uploads")
     counted = invoke("sweep", "--dry-run", "--config", config)
     assert counted.exit_code == 0, counted.output
     assert "location-90d" in counted.output and "orders-3y" in counted.output

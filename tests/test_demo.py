@@ -34,9 +34,13 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
     steps = pd.read_csv(out / "steps.csv")
     assert (out / "report.html").read_text().count("<tr>") > len(report)
 
-    # Every sample ticket is listed; every valid one has a due date.
+    # Every sample ticket is listed, and the erasure the retention sweep filed for the
+    # account cancelled six weeks ago; every valid one has a due date.
     ticket_ids = {f.stem for f in TICKETS.glob("*.json")}
-    assert len(report) == len(ticket_ids)
+    assert len(report) == len(ticket_ids) + 1
+    [filed] = report[report["channel"] == "retention"].to_dict("records")
+    assert str(filed["ticket_id"]).startswith("retention.cancelled-30d.")
+    assert (filed["type"], filed["status"]) == ("erasure", "verified")
     valid = report[report["status"] != "rejected"]
     assert valid["due_at"].notna().all()
     assert (report["status"] == "rejected").sum() == 1
@@ -45,7 +49,7 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
     # requests completed on time, one at risk, one overdue, one extended.
     assert report["deadline_state"].value_counts().to_dict() == {
         "completed_on_time": 7, "at_risk": 1, "overdue": 1, "extended": 1,
-        "awaiting_verification": 1, "not_applicable": 1}
+        "awaiting_verification": 1, "not_applicable": 1, "on_time": 1}
 
     # The policy's gates, each outcome with its reason: a repeat flagged (by another
     # identity of the same subject, in the same batch), a child's erasure by her verified
@@ -135,15 +139,21 @@ def test_demo_answers_every_ticket_and_leaves_prefect_clean(tmp_path: Path) -> N
             assert spelling.encode() not in logs, (subject.email_normalized, spelling)
     assert kept.phone_e164[3:].encode() in logs
 
-    # The retention rules on the demo world: the dry run counts, the sweep deletes every
-    # location row past 90 days but the held subject's, and anonymizes old orders.
-    config = out / "dsrflow.yaml"
-    sweep = [sys.executable, "-m", "entrypoints.cli", "sweep", "--config", str(config)]
-    for args in (["--dry-run"], [], []):
-        ran = subprocess.run([*sweep, *args], capture_output=True, text=True,
-                             env={**env, "COLUMNS": "200"}, timeout=300)
-        assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
-        assert "location-90d" in ran.stdout
+    # The demo ends with the daily retention sweep, counted then applied: every location
+    # row past 90 days but the held subject's goes, old orders are anonymized, the access
+    # log's spring rotation is deleted, and the cancelled account's erasure is filed.
+    printed = " ".join(result.stdout.split())
+    assert "Retention sweep (dry run)" in printed and "Retention sweep " in printed
+    assert not (out / "logs" / "nginx" / "access.log.1").exists()
+    assert (out / "logs" / "nginx" / "access.log").exists()
+    sweeps = {r["rule"]: r for r in pd.read_csv(out / "sweeps.csv").to_dict("records")}
+    assert sorted(sweeps) == sorted(["location-90d", "orders-3y", "cancelled-30d",
+                                     "orphan-uploads-30d", "app-180d", "access-180d"])
+    access, accounts = sweeps["access-180d"], sweeps["cancelled-30d"]
+    assert (access["unit"], access["changed"], access["files"]) == ("lines", 40, 1)
+    assert (accounts["unit"], accounts["changed"]) == ("accounts", 1)
+    assert sweeps["location-90d"]["held"] > 0
+    assert all(pd.isna(r["skipped"]) for r in sweeps.values())
     import sqlalchemy as sa
 
     engine = sa.create_engine(f"sqlite:///{out / 'wishe.db'}")

@@ -248,11 +248,11 @@ def test_the_retention_sweep_flow_counts_then_sweeps_and_shows_it(
     previous = set_runtime(rt)
     try:
         counted = retention_sweep(dry_run=True)
-        assert counted["changed"] >= 10 and len(_rows(url)["locations"]) == 30
+        assert counted["rows"] >= 10 and len(_rows(url)["locations"]) == 30
         swept = retention_sweep(batch_size=4)
         assert len(_rows(url)["locations"]) == 20
-        assert swept["changed"] == counted["changed"]
-        assert retention_sweep()["changed"] == 0
+        assert swept["rows"] == counted["rows"]
+        assert retention_sweep()["rows"] == 0
         with get_client(sync_client=True) as client:
             found = client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retention-sweep"])))

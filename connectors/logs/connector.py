@@ -484,10 +484,18 @@ class LogsConnector:
     ) -> Iterator[_Hit]:
         if prefilter.empty:
             return
+        with self._read(file) as read:
+            yield from _scan(read, prefilter, reader, line_numbers=line_numbers)
+
+    @contextlib.contextmanager
+    def _read(self, file: _File) -> Iterator[Callable[[int], bytes]]:
+        """A read function over the file's bytes, gunzipped if need be (an object is
+        streamed, no copy kept); a failed read is named by the file and the operation,
+        never by a value."""
         try:
             if file.path is not None:
                 with _open_stream(file.path) as local:
-                    yield from _scan(local.read, prefilter, reader, line_numbers=line_numbers)
+                    yield local.read
                 return
             body = self.client.get_object(Bucket=file.bucket, Key=file.name)["Body"]
             try:
@@ -495,7 +503,7 @@ class LogsConnector:
                 stream: Any = _Prefixed(head, body)
                 if _is_gzip(head):
                     stream = gzip.GzipFile(fileobj=stream, mode="rb")
-                yield from _scan(stream.read, prefilter, reader, line_numbers=line_numbers)
+                yield stream.read
             finally:
                 body.close()
         except LogsError:

@@ -180,22 +180,32 @@ class HoldsMixin:
         id identities) of every subject a hold in force there covers, found through every
         request of theirs; and the holds whose subject has no account id on record (their
         request was never resolved), which a sweep cannot honour row by row."""
+        found, blind = self.held_tokens(system, category, at, ("user_id",))
+        return {token for _, token in found}, blind
+
+    def held_tokens(
+        self, system: str, category: str, at: datetime | None = None,
+        types: Sequence[str] = ("user_id",),
+    ) -> tuple[set[tuple[str, str]], list[str]]:
+        """(type, keyed token) of the identities of `types` of every subject a hold in
+        force on `category` in `system` covers, through every request of theirs; and the
+        holds none of whose subject's identities of those types is on record."""
         at = (at or datetime.now(UTC)).astimezone(UTC)
         holds = [h for h in self.holds() if h.active(at) and h.covers_system(system)
                  and (h.categories is None or category in h.categories)]
         if not holds:
             return set(), []
         mine, theirs, joined = shared_tokens()
-        tokens: set[str] = set()
+        tokens: set[tuple[str, str]] = set()
         blind: list[str] = []
         with self.engine.connect() as conn:
             for hold in holds:
                 same = (select(theirs.c.request_id).select_from(joined)
                         .where(mine.c.request_id == hold.request_id))
                 found = set(conn.execute(
-                    select(identity_tokens.c.token).where(
-                        identity_tokens.c.type == "user_id",
-                        identity_tokens.c.request_id.in_(same))).scalars())
+                    select(identity_tokens.c.type, identity_tokens.c.token).where(
+                        identity_tokens.c.type.in_(list(types)),
+                        identity_tokens.c.request_id.in_(same))).tuples())
                 if not found:
                     blind.append(hold.id)
                 tokens |= found

@@ -293,6 +293,17 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
                 )
             ).scalar_one_or_none()
 
+    def known_tickets(self, ticket_ids: Sequence[str]) -> set[str]:
+        """Those of `ticket_ids` already recorded as requests (one statement per chunk)."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in chunks(sorted(set(ticket_ids))):
+                found |= set(conn.execute(
+                    select(requests.c.ticket_id).where(
+                        requests.c.ticket_id.in_(chunk),
+                        requests.c.status != Status.REJECTED.value)).scalars())
+        return found
+
     def find_by_identity(self, identity: Identity) -> list[str]:
         token = self.keyring.token(identity.type.value, identity.value)
         with self.engine.connect() as conn:

@@ -18,7 +18,8 @@ from dsrflow.model import DELIVERABLE_KIND, SENSITIVE_KEY, Regime, Status
 from dsrflow.sla import deadline_state
 
 REQUEST_COLUMNS = [
-    "request_id", "ticket_id", "type", "regime", "status", "received_at", "verified_at",
+    "request_id", "ticket_id", "type", "regime", "channel", "status", "received_at",
+    "verified_at",
     "due_at", "extended_due_at", "extension_notice_at", "extension_reason", "completed_at",
     "deadline_state", "business_days_used", "business_days_left", "datamap_version",
     "policy_version", "repeat", "repeat_of", "minor", "guardian", "legal_holds", "reason",
@@ -30,8 +31,13 @@ STEP_COLUMNS = [
 STEP_COUNTS = ["found", "collected", "deleted", "anonymized", "retained", "remaining"]
 SYSTEM_STATUSES = ["succeeded", "failed", "pending_external", "blocked"]
 SYSTEM_COLUMNS = ["system", "kind", "requests", *STEP_COUNTS, *SYSTEM_STATUSES]
-SWEEP_COLUMNS = ["swept_at", "system", "rule", "table", "category", "action", "cutoff",
-                 "changed", "held", "batches", "longest_batch_s", "seconds", "skipped"]
+# `unit` says what the counts count: rows, accounts (erasures filed), objects or lines;
+# `files` are log files deleted whole, `undated` items kept for want of a readable time,
+# `locked` object versions the store refused to delete.
+SWEEP_COLUMNS = ["swept_at", "system", "rule", "target", "category", "action", "unit",
+                 "cutoff", "changed", "held", "files", "undated", "locked", "batches",
+                 "longest_batch_s", "seconds", "skipped"]
+_SWEEP_COUNTS = ("changed", "held", "files", "undated", "locked", "batches")
 
 DEADLINE_STATES = (
     "on_time", "extended", "at_risk", "overdue", "awaiting_verification", "unknown",
@@ -152,6 +158,9 @@ def requests_frame(
             "ticket_id": [r.ticket_id for r in records],
             "type": [r.type.value if r.type else None for r in records],
             "regime": [r.regime.value if r.regime else None for r in records],
+            # How it came: a ticket's channel, or `retention` for an erasure a retention
+            # sweep filed itself.
+            "channel": [r.channel for r in records],
             "status": [r.status.value for r in records],
             **{name: iso_series(values) for name, values in times.items()},
             "extension_reason": [r.extension_reason for r in records],
@@ -322,10 +331,13 @@ def sweeps_frame(ledger: Ledger) -> pd.DataFrame:
     """One row per retention rule applied (`retention.swept` in the audit trail), oldest
     first: what it changed and what holds kept, how long it took. Counts, names and
     dates only."""
-    rows = [{"swept_at": iso(at), **{c: detail.get(c) for c in SWEEP_COLUMNS[1:]}}
+    rows = [{"swept_at": iso(at), **{c: detail.get(c) for c in SWEEP_COLUMNS[1:]},
+             # Entries of SQL-only sweeps (before other kinds) named the table `table`.
+             "target": detail.get("target", detail.get("table")),
+             "unit": detail.get("unit", "rows")}
             for at, detail in ledger.audit_events("retention.swept")]
     frame = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
-    for column in ("changed", "held", "batches"):
+    for column in _SWEEP_COUNTS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     return frame
 

@@ -138,6 +138,10 @@ class _Population:
         for person in self.people:
             self._personal_rows(person, demo=person.user_id <= len(SUBJECTS))
         self._cross_links()
+        # The last user cancelled their account six weeks before the world's "now": past
+        # the 30 days after which the retention sweep files the account's erasure (6.5).
+        # Set without the generator, so every other row stays what it was.
+        self.rows["users"][-1]["cancelled_at"] = EPOCH - timedelta(days=42)
         return self.rows
 
     # -- users --------------------------------------------------------------------------

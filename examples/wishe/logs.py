@@ -36,6 +36,8 @@ from examples.wishe.generate import EPOCH
 from examples.wishe.subjects import SUBJECTS
 
 DAYS = 7  # app logs for the week before EPOCH, one file a day
+OLD_ACCESS_DAYS = 200  # a forgotten rotation of the access log, from the spring
+OLD_ACCESS_LINES = 40
 GZIPPED_DAYS = 1  # the oldest file(s) rotated and compressed
 
 # The data-map fragment for these logs: add it under `systems:` (e.g. as `applogs`).
@@ -69,7 +71,8 @@ class _User:
 def write_logs(folder: Path, engine_url: str, lines: int = 20000, seed: int = 7) -> dict[str, int]:
     """Write the app and access logs of the users in the Wishe database at `engine_url`
     under `folder` (`folder/app/...`, `folder/nginx/access.log`). About `lines` lines in
-    all; returns the number of lines per file (paths relative to `folder`)."""
+    all, and the OLD_ACCESS_LINES of an old rotation (`nginx/access.log.1`); returns the
+    number of lines per file (paths relative to `folder`)."""
     users = _users(engine_url)
     if not users:
         raise ValueError("the database has no users: build the world first")
@@ -109,6 +112,19 @@ def write_logs(folder: Path, engine_url: str, lines: int = 20000, seed: int = 7)
     )
     (folder / "nginx" / "access.log").write_text(body, encoding="utf-8")
     counts["nginx/access.log"] = access_lines
+
+    # A rotation left behind from the spring: past the policy's 180 days (3.1), so the
+    # retention sweep's `access-180d` rule has something to delete. Its own generator:
+    # the files above stay byte-identical whatever is done here.
+    old_rng = random.Random(seed + 1)
+    start = EPOCH - timedelta(days=OLD_ACCESS_DAYS)
+    stamps = sorted(old_rng.uniform(0, 86400) for _ in range(OLD_ACCESS_LINES))
+    body = "".join(
+        _access_line(old_rng, _pick(old_rng, users, demo, i), start + timedelta(seconds=t))
+        for i, t in enumerate(stamps)
+    )
+    (folder / "nginx" / "access.log.1").write_text(body, encoding="utf-8")
+    counts["nginx/access.log.1"] = OLD_ACCESS_LINES
     return counts
 
 
