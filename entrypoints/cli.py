@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -346,22 +347,22 @@ def _print_status(rt: Any, ids: list[str]) -> None:
 # the others follow in their own order.
 FIRST_KEPT = ("ticket", "status", "deadline", "left", "due", "system", "deleted",
               "anonymized", "remaining")
-WRAPPED = frozenset({"reason", "error"})  # free text wraps; identifiers and dates never do
+WRAPPED = frozenset({"reason", "error", "note"})  # free text wraps; ids and dates never do
 WRAPPED_WIDTH = 24
 
 
 def frame_table(
     frame: pd.DataFrame, columns: dict[str, str], title: str | None = None, *,
-    width: int | None = None,
+    width: int | None = None, first_kept: Sequence[str] = FIRST_KEPT,
 ) -> Table:
     """A rich table of some of a frame's columns, headed as `columns` says: as many of
     them as fit `width` (default: the console's) with no value cut short, chosen in the
-    order of `FIRST_KEPT`, shown in their own order; a caption names the ones left out.
+    order of `first_kept`, shown in their own order; a caption names the ones left out.
     A terminal narrower than the table (or none: a CI log) gets fewer whole columns,
     not every column truncated to a few letters."""
     width = width or console.width
     cells = {header: [_cell(v) for v in frame[name]] for header, name in columns.items()}
-    ranked = [h for h in FIRST_KEPT if h in cells] + [h for h in cells if h not in FIRST_KEPT]
+    ranked = [h for h in first_kept if h in cells] + [h for h in cells if h not in first_kept]
     kept: set[str] = set()
     used = 1  # the table's left border
     for header in ranked:

@@ -38,21 +38,30 @@ def sweep(
 
 def sweep_table(outcomes: Sequence[RuleOutcome], dry_run: bool) -> Table:
     """Per rule: what it would touch or changed, in its unit, what holds kept, and why it
-    did not run (names and counts only)."""
+    did not run (names and counts only). A narrow terminal keeps the rule, the counts and
+    the note, and leaves out the rest (the caption says which)."""
+    import pandas as pd
+
+    from entrypoints.cli import frame_table
+
     counted = "would touch" if dry_run else "changed"
-    table = Table("system", "rule", "target", "action", "cutoff", counted, "held",
-                  *(("oldest",) if dry_run else ("batches", "longest batch (s)")), "note",
-                  title="Retention sweep (dry run)" if dry_run else "Retention sweep")
+    rows = []
     for o in outcomes:
         done = o.expired if dry_run else o.changed
-        cells = [o.system, o.rule, o.target, o.action, f"{o.cutoff:%Y-%m-%d}",
-                 "" if done is None else f"{done} {o.unit}", str(o.held)]
-        if dry_run:
-            cells.append(f"{o.oldest:%Y-%m-%d}" if o.oldest else "")
-        else:
-            cells += [str(o.batches), f"{o.longest_batch_s:.3f}"]
-        table.add_row(*cells, o.skipped or _note(o), style="red" if o.skipped else None)
-    return table
+        rows.append({
+            "system": o.system, "rule": o.rule, "target": o.target, "action": o.action,
+            "cutoff": f"{o.cutoff:%Y-%m-%d}",
+            counted: "" if done is None else f"{done} {o.unit}", "held": str(o.held),
+            **({"oldest": f"{o.oldest:%Y-%m-%d}" if o.oldest else ""} if dry_run else
+               {"batches": str(o.batches), "longest batch (s)": f"{o.longest_batch_s:.3f}"}),
+            # Free text, which the table wraps rather than leaves out.
+            "note": o.skipped or _note(o),
+        })
+    headers = ["system", "rule", "target", "action", "cutoff", counted, "held",
+               *(["oldest"] if dry_run else ["batches", "longest batch (s)"]), "note"]
+    return frame_table(pd.DataFrame(rows, columns=headers), {h: h for h in headers},
+                       "Retention sweep (dry run)" if dry_run else "Retention sweep",
+                       first_kept=("rule", counted, "held", "note", "system"))
 
 
 def _note(o: RuleOutcome) -> str:
