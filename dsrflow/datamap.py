@@ -391,16 +391,21 @@ class SqlSystem(_Strict):
             )
         return self
 
+    def _rule_table(self, where: str, name: str, counts_from: str) -> Table:
+        """The table a retention rule names, which must map its `counts_from` column."""
+        table = self.tables.get(name)
+        if table is None:
+            raise ValueError(f"{where}.table: no table {name!r} in this system")
+        if counts_from not in table.columns:
+            raise ValueError(f"{where}.counts_from: {name} has no mapped column "
+                             f"{counts_from!r}")
+        return table
+
     def _check_retention(self) -> None:
         _unique_names([r.name for r in self.retention] + [r.name for r in self.account_retention])
         for i, account_rule in enumerate(self.account_retention):
             where = f"account_retention.{i}"
-            accounts = self.tables.get(account_rule.table)
-            if accounts is None:
-                raise ValueError(f"{where}.table: no table {account_rule.table!r} in this system")
-            if account_rule.counts_from not in accounts.columns:
-                raise ValueError(f"{where}.counts_from: {account_rule.table} has no mapped "
-                                 f"column {account_rule.counts_from!r}")
+            accounts = self._rule_table(where, account_rule.table, account_rule.counts_from)
             if not any(i.type is IdentityType.USER_ID for i in accounts.identities):
                 raise ValueError(f"{where}.table: {account_rule.table} has no user_id identity "
                                  "column: its rows do not name accounts")
@@ -409,12 +414,7 @@ class SqlSystem(_Strict):
                                  "birth_date_column to tell a child's account")
         for i, rule in enumerate(self.retention):
             where = f"retention.{i}"
-            table = self.tables.get(rule.table)
-            if table is None:
-                raise ValueError(f"{where}.table: no table {rule.table!r} in this system")
-            if rule.counts_from not in table.columns:
-                raise ValueError(f"{where}.counts_from: {rule.table} has no mapped column "
-                                 f"{rule.counts_from!r}")
+            table = self._rule_table(where, rule.table, rule.counts_from)
             if rule.category not in table.categories:
                 raise ValueError(f"{where}.category: {rule.table} holds no {rule.category!r} "
                                  f"data")

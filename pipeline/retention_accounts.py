@@ -50,7 +50,7 @@ def due(rt: Runtime, system: str, rule: AccountRetentionRule, cutoff: datetime) 
     oldest: datetime | None = None
     for chunk in _new_accounts(rt, system, rule, cutoff, 1000):
         count += len(chunk)
-        first = min(started for _, started in chunk)
+        first = min(started for _, _, started in chunk)
         oldest = first if oldest is None else min(oldest, first)
     return Due(count, _aware(oldest))
 
@@ -64,9 +64,9 @@ def file_erasures(rt: Runtime, system: str, rule: AccountRetentionRule, cutoff: 
         started = time.perf_counter()
         accounts += len(chunk)
         now = datetime.now(UTC)
-        for account, _ in chunk:
+        for account, ticket, _ in chunk:
             result = submit(rt.ledger, rt.datamap, {
-                "ticket_id": ticket_id(rt, rule, account),
+                "ticket_id": ticket,
                 "type": RequestType.ERASURE.value,
                 "regime": rule.regime.value,
                 "identities": [{"type": "user_id", "value": account}],
@@ -87,18 +87,19 @@ def file_erasures(rt: Runtime, system: str, rule: AccountRetentionRule, cutoff: 
 
 
 def _new_accounts(rt: Runtime, system: str, rule: AccountRetentionRule, cutoff: datetime,
-                  size: int) -> Iterator[list[tuple[str, datetime]]]:
-    """The accounts past the cutoff without a request of this rule (for a `minors_only`
-    rule, children's only), `size` at a time (one ledger look-up per chunk)."""
+                  size: int) -> Iterator[list[tuple[str, str, datetime]]]:
+    """(account, its ticket id, when its period started) of the accounts past the cutoff
+    without a request of this rule (for a `minors_only` rule, children's only), `size` at a
+    time (one ledger look-up per chunk)."""
     today = datetime.now(UTC).date()
     age = rt.settings.guardian_age
-    found = ((account, started) for account, started, born
+    found = ((account, ticket_id(rt, rule, account), started) for account, started, born
              in sql_accounts.expired_accounts(rt.sql(system), rule, cutoff)
              # A birth date that cannot be read is not a child's: the general rule applies.
              if not rule.minors_only or (born is not None and of_age_on(born, age) > today))
     while chunk := list(islice(found, size)):
-        known = rt.ledger.known_tickets([ticket_id(rt, rule, a) for a, _ in chunk])
-        fresh = [(a, s) for a, s in chunk if ticket_id(rt, rule, a) not in known]
+        known = rt.ledger.known_tickets([ticket for _, ticket, _ in chunk])
+        fresh = [entry for entry in chunk if entry[1] not in known]
         if fresh:
             yield fresh
 
