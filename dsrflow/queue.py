@@ -54,7 +54,7 @@ class QueueSettings(BaseModel):
         default=None, description="for an SQS-compatible service (ElasticMQ, LocalStack, moto)"
     )
     region: str | None = None
-    batch_size: int = Field(default=25, ge=1, description="N: request ids per process run")
+    batch_size: int = Field(default=500, ge=1, description="N: request ids per process run")
     batch_seconds: float = Field(
         default=5.0, gt=0, description="T: the longest an accepted request waits for its run"
     )

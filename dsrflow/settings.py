@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +68,26 @@ class TaskRunnerSettings(BaseModel):
         return self
 
 
+class BatchSettings(BaseModel):
+    """`batches:` in dsrflow.yaml: how `dsrflow run` and `resume-requests` split a backlog
+    into micro-batches, each its own flow run. A batch's memory and the time its first
+    request waits for its last both grow with its size; a backlog of ten thousand runs
+    as twenty batches instead of one run that holds everything until the end."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(default=500, ge=1, description="requests per flow run")
+    concurrent: int = Field(
+        default=2, ge=1,
+        description="batches at once in one process (`dsrflow run`, `resume-requests` "
+        "without a deployment); a deployment's runs are bounded by its concurrency_limit",
+    )
+
+    def split(self, request_ids: Sequence[str]) -> list[list[str]]:
+        ids = list(dict.fromkeys(request_ids))
+        return [ids[i:i + self.size] for i in range(0, len(ids), self.size)]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DSRFLOW_", extra="forbid")
 
@@ -119,6 +140,7 @@ class Settings(BaseSettings):
         "stand for every type this does not name",
     )
     calendar_overrides: Path | None = None
+    batches: BatchSettings = Field(default_factory=BatchSettings)
     task_retries: int = Field(default=3, ge=0)
     task_runner: TaskRunnerSettings = Field(
         default_factory=TaskRunnerSettings,

@@ -147,7 +147,8 @@ def run(
     request_ids: Annotated[list[str] | None, typer.Argument(help="default: every runnable")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Process requests now (one Prefect flow run for the batch)."""
+    """Process requests now: micro-batches of `batches.size` (settings), each its own
+    Prefect flow run, `batches.concurrent` at once."""
     rt = open_runtime(config)
     ids = request_ids or rt.ledger.runnable()
     if not ids:
@@ -160,8 +161,12 @@ def run(
 
 
 def run_batch(ids: list[str]) -> bool:
-    """Run the flow; False if some request did not complete or a system of one failed
-    (details are in the ledger). Requests another run holds are skipped, and said so."""
+    """Run the flow over `ids` in micro-batches (settings `batches:` size, so many at once),
+    each its own flow run; False if some request did not complete or a system of one
+    failed (details are in the ledger). Requests another run holds are skipped, and said
+    so."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from dsrflow.model import Status
     from dsrflow.prefect_env import embedded_server_turn
     from flows.request import BatchIncomplete, process_requests
@@ -169,20 +174,30 @@ def run_batch(ids: list[str]) -> bool:
 
     settings = get_runtime().settings
 
-    def waiting(message: str) -> None:
+    def warn(message: str) -> None:
         err.print(message, style="yellow", markup=False, highlight=False)
 
-    with embedded_server_turn(settings.path(settings.prefect_home), waiting):
+    def one(batch: list[str]) -> tuple[bool, dict[str, str]]:
         try:
-            outcome = process_requests(ids)
+            return True, process_requests(batch)
         except BatchIncomplete as exc:
-            err.print(say(exc), style="yellow", markup=False, highlight=False)
-            return False
+            warn(say(exc))
+            return False, {}
+
+    batches = settings.batches.split(ids)
+    if len(batches) > 1:
+        console.print(f"{len(ids)} requests in {len(batches)} batches of at most "
+                      f"{settings.batches.size}, {settings.batches.concurrent} at once")
+    at_once = min(settings.batches.concurrent, len(batches))
+    with (embedded_server_turn(settings.path(settings.prefect_home), warn),
+          ThreadPoolExecutor(max_workers=at_once) as pool):
+        done = list(pool.map(one, batches))
     statuses = {s.value for s in Status}
-    for rid, what in outcome.items():
-        if what not in statuses:
-            err.print(f"{rid}: not run: {what}", style="yellow", markup=False, highlight=False)
-    return True
+    for _, outcome in done:
+        for rid, what in outcome.items():
+            if what not in statuses:
+                warn(f"{rid}: not run: {what}")
+    return all(ok for ok, _ in done)
 
 
 @app.command()
@@ -339,8 +354,15 @@ def _print_status(rt: Any, ids: list[str]) -> None:
     from dsrflow.report import requests_frame
 
     frame = requests_frame(rt.ledger, rt.deadlines, at_risk_days=rt.settings.at_risk_days)
-    console.print(frame_table(status_view(frame[frame["request_id"].isin(ids)], rt.deadlines),
-                              STATUS_COLUMNS))
+    frame = frame[frame["request_id"].isin(ids)]
+    if len(frame) > STATUS_ROWS:  # a backlog: the count per status, `dsrflow status` for rows
+        counts = frame["status"].value_counts().sort_index()
+        console.print(", ".join(f"{n} {status}" for status, n in counts.items()))
+        return
+    console.print(frame_table(status_view(frame, rt.deadlines), STATUS_COLUMNS))
+
+
+STATUS_ROWS = 50  # a run's table beyond this many requests is a count per status
 
 
 # What a table keeps when the terminal is too narrow for all its columns, first to last;

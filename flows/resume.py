@@ -27,6 +27,7 @@ from prefect import flow, get_run_logger
 
 from dsrflow.errors import raises_safely
 from flows.intake import dispatch
+from pipeline.runtime import get_runtime
 from tasks.resume import (
     find_abandoned,
     find_of_age,
@@ -41,10 +42,10 @@ from tasks.resume import (
 def resume_requests(
     grace_minutes: float = 30,
     process_deployment: str | None = None,
-    batch_size: int = 100,
+    batch_size: int | None = None,
 ) -> dict[str, int]:
     """Start `process-requests` for every verified request left waiting longer than
-    `grace_minutes`, `batch_size` at a time."""
+    `grace_minutes`, `batch_size` at a time (default: the settings' `batches.size`)."""
     abandoned = find_abandoned()
     if abandoned:
         crashed = mark_crashed(sorted(set(abandoned.values())))
@@ -54,7 +55,9 @@ def resume_requests(
     released = release_expired_holds()
     stranded = list(dict.fromkeys(
         [*abandoned, *of_age, *released, *find_stranded(grace_minutes)]))
-    batches = [stranded[i:i + batch_size] for i in range(0, len(stranded), batch_size)]
+    sizes = get_runtime().settings.batches
+    batches = (sizes.model_copy(update={"size": batch_size}) if batch_size else sizes).split(
+        stranded)
     for batch in batches:
         dispatch(process_deployment, batch)
     if stranded:

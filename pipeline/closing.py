@@ -34,6 +34,7 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:
     for step in rt.ledger.steps(request_ids):
         steps_by_request[step.request_id].append(step)
     final: dict[str, Status] = {}
+    moves: dict[str, tuple[Status, str | None]] = {}
     troubled: list[str] = []
     unfinished = (StepStatus.FAILED, StepStatus.BLOCKED)
     for rid in request_ids:
@@ -61,12 +62,11 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:
         else:
             target = Status.FAILED
             reason = "; ".join(f"{s.system} {s.action}: {s.error}" for s in failed)
-        if not rt.ledger.transition(rid, target, reason,
-                                    expect=frozenset({Status.IN_PROGRESS})):
-            target = rt.ledger.get(rid).status  # closed meanwhile (a callback): as it is
-        final[rid] = target
-        if target is not Status.COMPLETED and rid not in troubled:
-            troubled.append(rid)
+        moves[rid] = (target, reason)
+    # One transaction for the batch; one closed meanwhile (a callback) stays as it is.
+    final.update(rt.ledger.transition_many(moves, expect=frozenset({Status.IN_PROGRESS})))
+    seen = set(troubled)
+    troubled += [rid for rid in moves if final[rid] is not Status.COMPLETED and rid not in seen]
     return Closed(final, troubled)
 
 

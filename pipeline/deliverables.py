@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from dsrflow.datamap import PartnerSystem
 from dsrflow.delivery import PackageStore
 from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import discard_exports, exported_systems, read_export
-from dsrflow.ledger import RequestRecord, StepRecord
+from dsrflow.ledger import RequestRecord, StepRecord, StepWrite
 from dsrflow.model import DELIVERABLE_KIND, RUN_KEY, StepAction, StepStatus
 from dsrflow.packages import (
     ObjectLink,
@@ -52,11 +52,17 @@ def now() -> datetime:
 
 def produce(rt: Runtime, request_ids: Sequence[str]) -> dict[str, str]:
     """Make the package or certificate of each request whose systems have all answered.
-    Returns request id -> what was made (requests still waiting are left out)."""
+    Returns request id -> what was made (requests still waiting are left out).
+
+    Certificates are recorded batch by batch: `running` for all before the first is
+    issued, the outcomes together after the last (a crash between leaves them running,
+    and the rerun issues them anew from the ledger: the same certificate). A package is
+    recorded as soon as it is handed over: its key went to the subject, and a rerun must
+    not send another."""
     by_request: dict[str, list[StepRecord]] = defaultdict(list)
     for step in rt.ledger.steps(list(request_ids)):
         by_request[step.request_id].append(step)
-    made: dict[str, str] = {}
+    todo: dict[str, list[RequestRecord]] = {PACKAGE: [], CERTIFICATE: []}
     for record in rt.ledger.get_many(list(request_ids)):
         steps = by_request[record.id]
         work = [s for s in steps if s.kind != KIND]
@@ -65,35 +71,47 @@ def produce(rt: Runtime, request_ids: Sequence[str]) -> dict[str, str]:
         if record.type.collects:
             done = any(s.system == PACKAGE and s.status == StepStatus.SUCCEEDED
                        for s in steps)
-            if done or any(s.status in FAILED for s in work):
-                # Made already (its key is out), or incomplete data: no package of half.
-                continue
-            made[record.id] = _record(rt, record, PACKAGE, StepAction.DELIVER,
-                                      lambda r=record: deliver_package(rt, r))
-            if made[record.id] == PACKAGE:
-                # The package is the copy now; the collected records need not wait longer.
-                discard_exports(rt.settings.exports_path, record.id)
+            if not done and not any(s.status in FAILED for s in work):
+                # (Made already: its key is out. Incomplete data: no package of half.)
+                todo[PACKAGE].append(record)
         elif record.type.erases:
-            made[record.id] = _record(rt, record, CERTIFICATE, StepAction.CERTIFY,
-                                      lambda r=record: issue_certificate(rt, r))
+            todo[CERTIFICATE].append(record)
+    made: dict[str, str] = {}
+    for record in todo[PACKAGE]:
+        made.update(_make(rt, PACKAGE, StepAction.DELIVER, [record],
+                          lambda r: deliver_package(rt, r)))
+    for rid, what in made.items():
+        if what == PACKAGE:
+            # The package is the copy now; the collected records need not wait longer.
+            discard_exports(rt.settings.exports_path, rid)
+    made.update(_make(rt, CERTIFICATE, StepAction.CERTIFY, todo[CERTIFICATE],
+                      lambda r: issue_certificate(rt, r)))
     return made
 
 
-def _record(rt: Runtime, record: RequestRecord, system: str, action: StepAction,
-            make: Any) -> str:
-    rt.ledger.record_step(record.id, system, KIND, action, StepStatus.RUNNING)
-    try:
-        details: dict[str, Any] = make()
-    except Exception as exc:  # recorded against the request; the request closes partial
-        error = safe_error(exc)
-        rt.ledger.record_step(record.id, system, KIND, action, StepStatus.FAILED,
-                              error=error)
-        return f"{system} failed: {error}"
-    if run := current_run():
-        details[RUN_KEY] = run
-    rt.ledger.record_step(record.id, system, KIND, action, StepStatus.SUCCEEDED,
-                          details=details)
-    return system
+def _make(rt: Runtime, system: str, action: StepAction, records: Sequence[RequestRecord],
+          make: Callable[[RequestRecord], dict[str, Any]]) -> dict[str, str]:
+    if not records:
+        return {}
+    rt.ledger.record_steps(system, KIND, action,
+                           [StepWrite(r.id, StepStatus.RUNNING) for r in records])
+    run = current_run()
+    made: dict[str, str] = {}
+    writes: list[StepWrite] = []
+    for record in records:
+        try:
+            details = make(record)
+        except Exception as exc:  # recorded against the request; the request closes partial
+            error = safe_error(exc)
+            writes.append(StepWrite(record.id, StepStatus.FAILED, error=error))
+            made[record.id] = f"{system} failed: {error}"
+            continue
+        if run:
+            details[RUN_KEY] = run
+        writes.append(StepWrite(record.id, StepStatus.SUCCEEDED, details=details))
+        made[record.id] = system
+    rt.ledger.record_steps(system, KIND, action, writes)
+    return made
 
 
 def deliver_package(rt: Runtime, record: RequestRecord) -> dict[str, Any]:

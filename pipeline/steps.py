@@ -364,17 +364,20 @@ def open_requests(rt: Runtime, request_ids: Sequence[str], *, owner: str) -> Gat
         rid: f"held by run {h.owner} until {h.expires_at:%Y-%m-%d %H:%M:%S}Z; skipped here"
         for rid, h in taken.held.items()
     }
+    records = rt.ledger.get_many(taken.granted)
+    after = rt.ledger.transition_many(
+        {r.id: (Status.IN_PROGRESS, None) for r in records if r.status in RUNNABLE},
+        expect=RUNNABLE)
     ready, idle = [], []
-    for record in rt.ledger.get_many(taken.granted):
-        if record.status in RUNNABLE and rt.ledger.transition(
-            record.id, Status.IN_PROGRESS, expect=RUNNABLE
-        ):
+    for record in records:
+        if after.get(record.id) is Status.IN_PROGRESS:
             ready.append(record.id)
-        else:
-            idle.append(record.id)
-            held[record.id] = ("identity not verified yet"
-                               if record.status is Status.AWAITING_VERIFICATION
-                               else f"request is {record.status.value}")
+            continue
+        status = after.get(record.id, record.status)
+        idle.append(record.id)
+        held[record.id] = ("identity not verified yet"
+                           if status is Status.AWAITING_VERIFICATION
+                           else f"request is {status.value}")
     rt.ledger.release_leases(idle, owner)
     missing = set(request_ids) - set(ready) - set(held)
     for rid in sorted(missing):
@@ -395,29 +398,28 @@ def resolve_identities(rt: Runtime, request_ids: Sequence[str]) -> dict[str, int
     known = {s.request_id: set(s.identities) for s in subjects}
     for name, _ in rt.datamap.sql_systems():
         discovered, failures = run_isolated(partial(_discover, rt, name), subjects)
+        writes, new_identities = [], {}
         for subject in subjects:
             rid = subject.request_id
             if rid in failures:
-                rt.ledger.record_step(
-                    rid, name, "sql", StepAction.RESOLVE, StepStatus.FAILED,
-                    error=f"identities not resolved: {failures[rid]}",
-                )
+                writes.append(StepWrite(rid, StepStatus.FAILED,
+                                        error=f"identities not resolved: {failures[rid]}"))
                 continue
             found = discovered.get(rid, Discovery())
-            new = found.found - known[rid]
-            if new:
-                rt.ledger.add_identities(rid, new)
+            if new := found.found - known[rid]:
+                new_identities[rid] = new
                 known[rid] |= new
                 learnt[rid] += len(new)
             # Identities, not rows: the counts stay in the details, out of the row totals.
-            rt.ledger.record_step(
-                rid, name, "sql", StepAction.RESOLVE, StepStatus.SUCCEEDED,
-                details={IDENTITIES_KEY: {
-                    "learnt": _by_type(found.found),
-                    "withheld": dict(sorted(found.withheld.items())),
-                    "unreadable": dict(sorted(found.unreadable.items())),
-                }},
-            )
+            writes.append(StepWrite(rid, StepStatus.SUCCEEDED, details={IDENTITIES_KEY: {
+                "learnt": _by_type(found.found),
+                "withheld": dict(sorted(found.withheld.items())),
+                "unreadable": dict(sorted(found.unreadable.items())),
+            }}))
+        # The identities before the steps that say they were learnt: a crash between
+        # leaves them known and the step to do again, never the other way round.
+        rt.ledger.add_identities_many(new_identities)
+        rt.ledger.record_steps(name, "sql", StepAction.RESOLVE, writes)
     return learnt
 
 

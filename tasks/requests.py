@@ -3,10 +3,12 @@ shows of it (artifacts and events, with ids and counts, never identities)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Mapping
 from datetime import datetime
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
@@ -24,9 +26,7 @@ _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 @raises_safely
 def open_requests(request_ids: list[str], owner: str) -> steps.Gate:
     gate = steps.open_requests(get_runtime(), request_ids, owner=owner)
-    logger = get_run_logger()
-    for rid, why in gate.held.items():
-        logger.info("request %s held: %s", rid, why)
+    _log_grouped("held", gate.held)
     return gate
 
 
@@ -34,10 +34,9 @@ def open_requests(request_ids: list[str], owner: str) -> steps.Gate:
 @raises_safely
 def resolve_identities(request_ids: list[str]) -> dict[str, int]:
     learnt = steps.resolve_identities(get_runtime(), request_ids)
-    logger = get_run_logger()
-    for rid, count in learnt.items():
-        if count:
-            logger.info("request %s: %d identities learnt from its own rows", rid, count)
+    if grown := [count for count in learnt.values() if count]:
+        get_run_logger().info("%d of %d requests learnt %d identities from their own rows",
+                              len(grown), len(learnt), sum(grown))
     return learnt
 
 
@@ -47,9 +46,7 @@ def screen_requests(request_ids: list[str]) -> screening.Screened:
     """The policy's gates: a repeat is allowed, flagged or refused (privacy policy 6.6.2); a
     child's request waits for a verified guardian (7.x)."""
     screened = screening.screen(get_runtime(), request_ids)
-    logger = get_run_logger()
-    for rid, status in screened.stopped.items():
-        logger.info("request %s stopped at the gate: %s", rid, status.value)
+    _log_grouped("stopped at the gate", {rid: s.value for rid, s in screened.stopped.items()})
     return screened
 
 
@@ -65,9 +62,8 @@ def deliver_results(request_ids: list[str]) -> dict[str, str]:
     """Access packages and erasure certificates for the requests that are ready."""
     rt = get_runtime()
     made = deliverables.produce(rt, request_ids)
-    logger = get_run_logger()
+    _log_grouped("delivered", made, routine=frozenset(DELIVERED_EVENTS))
     for record in rt.ledger.get_many(list(made)):
-        logger.info("request %s: %s", record.id, made[record.id])
         event = DELIVERED_EVENTS.get(made[record.id])
         if event is not None:  # made; a failure is announced when the request closes
             announce(record, event)
@@ -89,26 +85,46 @@ def close_requests(request_ids: list[str]) -> Closed:
 @task(name="publish-results", **_TASK)  # type: ignore[call-overload]
 @raises_safely
 def publish_results(request_ids: list[str]) -> None:
-    """A table for the batch, a summary per request, an event per closed request."""
+    """One table artifact for the batch, a row per request with its steps' figures, and an
+    event per closed request. One artifact, not one per request: a batch of thousands
+    cost a round trip each and buried the batch in the UI's artifact list; a request's
+    own page is `dsrflow report --request ID`."""
     rt = get_runtime()
     records = rt.ledger.get_many(request_ids)
-    by_request: dict[str, list[StepRecord]] = {}
+    by_request: dict[str, list[StepRecord]] = defaultdict(list)
     for step in rt.ledger.steps(request_ids):
-        by_request.setdefault(step.request_id, []).append(step)
+        by_request[step.request_id].append(step)
     create_table_artifact(
         key="dsr-batch",
-        table=[_row(r, by_request.get(r.id, [])) for r in records],
+        table=[_row(r, by_request[r.id]) for r in records],
         description=f"{len(records)} data-subject requests",
     )
     for record in records:
-        create_markdown_artifact(
-            key=f"dsr-{record.id}",
-            markdown=_summary(record, by_request.get(record.id, [])),
-            description=f"Request {record.ticket_id}",
-        )
         event = CLOSING_EVENTS.get(record.status)
         if event is not None:  # still open (e.g. awaiting a partner): nothing to announce
             announce(record, event)
+
+
+LISTED_IDS = 50  # of one outcome in one log line; the rest are counted
+
+
+def _log_grouped(
+    what: str, outcomes: Mapping[str, str], routine: frozenset[str] = frozenset()
+) -> None:
+    """One log line per outcome and batch, not per request: its count and, unless it is
+    routine, the first request ids (a person looks those up with `dsrflow report
+    --request`). Outcomes are the pipeline's own texts and ids, never identities."""
+    by_outcome: dict[str, list[str]] = defaultdict(list)
+    for rid, outcome in outcomes.items():
+        by_outcome[outcome].append(rid)
+    logger = get_run_logger()
+    for outcome, ids in sorted(by_outcome.items()):
+        if outcome in routine:
+            logger.info("%s: %s for %d requests", what, outcome, len(ids))
+            continue
+        more = len(ids) - LISTED_IDS
+        logger.info("%s: %s for %d requests: %s%s", what, outcome, len(ids),
+                    ", ".join(sorted(ids)[:LISTED_IDS]), f" and {more} more" if more > 0 else "")
 
 
 def announce(record: RequestRecord, event: str) -> None:
@@ -143,9 +159,20 @@ def _row(record: RequestRecord, steps_: list[StepRecord]) -> dict[str, object]:
         "type": record.type.value if record.type else "",
         "regime": record.regime.value if record.regime else "",
         "status": record.status.value,
+        "reason": record.reason or "",
         "due": _local_due(record),
-        "systems": ", ".join(f"{s.system}:{s.action}={s.status}" for s in steps_),
+        "extended": "yes" if record.extended_due_at is not None else "",
+        "systems": "; ".join(_step_cell(s) for s in steps_),
     }
+
+
+def _step_cell(step: StepRecord) -> str:
+    """`system:action=status` and its counts that are not zero."""
+    counts = [f"{label} {n}" for label, n in (
+        ("found", step.found), ("deleted", step.deleted), ("anonymized", step.anonymized),
+        ("retained", step.retained), ("remaining", step.remaining)) if n]
+    cell = f"{step.system}:{step.action}={step.status}"
+    return f"{cell} ({', '.join(counts)})" if counts else cell
 
 
 def _local_due(record: RequestRecord) -> str:
@@ -157,44 +184,11 @@ def _local_due(record: RequestRecord) -> str:
     return get_runtime().deadlines.local_date(record.regime, due).isoformat()
 
 
-def _due_line(record: RequestRecord) -> str:
-    # The extension's reason stays in the ledger: it is free text typed by a person, and
-    # nothing typed by a person goes to Prefect unread.
-    if record.extended_due_at is not None and record.due_at is not None:
-        return (f"{record.extended_due_at.isoformat()} (extended from "
-                f"{record.due_at.isoformat()})")
-    if record.due_at is not None:
-        return record.due_at.isoformat()
-    return record.deadline_error or "clock not started (awaiting verification)"
-
-
-def _summary(record: RequestRecord, steps_: list[StepRecord]) -> str:
-    lines = [
-        f"# {record.type.value if record.type else 'request'} {record.ticket_id}",
-        "",
-        f"- request id: `{record.id}`",
-        f"- regime: {record.regime.value if record.regime else '-'}",
-        f"- status: **{record.status.value}**" + (f" ({record.reason})" if record.reason else ""),
-        f"- received: {record.received_at.isoformat()}",
-        f"- due: {_due_line(record)}",
-        "",
-        "| system | action | status | found | deleted | anonymized | retained | remaining |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for s in steps_:
-        cells = [s.system, s.action, s.status, s.found, s.deleted,
-                 s.anonymized, s.retained, s.remaining]
-        lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 @task(name="check-partners", **_TASK)  # type: ignore[call-overload]
 @raises_safely
 def check_partners() -> dict[str, str]:
     happened = partners.check(get_runtime())
-    logger = get_run_logger()
-    for rid, what in happened.items():
-        logger.info("request %s: %s", rid, what)
+    _log_grouped("partners checked", happened)
     return happened
 
 

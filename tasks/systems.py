@@ -3,10 +3,14 @@ counts. Nothing is cached or persisted: a retry must look at the system again.""
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from dsrflow.errors import raises_safely
+from dsrflow.model import StepStatus
 from pipeline import steps
 from pipeline.runtime import get_runtime
 from pipeline.steps import StepResult
@@ -30,13 +34,27 @@ def verify_system(system: str, request_ids: list[str]) -> list[StepResult]:
     return results
 
 
+NEEDS_A_LOOK = frozenset({StepStatus.FAILED, StepStatus.BLOCKED})
+
+
 def _log(system: str, verb: str, results: list[StepResult]) -> None:
-    # Counts and request ids only: the log lands in Prefect's database.
-    logger = get_run_logger()
-    for r in results:
-        logger.info(
-            "%s %s %s for %s: %s (found %d, deleted %d, anonymized %d, retained %d%s)",
-            system, verb, r.action.value, r.request_id, r.status.value, r.found, r.deleted,
-            r.anonymized, r.retained,
-            "" if r.remaining is None else f", remaining {r.remaining}",
-        )
+    """One line per system and batch: the totals, and the ids of the requests that failed
+    or are blocked (a line per request made a batch of thousands a wall of text in the UI, and
+    cost a round trip each; every request's own figures are in the batch's table artifact
+    and `dsrflow report --request`). Counts and request ids only: the log lands in
+    Prefect's database."""
+    if not results:
+        return
+    # A warning when some need a person: the UI filters log lines by level.
+    by_status = Counter(r.status.value for r in results)
+    stuck = sorted(r.request_id for r in results if r.status in NEEDS_A_LOOK)
+    remaining = sum(r.remaining or 0 for r in results)
+    get_run_logger().log(
+        logging.WARNING if stuck else logging.INFO,
+        "%s %s %d requests: %s; found %d, deleted %d, anonymized %d, retained %d%s%s",
+        system, verb, len(results), ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())),
+        sum(r.found for r in results), sum(r.deleted for r in results),
+        sum(r.anonymized for r in results), sum(r.retained for r in results),
+        f", remaining {remaining}" if remaining else "",
+        f"; failed or blocked: {', '.join(stuck)}" if stuck else "",
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -135,12 +134,10 @@ def test_erasure_actions_fit_the_columns(userdb: SqlSystem) -> None:
 
 
 # -- generator ---------------------------------------------------------------------------------
-def test_generator_builds_quickly_with_intact_foreign_keys(tmp_path: Path) -> None:
+def test_generator_builds_with_intact_foreign_keys(tmp_path: Path) -> None:
+    # (Not timed: a wall-clock bound fails on a loaded machine and proves nothing.)
     url = f"sqlite:///{tmp_path / 'w.db'}"
-    started = time.perf_counter()
     world = build_world(url, users=200, seed=7)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 2.0, f"200 users took {elapsed:.2f} s"
     assert world.users == 200 and world.seed == 7 and world.subjects == SUBJECTS
     assert "sqlite" not in repr(world)  # the URL may carry a password: not in reprs
     engine = sa.create_engine(url)

@@ -12,14 +12,14 @@ The audit chain takes one entry for the batch, which lists every request's outco
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from dsrflow.ledger.batches import chunks
+from dsrflow.ledger.batches import chunks, shapes
 from dsrflow.ledger.counts import add_up, add_up_parts, at_least, at_least_parts
 from dsrflow.ledger.schema import steps
 from dsrflow.model import (
@@ -131,7 +131,7 @@ class StepsMixin:
                     **({"kept": "the earlier success"} if kept else {}),
                 })
             if inserts:
-                for shape in _shapes(inserts):
+                for shape in shapes(inserts):
                     conn.execute(insert(steps), shape)
             for columns, rows in updates.items():
                 conn.execute(
@@ -305,11 +305,3 @@ def _reports_no_work(
         and error is None
         and not set(details or {}) - {RUN_KEY, SEARCHED_KEY}
     )
-
-
-def _shapes(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    """Rows grouped by the columns they set (one executemany per group)."""
-    groups: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[frozenset(row)].append(row)
-    yield from groups.values()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import fcntl
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -37,7 +38,7 @@ from dsrflow.deadlines import CalendarUnavailable, Deadlines
 from dsrflow.errors import safe_error
 from dsrflow.files import private_file
 from dsrflow.identities import Identity, Subject
-from dsrflow.ledger.batches import chunks
+from dsrflow.ledger.batches import chunks, shapes
 from dsrflow.ledger.gates import GatesMixin
 from dsrflow.ledger.holds import HoldsMixin
 from dsrflow.ledger.leases import LeasesMixin
@@ -393,38 +394,48 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
             yield row.id, json.loads(self.keyring.decrypt(row.subject_enc, row.id))
 
     def add_identities(self, request_id: str, found: Iterable[Identity]) -> None:
+        """`add_identities_many` for one request."""
+        self.add_identities_many({request_id: found})
+
+    def add_identities_many(self, found: Mapping[str, Iterable[Identity]]) -> None:
         """Remember identities learnt while processing (encrypted, like the ticket's own),
-        so a later look-up still finds the subject after erasure removed the originals."""
+        so a later look-up still finds the subject after erasure removed the originals.
+        One transaction for the batch."""
+        learnt = {rid: list(ids) for rid, ids in found.items()}
+        if not any(learnt.values()):
+            return
         with self.engine.begin() as conn:
             # Locked: parallel steps may learn identities at once; none may be lost.
-            blob = self._locked(conn, requests.c.subject_enc, request_id)
-            if blob is None:
-                return
-            secret = json.loads(self.keyring.decrypt(blob, request_id))
-            known = {(i["type"], i["value"]) for i in secret["identities"]}
-            new = sorted({(i.type.value, i.value) for i in found} - known)
-            if not new:
-                return
-            secret["identities"] += [{"type": t, "value": v} for t, v in new]
-            conn.execute(
-                update(requests)
-                .where(requests.c.id == request_id)
-                .values(subject_enc=self.keyring.encrypt(json.dumps(secret).encode(), request_id))
-            )
-            tokens = {(t, self.keyring.token(t, v)) for t, v in new}
-            existing = set(
-                conn.execute(
-                    select(identity_tokens.c.type, identity_tokens.c.token).where(
-                        identity_tokens.c.request_id == request_id
-                    )
-                ).tuples()
-            )
-            fresh = tokens - existing
+            blobs = self._locked_many(conn, requests.c.subject_enc,
+                                      [rid for rid, ids in learnt.items() if ids])
+            existing: set[tuple[str, str, str]] = set()
+            for chunk in chunks(list(blobs)):
+                existing |= set(conn.execute(
+                    select(identity_tokens.c.request_id, identity_tokens.c.type,
+                           identity_tokens.c.token)
+                    .where(identity_tokens.c.request_id.in_(chunk))).tuples())
+            secrets, fresh = [], []
+            for rid, blob in blobs.items():
+                if blob is None:
+                    continue  # closed meanwhile: its identities are gone, and stay gone
+                secret = json.loads(self.keyring.decrypt(blob, rid))
+                known = {(i["type"], i["value"]) for i in secret["identities"]}
+                new = sorted({(i.type.value, i.value) for i in learnt[rid]} - known)
+                if not new:
+                    continue
+                secret["identities"] += [{"type": t, "value": v} for t, v in new]
+                secrets.append({"_id": rid, "_blob": self.keyring.encrypt(
+                    json.dumps(secret).encode(), rid)})
+                for t, v in new:
+                    token = self.keyring.token(t, v)
+                    if (rid, t, token) not in existing:
+                        existing.add((rid, t, token))
+                        fresh.append({"request_id": rid, "type": t, "token": token})
+            if secrets:
+                conn.execute(update(requests).where(requests.c.id == bindparam("_id"))
+                             .values(subject_enc=bindparam("_blob")), secrets)
             if fresh:
-                conn.execute(
-                    insert(identity_tokens),
-                    [{"request_id": request_id, "type": t, "token": v} for t, v in fresh],
-                )
+                conn.execute(insert(identity_tokens), fresh)
 
     def pseudonymizer(self, request_id: str) -> Pseudonymizer:
         """The request's pseudonym key (`pseudonymizers` for a batch of one)."""
@@ -478,6 +489,19 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
             raise UnknownRequest(f"no request {request_id}")
         return found[1]
 
+    def _locked_many(self, conn: Connection, column: Any,
+                     request_ids: Sequence[str]) -> dict[str, Any]:
+        """One column of each request's row, locked until the transaction ends (in the
+        order given; raises UnknownRequest for an id not in the ledger)."""
+        found: dict[str, Any] = {}
+        for chunk in chunks(list(dict.fromkeys(request_ids))):
+            found.update(conn.execute(
+                select(requests.c.id, column).where(requests.c.id.in_(chunk))
+                .with_for_update()).tuples().all())
+        if missing := [rid for rid in request_ids if rid not in found]:
+            raise UnknownRequest(f"no request {missing[0]}")
+        return {rid: found[rid] for rid in dict.fromkeys(request_ids)}
+
     # -- status -----------------------------------------------------------------------
     def transition(
         self, request_id: str, target: Status, reason: str | None = None,
@@ -502,6 +526,51 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
             self._transition(conn, request_id, current, target, reason, values)
         return True
 
+    def transition_many(
+        self, moves: Mapping[str, tuple[Status, str | None]], expect: frozenset[Status],
+    ) -> dict[str, Status]:
+        """Move each request to its (target, reason), as `transition` with `expect` does,
+        for a batch in one transaction: the rows locked together, one audit entry listing
+        every move (and one listing the moves lost to a request that had moved on). Returns
+        each request's status afterwards: its target, or where it was found."""
+        if not moves:
+            return {}
+        stamp = now()
+        with self.engine.begin() as conn:
+            found = self._locked_many(conn, requests.c.status, list(moves))
+            after: dict[str, Status] = {}
+            moved, lost, updates = [], [], []
+            moved_ids: set[str] = set()
+            for rid, (target, reason) in moves.items():
+                current = Status(found[rid])
+                if current is target:
+                    after[rid] = target  # idempotent: a retried step sets it again
+                    continue
+                if current not in expect:
+                    lost.append({"request_id": rid, "to": target.value, "found": current.value})
+                    after[rid] = current
+                    continue
+                check_transition(current, target)
+                updates.append(_status_changes(rid, target, reason, stamp))
+                moved_ids.add(rid)
+                moved.append({"request_id": rid, "from": current.value, "to": target.value,
+                              "reason": reason})
+                after[rid] = target
+            for shape in shapes(updates):
+                columns = [c for c in shape[0] if c != "_id"]
+                conn.execute(update(requests).where(requests.c.id == bindparam("_id"))
+                             .values({c: bindparam(f"_{c}") for c in columns}),
+                             [{"_id": u["_id"], **{f"_{c}": u[c] for c in columns}}
+                              for u in shape])
+            self._tombstones(conn, [rid for rid, (target, _) in moves.items()
+                                    if target is Status.COMPLETED and rid in moved_ids], stamp)
+            if moved:
+                self._audit(conn, "request.status", None, {"moves": moved})
+            if lost:
+                self._audit(conn, "request.status_lost", None, {
+                    "moves": lost, "expected": sorted(s.value for s in expect)})
+        return after
+
     def _transition(
         self, conn: Connection, request_id: str, current: Status, target: Status,
         reason: str | None, values: dict[str, Any],
@@ -511,39 +580,37 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
             return  # idempotent: a retried step may set the same status again
         check_transition(current, target)
         stamp = now()
-        changes: dict[str, Any] = {
-            "status": target.value, "updated_at": stamp, "reason": reason, **values,
-        }
-        if target in (Status.COMPLETED, Status.PARTIALLY_COMPLETED, Status.REFUSED):
-            changes["completed_at"] = stamp
-        elif target is Status.IN_PROGRESS:
-            changes["completed_at"] = None  # a rerun: the clock runs again
-        if target in (Status.COMPLETED, Status.REFUSED):
-            # Closed: drop the identities and destroy the pseudonym key.
-            changes["subject_enc"] = None
-            changes["pseudonym_key_enc"] = None
-        conn.execute(update(requests).where(requests.c.id == request_id).values(changes))
+        changes = {**_status_changes(request_id, target, reason, stamp), **values}
+        conn.execute(update(requests).where(requests.c.id == changes.pop("_id"))
+                     .values(changes))
         if target is Status.COMPLETED:
-            self._tombstone(conn, request_id, stamp)
+            self._tombstones(conn, [request_id], stamp)
         self._audit(
             conn, "request.status", request_id,
             {"from": current.value, "to": target.value, "reason": reason},
         )
 
-    def _tombstone(self, conn: Connection, request_id: str, at: datetime) -> None:
-        """An erasure that completed leaves what it covered (in the same transaction as
-        its completion): the systems whose erase succeeded, its type and scope."""
-        row = conn.execute(select(requests.c.type, requests.c.scope)
-                           .where(requests.c.id == request_id)).one()
-        if row.type is None or not RequestType(row.type).erases:
+    def _tombstones(self, conn: Connection, request_ids: Sequence[str], at: datetime) -> None:
+        """Erasures that completed leave what they covered (in the same transaction as
+        their completion): the systems whose erase succeeded, the type and scope."""
+        if not request_ids:
             return
-        systems = sorted(set(conn.execute(
-            select(steps.c.system).where(steps.c.request_id == request_id,
-                                         steps.c.action == "erase",
-                                         steps.c.status == "succeeded")).scalars()))
-        conn.execute(insert(tombstones).values(
-            request_id=request_id, type=row.type, scope=row.scope, systems=systems,
-            completed_at=at))
+        rows, erased = {}, defaultdict(set)
+        for chunk in chunks(list(request_ids)):
+            rows.update({r.id: r for r in conn.execute(
+                select(requests.c.id, requests.c.type, requests.c.scope)
+                .where(requests.c.id.in_(chunk)))})
+            for rid, system in conn.execute(
+                select(steps.c.request_id, steps.c.system).where(
+                    steps.c.request_id.in_(chunk), steps.c.action == "erase",
+                    steps.c.status == "succeeded")).tuples():
+                erased[rid].add(system)
+        stones = [{"request_id": rid, "type": row.type, "scope": row.scope,
+                   "systems": sorted(erased[rid]), "completed_at": at}
+                  for rid, row in rows.items()
+                  if row.type is not None and RequestType(row.type).erases]
+        if stones:
+            conn.execute(insert(tombstones), stones)
 
     def mark_verified(self, request_id: str, method: str, verified_at: datetime) -> None:
         """The subject's identity was confirmed after the ticket arrived. Where the clock
@@ -873,3 +940,20 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(requests)).scalar_one())
 
+
+def _status_changes(
+    request_id: str, target: Status, reason: str | None, stamp: datetime
+) -> dict[str, Any]:
+    """The columns a move to `target` sets (`_id` names the row)."""
+    changes: dict[str, Any] = {
+        "_id": request_id, "status": target.value, "updated_at": stamp, "reason": reason,
+    }
+    if target in (Status.COMPLETED, Status.PARTIALLY_COMPLETED, Status.REFUSED):
+        changes["completed_at"] = stamp
+    elif target is Status.IN_PROGRESS:
+        changes["completed_at"] = None  # a rerun: the clock runs again
+    if target in (Status.COMPLETED, Status.REFUSED):
+        # Closed: drop the identities and destroy the pseudonym key.
+        changes["subject_enc"] = None
+        changes["pseudonym_key_enc"] = None
+    return changes
