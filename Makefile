@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 OUT ?= demo-out
 USERS ?= 200
 
-.PHONY: install demo test test-fast lint typecheck unit bench ui clean
+.PHONY: install demo test test-fast lint typecheck unit bench bench-full ui clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -46,6 +46,13 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_logs
 	$(BIN)/python -m benchmarks.bench_sweep --rows 200000 --expired 40000 --batch 5000
+	$(BIN)/python -m benchmarks.bench_e2e --requests 20,80 --users 400 --log-lines 4000
+
+# The sizes docs/performance.md reports (an hour or more on two cores).
+bench-full: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_logs
+	$(BIN)/python -m benchmarks.bench_sweep --repeat 3
+	$(BIN)/python -m benchmarks.bench_e2e --requests 100,1000 --users 5000
 
 # A local Prefect server and UI (SQLite under .dsrflow/prefect, analytics off). Then, in
 # another shell: PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/dsrflow serve

@@ -285,7 +285,7 @@ def pages_for(run: dict[str, Any], artifacts: list[dict[str, Any]]) -> list[Page
             "ui-flow-run-artifacts.png",
             f"/v2/runs/flow-run/{run_id}?tab=Artifacts",
             (name, BATCH_ARTIFACT_KEY),
-            "the batch flow run's Artifacts tab: the batch table and per-request summaries",
+            "the batch flow run's Artifacts tab: the batch table and the progress bar",
             size=(1400, 1250),
         ),
         Page(

@@ -158,8 +158,8 @@ def _row(record: RequestRecord, steps_: list[StepRecord]) -> dict[str, object]:
         "ticket": record.ticket_id,
         "type": record.type.value if record.type else "",
         "regime": record.regime.value if record.regime else "",
+        # Not the reason: a refusal's is typed by a person, and nothing typed goes to Prefect.
         "status": record.status.value,
-        "reason": record.reason or "",
         "due": _local_due(record),
         "extended": "yes" if record.extended_due_at is not None else "",
         "systems": "; ".join(_step_cell(s) for s in steps_),
