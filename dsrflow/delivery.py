@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import boto3
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dsrflow.files import write_private
@@ -87,6 +86,8 @@ class PackageStore:
     @property
     def client(self) -> Any:
         if self._client is None:
+            import boto3  # here: every command reads the settings, few deliver a package
+
             self._client = boto3.client("s3", endpoint_url=self.settings.endpoint(),
                                         region_name=self.settings.region)
         return self._client

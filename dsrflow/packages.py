@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pandas as pd
 from cryptography.fernet import Fernet, InvalidToken
 
 from dsrflow.datamap import DataMap, Disclosure, LogsSystem, ObjectsSystem, PartnerSystem
@@ -242,6 +241,8 @@ def _json(rows: Sequence[dict[str, Any]]) -> bytes:
 
 
 def _csv(rows: Sequence[dict[str, Any]]) -> bytes:
+    import pandas as pd  # here: `dsrflow package open` needs no pandas to check a package
+
     frame = pd.json_normalize(list(rows)) if rows else pd.DataFrame()
     return frame.to_csv(index=False).encode()
 

@@ -1,4 +1,9 @@
-"""The `dsrflow` command line."""
+"""The `dsrflow` command line.
+
+Each command imports what it needs when it runs (issue 16): `dsrflow --help` loads neither
+Prefect nor pandas, only the commands that run flows load Prefect, and only those that show
+the report's frames load pandas. tests/test_startup.py checks it.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
 from rich.table import Column, Table
 
-from dsrflow.datamap import DataMapError, load_datamap
-from dsrflow.settings import (
-    CONFIG_ENV,
-    ConfigError,
-    add_signing_key,
-    write_key_file,
-)
 from entrypoints.holds import hold_app
 from entrypoints.retention import sweep
 from entrypoints.terminal import (
@@ -34,7 +31,9 @@ from entrypoints.terminal import (
 )
 from entrypoints.tombstones import tombstones_app
 
-if TYPE_CHECKING:  # the calendars load `holidays`: only the commands that need them do
+if TYPE_CHECKING:  # only the commands that need them load pandas and `holidays` (calendars)
+    import pandas as pd
+
     from dsrflow.deadlines import Deadlines
 
 
@@ -316,6 +315,8 @@ def status(
     ids = [request_id] if request_id else [r.id for r in rt.ledger.all()]
     _print_status(rt, ids)
     if request_id:
+        import pandas as pd
+
         names = ["system", "action", "status", "found", "deleted", "anonymized", "retained",
                  "remaining", "error"]
         steps = pd.DataFrame([s.as_dict() for s in rt.ledger.steps([request_id])],
@@ -334,6 +335,8 @@ def status_view(report: pd.DataFrame, deadlines: Deadlines) -> pd.DataFrame:
     """The report's rows as `status` shows them: the due date that binds now (extended, if
     the request was) as the day it is in the regime's time zone. The report keeps UTC
     moments, and the end of a CCPA day in Los Angeles is already the next day in UTC."""
+    import pandas as pd
+
     due = report["extended_due_at"].fillna(report["due_at"])
     days = [_local_day(deadlines, regime, moment)
             for regime, moment in zip(report["regime"], due, strict=True)]
@@ -405,6 +408,8 @@ def frame_table(
 
 
 def _cell(value: Any) -> str:
+    import pandas as pd  # loaded already: the value comes from a frame
+
     return "" if value is None or pd.isna(value) else str(value)
 
 
@@ -524,6 +529,8 @@ def demo(
 @datamap_app.command("check")
 def datamap_check(file: Path) -> None:
     """Validate a data map; errors name the field's dotted path."""
+    from dsrflow.datamap import DataMapError, load_datamap
+
     try:
         dm = load_datamap(file)
     except DataMapError as exc:
@@ -553,6 +560,8 @@ def datamap_draft(
 @keys_app.command("new")
 def keys_new(file: Path) -> None:
     """Write a new key file (mode 0600); point `key_file` in dsrflow.yaml at it."""
+    from dsrflow.settings import write_key_file
+
     try:
         write_key_file(file)
     except FileExistsError:
@@ -564,6 +573,7 @@ def keys_new(file: Path) -> None:
 def keys_add_signing(file: Path) -> None:
     """Add a certificate signing key to a key file that has none (one written before
     certificates existed). A signing key already there is never replaced."""
+    from dsrflow.settings import ConfigError, add_signing_key
     from dsrflow.signing import key_id
 
     try:
@@ -578,6 +588,7 @@ def keys_add_signing(file: Path) -> None:
 def keys_public_key(config: ConfigOption = None) -> None:
     """Print the public half of the certificate signing key and its id: give them to
     whoever checks certificates (`dsrflow certificate verify --public-key ...`)."""
+    from dsrflow.settings import ConfigError
     from dsrflow.signing import encode_public_key, key_id
 
     settings = load_config(config)
@@ -603,6 +614,7 @@ def certificate_verify(
     1 if it does not or the file holds anything the signature does not cover."""
     from dsrflow.certificates import CertificateInvalid, read_certificate, verify_certificate
     from dsrflow.crypto import KeyMaterialError
+    from dsrflow.settings import ConfigError
     from dsrflow.signing import decode_public_key
 
     if public_key:
@@ -696,6 +708,7 @@ def serve(
     PREFECT_API_URL (`make ui` starts one). Intake is served only with a `queue:`."""
     from deployments.callbacks import create_app, serving
     from deployments.serve import apply_automations, serve_all
+    from dsrflow.settings import CONFIG_ENV
 
     rt = open_runtime(config)
     if notification_block:

@@ -1,20 +1,24 @@
 """What every `dsrflow` command shares: the Typer that never prints a traceback, the
-consoles, failing with a message, and loading the settings and the runtime."""
+consoles, failing with a message, and loading the settings and the runtime.
+
+Only typer, click and rich at import: `dsrflow --help` and every command module load this,
+and the settings (SQLAlchemy, cryptography, pydantic) are imported by the commands that
+read them (issue 16: the help in well under half a second).
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
 from rich.console import Console
 
-from dsrflow.datamap import DataMapError
-from dsrflow.errors import safe_error
-from dsrflow.settings import ConfigError, Settings, load_settings
+if TYPE_CHECKING:
+    from dsrflow.settings import Settings
 
 
 class Typer(typer.Typer):
@@ -53,6 +57,8 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 def say(exc: BaseException) -> str:
     """An error for the terminal: `safe_error`, without the type of a message dsrflow
     wrote, and not clipped as a stored error is."""
+    from dsrflow.errors import safe_error
+
     return safe_error(exc, typed=False, limit=2000)
 
 
@@ -73,6 +79,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def load_config(config: Path | None) -> Settings:
+    from dsrflow.settings import ConfigError, load_settings
+
     try:
         return load_settings(config)
     except ConfigError as exc:
@@ -81,6 +89,9 @@ def load_config(config: Path | None) -> Settings:
 
 def open_runtime(config: Path | None) -> Any:
     """The runtime, with Prefect's environment prepared first (see dsrflow.prefect_env)."""
+    from dsrflow.datamap import DataMapError
+    from dsrflow.settings import ConfigError
+
     settings = load_config(config)
     from dsrflow.prefect_env import prepare
 
