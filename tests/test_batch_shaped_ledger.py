@@ -90,7 +90,7 @@ def test_write_transactions_do_not_grow_with_the_batch(run_of: Any) -> None:
 
 
 def _audited_moves(ledger: Ledger) -> list[dict[str, Any]]:
-    moves = []
+    moves: list[dict[str, Any]] = []
     for _, detail in ledger.audit_events("request.status"):
         moves += detail.get("moves") or [{"request_id": None, **detail}]
     return [m for m in moves if m["request_id"] is not None]

@@ -255,10 +255,10 @@ def test_the_ui_shows_named_runs_artifacts_and_events(
                     and a.type == "progress"]
         assert [a.data for a in progress] == [100.0]
         # One artifact for the batch, a row per request, not one artifact per request.
-        mine = [a for a in client.read_artifacts() if a.flow_run_id == run.id
-                and a.type == "table"]
-        assert [a.key for a in mine] == ["dsr-batch"]
-        rows = {r["ticket"]: r for r in _table_rows(mine[0].data)}
+        tables = [a for a in client.read_artifacts() if a.flow_run_id == run.id
+                  and a.type == "table"]
+        assert [a.key for a in tables] == ["dsr-batch"]
+        rows = {r["ticket"]: r for r in _table_rows(tables[0].data)}
         assert set(rows) == {"UI-1", "UI-2", "UI-3"}
         assert rows["UI-1"]["status"] == "completed"
         assert "db:erase=succeeded (found" in rows["UI-1"]["systems"]
