@@ -156,9 +156,10 @@ def cpu_of(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def build(out: Path, users: int, log_lines: int, s3: str, partner: Any) -> Path:
-    """The demo world at `out` (SQLite, logs, the moto S3), its map without the manual
-    partner (a person confirms that one: not throughput), and dsrflow's settings."""
+def build(out: Path, users: int, log_lines: int, s3: str | None, partner: Any) -> Path:
+    """The demo world at `out` (SQLite, logs, the moto S3 unless `s3` is None), its map
+    without the manual partner (a person confirms that one: not throughput), and
+    dsrflow's settings."""
     import boto3
 
     from examples.wishe.generate import build_world
@@ -167,7 +168,8 @@ def build(out: Path, users: int, log_lines: int, s3: str, partner: Any) -> Path:
 
     db_url = f"sqlite:///{out / 'wishe.db'}"
     build_world(db_url, users=users)
-    populate(boto3.client("s3", endpoint_url=s3), db_url)
+    if s3 is not None:
+        populate(boto3.client("s3", endpoint_url=s3), db_url)
     write_logs(out / "logs", db_url, lines=log_lines)
     datamap: dict[str, Any] = yaml.safe_load(
         (Path(__file__).resolve().parent.parent / "examples/wishe/datamap.yaml").read_text())
@@ -175,8 +177,11 @@ def build(out: Path, users: int, log_lines: int, s3: str, partner: Any) -> Path:
     systems.pop("courier")
     systems["userdb"].pop("url_env", None)
     systems["userdb"]["url"] = db_url
-    systems["media"].pop("endpoint_url_env", None)
-    systems["media"]["endpoint_url"] = s3
+    if s3 is None:
+        systems.pop("media")
+    else:
+        systems["media"].pop("endpoint_url_env", None)
+        systems["media"]["endpoint_url"] = s3
     systems["adnet"]["endpoint"] = partner.url
     systems["adnet"]["callback_domains"] = [partner.domain]
     (out / "partners").mkdir()
@@ -255,6 +260,8 @@ def main() -> None:
     parser.add_argument("--log-lines", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--concurrent", type=int, default=2)
+    parser.add_argument("--without-s3", action="store_true",
+                        help="leave the objects system out (moto's cost grows with the bucket)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.requests.split(",")]
     if sum(sizes) > args.users - 20:
@@ -286,8 +293,8 @@ def main() -> None:
             os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{api_port}/api"
             os.environ["PREFECT_HOME"] = str(out / "prefect-client")
             started = time.perf_counter()
-            config = build(out, args.users, args.log_lines, f"http://127.0.0.1:{s3_port}",
-                           partner)
+            config = build(out, args.users, args.log_lines,
+                           None if args.without_s3 else f"http://127.0.0.1:{s3_port}", partner)
             built = time.perf_counter() - started
             rounds = run_rounds(config, partner, sizes, args, {"prefect server": ppid,
                                                                 "moto (S3)": mpid})
@@ -329,7 +336,8 @@ def report(rounds: list[Round], args: argparse.Namespace, built: float) -> None:
           f"{platform.processor() or platform.machine()}; Python {platform.python_version()}")
     print(f"# world: {args.users:,} users, {args.log_lines:,} log lines (built in "
           f"{built:.0f} s); batches of {args.batch_size}, {args.concurrent} at once; "
-          "SQLite ledger and user database, moto S3, the reference OpenDSR partner")
+          f"SQLite ledger and user database, {'no S3' if args.without_s3 else 'moto S3'}, "
+          "the reference OpenDSR partner")
     print()
     print("| requests | submit s | run s | to all completed s | requests/s | "
           "CPU s/request (dsrflow + Prefect server) | moto CPU s/request | statuses |")
@@ -342,7 +350,7 @@ def report(rounds: list[Round], args: argparse.Namespace, built: float) -> None:
               f"{', '.join(f'{n} {s}' for s, n in sorted(r.statuses.items()))} |")
     print()
     print("| requests | run s | ledger | sql | logs | s3 | partner | connectors (the floor) | "
-          "run / floor | ledger share of the run |")
+          "run / floor | ledger s/request |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rounds:
         floor = sum(r.busy.get(k, 0.0) for k in ("sql", "logs", "s3", "partner"))
@@ -350,7 +358,7 @@ def report(rounds: list[Round], args: argparse.Namespace, built: float) -> None:
                            for k in ("ledger", "sql", "logs", "s3", "partner"))
         print(f"| {r.requests:,} | {r.run_seconds:.1f} | {cells} | {floor:.1f} | "
               f"{r.run_seconds / max(floor, 1e-9):.2f}x | "
-              f"{r.busy.get('ledger', 0.0) / r.run_seconds:.0%} |")
+              f"{r.busy.get('ledger', 0.0) / r.requests:.3f} |")
     print()
     last = rounds[-1]
     top = sorted(((v, k) for k, v in last.busy.items() if k.startswith("ledger:")),
@@ -358,8 +366,9 @@ def report(rounds: list[Round], args: argparse.Namespace, built: float) -> None:
     print(f"Ledger at N={last.requests:,}: " + ", ".join(
         f"{k.split(':', 1)[1]} {v:.1f} s" for v, k in top))
     print()
-    print("Busy seconds are summed over threads (systems run side by side); the floor is "
-          "the connectors' own time, what the same work costs called directly.")
+    print("Busy seconds are summed over threads (systems run side by side, callbacks arrive "
+          "on their own threads; a wait for a lock counts as busy); the floor is the "
+          "connectors' own time in the run, what the same work costs called directly.")
     if len(rounds) > 1:
         a, b = rounds[-2], rounds[-1]
         per_a = (a.cpu["dsrflow"] + a.cpu["prefect server"]) / a.requests

@@ -581,8 +581,8 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
         check_transition(current, target)
         stamp = now()
         changes = {**_status_changes(request_id, target, reason, stamp), **values}
-        conn.execute(update(requests).where(requests.c.id == changes.pop("_id"))
-                     .values(changes))
+        del changes["_id"]
+        conn.execute(update(requests).where(requests.c.id == request_id).values(changes))
         if target is Status.COMPLETED:
             self._tombstones(conn, [request_id], stamp)
         self._audit(
