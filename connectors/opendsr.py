@@ -531,7 +531,8 @@ class OpenDsrClient:
 # -- the connector-shaped adapter ------------------------------------------------------------
 class OpenDsrPartner:
     """One OpenDSR partner of the data map. The caller owns exactly-once: it records the
-    `subject_request_id` in the ledger before `submit`, and reuses it on every retry."""
+    `subject_request_id` in the ledger before `submit`, and reuses it on every retry.
+    Thread-safe: it keeps no per-call state, and its client is thread-safe."""
 
     kind = "partner"
     protocol: ClassVar[str] = "opendsr"

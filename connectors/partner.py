@@ -16,6 +16,11 @@ knows only this contract:
   earlier attempt's request arrive?) and on its schedule (`check-partners`).
 - `calls_back` partners also report by signed callback (`dsrflow serve`).
 
+A batch's requests are handed to one partner from several threads at once (up to the
+`partner_concurrency` setting), so `hand_over` and `where` must be safe to call
+concurrently on one instance: keep no per-call state on it (httpx's `Client` is
+thread-safe; tenacity's `Retrying` is made afresh for every call).
+
 Here too: the errors every protocol raises (their messages never hold an identity or a
 partner's text), identity encoding, RFC 3339 times, header reading, back-off, and the
 scrubber that keeps a partner's error text out of everything but one attribute.

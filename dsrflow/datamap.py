@@ -652,6 +652,11 @@ class PartnerSystem(_Strict):
         default=None, description="why data is shared with it (told to the subject in the "
         "access package)"
     )
+    max_concurrency: int | None = Field(
+        default=None, ge=1, le=20,
+        description="requests handed to it at once (default: the `partner_concurrency` "
+        "setting); 1 for a partner that takes one at a time",
+    )
 
     @model_validator(mode="after")
     def _protocol_needs(self) -> PartnerSystem:

@@ -152,6 +152,14 @@ class Settings(BaseSettings):
         description="status checks in a row a partner may leave unanswered (down, timing "
         "out) before its request is blocked for a person to look at",
     )
+    # At most 20: an HTTP client keeps 20 connections alive (httpx's default); past that,
+    # each request would open a connection of its own.
+    partner_concurrency: int = Field(
+        default=8, ge=1, le=20,
+        description="requests a batch hands to one partner at once (concurrent POSTs, each "
+        "recorded as its answer arrives); a partner's `max_concurrency` in the data map "
+        "overrides it; 1 sends them one after another",
+    )
     lease_minutes: float = Field(
         default=10, gt=0, le=24 * 60,
         description="how long a run's hold on its requests lasts without renewal (renewed "

@@ -1,9 +1,10 @@
 """Propagating requests to partners, exactly once, without holding a worker while they work.
 
 - `send`: for each request, the partner's `subject_request_id` is written to the ledger and
-  committed before anything is sent; every retry, rerun or crash recovery sends that same
-  id, which the partner treats as the same request. The step then waits as
-  `pending_external`.
+  committed before anything is sent (for the whole batch in one transaction); every retry,
+  rerun or crash recovery sends that same id, which the partner treats as the same
+  request. Up to `partner_concurrency` requests are with one partner at once, each
+  recorded as its answer arrives. The step then waits as `pending_external`.
 - `check`: the scheduled look at everything still waiting: a partner's status (OpenDSR
   polling, for partners whose callback never came) moves its step on, and a request whose
   last step finished is closed.
@@ -13,7 +14,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Generator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import closing
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,14 +29,23 @@ from connectors.partner import (
     Answer,
     Correction,
     Partner,
+    PartnerError,
     PartnerRejected,
     new_subject_request_id,
 )
 from dsrflow.datamap import PartnerSystem, SqlSystem
 from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import write_export
+from dsrflow.identities import Subject
 from dsrflow.ledger import PartnerRequest, RequestRecord
-from dsrflow.model import PARTNER_DONE, PartnerStatus, StepAction, StepStatus, action_for
+from dsrflow.model import (
+    PARTNER_DONE,
+    PartnerStatus,
+    RequestType,
+    StepAction,
+    StepStatus,
+    action_for,
+)
 from pipeline.closing import close_finished
 from pipeline.runtime import Runtime
 
@@ -50,47 +64,203 @@ def send(rt: Runtime, system: str, members: Sequence[RequestRecord]) -> dict[str
     acknowledged (`created`) is sent, again under the id committed before the first
     attempt; one it acknowledged is waiting (polled or called back), one it finished is
     done, one blocked stays blocked with its reason until a person retries it (`dsrflow
-    partner retry`). A partner that is down raises (the task retries, with the same ids);
-    a refusal blocks that request only."""
+    partner retry`).
+
+    The ids the batch lacks are made and committed in one transaction before anything is
+    sent; then up to `concurrency` requests are with the partner at once, and each answer
+    is recorded as it arrives (compare-and-set: an answer that came back after a callback
+    moved the request on changes nothing). A refusal blocks that request only. A partner
+    that is down raises, after every answer that did arrive is recorded: nothing more is
+    started, and the task's retry sends the rest, under the same ids."""
     connector = rt.partner(system)
     subjects = {s.request_id: s for s in rt.ledger.subjects(m.id for m in members)}
     rows = {p.request_id: p for p in rt.ledger.partner_requests([m.id for m in members])
             if p.system == system}
     outcomes: dict[str, Outcome] = {}
+    due: list[RequestRecord] = []
     for member in members:
-        outcome = outcomes[member.id] = Outcome()
+        outcomes[member.id] = Outcome()
         row = rows.get(member.id)
         if row is not None and row.status != PartnerStatus.CREATED:
-            _as_recorded(rt, system, member, row, outcome)  # a rerun: never asked twice
-            continue
-        assert member.type is not None and member.regime is not None
-        srid = rt.ledger.partner_request_id(member.id, system, new_subject_request_id)
-        if row is not None and connector.polled and _known(
-            rt, connector, system, member, srid, outcome
-        ):
-            continue  # an earlier attempt's request did arrive: not sent twice
-        url = callback_url(rt, system) if connector.calls_back else None
-        try:
-            ack = connector.hand_over(
-                subjects[member.id], member.type.value, member.regime.value, srid,
-                url, submitted_time=member.received_at,
-                corrections=corrections_for(rt, connector.system, member.id),
-            )
-        except BLOCKING as exc:
-            if rt.ledger.update_partner(member.id, system, PartnerStatus.BLOCKED,
-                                        error=safe_error(exc)):
-                outcome.blocked = safe_error(exc)
-            else:
-                _as_now(rt, system, member, outcome)
-            continue
-        if not _record(rt, system, member.id, ack):
-            # The partner called back before its acknowledgement was recorded.
-            _as_now(rt, system, member, outcome)
-        elif ack.state is PartnerStatus.SUBMITTED:
-            outcome.pending = _waiting(system, ack.expected_completion_at)
-        elif ack.state is PartnerStatus.AWAITING_CONFIRMATION:
-            outcome.pending = ack.note
+            # A rerun: never asked twice.
+            _as_recorded(rt, system, member, row, outcomes[member.id])
+        else:
+            assert member.type is not None and member.regime is not None
+            due.append(member)
+    if not due:
+        return outcomes
+    srids = rt.ledger.partner_request_ids([m.id for m in due], system, new_subject_request_id)
+    url = callback_url(rt, system) if connector.calls_back else None
+    jobs = [
+        _Job(
+            member, subjects[member.id], srids[member.id],
+            # An earlier attempt may have reached the partner (a run killed, or a reply
+            # lost, between the POST and its ledger write): asked before sending again.
+            ask_first=member.id in rows and connector.polled,
+            # Only a rectification carries corrections: not a ledger read per request.
+            corrections=(corrections_for(rt, connector.system, member.id)
+                         if member.type is RequestType.RECTIFICATION else []),
+        )
+        for member in due
+    ]
+    failure: Exception | None = None
+    # Closed however the loop ends: an exception of ours (the ledger) must not leave the
+    # pool starting more exchanges whose answers nobody would record.
+    with closing(_exchanges(connector, jobs, url, concurrency(rt, system))) as arrivals:
+        for arrived in arrivals:
+            failed = _record_all(rt, system, arrived, outcomes)
+            failure = failure or failed  # the first is raised
+    if failure is not None:
+        raise failure
     return outcomes
+
+
+def concurrency(rt: Runtime, system: str) -> int:
+    """How many requests may be with this partner at once: its `max_concurrency` in the
+    data map, else the `partner_concurrency` setting."""
+    spec = rt.datamap.systems[system]
+    bound = spec.max_concurrency if isinstance(spec, PartnerSystem) else None
+    return bound or rt.settings.partner_concurrency
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One request to hand over, with everything the exchange needs read beforehand: the
+    pool's threads touch the network only, never the ledger."""
+
+    member: RequestRecord
+    subject: Subject
+    srid: str
+    ask_first: bool
+    corrections: list[Correction]
+
+
+Reply = Acknowledgement | Answer | Exception
+
+
+def _exchanges(
+    connector: Partner, jobs: Sequence[_Job], url: str | None, bound: int
+) -> Generator[list[tuple[_Job, Reply]], None, None]:
+    """The jobs' exchanges with the partner, at most `bound` at once, yielded as they end:
+    all those that ended while the caller was recording the previous ones, together (so
+    they are recorded in one transaction, and a slow ledger does not hold the partner's
+    answers back one commit each). Each with its acknowledgement, the answer of a partner
+    that already had the request, or what it raised.
+
+    Once an exchange has raised anything but a refusal (the partner is down), no other
+    starts: those under way end and are yielded, the rest are not (they go at the retry).
+    If the caller stops early (an exception of its own), what is in flight ends
+    unrecorded, and is asked about before anything is sent again."""
+    down = threading.Event()
+
+    def exchange(job: _Job) -> Acknowledgement | Answer | None:
+        if down.is_set():
+            return None  # not started
+        try:
+            return _exchange(connector, job, url)
+        except BLOCKING:
+            raise
+        except Exception:
+            down.set()  # before this thread takes its next job
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=min(bound, len(jobs)),
+                              thread_name_prefix="partner-hand-over")
+    try:
+        job_of = {pool.submit(exchange, job): job for job in jobs}
+        waiting = set(job_of)
+        while waiting:
+            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            arrived: list[tuple[_Job, Reply]] = []
+            for future in sorted(done, key=lambda f: job_of[f].member.id):
+                error = future.exception()
+                if error is not None:
+                    arrived.append((job_of[future], _as_exception(error)))
+                elif (reply := future.result()) is not None:
+                    arrived.append((job_of[future], reply))
+            if down.is_set():
+                # Not needed for correctness (they would not start): not queued either.
+                waiting = {f for f in waiting if not f.cancel()}
+            if arrived:
+                yield arrived
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _record_all(
+    rt: Runtime, system: str, arrived: Sequence[tuple[_Job, Reply]],
+    outcomes: dict[str, Outcome],
+) -> Exception | None:
+    """Record answers that arrived together: acknowledgements and refusals in one ledger
+    transaction, each a compare-and-set (an answer that lost to a callback changes nothing,
+    and the request stands as the callback left it). Returns the first failure (the partner
+    was down), if any, for the caller to raise once everything that arrived is recorded."""
+    failure: Exception | None = None
+    changes: dict[str, tuple[_Job, Acknowledgement | PartnerError]] = {}
+    for job, reply in arrived:
+        if isinstance(reply, _NotAsked):
+            failure = failure or reply.cause
+        elif isinstance(reply, Acknowledgement):
+            changes[job.member.id] = (job, reply)
+        elif isinstance(reply, BLOCKING):
+            changes[job.member.id] = (job, reply)  # a refusal: this request only
+        elif isinstance(reply, Exception):
+            failure = failure or reply
+        else:
+            # The partner already had it (an earlier attempt's): its answer is applied, and
+            # nothing was sent.
+            apply_status(rt, system, job.member.id, reply)
+            _as_now(rt, system, job.member, outcomes[job.member.id])
+    applied = rt.ledger.update_partners(system, [
+        (rid, PartnerStatus.BLOCKED, {"error": safe_error(reply)})
+        if isinstance(reply, PartnerError) else (rid, reply.state, _kept(reply))
+        for rid, (_, reply) in changes.items()
+    ])
+    for rid, (job, reply) in changes.items():
+        outcome = outcomes[rid]
+        if rid not in applied:
+            # The partner called back before its answer was recorded.
+            _as_now(rt, system, job.member, outcome)
+        elif isinstance(reply, PartnerError):
+            outcome.blocked = safe_error(reply)
+        elif reply.state is PartnerStatus.SUBMITTED:
+            outcome.pending = _waiting(system, reply.expected_completion_at)
+        elif reply.state is PartnerStatus.AWAITING_CONFIRMATION:
+            outcome.pending = reply.note
+    return failure
+
+
+class _NotAsked(Exception):
+    """The partner refused to say where an earlier attempt's request stands (a status
+    look-up answered 4xx, not 404): the request is not blocked for it (the partner did not
+    refuse the request), it fails and is asked about again at the retry."""
+
+    def __init__(self, cause: PartnerRejected) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _as_exception(error: BaseException) -> Exception:
+    if isinstance(error, Exception):
+        return error
+    raise error  # not the partner's doing (an interrupt): nothing is recorded of it
+
+
+def _exchange(connector: Partner, job: _Job, url: str | None) -> Acknowledgement | Answer:
+    """On a pool thread: ask the partner for a request an earlier attempt may have sent
+    (its answer, when it has it), else hand the request over (the acknowledgement)."""
+    if job.ask_first:
+        try:
+            return connector.where(job.srid)
+        except PartnerRejected as exc:
+            if exc.status_code != 404:
+                raise _NotAsked(exc) from None
+    member = job.member
+    assert member.type is not None and member.regime is not None
+    return connector.hand_over(
+        job.subject, member.type.value, member.regime.value, job.srid, url,
+        submitted_time=member.received_at, corrections=job.corrections,
+    )
 
 
 def corrections_for(rt: Runtime, spec: PartnerSystem, request_id: str) -> list[Correction]:
@@ -108,35 +278,16 @@ def corrections_for(rt: Runtime, spec: PartnerSystem, request_id: str) -> list[C
     return out
 
 
-def _record(rt: Runtime, system: str, request_id: str, ack: Acknowledgement) -> bool:
-    """The acknowledgement, in the ledger (compare-and-set); False if the request had
-    moved on meanwhile."""
+def _kept(ack: Acknowledgement) -> dict[str, Any]:
+    """What an acknowledgement leaves in the ledger (and the error of an earlier attempt
+    cleared)."""
     given = {
         "regulation_sent": ack.regulation,
         "controller_id": ack.controller_id,
         "reference": ack.reference,
         "expected_completion_at": ack.expected_completion_at,
     }
-    kept: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
-    return rt.ledger.update_partner(request_id, system, ack.state, error=None, **kept)
-
-
-def _known(
-    rt: Runtime, connector: Partner, system: str, member: RequestRecord, srid: str,
-    outcome: Outcome,
-) -> bool:
-    """Whether the partner already has a request an earlier attempt sent (a run killed, or
-    a reply lost, between the POST and its ledger write): asked by its id before sending
-    it again. If it does, its answer is applied and nothing is sent."""
-    try:
-        answer = connector.where(srid)
-    except PartnerRejected as exc:
-        if exc.status_code == 404:
-            return False
-        raise
-    apply_status(rt, system, member.id, answer)
-    _as_now(rt, system, member, outcome)
-    return True
+    return {"error": None, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _as_now(rt: Runtime, system: str, member: RequestRecord, outcome: Outcome) -> None:
@@ -183,10 +334,14 @@ def check(rt: Runtime) -> dict[str, str]:
     when it does not come), and every other partner is still checked. Returns request id
     -> what happened."""
     happened: dict[str, str] = {}
-    for row in rt.ledger.partner_requests(statuses=POLLED):
+    rows = rt.ledger.partner_requests(statuses=POLLED)
+    sending = _being_sent(rt, rows)
+    for row in rows:
         system, rid = row.system, row.request_id
         if system not in rt.datamap.systems or not rt.partner(system).polled:
             continue  # confirmed by people (manual, acknowledged webhooks), not polled
+        if rid in sending and row.status is PartnerStatus.CREATED:
+            continue  # its run sends it (a 404 here would have it sent twice)
         try:
             happened[rid] = _check_one(rt, system, row)
         except BLOCKING as exc:
@@ -195,6 +350,19 @@ def check(rt: Runtime) -> dict[str, str]:
             happened[rid] = _not_answered(rt, system, row, safe_error(exc))
     close_finished(rt, list(happened))
     return happened
+
+
+def _being_sent(rt: Runtime, rows: Sequence[PartnerRequest]) -> set[str]:
+    """The requests, among those with a partner request not acknowledged yet (`created`),
+    that a live run holds: a batch's ids are all committed before its first POST, so such
+    a request may be waiting for its turn in that run's hand-over. Once the run ends (or
+    dies, and its lease runs out) the check takes them on."""
+    created = [r.request_id for r in rows if r.status is PartnerStatus.CREATED]
+    if not created:
+        return set()
+    now = datetime.now(UTC)
+    return {rid for rid, holder in rt.ledger.lease_holders(created).items()
+            if holder.expires_at > now}
 
 
 def _check_one(rt: Runtime, system: str, row: PartnerRequest) -> str:

@@ -191,7 +191,10 @@ def _do(
     held: Mapping[str, Held], subjects: list[Subject],
 ) -> dict[str, Outcome]:
     if isinstance(rt.datamap.systems[system], PartnerSystem):
-        return partners.send(rt, system, members)
+        # The requests of `subjects` only: when isolation halves the batch to find the
+        # request that fails, each half is sent its own requests, not the whole batch.
+        asked = {s.request_id for s in subjects}
+        return partners.send(rt, system, [m for m in members if m.id in asked])
     connector = rt.connector(system)
     if action is StepAction.ERASE:
         keys = rt.ledger.pseudonymizers([s.request_id for s in subjects])

@@ -10,7 +10,7 @@ import fcntl
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -818,6 +818,48 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
             self._audit(conn, "partner.request_id", request_id, {"system": system})
         return srid
 
+    def partner_request_ids(
+        self, request_ids: Sequence[str], system: str, make_id: Callable[[], str]
+    ) -> dict[str, str]:
+        """`partner_request_id` for a batch, in one transaction: each request's id for this
+        partner, those it lacks made (by `make_id()`) and committed together, with one
+        audit entry naming them. An id once committed is never replaced, and two runs at
+        once agree on one id per request: the requests' rows are locked (in id order, so
+        two overlapping batches cannot deadlock) before the ids are read."""
+        wanted = list(dict.fromkeys(request_ids))
+        ordered = sorted(wanted)
+        found: dict[str, str] = {}
+        with self.engine.begin() as conn:
+            locked: set[str] = set()
+            for chunk in chunks(ordered):
+                locked.update(conn.execute(
+                    select(requests.c.id).where(requests.c.id.in_(chunk))
+                    .order_by(requests.c.id).with_for_update()
+                ).scalars())
+            for rid in ordered:
+                if rid not in locked:
+                    raise UnknownRequest(f"no request {rid}")
+            for chunk in chunks(ordered):
+                found.update(conn.execute(
+                    select(partner_requests.c.request_id, partner_requests.c.subject_request_id)
+                    .where(partner_requests.c.system == system,
+                           partner_requests.c.request_id.in_(chunk))
+                ).tuples().all())
+            minted = {rid: str(make_id()) for rid in ordered if rid not in found}
+            if minted:
+                stamp = now()
+                conn.execute(insert(partner_requests), [
+                    {"request_id": rid, "system": system, "subject_request_id": srid,
+                     "status": PartnerStatus.CREATED.value, "created_at": stamp,
+                     "updated_at": stamp}
+                    for rid, srid in minted.items()
+                ])
+                single = next(iter(minted)) if len(minted) == 1 else None
+                self._audit(conn, "partner.request_ids", single,
+                            {"system": system, "requests": list(minted)})
+                found.update(minted)
+        return {rid: str(found[rid]) for rid in wanted}
+
     def update_partner(
         self, request_id: str, system: str, status: PartnerStatus | None = None,
         *, expect: frozenset[PartnerStatus] | None = None, **values: Any,
@@ -845,6 +887,44 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
                 detail["lost"] = "the request had moved on"
             self._audit(conn, "partner.update", request_id, detail)
         return changed
+
+    def update_partners(
+        self, system: str, changes: Sequence[tuple[str, PartnerStatus, dict[str, Any]]]
+    ) -> set[str]:
+        """`update_partner` for several requests of one partner at once (request id, new
+        status, other values): one transaction and one audit entry for them all, each
+        change still its own compare-and-set against `PARTNER_TRANSITIONS`. Returns the
+        requests whose change applied; the others had moved on (a callback came first),
+        and their lost writes are on record as such."""
+        if not changes:
+            return set()
+        applied: set[str] = set()
+        audited: list[dict[str, Any]] = []
+        stamp = now()
+        with self.engine.begin() as conn:
+            # In id order: two transactions that lock some of the same rows lock them in
+            # the same order.
+            for request_id, status, values in sorted(changes, key=lambda c: c[0]):
+                target = PartnerStatus(status)
+                sources = sorted(s.value for s in PARTNER_TRANSITIONS[target])
+                changed = conn.execute(
+                    update(partner_requests).where(
+                        partner_requests.c.request_id == request_id,
+                        partner_requests.c.system == system,
+                        partner_requests.c.status.in_(sources),
+                    ).values(updated_at=stamp, **values, status=target.value)
+                ).rowcount > 0
+                entry = {"request_id": request_id, "status": target.value,
+                         **{k: str(v) for k, v in values.items()}}
+                if changed:
+                    applied.add(request_id)
+                else:
+                    entry["lost"] = "the request had moved on"
+                audited.append(entry)
+            single = changes[0][0] if len(changes) == 1 else None
+            self._audit(conn, "partner.updates", single, {"system": system,
+                                                          "updates": audited})
+        return applied
 
     def partner_request_by_id(
         self, system: str, subject_request_id: str
