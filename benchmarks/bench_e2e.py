@@ -171,31 +171,42 @@ def build(out: Path, users: int, log_lines: int, s3: str | None, partner: Any) -
     if s3 is not None:
         populate(boto3.client("s3", endpoint_url=s3), db_url)
     write_logs(out / "logs", db_url, lines=log_lines)
-    datamap: dict[str, Any] = yaml.safe_load(
-        (Path(__file__).resolve().parent.parent / "examples/wishe/datamap.yaml").read_text())
+    datamap = wishe_map(db_url, without=("courier",) if s3 else ("courier", "media"))
     systems = datamap["systems"]
-    systems.pop("courier")
-    systems["userdb"].pop("url_env", None)
-    systems["userdb"]["url"] = db_url
-    if s3 is None:
-        systems.pop("media")
-    else:
+    if s3 is not None:
         systems["media"].pop("endpoint_url_env", None)
         systems["media"]["endpoint_url"] = s3
     systems["adnet"]["endpoint"] = partner.url
     systems["adnet"]["callback_domains"] = [partner.domain]
     (out / "partners").mkdir()
     (out / "partners" / "adnet.pem").write_bytes(partner.certificate_pem)
-    (out / "datamap.yaml").write_text(yaml.safe_dump(datamap, sort_keys=False,
-                                                     allow_unicode=True))
+    return write_config(out, datamap, prefect_home="prefect")
+
+
+def wishe_map(db_url: str, without: tuple[str, ...]) -> dict[str, Any]:
+    """The Wishe data map over the world at `db_url`, without these systems."""
+    datamap: dict[str, Any] = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "examples/wishe/datamap.yaml").read_text())
+    systems = datamap["systems"]
+    for name in without:
+        systems.pop(name)
+    systems["userdb"].pop("url_env", None)
+    systems["userdb"]["url"] = db_url
+    return datamap
+
+
+def write_config(out: Path, datamap: dict[str, Any], **settings: str) -> Path:
+    """The map, fresh keys and dsrflow's settings in `out`; returns the settings file."""
     from dsrflow.settings import write_key_file
 
+    (out / "datamap.yaml").write_text(yaml.safe_dump(datamap, sort_keys=False,
+                                                     allow_unicode=True))
     write_key_file(out / "keys.json")
     config = out / "dsrflow.yaml"
     config.write_text(yaml.safe_dump({
         "ledger_url": "sqlite:///ledger.db", "datamap": "datamap.yaml",
         "key_file": "keys.json", "exports_dir": "exports",
-        "certificates_dir": "certificates", "prefect_home": "prefect",
+        "certificates_dir": "certificates", **settings,
     }))
     return config
 

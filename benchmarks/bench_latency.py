@@ -28,39 +28,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchmarks.bench_e2e import free_port, server_process
+from benchmarks.bench_e2e import free_port, server_process, wishe_map, write_config
 
 DEPLOYMENT = "process-requests/process-requests"
 ROUND_TIMEOUT = 120.0
 
 
 def build(out: Path, users: int) -> Path:
-    from dsrflow.settings import write_key_file
     from examples.wishe.generate import build_world
     from examples.wishe.logs import write_logs
 
     db_url = f"sqlite:///{out / 'wishe.db'}"
     build_world(db_url, users=users)
     write_logs(out / "logs", db_url, lines=2000)
-    datamap: dict[str, Any] = yaml.safe_load(
-        (Path(__file__).resolve().parent.parent / "examples/wishe/datamap.yaml").read_text())
-    systems = datamap["systems"]
-    for name in ("media", "adnet", "courier"):
-        systems.pop(name)
-    systems["userdb"].pop("url_env", None)
-    systems["userdb"]["url"] = db_url
-    (out / "datamap.yaml").write_text(yaml.safe_dump(datamap, sort_keys=False,
-                                                     allow_unicode=True))
-    write_key_file(out / "keys.json")
-    config = out / "dsrflow.yaml"
-    config.write_text(yaml.safe_dump({
-        "ledger_url": "sqlite:///ledger.db", "datamap": "datamap.yaml",
-        "key_file": "keys.json", "exports_dir": "exports",
-        "certificates_dir": "certificates",
-    }))
-    return config
+    return write_config(out, wishe_map(db_url, without=("media", "adnet", "courier")))
 
 
 def wait_for_deployment(seconds: float) -> None:
