@@ -211,6 +211,11 @@ SEARCHED_KEY = "_searched"
 # What an erasure reported just before it committed, kept until its outcome is recorded: a
 # run killed in between leaves it, and the rerun's counts are read against it.
 PREPARED_KEY = "_prepared"
+# ... and the pieces an erasure reported as it went that the ledger has counted (log files
+# rewritten, by a token per rewrite): a rerun that finds a piece done but not marked as
+# reported asks this, so a report that reached the ledger before a crash is not counted
+# twice, and one that did not is not lost.
+COUNTED_KEY = "_counted"
 # ... and, for a `resolve` step, what it learnt, withheld and could not read, per type.
 IDENTITIES_KEY = "_identities"
 # ... the sensitive categories (policy 2.1, as the data map marks them) the step touched.

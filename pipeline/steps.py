@@ -208,12 +208,15 @@ def _do(
         if isinstance(connector, LogsConnector):
             # Files are rewritten one by one: what is done so far is told as it goes, and
             # stays counted if the call stops (the isolation retry reports only the rest).
+            # A file reported, then not marked so before a crash, is not reported twice:
+            # the connector is told which reports the ledger has counted.
+            ids = [s.request_id for s in subjects]
             try:
-                return connector.erase(subjects, scope, keys,
-                                       progress=partial(_prepare, rt, system, PROGRESS))
+                return connector.erase(
+                    subjects, scope, keys, progress=partial(_prepare, rt, system, PROGRESS),
+                    counted=rt.ledger.counted_pieces(system, StepAction.ERASE, ids))
             except BaseException:
-                rt.ledger.settle_progress(system, StepAction.ERASE,
-                                          [s.request_id for s in subjects])
+                rt.ledger.settle_progress(system, StepAction.ERASE, ids)
                 raise
         return connector.erase(subjects, scope, keys)
     if action is StepAction.COLLECT:
@@ -252,12 +255,14 @@ def _counts(outcome: Outcome, action: StepAction) -> StepCounts:
     )
 
 
-def _prepare(rt: Runtime, system: str, mode: str, outcomes: Mapping[str, Outcome]) -> None:
-    """Record what an erasure is about to commit, or has done so far (see
-    `Ledger.prepare_steps`)."""
+def _prepare(
+    rt: Runtime, system: str, mode: str, outcomes: Mapping[str, Outcome], *pieces: str
+) -> None:
+    """Record what an erasure is about to commit, or has done so far and the pieces that
+    covers (see `Ledger.prepare_steps`)."""
     rt.ledger.prepare_steps(system, StepAction.ERASE, {
         rid: (_counts(o, StepAction.ERASE), o.details()) for rid, o in outcomes.items()
-    }, mode=mode)
+    }, mode=mode, pieces=pieces)
 
 
 def _run_group(

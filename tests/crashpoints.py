@@ -7,7 +7,8 @@ are gone, the ledger does not know), `after-post` (the partner has the request, 
 does not know), `before-close` (everything done and certified, the requests not yet
 closed), `after-objects` (the bucket's objects deleted, the ledger not told), `mid-logs`
 (the first log file rewritten, reported and marked so in the connector's checkpoint, the
-others not reached).
+others not reached), `logs-reported` (the first log file rewritten and its report committed
+to the ledger, the checkpoint not yet marked).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def arm(point: str) -> None:
             _die()
 
         logs_rewrite._Checkpoint.tell = tell_then_die  # type: ignore[method-assign]
+    elif point == "logs-reported":
+        from connectors.logs import rewrite as logs_rewrite
+
+        logs_rewrite._Checkpoint.tell = _die  # type: ignore[method-assign]
     elif point == "after-post":
         from connectors.opendsr import OpenDsrPartner
 

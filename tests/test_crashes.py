@@ -107,7 +107,7 @@ def _lines_of(folder: Path, emails: list[str]) -> int:
 
 @pytest.mark.parametrize(
     "point", ["after-gate", "before-commit", "after-commit", "after-objects", "mid-logs",
-              "after-post", "before-close"]
+              "logs-reported", "after-post", "before-close"]
 )
 def test_sigkill_at_a_step_boundary_then_recovery_does_everything_once(
     point: str, tmp_path: Path, partner: ReferencePartner, prefect_server: list[Path],

@@ -346,7 +346,7 @@ def test_crash_part_way_then_rerun_equals_a_clean_run(tmp_path: Path,
 
     told: list[int] = []
 
-    def progress(outcomes: Mapping[str, Outcome]) -> None:
+    def progress(outcomes: Mapping[str, Outcome], _piece: str) -> None:
         told.append(outcomes["r1"].total("anonymized"))
 
     monkeypatch.setattr(logs_connector, "_replace_file", failing)
@@ -381,7 +381,7 @@ def test_a_file_rewritten_but_not_yet_reported_is_reported_by_the_rerun(
     class Stopped(Exception):
         pass
 
-    def progress(outcomes: Mapping[str, Outcome]) -> None:
+    def progress(outcomes: Mapping[str, Outcome], _piece: str) -> None:
         if told:
             raise Stopped  # the second file is in place; its report never arrives
         told.append(outcomes["r1"].total("anonymized"))
@@ -393,6 +393,42 @@ def test_a_file_rewritten_but_not_yet_reported_is_reported_by_the_rerun(
     assert totals(resumed, "anonymized") == {"r1": 2}  # d2 (untold) and d3 (not reached)
     again = connector(tmp_path).erase([zhang], None, key)
     assert totals(again, "anonymized") == {"r1": 0}
+
+
+def test_a_file_reported_but_not_marked_so_is_not_reported_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call stopped after its report of a file reached the caller and before the
+    checkpoint marked the file reported (SIGKILL in between): the rerun is told which
+    reports were counted and reports only the rest; a report that never arrived is not
+    lost."""
+    _three_files(tmp_path)
+    zhang = subject("r1", ZHANG)
+    key = keys_for(zhang)
+    counted: list[str] = []
+    told: list[int] = []
+
+    class Killed(Exception):
+        pass
+
+    def progress(outcomes: Mapping[str, Outcome], piece: str) -> None:
+        counted.append(piece)
+        told.append(outcomes["r1"].total("anonymized"))
+
+    def killed_before_telling(self: Any, key: str) -> None:
+        raise Killed
+
+    monkeypatch.setattr(logs_rewrite._Checkpoint, "tell", killed_before_telling)
+    with pytest.raises(Killed):
+        connector(tmp_path).erase([zhang], None, key, progress=progress)
+    monkeypatch.undo()
+    assert told == [1] and len(counted) == 1  # d1 rewritten and counted by the caller
+
+    resumed = connector(tmp_path).erase([zhang], None, key, progress=progress,
+                                        counted=counted)
+    assert totals(resumed, "anonymized") == {"r1": 2}  # d2 and d3, not d1 again
+    assert len(set(counted)) == 3  # each file counted once
+    assert totals(connector(tmp_path).erase([zhang], None, key), "anonymized") == {"r1": 0}
 
 
 def test_a_killed_run_leaves_a_temporary_file_that_the_next_run_removes(tmp_path: Path) -> None:

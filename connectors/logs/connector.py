@@ -16,7 +16,7 @@ import shutil
 import stat
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,13 +122,16 @@ class LogsConnector:
         subjects: Sequence[Subject],
         scope: Scope,
         pseudonymizers: Mapping[str, Pseudonymizer],
-        progress: Callable[[Mapping[str, Outcome]], None] | None = None,
+        progress: Callable[[Mapping[str, Outcome], str], None] | None = None,
+        counted: Collection[str] = (),
     ) -> dict[str, Outcome]:
         """Rewrite every file holding the subjects' lines, one file at a time. Reports what
         this call changed: a file an earlier call already rewrote holds none of their
         lines, and counts nothing. `progress`, if given, is told after each file what the
-        requests with lines in it have had changed so far, so the counts of a run stopped
-        half-way are not lost."""
+        requests with lines in it have had changed so far, with a token naming the file's
+        rewrite, so the counts of a run stopped half-way are not lost. `counted` are the
+        tokens whose reports the caller has recorded: a file an earlier call rewrote and
+        reported, then stopped before marking it reported, is not reported again."""
         outcomes = {s.request_id: Outcome() for s in subjects}
         if not self._in_scope(scope):
             return outcomes
@@ -138,7 +141,8 @@ class LogsConnector:
         with self._lock():
             # Before anything is read: no run may read a file half copied into its inode.
             self._finish_in_place_copies()
-            checkpoint = _Checkpoint(self.state_dir, self._batch(subjects, pseudonymizers))
+            checkpoint = _Checkpoint(self.state_dir, self._batch(subjects, pseudonymizers),
+                                     counted)
             self._remove_stale_temps()
             for source_name, source, files in self._plan():
                 reader, prefilter = self._stages(source, index, files)
@@ -155,11 +159,13 @@ class LogsConnector:
                             part.statements = [statement]
                     changed = [rid for rid, (_, anonymized) in counts.items() if anonymized]
                     if progress is not None and changed:
-                        progress({rid: outcomes[rid] for rid in changed})
+                        progress({rid: outcomes[rid] for rid in changed},
+                                 checkpoint.token(file.key))
                     if counts:
                         # Told (or, with no `progress`, in what this call returns): a
                         # rerun of the batch does not report the file again. A crash
-                        # before this leaves it untold, and the rerun reports it.
+                        # before this leaves it untold: the rerun reports it unless
+                        # `counted` has its token (the report arrived).
                         checkpoint.tell(file.key)
         return outcomes
 
@@ -176,10 +182,12 @@ class LogsConnector:
             if file.bucket is not None and not done.get("purged", True):
                 self._purge_versions(file, done.get("version_id"))
                 checkpoint.put(key, {**done, "purged": True})
-            if not done.get("told", True):
+            if not checkpoint.reported(key):
                 # Rewritten by a call that stopped before reporting it (or finished by
                 # recovery): this call reports it.
                 return {rid: list(c) for rid, c in done.get("counts", {}).items()}
+            if not done.get("told", True):
+                checkpoint.tell(key)  # reported by a call that stopped before telling
             return {}  # rewritten by an earlier call, which reported it
         if file.bucket is not None:
             return self._erase_object(file, reader, prefilter, replace, checkpoint, key)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,10 +320,11 @@ class _Checkpoint:
     append-only JSON-lines file (the last entry of a name wins; a line torn by a crash is
     ignored), so recording a file costs one short write however many came before."""
 
-    def __init__(self, state_dir: Path, batch: str) -> None:
+    def __init__(self, state_dir: Path, batch: str, counted: Collection[str] = ()) -> None:
         self.batch = batch
         self.path = state_dir / f"erase-{batch}.jsonl"
         self.entries: dict[str, dict[str, Any]] = {}
+        self.counted = frozenset(counted)
         if self.path.exists():
             for line in self.path.read_text(errors="replace").splitlines():
                 try:
@@ -338,6 +340,20 @@ class _Checkpoint:
         """Record a file's state; its counts are untold until `tell` (unless the entry
         says otherwise: a change to a told entry stays told)."""
         self._append(key, {"told": False, **entry})
+
+    def token(self, key: str) -> str:
+        """Names this batch's rewrite of the file, for the report of its counts: whoever
+        counts the report keeps the token (the ledger does), and a rerun that finds the
+        file untold asks that, not this file, whether the report arrived. A crash between
+        the report and `tell` leaves the file untold but counted."""
+        look = self.entries[key].get("look")
+        raw = json.dumps([self.batch, key, look], sort_keys=True)
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    def reported(self, key: str) -> bool:
+        """The file's counts have been reported: told here, or counted by the caller."""
+        entry = self.entries.get(key)
+        return entry is not None and (entry.get("told", True) or self.token(key) in self.counted)
 
     def tell(self, key: str) -> None:
         """The file's counts have been reported: a rerun does not report them again."""

@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dsrflow.model import COUNTED_KEY
+
 ADDED = ("deleted", "anonymized")
 LATEST = ("retained", "remaining")
 
@@ -49,10 +51,13 @@ def add_up_parts(
 ) -> dict[str, Any] | None:
     """Step details after an attempt: each part's counts added up (a part only an earlier
     attempt touched keeps what it changed, with nothing retained or remaining now); the
-    statement hashes of every attempt; reserved keys (`_run`, `_searched`) the latest's."""
+    statement hashes of every attempt; the pieces counted as they went (`COUNTED_KEY`) of
+    every attempt; other reserved keys (`_run`, `_searched`) the latest's."""
     if now is None:
         return dict(before) if before else None
     merged: dict[str, Any] = dict(now)
+    if counted := sorted({*(before or {}).get(COUNTED_KEY, []), *now.get(COUNTED_KEY, [])}):
+        merged[COUNTED_KEY] = counted
     for name, old in (before or {}).items():
         if name.startswith("_") or not isinstance(old, Mapping):
             continue

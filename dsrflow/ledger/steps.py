@@ -23,6 +23,7 @@ from dsrflow.ledger.batches import chunks, shapes
 from dsrflow.ledger.counts import add_up, add_up_parts, at_least, at_least_parts
 from dsrflow.ledger.schema import steps
 from dsrflow.model import (
+    COUNTED_KEY,
     PREPARED_KEY,
     RUN_KEY,
     SEARCHED_KEY,
@@ -148,6 +149,7 @@ class StepsMixin:
     def prepare_steps(
         self, system: str, action: StepAction,
         prepared: Mapping[str, tuple[StepCounts, dict[str, Any]]], *, mode: str = PLAN,
+        pieces: Sequence[str] = (),
     ) -> None:
         """What an erasure is about to commit (`PLAN`) or has made durable so far
         (`PROGRESS`), per request (counts and parts), kept in its running step until the
@@ -155,7 +157,10 @@ class StepsMixin:
         the rerun's counts (`dsrflow.ledger.counts.at_least`: the rerun changes only what
         the plan meant to), progress is added to the step when the rerun starts (what the
         rerun changes is what the interrupted attempt had not). Figures of the same attempt
-        and mode are kept where larger. One transaction for the batch; one audit entry."""
+        and mode are kept where larger. `pieces` name what a progress report covers (a
+        log file's rewrite): once this commits they are counted (`counted_pieces`), which
+        is how a rerun tells a report that arrived from one that did not. One transaction
+        for the batch; one audit entry."""
         if not prepared:
             return
         with self.engine.begin() as conn:
@@ -174,6 +179,8 @@ class StepsMixin:
                     "counts": at_least(earlier["counts"], counts.__dict__),
                     "parts": at_least_parts(earlier["parts"], parts),
                 }
+                if covered := sorted({*earlier.get("pieces", []), *pieces}):
+                    details[PREPARED_KEY]["pieces"] = covered
                 updates.append({"_id": row["id"], "_details": details})
             if updates:
                 conn.execute(
@@ -185,6 +192,24 @@ class StepsMixin:
                     "system": system, "action": action,
                     "requests": [rid for rid in prepared if rid in rows],
                 })
+
+    def counted_pieces(
+        self, system: str, action: StepAction, request_ids: Sequence[str]
+    ) -> frozenset[str]:
+        """The pieces (`prepare_steps`' `pieces`) whose progress these requests' steps have
+        counted, in any attempt: one read for the batch."""
+        counted: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in chunks(list(dict.fromkeys(request_ids))):
+                for details in conn.execute(
+                    select(steps.c.details).where(
+                        steps.c.request_id.in_(chunk), steps.c.system == system,
+                        steps.c.action == action)
+                ).scalars():
+                    details = details or {}
+                    counted.update(details.get(COUNTED_KEY, []))
+                    counted.update((details.get(PREPARED_KEY) or {}).get("pieces", []))
+        return frozenset(counted)
 
     def settle_progress(self, system: str, action: StepAction, request_ids: Sequence[str]) -> None:
         """Add what an erasure call reported as done (`PROGRESS`) to its steps, for a call
@@ -283,6 +308,8 @@ def _fold_progress(row: Mapping[str, Any]) -> tuple[StepCounts, dict[str, Any]] 
     counts = StepCounts(**add_up(before, prepared["counts"]))
     merged = add_up_parts(details, prepared["parts"]) or {}
     merged.update({k: v for k, v in details.items() if k.startswith("_")})
+    if pieces := sorted({*details.get(COUNTED_KEY, []), *prepared.get("pieces", [])}):
+        merged[COUNTED_KEY] = pieces
     return counts, merged
 
 
