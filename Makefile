@@ -46,6 +46,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_logs
 	$(BIN)/python -m benchmarks.bench_sweep --rows 200000 --expired 40000 --batch 5000
+	$(BIN)/python -m benchmarks.bench_sql --users 100000 --subjects 1000
 
 # A local Prefect server and UI (SQLite under .dsrflow/prefect, analytics off). Then, in
 # another shell: PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/dsrflow serve
