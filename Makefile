@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_logs
 	$(BIN)/python -m benchmarks.bench_sweep --rows 200000 --expired 40000 --batch 5000
 	$(BIN)/python -m benchmarks.bench_e2e --requests 20,80 --users 400 --log-lines 4000
+	$(BIN)/python -m benchmarks.bench_sql --users 100000 --subjects 1000
 
 # The sizes docs/performance.md reports (an hour or more on two cores).
 bench-full: $(STAMP)
@@ -56,6 +57,7 @@ bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_e2e --requests 40,160 --users 600 --log-lines 4000
 	$(BIN)/python -m benchmarks.bench_latency --rounds 3 --poll 1
 	$(BIN)/python -m benchmarks.bench_startup --repeat 11
+	$(BIN)/python -m benchmarks.bench_sql --users 1000000 --subjects 10000
 
 # A local Prefect server and UI (SQLite under .dsrflow/prefect, analytics off). Then, in
 # another shell: PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/dsrflow serve

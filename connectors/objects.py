@@ -197,9 +197,10 @@ class ObjectsConnector:
                 statements.append(_op_hash("delete_objects", bucket_name))
             if markers:
                 statements.append(_op_hash("delete_objects(delete marker)", bucket_name))
+            keys_of = _by_owner(found)
             for rid, outcome in outcomes.items():
                 part = outcome.part(bucket_name)
-                mine = [obj.key for obj in found.values() if rid in obj.owners]
+                mine = keys_of.get(rid, [])
                 part.found = len(mine)
                 part.retained = sum(1 for key in mine if key in retained)
                 part.deleted = part.found - part.retained
@@ -243,9 +244,10 @@ class ObjectsConnector:
                 # Retained means: every version left is locked (delete markers may stay).
                 if held and all(held):
                     retained[obj.key] = sorted({r for reasons in held for r in reasons})
+            keys_of = _by_owner(found)
             for rid, outcome in outcomes.items():
                 part = outcome.part(bucket_name)
-                mine = [obj.key for obj in found.values() if rid in obj.owners]
+                mine = keys_of.get(rid, [])
                 part.found = len(mine)
                 part.retained = sum(1 for key in mine if key in retained)
                 part.remaining = part.found - part.retained
@@ -592,11 +594,22 @@ def _retain_all(
     bucket_name: str, bucket: Bucket, found: Mapping[str, _Object], outcomes: dict[str, Outcome]
 ) -> None:
     """A bucket the data map retains: everything found is reported as kept, with why."""
+    keys_of = _by_owner(found)
     for rid, outcome in outcomes.items():
         part = outcome.part(bucket_name)
-        part.found = part.retained = sum(1 for obj in found.values() if rid in obj.owners)
+        part.found = part.retained = len(keys_of.get(rid, []))
         if part.retained:
             part.retain_reasons = [bucket.reason or "retained"]
+
+
+def _by_owner(found: Mapping[str, _Object]) -> dict[str, list[str]]:
+    """Each request's keys, in the order found: one pass over what the batch found, not a
+    pass per request."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for obj in found.values():
+        for rid in obj.owners:
+            out[rid].append(obj.key)
+    return out
 
 
 def _vid(obj: _Object, entry: _Entry) -> tuple[str, str | None]:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -38,10 +38,10 @@ from sqlalchemy.exc import NoSuchTableError
 
 from connectors.base import Outcome, PartOutcome, Records, Scope
 from connectors.sql_holds import HeldRows, held_rows
-from connectors.sql_ownership import SHARED_REASON, Key, Located, Locator, chunks
-from dsrflow.anonymize import is_erased, transform
+from connectors.sql_ownership import SHARED_REASON, Key, Located, Locator, listed
+from dsrflow.anonymize import transform
 from dsrflow.crypto import Pseudonymizer
-from dsrflow.datamap import SqlSystem
+from dsrflow.datamap import Column, SqlSystem
 from dsrflow.datamap import Table as TableMap
 from dsrflow.holds import Held
 from dsrflow.identities import Identity, Subject
@@ -71,7 +71,7 @@ class SqlConnector:
         self.system = system
         self.engine = engine or create_engine(resolve_url(name, system), pool_pre_ping=True)
         self.tables = self._reflect()
-        self.locator = Locator(system, self.tables)
+        self.locator = Locator(system, self.tables, self.engine.dialect.name)
         self._broken = frozenset(
             (child, ref.table)
             for child, ref in cyclic_references(system)
@@ -151,18 +151,18 @@ class SqlConnector:
                 if not _in_scope(mapped, scope):
                     continue
                 deletes = mapped.deletes_rows(scope)
-                keys = [k for k in located.owners[name]
-                        if not located.kept(name, k, deletes)
-                        and not holding.keeps(name, k, deletes)]
+                left = _Left.of(located, holding, name, deletes)
+                keys = [k for k in located.owners[name] if not left.leaves(k)]
                 done = _Done()
                 if keys and deletes:
                     self._delete(conn, name, keys, done)
                 elif keys:
                     self._anonymize(conn, name, keys, located, scope, pseudonymizers, done)
                 self._restrict_held(conn, name, holding, stamp, done)
+                statements = sorted(done.statements)
                 for rid, outcome in outcomes.items():
-                    _tally(outcome.part(name), located.rows_of(name, rid), name, located,
-                           deletes, done, holding)
+                    _tally(outcome.part(name), located.rows_of(name, rid), left, done,
+                           statements)
             if prepared is not None:
                 prepared(outcomes)
         return outcomes
@@ -187,19 +187,23 @@ class SqlConnector:
                 rows = {} if deletes else self.locator.fetch(
                     conn, name, keys, [*erasable, *retained]
                 )
+                # Each column's erased form, worked out once for all rows (`is_erased`).
+                erased = {c: transform(col, None) for c, col in erasable.items()}
+                left = _Left.of(located, holding, name, deletes)
                 done = _Done()
                 for key in keys:
-                    if located.kept(name, key, deletes) or holding.keeps(name, key, deletes):
+                    if left.leaves(key):
                         continue
                     row = rows.get(key)
                     if deletes or (row is not None and not all(
-                            is_erased(erasable[c], row[c]) for c in erasable)):
+                            erased[c](row[c]) == row[c] for c in erasable)):
                         done.remaining.add(key)
-                    elif row is not None and (reasons := _held_reasons(mapped, scope, row)):
+                    elif row is not None and (reasons := _held_reasons(retained, row)):
                         done.retained[key] = reasons
+                statements = sorted(done.statements)
                 for rid, outcome in outcomes.items():
-                    _tally(outcome.part(name), located.rows_of(name, rid), name, located,
-                           deletes, done, holding)
+                    _tally(outcome.part(name), located.rows_of(name, rid), left, done,
+                           statements)
         return outcomes
 
     def rectify(self, subject: Subject, corrections: Mapping[str, str]) -> Outcome:
@@ -218,7 +222,7 @@ class SqlConnector:
                 part = outcome.part(name)
                 part.found = len(mine)
                 _note_shared(part, len(mine) - len(keys))
-                for chunk in chunks(keys):
+                for chunk in self.locator.chunks(keys):
                     stmt = (update(self.tables[name]).where(self.locator.pk_in(name, chunk))
                             .values(values))
                     part.anonymized += conn.execute(stmt).rowcount
@@ -238,7 +242,7 @@ class SqlConnector:
                 if column is None or not located.owners[name]:
                     continue
                 table = self.tables[name]
-                for chunk in chunks(keys):
+                for chunk in self.locator.chunks(keys):
                     stmt = (
                         update(table)
                         .where(self.locator.pk_in(name, chunk), table.c[column].is_(None))
@@ -266,8 +270,14 @@ class SqlConnector:
         searching logs for it would erase other people's lines."""
         out = {s.request_id: Discovery() for s in subjects}
         by_id = {s.request_id: s for s in subjects}
+        # Only the tables that decide whose the identity-holding rows are: the rows that
+        # point at them (a history, a comment) change nothing of that. The others are
+        # still asked for nothing, so that a table the erasure cannot read fails this
+        # step, before any system erases anything for these requests.
+        within = self.locator.identity_tables
         with self.engine.connect() as conn:
-            first = self.locate(conn, subjects)
+            self.locator.touch(conn, [t for t in self.system.tables if t not in within])
+            first = self.locator.locate(conn, subjects, within=within)
             candidates = self._identities_in(conn, first, by_id, out)
             fresh = {rid: found - set(by_id[rid].identities) for rid, found in candidates.items()}
             if not any(fresh.values()):
@@ -279,7 +289,7 @@ class SqlConnector:
             ]
             # The accounts a request's own identities lead to vouch for its rows; the rows a
             # candidate leads to must not vouch for themselves.
-            second = self.locator.locate(conn, expanded, accounts=first.accounts)
+            second = self.locator.locate(conn, expanded, accounts=first.accounts, within=within)
         shared: set[tuple[str, Identity]] = set()
         for name, matched in second.matches.items():
             for key, pairs in matched.items():
@@ -369,7 +379,7 @@ class SqlConnector:
 
     # -- erasing ------------------------------------------------------------------------
     def _delete(self, conn: Connection, name: str, keys: list[Key], done: _Done) -> None:
-        for chunk in chunks(keys):
+        for chunk in self.locator.chunks(keys):
             stmt = delete(self.tables[name]).where(self.locator.pk_in(name, chunk))
             conn.execute(stmt)
             done.statements.add(_statement_hash(stmt))
@@ -388,7 +398,7 @@ class SqlConnector:
         current = self.locator.fetch(conn, name, keys, [*erasable, *retained])
         updates = []
         for key, row in current.items():
-            if reasons := _held_reasons(mapped, scope, row):
+            if reasons := _held_reasons(retained, row):
                 done.retained[key] = reasons
             if not erasable:
                 continue
@@ -405,14 +415,30 @@ class SqlConnector:
                     **{f"_pk_{c}": v for c, v in zip(mapped.primary_key, key, strict=True)},
                     **{f"_v_{c}": v for c, v in new.items()},
                 })
-        if updates:
+        if not updates:
+            return
+        names = [*(f"_pk_{c}" for c in mapped.primary_key), *(f"_v_{c}" for c in erasable)]
+        types = [table.c[c].type for c in [*mapped.primary_key, *erasable]]
+        for chunk in self.locator.chunks(updates):
+            # PostgreSQL: one statement per chunk, joined to the new values sent as arrays.
+            values = listed(self.locator.dialect, types, [[u[n] for u in chunk] for n in names],
+                            names)
+            if values is not None:
+                stmt = (
+                    update(table)
+                    .where(*[table.c[c] == values.c[f"_pk_{c}"] for c in mapped.primary_key])
+                    .values({c: values.c[f"_v_{c}"] for c in erasable})
+                )
+                conn.execute(stmt)
+                done.statements.add(_statement_hash(stmt))
+                continue
             stmt = (
                 update(table)
                 .where(*[table.c[c] == bindparam(f"_pk_{c}") for c in mapped.primary_key])
                 .values({c: bindparam(f"_v_{c}") for c in erasable})
             )
-            # One statement, executed for all changed rows at once (executemany).
-            conn.execute(stmt, updates)
+            # Elsewhere one statement, executed for the chunk's rows at once (executemany).
+            conn.execute(stmt, chunk)
             done.statements.add(_statement_hash(stmt))
 
     def _restrict_held(
@@ -425,7 +451,7 @@ class SqlConnector:
         if column is None or not keys:
             return
         table = self.tables[name]
-        for chunk in chunks(keys):
+        for chunk in self.locator.chunks(keys):
             stmt = (update(table).where(self.locator.pk_in(name, chunk), table.c[column].is_(None))
                     .values({column: stamp}))
             conn.execute(stmt)
@@ -445,7 +471,7 @@ class SqlConnector:
             keys = [k for k in located.owners[child]
                     if not located.kept(child, k, True) and not holding.keeps(child, k, True)]
             table = self.tables[child]
-            for chunk in chunks(keys):
+            for chunk in self.locator.chunks(keys):
                 conn.execute(
                     update(table)
                     .where(self.locator.pk_in(child, chunk))
@@ -464,28 +490,54 @@ class _Done:
     statements: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class _Left:
+    """The rows of one table that erasure leaves as they are, worked out once per table
+    (not per row and request): those someone else's rows keep (shared, or pinned where the
+    table deletes rows), and those legal holds keep."""
+
+    kept: Set[Key]
+    held: Set[Key]
+    holding: HeldRows
+    table: str
+
+    @classmethod
+    def of(cls, located: Located, holding: HeldRows, table: str, deletes: bool) -> _Left:
+        kept: Set[Key] = located.shared[table]
+        held: Set[Key] = holding.held[table].keys()
+        if deletes:
+            kept = kept | located.pinned[table]
+            held = held | holding.pinned[table].keys()
+        return cls(kept, held, holding, table)
+
+    def leaves(self, key: Key) -> bool:
+        return key in self.kept or key in self.held
+
+
 def _tally(
-    part: PartOutcome, mine: list[Key], name: str, located: Located, deletes: bool, done: _Done,
-    holding: HeldRows,
+    part: PartOutcome, mine: list[Key], left: _Left, done: _Done, statements: list[str]
 ) -> None:
-    """One request's counts in one table: what was found, done, left and kept, and why."""
+    """One request's counts in one table: what was found, done, left and kept, and why.
+    `statements`: the table's, sorted once for every request."""
     part.found = len(mine)
     reasons: set[str] = set()
     shared = 0
-    for key in mine:
-        if located.kept(name, key, deletes):
-            shared += 1
-        elif holding.keeps(name, key, deletes):
-            part.retained += 1
-            reasons.update(holding.notes(name, key))
-        elif key in done.retained:
-            part.retained += 1
-            reasons.update(done.retained[key])
-    part.deleted = sum(1 for k in mine if k in done.deleted)
-    part.anonymized = sum(1 for k in mine if k in done.anonymized)
-    part.remaining = sum(1 for k in mine if k in done.remaining)
+    if left.kept or left.held or done.retained:
+        for key in mine:
+            if key in left.kept:
+                shared += 1
+            elif key in left.held:
+                part.retained += 1
+                reasons.update(left.holding.notes(left.table, key))
+            elif key in done.retained:
+                part.retained += 1
+                reasons.update(done.retained[key])
+    # `mine` lists each row once: the overlap is the count.
+    part.deleted = len(done.deleted.intersection(mine)) if done.deleted else 0
+    part.anonymized = len(done.anonymized.intersection(mine)) if done.anonymized else 0
+    part.remaining = len(done.remaining.intersection(mine)) if done.remaining else 0
     part.retain_reasons = sorted(reasons)
-    part.statements = sorted(done.statements)
+    part.statements = list(statements)
     _note_shared(part, shared)
 
 
@@ -495,12 +547,12 @@ def _note_shared(part: PartOutcome, count: int) -> None:
         part.retain_reasons = sorted({*part.retain_reasons, SHARED_REASON})
 
 
-def _held_reasons(mapped: TableMap, scope: Scope, row: Mapping[str, Any]) -> list[str]:
-    """The reasons of the retained columns that hold something in this row: a hold that
-    kept nothing (an empty `cancelled_at` of an account never cancelled) did not apply."""
+def _held_reasons(retained: Mapping[str, Column], row: Mapping[str, Any]) -> list[str]:
+    """The reasons of the retained columns (`Table.retained_columns`) that hold something
+    in this row: a hold that kept nothing (an empty `cancelled_at` of an account never
+    cancelled) did not apply."""
     return sorted({
-        col.reason for c, col in mapped.retained_columns(scope).items()
-        if col.reason and row.get(c) is not None
+        col.reason for c, col in retained.items() if col.reason and row.get(c) is not None
     })
 
 

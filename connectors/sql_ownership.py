@@ -37,12 +37,28 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, func, select, tuple_
-from sqlalchemy.sql.elements import Tuple
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Numeric,
+    String,
+    Table,
+    bindparam,
+    false,
+    func,
+    select,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.types import NullType, TypeEngine
 
 from dsrflow.datamap import Reference, SqlSystem
 from dsrflow.datamap import Table as TableMap
@@ -56,6 +72,9 @@ from dsrflow.identities import (
 )
 
 CHUNK = 500  # bound parameters per IN list: far below SQLite's and PostgreSQL's limits
+# Values per statement on PostgreSQL, where a list is one array parameter per column (see
+# `among`): a batch of thousands of subjects is a few statements per table, not hundreds.
+ARRAY_CHUNK = 50_000
 SHARED_REASON = "shared with another data subject"
 _INTEGER = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: `²` is a digit to str.isdigit
 
@@ -66,32 +85,27 @@ Node = tuple[str, tuple[str, ...], Anchor]  # a row as a reference names it: tab
 
 @dataclass(frozen=True)
 class Edge:
-    """One declared reference: rows of `child` point at rows of `ref.table`."""
+    """One declared reference: rows of `child` point at rows of `ref.table`. What is
+    derived from the reference is worked out once: it is read for every found row."""
 
     child: str
     ref: Reference
     parent_columns: tuple[str, ...]
+    parent: str = field(init=False, compare=False)
+    columns: tuple[str, ...] = field(init=False, compare=False)
+    # Whether the two ends of this reference being different people shares a row.
+    keeps: bool = field(init=False, compare=False)
+    target: tuple[str, tuple[str, ...]] = field(init=False, compare=False)
 
-    @property
-    def parent(self) -> str:
-        return self.ref.table
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return tuple(self.ref.columns)
-
-    @property
-    def keeps(self) -> bool:
-        """Whether the two ends of this reference being different people shares a row."""
-        return self.ref.shared == "keep"
-
-    @property
-    def target(self) -> tuple[str, tuple[str, ...]]:
-        return self.parent, self.parent_columns
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parent", self.ref.table)
+        object.__setattr__(self, "columns", tuple(self.ref.columns))
+        object.__setattr__(self, "keeps", self.ref.shared == "keep")
+        object.__setattr__(self, "target", (self.ref.table, self.parent_columns))
 
 
 # Per table and found row: the references it holds (non-null), and what they point at.
-Points = dict[str, dict[Key, list[tuple["Edge", Anchor]]]]
+Points = dict[str, dict[Key, Sequence[tuple["Edge", Anchor]]]]
 
 
 @dataclass
@@ -155,9 +169,13 @@ class Located:
 class Locator:
     """Finds a batch's rows in one SQL system and decides which are shared."""
 
-    def __init__(self, system: SqlSystem, tables: Mapping[str, Table]) -> None:
+    def __init__(
+        self, system: SqlSystem, tables: Mapping[str, Table], dialect: str | None = None
+    ) -> None:
         self.system = system
         self.tables = tables
+        self.dialect = dialect
+        self.chunk = ARRAY_CHUNK if dialect == "postgresql" else CHUNK
         self.edges = [
             Edge(child, ref, tuple(ref.to_columns or system.tables[ref.table].primary_key))
             for child, mapped in system.tables.items()
@@ -172,27 +190,73 @@ class Locator:
             name: [i.column for i in mapped.identities if i.type is IdentityType.USER_ID]
             for name, mapped in system.tables.items()
         }
+        # The columns a table's references are made of: read with a row when it is found,
+        # so that what it points at need not be read again (`_share`).
+        self.ref_columns = {
+            name: list(dict.fromkeys(c for e in self.parents.get(name, []) for c in e.columns))
+            for name in system.tables
+        }
+        # What decides whose the rows holding identities are, and whether they are someone
+        # else's too (identity discovery asks no more): those tables and every table they
+        # point at, transitively. Whose a row is, and whether it is foreign, flows from the
+        # rows it points at and from its own columns, never from the rows pointing at it.
+        self.identity_tables = self.upstream(
+            name for name, mapped in system.tables.items() if mapped.identities
+        )
+
+    def touch(self, conn: Connection, tables: Iterable[str]) -> None:
+        """Ask each table for the columns a look-up reads, and no row: a missing table or
+        column, or a SELECT the database refuses, fails here as it would in a look-up."""
+        for name in tables:
+            table = self.tables[name]
+            columns = dict.fromkeys([*self.system.tables[name].primary_key,
+                                     *self.ref_columns[name], *self.account_columns[name]])
+            conn.execute(select(*[table.c[c] for c in columns]).where(false()))
+
+    def upstream(self, tables: Iterable[str]) -> frozenset[str]:
+        """The tables and every table they point at, transitively."""
+        seen = set(tables)
+        pending = list(seen)
+        while pending:
+            for edge in self.parents.get(pending.pop(), []):
+                if edge.parent not in seen:
+                    seen.add(edge.parent)
+                    pending.append(edge.parent)
+        return frozenset(seen)
 
     def locate(
         self, conn: Connection, subjects: Sequence[Subject],
         accounts: Mapping[str, set[str]] | None = None,
+        within: Collection[str] | None = None,
     ) -> Located:
         """The subjects' rows and which of them are shared. `accounts` fixes each request's
         account ids instead of reading them from the rows its identities match (identity
-        discovery: a candidate identity must not vouch for the account it leads to)."""
+        discovery: a candidate identity must not vouch for the account it leads to).
+        `within`: only these tables are looked at; closed under `upstream`, their rows come
+        out as a look at every table would find and judge them."""
         located = Located()
-        self._find(conn, subjects, located, accounts)
-        self._share(conn, located)
+        read = self._find(conn, subjects, located, accounts, within)
+        self._share(conn, located, read)
         return located
 
     # -- finding ------------------------------------------------------------------------
     def _find(
         self, conn: Connection, subjects: Sequence[Subject], located: Located,
-        accounts: Mapping[str, set[str]] | None,
-    ) -> None:
+        accounts: Mapping[str, set[str]] | None, within: Collection[str] | None,
+    ) -> Points:
+        """Fills `located` with the rows found; returns what they point at, as read on the
+        way (not every found row's: `_outgoing` reads the rest)."""
         frontier: dict[str, set[Key]] = defaultdict(set)
+        read: Points = defaultdict(dict)
+        # The batch's identities by type, once: each identity column looks for one type.
+        by_type: dict[IdentityType, list[tuple[Subject, Identity]]] = defaultdict(list)
+        for subject in subjects:
+            for identity in subject.identities:
+                by_type[identity.type].append((subject, identity))
         for name, mapped in self.system.tables.items():
-            for key, rid, identity in self._match_identities(conn, name, mapped, subjects):
+            if within is not None and name not in within:
+                continue
+            for key, rid, identity in self._match_identities(conn, name, mapped, by_type):
                 located.matches[name].setdefault(key, set()).add((rid, identity))
                 if _own(located, name, key, {rid}):
                     frontier[name].add(key)
@@ -200,8 +264,10 @@ class Locator:
         for name, matched in located.matches.items():
             if self.account_columns.get(name):
                 columns = self.account_columns[name]
-                for key, row in self.fetch(conn, name, list(matched), columns).items():
+                refs = self.ref_columns[name]
+                for key, row in self.fetch(conn, name, list(matched), [*columns, *refs]).items():
                     held[name][key] = {str(row[c]) for c in columns if row[c] is not None}
+                    read[name][key] = self._points(name, row)
         located.accounts = (
             {rid: set(ids) for rid, ids in accounts.items()} if accounts is not None
             else self._accounts(subjects, located, held)
@@ -219,13 +285,25 @@ class Locator:
         while frontier:
             parent, keys = frontier.popitem()
             for edge in self.children.get(parent, []):
-                anchors: dict[Anchor, set[str]] = defaultdict(set)
+                if within is not None and edge.child not in within:
+                    continue
+                # Owners' sets are never changed once recorded (`_own`): an anchor that is
+                # one row's (the usual: a primary key) shares that row's set.
+                anchors: dict[Anchor, set[str]] = {}
                 for key, anchor in self.anchors(conn, parent, keys, edge.parent_columns).items():
                     if None not in anchor:
-                        anchors[anchor] |= located.owners[parent][key]
-                for child_key, anchor, ids in self._rows_pointing_at(conn, edge, list(anchors)):
-                    if self._reach(located, edge.child, child_key, anchors[anchor], ids):
+                        mine = located.owners[parent][key]
+                        have = anchors.get(anchor)
+                        anchors[anchor] = mine if have is None else have | mine
+                known = read[edge.child]
+                leads = bool(self.children.get(edge.child))  # else nothing to follow from it
+                for child_key, anchor, ids, points in self._rows_pointing_at(
+                        conn, edge, list(anchors)):
+                    known[child_key] = points
+                    if self._reach(located, edge.child, child_key, anchors[anchor], ids) \
+                            and leads:
                         frontier[edge.child].add(child_key)
+        return read
 
     def _reach(
         self, located: Located, table: str, key: Key, owners: set[str], ids: set[str] | None
@@ -253,33 +331,38 @@ class Locator:
         return {r for r in owners if ids <= located.accounts.get(r, set())}
 
     def _match_identities(
-        self, conn: Connection, name: str, mapped: TableMap, subjects: Sequence[Subject]
+        self, conn: Connection, name: str, mapped: TableMap,
+        by_type: Mapping[IdentityType, list[tuple[Subject, Identity]]],
     ) -> Iterator[tuple[Key, str, Identity]]:
         table = self.tables[name]
         pk_cols = [table.c[c] for c in mapped.primary_key]
         for spec in mapped.identities:
             column = table.c[spec.column]
             wanted: dict[Any, set[tuple[str, Identity]]] = defaultdict(set)
-            for subject in subjects:
-                for identity in subject.identities:
-                    if identity.type is not spec.type:
-                        continue
-                    region = self.system.phone_region or subject.phone_region
-                    for value in _lookup_values(identity, column, region):
-                        wanted[value].add((subject.request_id, identity))
+            for subject, identity in by_type.get(spec.type, ()):
+                region = self.system.phone_region or subject.phone_region
+                for value in _lookup_values(identity, column, region):
+                    wanted[value].add((subject.request_id, identity))
             if not wanted:
                 continue
+            probe: ColumnElement[Any] = column
+            probe_cols: list[ColumnElement[Any]] = [column]
             if spec.type is IdentityType.EMAIL:
-                probe: Any = func.lower(func.trim(column))
+                probe = type_coerce(func.lower(func.trim(column)), column.type)
+                probe_cols = [probe]
             elif spec.type is IdentityType.THIRD_PARTY:
                 assert spec.provider_column is not None
-                probe = tuple_(func.lower(table.c[spec.provider_column]), column)
-            else:
-                probe = column
-            probe_cols = list(probe.clauses) if isinstance(probe, Tuple) else [probe]
+                # Only the id goes to the server, one value each (a hashed look-up there);
+                # the provider is compared here, through `wanted`. A list of (provider,
+                # id) pairs would be a row comparison per pair and per row of the table.
+                probe_cols = [func.lower(table.c[spec.provider_column]), column]
             width = len(pk_cols)
-            for chunk in chunks(list(wanted)):
-                for row in conn.execute(select(*pk_cols, *probe_cols).where(probe.in_(chunk))):
+            values = list(dict.fromkeys(
+                openid for _, openid in wanted) if spec.type is IdentityType.THIRD_PARTY
+                else wanted)
+            for chunk in self.chunks(values):
+                stmt = select(*pk_cols, *probe_cols).where(self.among([probe], chunk))
+                for row in conn.execute(stmt):
                     matched = tuple(row[width:])
                     probed: Any = matched[0] if len(matched) == 1 else matched
                     for rid, identity in wanted.get(probed, ()):
@@ -287,26 +370,51 @@ class Locator:
 
     def _rows_pointing_at(
         self, conn: Connection, edge: Edge, anchors: list[Anchor]
-    ) -> Iterator[tuple[Key, Anchor, set[str] | None]]:
+    ) -> Iterator[tuple[Key, Anchor, set[str] | None, Sequence[tuple[Edge, Anchor]]]]:
         """Rows of the edge's child table that point at `anchors`: their key, what they
-        point at, and the account ids they hold (None: the table holds none)."""
+        point at, the account ids they hold (None: the table holds none), and every
+        reference they hold (what `_share` needs). Read by position, and a row that holds
+        no other reference shares the one tuple of its anchor: this runs for every row a
+        batch owns."""
         table = self.tables[edge.child]
-        pk_cols = [table.c[c] for c in self.system.tables[edge.child].primary_key]
+        pk = self.system.tables[edge.child].primary_key
+        accounts = self.account_columns.get(edge.child, [])
+        names = list(dict.fromkeys([*pk, *edge.columns, *accounts,
+                                    *self.ref_columns[edge.child]]))
+        at = {c: i for i, c in enumerate(names)}
+        key_of = _getter([at[c] for c in pk])
+        anchor_of = _getter([at[c] for c in edge.columns])
+        account_at = [at[c] for c in accounts]
+        others = [(e, _getter([at[c] for c in e.columns]))
+                  for e in self.parents.get(edge.child, []) if e is not edge]
+        values: list[Any] = [a[0] for a in anchors] if len(edge.columns) == 1 else anchors
         ref_cols = [table.c[c] for c in edge.columns]
-        account_cols = [table.c[c] for c in self.account_columns.get(edge.child, [])]
-        probe = ref_cols[0] if len(ref_cols) == 1 else tuple_(*ref_cols)
-        values: list[Any] = [a[0] for a in anchors] if len(ref_cols) == 1 else anchors
-        width, refs = len(pk_cols), len(ref_cols)
-        for chunk in chunks(values):
-            stmt = select(*pk_cols, *ref_cols, *account_cols).where(probe.in_(chunk))
+        alone: dict[Anchor, tuple[tuple[Edge, Anchor], ...]] = {}
+        for chunk in self.chunks(values):
+            stmt = select(*[table.c[c] for c in names]).where(self.among(ref_cols, chunk))
             for row in conn.execute(stmt):
-                ids = ({str(v) for v in row[width + refs:] if v is not None}
-                       if account_cols else None)
-                yield tuple(row[:width]), tuple(row[width:width + refs]), ids
+                anchor = anchor_of(row)  # not null: it matched
+                points: Sequence[tuple[Edge, Anchor]]
+                if others:
+                    points = [(edge, anchor), *(
+                        (other, pointed) for other, get in others
+                        if None not in (pointed := get(row)))]
+                else:
+                    points = alone.get(anchor) or alone.setdefault(anchor, ((edge, anchor),))
+                ids = ({str(row[i]) for i in account_at if row[i] is not None}
+                       if accounts else None)
+                yield key_of(row), anchor, ids, points
+
+    def _points(self, table: str, row: Mapping[str, Any]) -> list[tuple[Edge, Anchor]]:
+        """What a row points at: its non-null references."""
+        return [
+            (e, anchor) for e in self.parents.get(table, [])
+            if None not in (anchor := tuple(row[c] for c in e.columns))
+        ]
 
     # -- sharing ------------------------------------------------------------------------
-    def _share(self, conn: Connection, located: Located) -> None:
-        points = self._outgoing(conn, located)
+    def _share(self, conn: Connection, located: Located, read: Points) -> None:
+        points = self._outgoing(conn, located, read)
         found_at = self._found_at(conn, located)
 
         foreign = located.foreign
@@ -317,7 +425,7 @@ class Locator:
                     if edge.keeps and anchor not in found_at[edge.target]:
                         outside[edge.target].add(anchor)
         owned = self._owned_outside(conn, outside, found_at)
-        for table, refs in points.items():
+        for table, refs in points.items() if owned else ():
             for key, edges in refs.items():
                 if any(e.keeps and (*e.target, a) in owned for e, a in edges):  # (a)
                     foreign[table].add(key)
@@ -325,6 +433,8 @@ class Locator:
         while changed:  # (c), to a fixpoint: references may form cycles
             changed = False
             for table, refs in points.items():
+                if not any(foreign[e.parent] for e in self.parents[table]):
+                    continue  # none of its rows points at a foreign row: none can turn
                 matched = located.matches.get(table, {})
                 for key, edges in refs.items():
                     if key in foreign[table]:
@@ -360,19 +470,23 @@ class Locator:
                         located.pinned[edge.parent].add(parent_key)
                         kept.append((edge.parent, parent_key))
 
-    def _outgoing(self, conn: Connection, located: Located) -> Points:
-        """For every found row: what it points at (its non-null references)."""
+    def _outgoing(self, conn: Connection, located: Located, read: Points) -> Points:
+        """For every found row: what it points at (its non-null references). Rows whose
+        references were read when they were found are not read again."""
         points: Points = defaultdict(dict)
         for table, owners in list(located.owners.items()):
-            edges = self.parents.get(table, [])
-            if not owners or not edges:
+            if not owners or not self.parents.get(table):
                 continue
-            columns = [c for e in edges for c in e.columns]
-            for key, row in self.fetch(conn, table, list(owners), columns).items():
-                points[table][key] = [
-                    (e, anchor) for e in edges
-                    if None not in (anchor := tuple(row[c] for c in e.columns))
-                ]
+            known = read.get(table, {})
+            mine = points[table]
+            missing = []
+            for key in owners:
+                if (pointed := known.get(key)) is not None:
+                    mine[key] = pointed
+                else:
+                    missing.append(key)
+            for key, row in self.fetch(conn, table, missing, self.ref_columns[table]).items():
+                mine[key] = self._points(table, row)
         return points
 
     def _accounts(
@@ -429,10 +543,11 @@ class Locator:
             wanted_cols = list(dict.fromkeys(
                 [*columns, *identity_columns, *(c for e in edges for c in e.columns)]
             ))
-            probe = _probe(table, list(columns))
+            probe_cols = [table.c[c] for c in columns]
             values: list[Any] = [a[0] for a in fresh] if len(columns) == 1 else fresh
-            for chunk in chunks(values):
-                stmt = select(*[table.c[c] for c in wanted_cols]).where(probe.in_(chunk))
+            for chunk in self.chunks(values):
+                stmt = select(*[table.c[c] for c in wanted_cols]).where(
+                    self.among(probe_cols, chunk))
                 for row in conn.execute(stmt):
                     data = row._mapping
                     node = (name, columns, tuple(data[c] for c in columns))
@@ -471,9 +586,17 @@ class Locator:
     def pk_in(self, name: str, keys: Sequence[Key]) -> ColumnElement[bool]:
         table = self.tables[name]
         pk = [table.c[c] for c in self.system.tables[name].primary_key]
-        if len(pk) == 1:
-            return pk[0].in_([k[0] for k in keys])
-        return tuple_(*pk).in_(list(keys))
+        return self.among(pk, [k[0] for k in keys] if len(pk) == 1 else list(keys))
+
+    def among(self, columns: Sequence[ColumnElement[Any]], values: Sequence[Any]
+              ) -> ColumnElement[bool]:
+        """`columns IN values` (one value per row, a tuple when there are several
+        columns), for one chunk of values (`chunks`)."""
+        return among(self.dialect, columns, values)
+
+    def chunks(self, items: Sequence[Any]) -> Iterator[list[Any]]:
+        """`items` in lists as long as one statement takes on this system's dialect."""
+        return chunks(items, self.chunk)
 
     def fetch(
         self, conn: Connection, name: str, keys: list[Key], columns: Iterable[str]
@@ -482,35 +605,36 @@ class Locator:
         pk = self.system.tables[name].primary_key
         wanted = list(dict.fromkeys([*pk, *columns]))
         out: dict[Key, dict[str, Any]] = {}
-        for chunk in chunks(keys):
+        for chunk in self.chunks(keys):
             stmt = select(*[table.c[c] for c in wanted]).where(self.pk_in(name, chunk))
             for row in conn.execute(stmt):
-                data = dict(row._mapping)
+                data = dict(zip(wanted, row, strict=True))
                 out[tuple(data[c] for c in pk)] = data
         return out
 
 
 def _own(located: Located, table: str, key: Key, owners: set[str]) -> bool:
-    """Record owners of a row; True if that is news (the row must be propagated)."""
+    """Record owners of a row; True if that is news (the row must be propagated). The set
+    is recorded as given, never changed afterwards (news make a new one): the rows reached
+    from one row share their owners' set."""
     if not owners:
         return False
-    current = located.owners[table].setdefault(key, set())
-    if owners <= current:
+    rows = located.owners[table]
+    current = rows.get(key)
+    if current is None:
+        rows[key] = owners
+    elif owners <= current:
         return False
-    current |= owners
+    else:
+        rows[key] = current | owners
     return True
-
-
-def _probe(table: Table, columns: list[str]) -> Any:
-    cols = [table.c[c] for c in columns]
-    return cols[0] if len(cols) == 1 else tuple_(*cols)
 
 
 def _lookup_values(identity: Identity, column: Any, phone_region: str | None) -> list[Any]:
     """What to compare a column with for one identity: every spelling a store may hold,
     typed as the column is."""
     if identity.type is IdentityType.PHONE:
-        return phone_variants(identity.value, phone_region)
+        return list(_phone_spellings(identity.value, phone_region))
     if identity.type is IdentityType.IP:
         return ip_variants(identity.value)
     if identity.type is IdentityType.THIRD_PARTY:
@@ -531,6 +655,72 @@ def _lookup_values(identity: Identity, column: Any, phone_region: str | None) ->
     return [identity.value]
 
 
-def chunks(items: Sequence[Any]) -> Iterator[list[Any]]:
-    for start in range(0, len(items), CHUNK):
-        yield list(items[start : start + CHUNK])
+def _getter(indexes: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """The values at `indexes` of a row, as a tuple."""
+    if len(indexes) == 1:
+        index = indexes[0]
+        return lambda row: (row[index],)
+    return itemgetter(*indexes)
+
+
+@lru_cache(maxsize=100_000)
+def _phone_spellings(e164: str, region: str | None) -> tuple[str, ...]:
+    """`phone_variants`, worked out once per number: each look-up of a batch asks again,
+    and parsing a number is about 100 µs."""
+    return tuple(phone_variants(e164, region))
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def among(dialect: str | None, columns: Sequence[ColumnElement[Any]], values: Sequence[Any]
+          ) -> ColumnElement[bool]:
+    """`columns IN values` (one value per row, a tuple when there are several columns). On
+    PostgreSQL the values go as one array parameter per column, unnested in the server
+    (`listed`): the statement's text is the same for every chunk (compiled and parsed
+    once, where an IN list of bound parameters is new text for every length), and the
+    planner joins against the list (an index look-up per value, or one hashed pass over
+    the table) whether the plan is made for these values or is a prepared statement's
+    generic plan. Elsewhere, an IN list."""
+    width = len(columns)
+    arrays = [list(values)] if width == 1 else [[v[i] for v in values] for i in range(width)]
+    table = listed(dialect, [c.type for c in columns], arrays, [f"c{i}" for i in range(width)])
+    if table is None:
+        probe = columns[0] if width == 1 else tuple_(*columns)
+        return probe.in_(list(values))
+    if width == 1:
+        return columns[0].in_(select(table.c.c0))
+    return tuple_(*columns).in_(select(*table.c))
+
+
+def listed(
+    dialect: str | None, types: Sequence[TypeEngine[Any]], arrays: Sequence[Sequence[Any]],
+    names: Sequence[str],
+) -> TableValuedAlias | None:
+    """Lists of values (all of one length) as the columns `names` of a table, on
+    PostgreSQL: `unnest(:a, :b) AS listed(names)`, one array parameter per column. None on
+    other dialects, or for a type SQLAlchemy does not know."""
+    if dialect != "postgresql":
+        return None
+    elements = [t for kind in types if (t := _array_element(kind)) is not None]
+    if len(elements) < len(types):
+        return None
+    params = [bindparam(None, list(a), type_=ARRAY(t))
+              for a, t in zip(arrays, elements, strict=True)]
+    return func.unnest(*params).table_valued(*names).render_derived(name="listed")
+
+
+def _array_element(kind: TypeEngine[Any]) -> TypeEngine[Any] | None:
+    """The element type of the array a column's values are sent in, or None for a type
+    SQLAlchemy does not know. Without a length or a scale: a cast to `varchar(64)[]` or
+    `numeric(12,2)[]` would cut or round a longer value into one the column holds, and
+    match a row the value is not."""
+    if isinstance(kind, NullType):
+        return None
+    if isinstance(kind, String):
+        return String()
+    if isinstance(kind, Numeric):
+        return type(kind)()
+    return kind

@@ -425,6 +425,30 @@ def test_property_discovery_never_learns_an_identity_that_reaches_someone_else(
         connector.dispose()
 
 
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), n_users=st.integers(2, 10), data=st.data())
+def test_property_discovery_reads_only_what_decides_it_and_learns_the_same(
+    db_url: str, seed: int, n_users: int, data: st.DataObject
+) -> None:
+    """Discovery looks only at the tables that hold identities and those they point at
+    (`Locator.identity_tables`): what it learns and withholds is what a look at every
+    table gives, whoever shares what."""
+    world = sharedworld.generate(random.Random(seed), n_users)
+    connector = build(db_url, world)
+    try:
+        chosen = data.draw(st.sets(st.integers(1, n_users), min_size=1, max_size=n_users))
+        kinds = [IdentityType.EMAIL, IdentityType.PHONE, IdentityType.USER_ID, IdentityType.IP]
+        subjects = [world.subject(uid, f"r{uid}", data.draw(st.sampled_from(kinds)))
+                    for uid in sorted(chosen)]
+        narrow = connector.discover(subjects)
+        assert connector.locator.identity_tables < set(connector.system.tables)
+        connector.locator.identity_tables = frozenset(connector.system.tables)
+        assert connector.discover(subjects) == narrow
+    finally:
+        connector.dispose()
+
+
 @pytest.mark.parametrize("seed", [3, 17])
 def test_cost_does_not_grow_with_shared_rows_per_request(db_url: str, seed: int) -> None:
     """The sharing rules add a bounded number of statements per table, whatever the batch
