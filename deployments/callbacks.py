@@ -3,7 +3,9 @@
 The processor domain is checked against the partner's allow-list and the signature against
 its certificate before the body is trusted or even parsed; only then is the ledger updated
 (idempotently: a finished step is never moved back) and the request closed if nothing else
-is outstanding.
+is outstanding. Callbacks that arrive together are closed together (`GroupCloser`): the
+answer is recorded by each callback, the closing (certificate, final status) once for all
+of them.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import uvicorn
@@ -27,10 +29,25 @@ from pipeline import closing, partners
 from pipeline.runtime import Runtime
 
 log = logging.getLogger(__name__)
+# How long a callback waits for the close that takes its request before it is answered
+# 500 (the partner sends it again; its answer is recorded already).
+CLOSE_TIMEOUT = 120.0
 
 
 def create_app(rt: Runtime) -> FastAPI:
-    app = FastAPI(title="dsrflow callbacks", docs_url=None, redoc_url=None, openapi_url=None)
+    closer = closing.GroupCloser(rt)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        closer.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(closer.stop)
+
+    app = FastAPI(title="dsrflow callbacks", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.closer = closer
 
     @app.post("/opendsr/callbacks/{system}")
     async def opendsr_callback(system: str, request: Request) -> Response:
@@ -39,7 +56,7 @@ def create_app(rt: Runtime) -> FastAPI:
             return _answer(404, "no such partner")
         body = await request.body()
         headers = list(request.headers.items())
-        return await run_in_threadpool(_apply_safely, rt, system, body, headers)
+        return await run_in_threadpool(_apply_safely, rt, closer, system, body, headers)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -49,18 +66,22 @@ def create_app(rt: Runtime) -> FastAPI:
 
 
 def _apply_safely(
-    rt: Runtime, system: str, body: bytes, headers: list[tuple[str, str]]
+    rt: Runtime, closer: closing.GroupCloser, system: str, body: bytes,
+    headers: list[tuple[str, str]],
 ) -> Response:
     """`_apply`, with anything unexpected answered 500 and logged as `safe_error` says
     (the web server would log the exception's text and traceback)."""
     try:
-        return _apply(rt, system, body, headers)
+        return _apply(rt, closer, system, body, headers)
     except Exception as exc:
         log.error("callback from %s not applied: %s", system, safe_error(exc))
         return _answer(500, "not applied; send it again later")
 
 
-def _apply(rt: Runtime, system: str, body: bytes, headers: list[tuple[str, str]]) -> Response:
+def _apply(
+    rt: Runtime, closer: closing.GroupCloser, system: str, body: bytes,
+    headers: list[tuple[str, str]],
+) -> Response:
     partner = rt.partner(system)
     assert isinstance(partner, OpenDsrPartner)
     try:
@@ -78,7 +99,7 @@ def _apply(rt: Runtime, system: str, body: bytes, headers: list[tuple[str, str]]
         return _answer(404, "unknown request")
     request_id = found.request_id
     partners.apply_status(rt, system, request_id, answer(status))
-    closing.close_finished(rt, [request_id])
+    closer.close(request_id, timeout=CLOSE_TIMEOUT)
     return _answer(202, "accepted")
 
 

@@ -1,0 +1,131 @@
+"""Callbacks that arrive together are closed together: a partner answering many requests
+at once costs one close (certificates, final statuses) per group, not per request, and
+each callback is still answered only once its own request is closed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployments.callbacks import create_app, serving
+from dsrflow.intake import submit
+from dsrflow.model import DELIVERABLE_KIND, Status
+from examples.partner import ReferencePartner
+from flows.request import process_requests
+from pipeline import closing
+from pipeline.runtime import Runtime, set_runtime
+from tests import sqlworld
+from tests.helpers import make_runtime, ticket
+
+UIDS = [1, 2, 3, 4, 5]
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, prefect_server: list[Path]
+) -> Iterator[tuple[Runtime, ReferencePartner, Any, list[str]]]:
+    world, url = sqlworld.sqlite_world(tmp_path, 8, 5)
+    with ReferencePartner() as partner:
+        (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
+        doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
+        doc["systems"] = {
+            "db": {**doc["systems"]["db"], "url": url},
+            "adnet": {
+                "kind": "partner", "protocol": "opendsr", "categories": ["behaviour"],
+                "endpoint": partner.url, "identities": [{"type": "email"}],
+                "callback_domains": [partner.domain], "certificate": "partner.pem",
+            },
+        }
+        rt = make_runtime(tmp_path, doc)
+        previous = set_runtime(rt)
+        app = create_app(rt)
+        try:
+            with serving(app) as base:
+                rt.settings.callback_base_url = base
+                ids = [submit(rt.ledger, rt.datamap, ticket(
+                    f"G-{uid}", "erasure",
+                    [{"type": "email", "value": str(world.user(uid)["email"])}])).request_id
+                    for uid in UIDS]
+                process_requests(ids)
+                assert {rt.ledger.get(rid).status for rid in ids} == {Status.IN_PROGRESS}
+                yield rt, partner, app, ids
+        finally:
+            set_runtime(previous)
+            rt.close()
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Wait for a condition another thread makes true (polled: the callbacks run on the
+    server's threads), failing with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        threading.Event().wait(0.02)
+
+
+def test_callbacks_arriving_during_a_close_are_closed_together_by_the_next(
+    served: tuple[Runtime, ReferencePartner, Any, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt, partner, app, ids = served
+    closer: closing.GroupCloser = app.state.closer
+    batches: list[list[str]] = []
+    real = closing.close_finished
+
+    def watched(runtime: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
+        batches.append(list(request_ids))
+        if len(batches) == 1:  # the first close runs while the others queue behind it
+            _until(lambda: closer.queued() == len(ids) - 1, "the other callbacks")
+        return real(runtime, request_ids)
+
+    monkeypatch.setattr(closing, "close_finished", watched)
+    for row in rt.ledger.partner_requests(ids):
+        partner.complete(str(row.subject_request_id), wait=False)
+    _until(lambda: all(r.status is Status.COMPLETED for r in rt.ledger.get_many(ids)),
+           "every request completed")
+
+    assert [len(b) for b in batches] == [1, len(ids) - 1]
+    assert sorted(rid for b in batches for rid in b) == sorted(ids)
+    # Each request certified once, and each callback answered 202 after its close.
+    certified = [s.request_id for s in rt.ledger.steps(ids) if s.kind == DELIVERABLE_KIND]
+    assert sorted(certified) == sorted(ids)
+    _until(lambda: len(partner.callbacks) >= len(ids), "the partner's record of answers")
+    assert {a.status_code for a in partner.callbacks} == {202}
+
+
+def test_a_request_whose_close_fails_fails_only_its_own_callback(
+    served: tuple[Runtime, ReferencePartner, Any, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt, partner, app, ids = served
+    closer: closing.GroupCloser = app.state.closer
+    poisoned = ids[2]
+    real = closing.close_finished
+    calls: list[list[str]] = []
+
+    def failing(runtime: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
+        calls.append(list(request_ids))
+        if len(calls) == 1:
+            _until(lambda: closer.queued() == len(ids) - 1, "the other callbacks")
+        if poisoned in request_ids:
+            raise RuntimeError("the certificate store is full")
+        return real(runtime, request_ids)
+
+    monkeypatch.setattr(closing, "close_finished", failing)
+    rows = {str(r.subject_request_id): r.request_id for r in rt.ledger.partner_requests(ids)}
+    for srid in rows:
+        partner.complete(srid, wait=False)
+    others = [rid for rid in ids if rid != poisoned]
+    _until(lambda: all(r.status is Status.COMPLETED for r in rt.ledger.get_many(others)),
+           "the other requests completed")
+    _until(lambda: len(partner.callbacks) >= len(ids), "every callback answered")
+
+    assert rt.ledger.get(poisoned).status is Status.IN_PROGRESS  # its answer is recorded
+    answered = {rows[a.subject_request_id]: a.status_code for a in partner.callbacks
+                if a.status_code is not None}
+    assert answered[poisoned] == 500  # the partner sends it again later
+    assert {answered[rid] for rid in others} == {202}
