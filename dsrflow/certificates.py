@@ -49,6 +49,7 @@ from dsrflow.signing import encode_public_key, key_id
 
 if TYPE_CHECKING:  # the ledger pulls in SQLAlchemy and Alembic; `verify` needs neither
     from dsrflow.datamap import DataMap
+    from dsrflow.holds import LegalHold
     from dsrflow.ledger import Ledger, PartnerRequest, RequestRecord, StepRecord
 
 FORMAT = "dsrflow.erasure-certificate/1"
@@ -85,21 +86,60 @@ class VerifiedCertificate:
 
 
 # -- building ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Facts:
+    """What one request's certificate is built from, as the ledger recorded it."""
+
+    record: RequestRecord
+    steps: Sequence[StepRecord]
+    partners: Sequence[PartnerRequest]
+    held_parts: Sequence[Mapping[str, Any]]
+    holds: Mapping[str, LegalHold]
+
+
+def read_facts(ledger: Ledger, request_ids: Sequence[str]) -> dict[str, Facts]:
+    """The facts of a batch's certificates, read in one query per kind for the batch (a
+    hold is read once, however many requests it kept data of). Unknown ids are left out."""
+    ids = list(dict.fromkeys(request_ids))
+    steps: dict[str, list[StepRecord]] = defaultdict(list)
+    for step in ledger.steps(ids):
+        steps[step.request_id].append(step)
+    partners: dict[str, list[PartnerRequest]] = defaultdict(list)
+    for row in ledger.partner_requests(ids):
+        partners[row.request_id].append(row)
+    held: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for part in ledger.held_parts(ids):
+        held[part["request_id"]].append(part)
+    holds = {hold_id: ledger.hold(hold_id)
+             for hold_id in sorted({h for parts in held.values() for p in parts
+                                    for h in p["hold_ids"]})}
+    return {
+        record.id: Facts(record, steps[record.id], partners[record.id], held[record.id],
+                         {h: holds[h] for p in held[record.id] for h in p["hold_ids"]})
+        for record in ledger.get_many(ids)
+    }
+
+
 def build_certificate(
-    ledger: Ledger, datamap: DataMap, request_id: str, issued_at: datetime
+    ledger: Ledger, datamap: DataMap, request_id: str, issued_at: datetime,
+    facts: Facts | None = None,
 ) -> dict[str, Any]:
-    """The certificate's body for one erasing request, from what the ledger recorded."""
+    """The certificate's body for one erasing request, from what the ledger recorded
+    (`facts`, when the caller read them for a batch; else read here)."""
     if issued_at.tzinfo is None:
         raise ValueError("issued_at must carry a time zone")
-    record = ledger.get(request_id)
+    if facts is None:
+        ledger.get(request_id)  # an unknown request is named as such
+        facts = read_facts(ledger, [request_id])[request_id]
+    record = facts.record
     if record.type is None or not record.type.erases:
         kind = record.type.value if record.type else "untyped"
         raise ValueError(
             f"request {request_id} is {kind}: only erasure, consent_withdrawal and "
             "account_cancellation requests erase data and get an erasure certificate"
         )
-    rows = [s for s in ledger.steps([request_id]) if s.kind != DELIVERABLE_KIND]
-    partner_rows = {p.system: p for p in ledger.partner_requests([request_id])}
+    rows = [s for s in facts.steps if s.kind != DELIVERABLE_KIND]
+    partner_rows = {p.system: p for p in facts.partners}
     partner_names = {s.system for s in rows if s.kind == PARTNER_KIND} | set(partner_rows)
     by_system: dict[str, dict[StepAction, StepRecord]] = defaultdict(dict)
     for step in rows:
@@ -149,24 +189,25 @@ def build_certificate(
         "systems": systems,
         "partners": partners,
         "holds": holds,
-        "legal_holds": _legal_holds(ledger, record),
+        "legal_holds": _legal_holds(facts),
         "outcome": {"status": INCOMPLETE if reasons else COMPLETE, "reasons": reasons},
     }
 
 
-def _legal_holds(ledger: Ledger, record: RequestRecord) -> list[dict[str, Any]]:
+def _legal_holds(facts: Facts) -> list[dict[str, Any]]:
     """The legal holds that kept part of this request's data: the policy's exemption (its
     code), the end date, where, and what the subject may do about it where the regime
     says they must be told (the citation and the approver stay in the ledger)."""
     from dsrflow.holds import APPEALS, POLICY_HOLDS
 
+    record = facts.record
     systems: dict[str, list[str]] = defaultdict(list)
-    for part in ledger.held_parts([record.id]):
+    for part in facts.held_parts:
         for hold_id in part["hold_ids"]:
             systems[hold_id].append(part["system"])
     out = []
     for hold_id, where in sorted(systems.items()):
-        hold = ledger.hold(hold_id)
+        hold = facts.holds[hold_id]
         out.append({
             "hold": hold.id,
             "exemption": hold.reason.value,

@@ -15,11 +15,20 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from connectors.objects import ObjectsConnector
-from dsrflow.certificates import build_certificate, sign_certificate, write_certificate
+from dsrflow.certificates import (
+    Facts,
+    build_certificate,
+    read_facts,
+    sign_certificate,
+    write_certificate,
+)
 from dsrflow.datamap import PartnerSystem
 from dsrflow.delivery import PackageStore
 from dsrflow.errors import NotOnRecord, safe_error
@@ -84,8 +93,12 @@ def produce(rt: Runtime, request_ids: Sequence[str]) -> dict[str, str]:
         if what == PACKAGE:
             # The package is the copy now; the collected records need not wait longer.
             discard_exports(rt.settings.exports_path, rid)
+    # Read for the batch at once; the signing key once (not cached when it cannot be read:
+    # then each certificate fails, named, as alone).
+    facts = read_facts(rt.ledger, [r.id for r in todo[CERTIFICATE]]) if todo[CERTIFICATE] else {}
+    signing_key = cache(rt.settings.signing_key_pair)
     made.update(_make(rt, CERTIFICATE, StepAction.CERTIFY, todo[CERTIFICATE],
-                      lambda r: issue_certificate(rt, r)))
+                      lambda r: issue_certificate(rt, r, facts.get(r.id), signing_key())))
     return made
 
 
@@ -214,10 +227,15 @@ def _objects(rt: Runtime, system: str) -> ObjectsConnector:
     return connector
 
 
-def issue_certificate(rt: Runtime, record: RequestRecord) -> dict[str, Any]:
+def issue_certificate(
+    rt: Runtime, record: RequestRecord, facts: Facts | None = None,
+    key: Ed25519PrivateKey | None = None,
+) -> dict[str, Any]:
+    """Build, sign and write the request's certificate (from `facts` and with `key` when
+    the caller read them for a batch)."""
     at = now()
-    body = build_certificate(rt.ledger, rt.datamap, record.id, at)
-    document = sign_certificate(body, rt.settings.signing_key_pair())
+    body = build_certificate(rt.ledger, rt.datamap, record.id, at, facts)
+    document = sign_certificate(body, key or rt.settings.signing_key_pair())
     path, digest = write_certificate(document, rt.settings.certificates_path)
     return {
         "path": str(path),

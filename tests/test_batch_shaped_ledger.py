@@ -89,6 +89,43 @@ def test_write_transactions_do_not_grow_with_the_batch(run_of: Any) -> None:
     assert {t.request_id for t in rt.ledger.tombstones()} == erasures
 
 
+def test_ledger_statements_of_an_erasure_batch_do_not_grow_with_it(
+    tmp_path: Path, prefect_server: list[Path]
+) -> None:
+    """Reads included: a batch of 24 erasures, from opening to certificates and closing,
+    asks the ledger no more than a batch of 4 (the certificates' requests, steps, partner
+    rows and holds are read for the batch, not per request)."""
+    counts = [_statements_of_erasures(tmp_path, n) for n in (4, 24)]
+    assert counts[1] == counts[0], counts
+
+
+def _statements_of_erasures(tmp_path: Path, n: int) -> int:
+    from flows.request import process_requests
+
+    folder = tmp_path / f"erasures-{n}"
+    folder.mkdir()
+    _, url = sqlworld.sqlite_world(folder, n + 6, 5)
+    rt = make_runtime(folder, sqlworld.datamap_doc(url))
+    previous = set_runtime(rt)
+    try:
+        ids = [submit(rt.ledger, rt.datamap, ticket(
+            f"E-{uid}", "erasure", [{"type": "user_id", "value": str(uid)}])).request_id
+            for uid in range(1, n + 1)]
+        statements = Counter[str]()
+
+        def seen(_conn: sa.Connection, _c: Any, statement: str, *_: Any) -> None:
+            statements[statement.split()[0]] += 1
+
+        sa.event.listen(rt.ledger.engine, "before_cursor_execute", seen)
+        process_requests(ids)
+        assert {r.status for r in rt.ledger.get_many(ids)} == {Status.COMPLETED}
+        assert len(list(rt.settings.certificates_path.rglob("*.json"))) == n
+        return statements.total()
+    finally:
+        set_runtime(previous)
+        rt.close()
+
+
 def _audited_moves(ledger: Ledger) -> list[dict[str, Any]]:
     moves: list[dict[str, Any]] = []
     for _, detail in ledger.audit_events("request.status"):

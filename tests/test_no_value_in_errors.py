@@ -219,10 +219,10 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
     original = deliverables.issue_certificate
 
-    def issue_certificate(rt: Runtime, record: Any) -> Any:
+    def issue_certificate(rt: Runtime, record: Any, *args: Any) -> Any:
         if record.id == issued_for.get("fail"):
             raise ValueError(f"cannot certify {EMAIL}")
-        return original(rt, record)
+        return original(rt, record, *args)
 
     monkeypatch.setattr(SqlConnector, "erase", erase)
     monkeypatch.setattr(SqlConnector, "rectify", rectify)
