@@ -60,14 +60,17 @@ class Round:
     cpu: dict[str, float]
     busy: dict[str, float]
     statuses: dict[str, int]
+    ledger_cpu: dict[str, float]  # CPU seconds in each ledger method (its threads' own)
 
 
 class BusyClock:
-    """Busy thread time per label: the outermost timed call of a thread counts, so a
-    connector calling the ledger (or another connector) is not counted twice."""
+    """Busy thread time and thread CPU time per label: the outermost timed call of a
+    thread counts, so a connector calling the ledger (or another connector) is not
+    counted twice."""
 
     def __init__(self) -> None:
         self.busy: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -82,20 +85,24 @@ class BusyClock:
             if getattr(self._local, "inside", False):
                 return fn(*args, **kwargs)
             self._local.inside = True
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 spent = time.perf_counter() - started
+                used = time.thread_time() - cpu
                 self._local.inside = False
                 with self._lock:
                     self.busy[label] += spent
+                    self.cpu[label] += used
         return timed
 
-    def take(self) -> dict[str, float]:
+    def take(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Busy and CPU seconds per label since the last take."""
         with self._lock:
-            out = dict(self.busy)
+            out = dict(self.busy), dict(self.cpu)
             self.busy.clear()
+            self.cpu.clear()
         return out
 
 
@@ -262,10 +269,11 @@ def one_round(rt: Any, partner: Any, addresses: list[str], clock: BusyClock,
     statuses = Counter(r.status.value for r in rt.ledger.get_many(ids))
     assert set(statuses) <= {Status.COMPLETED.value, Status.PARTIALLY_COMPLETED.value,
                              Status.FAILED.value}
-    busy = clock.take()
+    busy, used = clock.take()
     busy["ledger"] = sum(v for k, v in busy.items() if k.startswith("ledger:"))
+    ledger_cpu = {k.split(":", 1)[1]: v for k, v in used.items() if k.startswith("ledger:")}
     return Round(len(ids), submitted - started, ran - submitted, done - started, cpu,
-                 busy, dict(statuses))
+                 busy, dict(statuses), ledger_cpu)
 
 
 def main() -> None:
@@ -380,6 +388,14 @@ def report(rounds: list[Round], args: argparse.Namespace, built: float) -> None:
                  reverse=True)[:8]
     print(f"Ledger at N={last.requests:,}: " + ", ".join(
         f"{k.split(':', 1)[1]} {v:.1f} s" for v, k in top))
+    print()
+    for r in rounds:
+        spent = sum(r.ledger_cpu.values())
+        print(f"Ledger CPU at N={r.requests:,}: {spent:.1f} s of dsrflow's "
+              f"{r.cpu['dsrflow']:.1f} CPU-s, {100 * spent / r.cpu['dsrflow']:.1f}% "
+              "(target under 10%)")
+    print(f"Ledger CPU by method at N={last.requests:,}: " + ", ".join(
+        f"{k} {v:.2f} s" for k, v in sorted(last.ledger_cpu.items(), key=lambda kv: -kv[1])[:8]))
     print()
     print("Busy seconds are summed over threads (systems run side by side, callbacks arrive "
           "on their own threads; a wait for a lock counts as busy); the floor is the "

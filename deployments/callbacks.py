@@ -3,9 +3,9 @@
 The processor domain is checked against the partner's allow-list and the signature against
 its certificate before the body is trusted or even parsed; only then is the ledger updated
 (idempotently: a finished step is never moved back) and the request closed if nothing else
-is outstanding. Callbacks that arrive together are closed together (`GroupCloser`): the
-answer is recorded by each callback, the closing (certificate, final status) once for all
-of them.
+is outstanding. Each callback is checked on its own; the verified callbacks that arrive
+together are recorded and closed together (`GroupCommit`): their requests looked up, their
+answers recorded and the finished requests certified and closed once for the group.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -23,31 +24,35 @@ from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from connectors.opendsr import OpenDsrPartner, ProtocolError, Untrusted, answer
+from connectors.opendsr import Status as PartnerAnswer
 from dsrflow.datamap import PartnerSystem
 from dsrflow.errors import safe_error
 from pipeline import closing, partners
+from pipeline.group_commit import GroupCommit
 from pipeline.runtime import Runtime
 
 log = logging.getLogger(__name__)
-# How long a callback waits for the close that takes its request before it is answered
-# 500 (the partner sends it again; its answer is recorded already).
-CLOSE_TIMEOUT = 120.0
+# How long a verified callback waits for the group that records it before it is answered
+# 500 (the partner sends it again).
+GROUP_TIMEOUT = 120.0
+Callback = tuple[str, PartnerAnswer]  # the partner (system), what it said (verified)
+Applier = GroupCommit[Callback, int]
 
 
 def create_app(rt: Runtime) -> FastAPI:
-    closer = closing.GroupCloser(rt)
+    grouped: Applier = GroupCommit(lambda group: _apply_group(rt, group), "dsrflow-callbacks")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        closer.start()
+        grouped.start()
         try:
             yield
         finally:
-            await run_in_threadpool(closer.stop)
+            await run_in_threadpool(grouped.stop)
 
     app = FastAPI(title="dsrflow callbacks", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
-    app.state.closer = closer
+    app.state.callbacks = grouped
 
     @app.post("/opendsr/callbacks/{system}")
     async def opendsr_callback(system: str, request: Request) -> Response:
@@ -56,7 +61,7 @@ def create_app(rt: Runtime) -> FastAPI:
             return _answer(404, "no such partner")
         body = await request.body()
         headers = list(request.headers.items())
-        return await run_in_threadpool(_apply_safely, rt, closer, system, body, headers)
+        return await run_in_threadpool(_apply_safely, rt, grouped, system, body, headers)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -66,21 +71,20 @@ def create_app(rt: Runtime) -> FastAPI:
 
 
 def _apply_safely(
-    rt: Runtime, closer: closing.GroupCloser, system: str, body: bytes,
+    rt: Runtime, grouped: Applier, system: str, body: bytes,
     headers: list[tuple[str, str]],
 ) -> Response:
     """`_apply`, with anything unexpected answered 500 and logged as `safe_error` says
     (the web server would log the exception's text and traceback)."""
     try:
-        return _apply(rt, closer, system, body, headers)
+        return _apply(rt, grouped, system, body, headers)
     except Exception as exc:
         log.error("callback from %s not applied: %s", system, safe_error(exc))
         return _answer(500, "not applied; send it again later")
 
 
 def _apply(
-    rt: Runtime, closer: closing.GroupCloser, system: str, body: bytes,
-    headers: list[tuple[str, str]],
+    rt: Runtime, grouped: Applier, system: str, body: bytes, headers: list[tuple[str, str]],
 ) -> Response:
     partner = rt.partner(system)
     assert isinstance(partner, OpenDsrPartner)
@@ -94,13 +98,30 @@ def _apply(
         return _answer(403, "not trusted")
     except ProtocolError:
         return _answer(400, "malformed callback")
-    found = rt.ledger.partner_request_by_id(system, status.subject_request_id)
-    if found is None:
+    if grouped.submit((system, status), timeout=GROUP_TIMEOUT) == 404:
         return _answer(404, "unknown request")
-    request_id = found.request_id
-    partners.apply_status(rt, system, request_id, answer(status))
-    closer.close(request_id, timeout=CLOSE_TIMEOUT)
     return _answer(202, "accepted")
+
+
+def _apply_group(rt: Runtime, group: Sequence[Callback]) -> list[int]:
+    """Record verified callbacks that arrived together, then close the requests they
+    finished: per partner one look-up of the requests and one recording of the answers,
+    one close for them all. Returns each callback's HTTP status (404: not a request the
+    partner was given)."""
+    by_system: dict[str, list[PartnerAnswer]] = defaultdict(list)
+    for system, status in group:
+        by_system[system].append(status)
+    known: dict[tuple[str, str], str] = {}  # (partner, its id) -> request id
+    for system, statuses in by_system.items():
+        found = rt.ledger.partner_requests_by_id(
+            system, [s.subject_request_id for s in statuses])
+        known.update({(system, srid): row.request_id for srid, row in found.items()})
+        partners.apply_statuses(rt, system, {
+            found[s.subject_request_id].request_id: answer(s)
+            for s in statuses if s.subject_request_id in found})
+    closing.close_finished(rt, list(dict.fromkeys(known.values())))
+    return [202 if (system, status.subject_request_id) in known else 404
+            for system, status in group]
 
 
 def _answer(code: int, message: str) -> Response:

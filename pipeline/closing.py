@@ -3,11 +3,8 @@ left running or waiting for a partner; the package or certificate is made first.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from dsrflow.ledger import StepRecord
@@ -89,77 +86,3 @@ def close_finished(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
     deliverables.produce(rt, ready)
     return close_requests(rt, ready).statuses
 
-
-class GroupCloser:
-    """Closes the requests partners' callbacks finish, batch-shaped: the callbacks that
-    arrive while one close runs are closed together by the next (a group commit), so a
-    partner answering thousands of requests at once costs a close per batch, not per
-    request. Each caller waits for the close that took its request and gets its outcome;
-    a close that fails is retried request by request, so one request's fault fails only
-    its own callback."""
-
-    def __init__(self, rt: Runtime, max_batch: int = 500) -> None:
-        self._rt = rt
-        self._max = max_batch
-        self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="dsrflow-closer", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Close what is queued, then stop."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def queued(self) -> int:
-        """Requests waiting for the next close."""
-        return self._queue.qsize()
-
-    def close(self, request_id: str, timeout: float) -> Status | None:
-        """Close the request if nothing of it is left waiting; its status then (None: left
-        open). Raises what the close raised, or TimeoutError."""
-        if self._thread is None or not self._thread.is_alive():
-            raise RuntimeError("the closer is not running")
-        waiting = _Waiting(request_id, Future())
-        self._queue.put(waiting)
-        return waiting.future.result(timeout)
-
-    def _run(self) -> None:
-        while (first := self._queue.get()) is not None:
-            batch = [first]
-            stopping = False
-            while len(batch) < self._max:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            self._close(batch)
-            if stopping:
-                return
-
-    def _close(self, batch: list[_Waiting]) -> None:
-        try:
-            closed = close_finished(self._rt, [w.request_id for w in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                batch[0].future.set_exception(exc)
-            else:
-                for waiting in batch:
-                    self._close([waiting])
-            return
-        for waiting in batch:
-            waiting.future.set_result(closed.get(waiting.request_id))
-
-
-@dataclass(frozen=True)
-class _Waiting:
-    request_id: str
-    future: Future[Status | None]

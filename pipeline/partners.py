@@ -15,7 +15,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Sequence
+from collections import defaultdict
+from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from dsrflow.datamap import PartnerSystem, SqlSystem
 from dsrflow.errors import NotOnRecord, safe_error
 from dsrflow.exports import write_export
 from dsrflow.identities import Subject
-from dsrflow.ledger import PartnerRequest, RequestRecord
+from dsrflow.ledger import PartnerRequest, RequestRecord, StepWrite
 from dsrflow.model import (
     PARTNER_DONE,
     PartnerStatus,
@@ -408,33 +409,56 @@ def block(rt: Runtime, system: str, request_id: str, reason: str) -> str:
 
 
 def apply_status(rt: Runtime, system: str, request_id: str, status: Answer) -> str:
-    """Record a partner's answer (a poll or a callback): idempotent, and a finished step is
-    never moved back (the partner request's state changes by compare-and-set)."""
-    current = _row(rt, request_id, system)
-    if current is None or current.status in (*PARTNER_DONE, PartnerStatus.BLOCKED):
-        return f"{system}: already {current.status if current else 'unknown'}"
-    record = rt.ledger.get(request_id)
-    action = _action(record)
-    if status.request_status == "completed":
-        if record.type is not None and record.type.collects and status.results_url:
-            # The link may grant access to the subject's data at the partner: it waits
-            # encrypted with the other collected records, for the access package only.
-            write_export(rt.settings.exports_path, rt.ledger.keyring, request_id, system,
-                         {"results": [{"results_url": status.results_url,
-                                       "results_count": status.results_count}]})
-        if rt.ledger.update_partner(request_id, system, PartnerStatus.COMPLETED, error=None,
-                                    poll_failures=0):
-            rt.ledger.record_step(request_id, system, "partner", action, StepStatus.SUCCEEDED,
-                                  details={"partner_status": "completed",
-                                           "results_count": status.results_count})
-    elif status.request_status == "cancelled":
-        block(rt, system, request_id, f"{system} cancelled the request")
-    else:
-        rt.ledger.update_partner(
-            request_id, system, PartnerStatus(status.request_status), error=None,
-            poll_failures=0, expected_completion_at=status.expected_completion_time,
-        )
-    return f"{system}: {status.request_status}"
+    """Record a partner's answer (a poll or a callback): `apply_statuses` for one."""
+    return apply_statuses(rt, system, {request_id: status})[request_id]
+
+
+def apply_statuses(rt: Runtime, system: str, answers: Mapping[str, Answer]) -> dict[str, str]:
+    """Record one partner's answers (polls or callbacks) for several requests: idempotent,
+    and a finished step is never moved back (the partner request's state changes by
+    compare-and-set). Completions, what callbacks mostly bring, are recorded for all the
+    requests at once: one ledger transaction for the partner rows, one per step action.
+    Returns what each answer did, per request."""
+    ids = list(answers)
+    rows = {p.request_id: p for p in rt.ledger.partner_requests(ids) if p.system == system}
+    records = {r.id: r for r in rt.ledger.get_many(ids)}
+    said: dict[str, str] = {}
+    completed: dict[str, Answer] = {}
+    for request_id, status in answers.items():
+        current = rows.get(request_id)
+        if current is None or current.status in (*PARTNER_DONE, PartnerStatus.BLOCKED):
+            said[request_id] = f"{system}: already {current.status if current else 'unknown'}"
+            continue
+        said[request_id] = f"{system}: {status.request_status}"
+        record = records[request_id]
+        if status.request_status == "completed":
+            if record.type is not None and record.type.collects and status.results_url:
+                # The link may grant access to the subject's data at the partner: it waits
+                # encrypted with the other collected records, for the access package only.
+                write_export(rt.settings.exports_path, rt.ledger.keyring, request_id, system,
+                             {"results": [{"results_url": status.results_url,
+                                           "results_count": status.results_count}]})
+            completed[request_id] = status
+        elif status.request_status == "cancelled":
+            block(rt, system, request_id, f"{system} cancelled the request")
+        else:
+            rt.ledger.update_partner(
+                request_id, system, PartnerStatus(status.request_status), error=None,
+                poll_failures=0, expected_completion_at=status.expected_completion_time,
+            )
+    applied = rt.ledger.update_partners(system, [
+        (rid, PartnerStatus.COMPLETED, {"error": None, "poll_failures": 0})
+        for rid in completed
+    ])
+    steps: dict[StepAction, list[StepWrite]] = defaultdict(list)
+    for rid, status in completed.items():
+        if rid in applied:  # else a concurrent answer recorded it first
+            steps[_action(records[rid])].append(StepWrite(
+                rid, StepStatus.SUCCEEDED,
+                details={"partner_status": "completed", "results_count": status.results_count}))
+    for action, writes in steps.items():
+        rt.ledger.record_steps(system, "partner", action, writes)
+    return said
 
 
 def retry(rt: Runtime, request_id: str, system: str) -> None:

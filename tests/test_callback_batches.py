@@ -1,6 +1,7 @@
-"""Callbacks that arrive together are closed together: a partner answering many requests
-at once costs one close (certificates, final statuses) per group, not per request, and
-each callback is still answered only once its own request is closed."""
+"""Callbacks that arrive together are recorded and closed together: a partner answering
+many requests at once costs one look-up, one recording of the answers and one close
+(certificates, final statuses) per group, not per request, and each callback is still
+answered only once its own request is closed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dsrflow.model import DELIVERABLE_KIND, Status
 from examples.partner import ReferencePartner
 from flows.request import process_requests
 from pipeline import closing
+from pipeline.group_commit import GroupCommit
 from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
@@ -73,14 +75,14 @@ def test_callbacks_arriving_during_a_close_are_closed_together_by_the_next(
     served: tuple[Runtime, ReferencePartner, Any, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rt, partner, app, ids = served
-    closer: closing.GroupCloser = app.state.closer
+    grouped: GroupCommit[Any, int] = app.state.callbacks
     batches: list[list[str]] = []
     real = closing.close_finished
 
     def watched(runtime: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
         batches.append(list(request_ids))
         if len(batches) == 1:  # the first close runs while the others queue behind it
-            _until(lambda: closer.queued() == len(ids) - 1, "the other callbacks")
+            _until(lambda: grouped.queued() == len(ids) - 1, "the other callbacks")
         return real(runtime, request_ids)
 
     monkeypatch.setattr(closing, "close_finished", watched)
@@ -102,7 +104,7 @@ def test_a_request_whose_close_fails_fails_only_its_own_callback(
     served: tuple[Runtime, ReferencePartner, Any, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rt, partner, app, ids = served
-    closer: closing.GroupCloser = app.state.closer
+    grouped: GroupCommit[Any, int] = app.state.callbacks
     poisoned = ids[2]
     real = closing.close_finished
     calls: list[list[str]] = []
@@ -110,7 +112,7 @@ def test_a_request_whose_close_fails_fails_only_its_own_callback(
     def failing(runtime: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
         calls.append(list(request_ids))
         if len(calls) == 1:
-            _until(lambda: closer.queued() == len(ids) - 1, "the other callbacks")
+            _until(lambda: grouped.queued() == len(ids) - 1, "the other callbacks")
         if poisoned in request_ids:
             raise RuntimeError("the certificate store is full")
         return real(runtime, request_ids)

@@ -929,14 +929,23 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
     def partner_request_by_id(
         self, system: str, subject_request_id: str
     ) -> PartnerRequest | None:
+        return self.partner_requests_by_id(system, [subject_request_id]).get(
+            subject_request_id)
+
+    def partner_requests_by_id(
+        self, system: str, subject_request_ids: Sequence[str]
+    ) -> dict[str, PartnerRequest]:
+        """One partner's requests by the ids it knows them by (unknown ids left out)."""
+        found: dict[str, PartnerRequest] = {}
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(partner_requests).where(
+            for chunk in chunks(list(dict.fromkeys(subject_request_ids))):
+                for row in conn.execute(select(partner_requests).where(
                     partner_requests.c.system == system,
-                    partner_requests.c.subject_request_id == subject_request_id,
-                )
-            ).one_or_none()
-        return PartnerRequest.from_row(row._mapping) if row is not None else None
+                    partner_requests.c.subject_request_id.in_(chunk),
+                )):
+                    record = PartnerRequest.from_row(row._mapping)
+                    found[str(record.subject_request_id)] = record
+        return found
 
     def partner_requests(
         self, request_ids: Sequence[str] | None = None,
