@@ -97,13 +97,18 @@ class Facts:
     holds: Mapping[str, LegalHold]
 
 
-def read_facts(ledger: Ledger, request_ids: Sequence[str]) -> dict[str, Facts]:
+def read_facts(
+    ledger: Ledger, request_ids: Sequence[str], steps_read: Sequence[StepRecord] | None = None
+) -> dict[str, Facts]:
     """The facts of a batch's certificates, read in one query per kind for the batch (a
-    hold is read once, however many requests it kept data of). Unknown ids are left out."""
+    hold is read once, however many requests it kept data of; `steps_read`: the steps, if
+    the caller has just read them). Unknown ids are left out."""
     ids = list(dict.fromkeys(request_ids))
+    wanted = set(ids)
     steps: dict[str, list[StepRecord]] = defaultdict(list)
-    for step in ledger.steps(ids):
-        steps[step.request_id].append(step)
+    for step in ledger.steps(ids) if steps_read is None else steps_read:
+        if step.request_id in wanted:
+            steps[step.request_id].append(step)
     partners: dict[str, list[PartnerRequest]] = defaultdict(list)
     for row in ledger.partner_requests(ids):
         partners[row.request_id].append(row)

@@ -72,17 +72,17 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:
 
 def close_finished(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
     """Close the requests among these that have no step left waiting."""
+    steps = rt.ledger.steps(list(dict.fromkeys(request_ids)))
     waiting = {
-        s.request_id
-        for s in rt.ledger.steps(list(request_ids))
+        s.request_id for s in steps
         if s.status in (StepStatus.PENDING_EXTERNAL, StepStatus.RUNNING)
     }
-    ready = [
-        rid for rid in dict.fromkeys(request_ids)
-        if rid not in waiting and rt.ledger.get(rid).status is Status.IN_PROGRESS
-    ]
+    open_ = {r.id for r in rt.ledger.get_many(list(dict.fromkeys(request_ids)))
+             if r.status is Status.IN_PROGRESS}
+    ready = [rid for rid in dict.fromkeys(request_ids) if rid not in waiting and rid in open_]
     if not ready:
         return {}
-    deliverables.produce(rt, ready)
+    chosen = set(ready)
+    deliverables.produce(rt, ready, [s for s in steps if s.request_id in chosen])
     return close_requests(rt, ready).statuses
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -51,6 +52,10 @@ KIND = DELIVERABLE_KIND
 PACKAGE = "access-package"
 CERTIFICATE = "erasure-certificate"
 NOT_DONE = (StepStatus.PENDING_EXTERNAL, StepStatus.RUNNING)
+# Certificates made at once: each is written durably (fsync), and the disk takes several
+# syncs together in about the time of one (measured: 1.9 ms a file one by one, 0.24 ms
+# eight at a time).
+CERTIFICATE_WRITERS = 8
 FAILED = (StepStatus.FAILED, StepStatus.BLOCKED)
 
 
@@ -59,7 +64,9 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def produce(rt: Runtime, request_ids: Sequence[str]) -> dict[str, str]:
+def produce(
+    rt: Runtime, request_ids: Sequence[str], steps: Sequence[StepRecord] | None = None
+) -> dict[str, str]:
     """Make the package or certificate of each request whose systems have all answered.
     Returns request id -> what was made (requests still waiting are left out).
 
@@ -67,19 +74,21 @@ def produce(rt: Runtime, request_ids: Sequence[str]) -> dict[str, str]:
     issued, the outcomes together after the last (a crash between leaves them running,
     and the rerun issues them anew from the ledger: the same certificate). A package is
     recorded as soon as it is handed over: its key went to the subject, and a rerun must
-    not send another."""
+    not send another. `steps`: the requests' steps, if the caller has just read them."""
+    if steps is None:
+        steps = rt.ledger.steps(list(request_ids))
     by_request: dict[str, list[StepRecord]] = defaultdict(list)
-    for step in rt.ledger.steps(list(request_ids)):
+    for step in steps:
         by_request[step.request_id].append(step)
     todo: dict[str, list[RequestRecord]] = {PACKAGE: [], CERTIFICATE: []}
     for record in rt.ledger.get_many(list(request_ids)):
-        steps = by_request[record.id]
-        work = [s for s in steps if s.kind != KIND]
+        mine = by_request[record.id]
+        work = [s for s in mine if s.kind != KIND]
         if record.type is None or any(s.status in NOT_DONE for s in work):
             continue
         if record.type.collects:
             done = any(s.system == PACKAGE and s.status == StepStatus.SUCCEEDED
-                       for s in steps)
+                       for s in mine)
             if not done and not any(s.status in FAILED for s in work):
                 # (Made already: its key is out. Incomplete data: no package of half.)
                 todo[PACKAGE].append(record)
@@ -95,36 +104,43 @@ def produce(rt: Runtime, request_ids: Sequence[str]) -> dict[str, str]:
             discard_exports(rt.settings.exports_path, rid)
     # Read for the batch at once; the signing key once (not cached when it cannot be read:
     # then each certificate fails, named, as alone).
-    facts = read_facts(rt.ledger, [r.id for r in todo[CERTIFICATE]]) if todo[CERTIFICATE] else {}
+    certify = [r.id for r in todo[CERTIFICATE]]
+    # The systems' steps read above are still what they were: only deliverables moved.
+    facts = read_facts(rt.ledger, certify, [s for s in steps if s.kind != KIND]) \
+        if certify else {}
     signing_key = cache(rt.settings.signing_key_pair)
     made.update(_make(rt, CERTIFICATE, StepAction.CERTIFY, todo[CERTIFICATE],
-                      lambda r: issue_certificate(rt, r, facts.get(r.id), signing_key())))
+                      lambda r: issue_certificate(rt, r, facts.get(r.id), signing_key()),
+                      workers=CERTIFICATE_WRITERS))
     return made
 
 
 def _make(rt: Runtime, system: str, action: StepAction, records: Sequence[RequestRecord],
-          make: Callable[[RequestRecord], dict[str, Any]]) -> dict[str, str]:
+          make: Callable[[RequestRecord], dict[str, Any]], workers: int = 1) -> dict[str, str]:
+    """Make each record's deliverable, `workers` at once, and record the outcomes."""
     if not records:
         return {}
     rt.ledger.record_steps(system, KIND, action,
                            [StepWrite(r.id, StepStatus.RUNNING) for r in records])
     run = current_run()
-    made: dict[str, str] = {}
-    writes: list[StepWrite] = []
-    for record in records:
+
+    def attempt(record: RequestRecord) -> StepWrite:
         try:
             details = make(record)
         except Exception as exc:  # recorded against the request; the request closes partial
-            error = safe_error(exc)
-            writes.append(StepWrite(record.id, StepStatus.FAILED, error=error))
-            made[record.id] = f"{system} failed: {error}"
-            continue
+            return StepWrite(record.id, StepStatus.FAILED, error=safe_error(exc))
         if run:
             details[RUN_KEY] = run
-        writes.append(StepWrite(record.id, StepStatus.SUCCEEDED, details=details))
-        made[record.id] = system
+        return StepWrite(record.id, StepStatus.SUCCEEDED, details=details)
+
+    if workers > 1 and len(records) > 1:
+        with ThreadPoolExecutor(min(workers, len(records))) as pool:
+            writes = list(pool.map(attempt, records))
+    else:
+        writes = [attempt(record) for record in records]
     rt.ledger.record_steps(system, KIND, action, writes)
-    return made
+    return {w.request_id: system if w.status is StepStatus.SUCCEEDED
+            else f"{system} failed: {w.error}" for w in writes}
 
 
 def deliver_package(rt: Runtime, record: RequestRecord) -> dict[str, Any]:

@@ -82,7 +82,8 @@ def test_callbacks_arriving_during_a_close_are_closed_together_by_the_next(
     def watched(runtime: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
         batches.append(list(request_ids))
         if len(batches) == 1:  # the first close runs while the others queue behind it
-            _until(lambda: grouped.queued() == len(ids) - 1, "the other callbacks")
+            _until(lambda: len(request_ids) + grouped.queued() == len(ids),
+                   "the other callbacks")
         return real(runtime, request_ids)
 
     monkeypatch.setattr(closing, "close_finished", watched)
@@ -91,7 +92,9 @@ def test_callbacks_arriving_during_a_close_are_closed_together_by_the_next(
     _until(lambda: all(r.status is Status.COMPLETED for r in rt.ledger.get_many(ids)),
            "every request completed")
 
-    assert [len(b) for b in batches] == [1, len(ids) - 1]
+    # The first callbacks to arrive (one, or a few arriving at once) are closed first;
+    # all the others, queued meanwhile, by the one close after it.
+    assert len(batches) == 2 and len(batches[0]) < len(ids), batches
     assert sorted(rid for b in batches for rid in b) == sorted(ids)
     # Each request certified once, and each callback answered 202 after its close.
     certified = [s.request_id for s in rt.ledger.steps(ids) if s.kind == DELIVERABLE_KIND]
@@ -112,7 +115,8 @@ def test_a_request_whose_close_fails_fails_only_its_own_callback(
     def failing(runtime: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
         calls.append(list(request_ids))
         if len(calls) == 1:
-            _until(lambda: grouped.queued() == len(ids) - 1, "the other callbacks")
+            _until(lambda: len(request_ids) + grouped.queued() == len(ids),
+                   "the other callbacks")
         if poisoned in request_ids:
             raise RuntimeError("the certificate store is full")
         return real(runtime, request_ids)

@@ -372,7 +372,8 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
                 region = DEFAULT_PHONE_REGIONS.get(regime) if regime is not None else None
             out.append(Subject(
                 request_id=rid,
-                identities=tuple(Identity(**i) for i in secret["identities"]),
+                identities=tuple(Identity.stored(i["type"], i["value"])
+                                 for i in secret["identities"]),
                 phone_region=region,
             ))
         return out
@@ -388,7 +389,8 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
             rows = conn.execute(
                 select(requests.c.id, requests.c.subject_enc).where(requests.c.id.in_(ids))
             ).all()
-        for row in sorted(rows, key=lambda r: ids.index(r.id)):
+        order = {rid: n for n, rid in enumerate(ids)}
+        for row in sorted(rows, key=lambda r: order[r.id]):
             if row.subject_enc is None:
                 continue  # closed: the identities are gone, by design
             yield row.id, json.loads(self.keyring.decrypt(row.subject_enc, row.id))
