@@ -748,16 +748,27 @@ def serve(
                           "('<block-type-slug>/<name>' or an id)"),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="most flow runs at once")] = None,
+    callbacks_only: Annotated[
+        bool, typer.Option("--callbacks-only",
+                           help="only the callback endpoint: workers on the `dsrflow` work "
+                                "pool run the deployments (docker-compose.yaml)"),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Serve every deployment (intake, process-requests, check-partners, deadline-report,
     confirm-partner) and the OpenDSR callback endpoint, against the Prefect server at
     PREFECT_API_URL (`make ui` starts one). Intake is served only with a `queue:`."""
-    from deployments.callbacks import create_app, serving
+    from deployments.callbacks import create_app, run_callbacks, serving
     from deployments.serve import apply_automations, serve_all
     from dsrflow.settings import CONFIG_ENV
 
     rt = open_runtime(config)
+    if callbacks_only:
+        # Serving the deployments here too would take them from the workers' pool.
+        console.print(f"OpenDSR callbacks on http://{host}:{port}/opendsr/callbacks/<partner>",
+                      markup=False, highlight=False)
+        run_callbacks(create_app(rt), host=host, port=port)
+        return
     if notification_block:
         apply_automations(notification_block=notification_block)
     chosen = config or os.environ.get(CONFIG_ENV)
