@@ -41,9 +41,9 @@ NO_ROTATION = (
     "token_key and encryption_key cannot be rotated in place. The ledger holds look-up "
     "tokens keyed by token_key (repeat requests, erasure tombstones, legal holds) for "
     "subjects whose identities it no longer keeps, so they cannot be recomputed under a "
-    "new key; and the identities of open requests, encrypted under encryption_key, would "
-    "have to be re-encrypted in the same step. Keep the key file with the ledger's backups; "
-    "if it leaked, see README, 'Key rotation'."
+    "new key, and its audit chain is keyed by it too; the identities of open requests, "
+    "encrypted under encryption_key, would have to be re-encrypted in the same step. Back "
+    "the keys up apart from the ledger; if one leaked, see README, 'Key rotation'."
 )
 
 
