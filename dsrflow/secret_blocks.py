@@ -50,15 +50,14 @@ def read_secret_block(name: str, setting: str) -> str:
         # _sync: a plain call even when a caller runs inside an event loop (the callback
         # endpoint); Block.load would otherwise return a coroutine there.
         block: Any = Secret.load(name, _sync=True)  # type: ignore[call-arg]
-    except ValueError:
-        # Prefect's "Unable to find block document named ..." (names only).
-        raise SecretBlockError(
-            f"{setting}: no Prefect Secret block named {name!r} (create it with "
-            f"`Secret(value=...).save({name!r})` or in the UI under Blocks)"
-        ) from None
     except Exception as exc:
-        # Connection errors and the like: their text may quote the API's URL, never the
-        # secret, but say only what kind of failure it was.
+        if isinstance(exc, ValueError) and "Unable to find block document" in str(exc):
+            raise SecretBlockError(
+                f"{setting}: no Prefect Secret block named {name!r} (create it with "
+                f"`Secret(value=...).save({name!r})` or in the UI under Blocks)"
+            ) from None
+        # Connection errors and the like: only the kind of failure is said (a message
+        # could quote the API's URL and its credentials).
         raise SecretBlockError(
             f"{setting}: the Prefect Secret block {name!r} could not be read "
             f"({type(exc).__name__}); is PREFECT_API_URL pointing at a running Prefect "

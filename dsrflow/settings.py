@@ -346,10 +346,10 @@ class Settings(BaseSettings):
         """The keys certificates are checked against: the current signing key's public
         half, then the retired ones (the YAML's `retired_signing_keys`, the key file's)."""
         keys = [VerificationKey(self.signing_key_pair().public_key(), None)]
+        if self.key_file is not None:  # first: its entries know when they were retired
+            keys += retired_signing_keys(self.path(self.key_file))
         keys += [VerificationKey(decode_public_key(text), "")
                  for text in self.retired_signing_keys]
-        if self.key_file is not None:
-            keys += retired_signing_keys(self.path(self.key_file))
         unique: dict[str, VerificationKey] = {}
         for key in keys:
             unique.setdefault(key.key_id, key)  # the current key wins over a stale entry
