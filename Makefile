@@ -22,10 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m entrypoints.cli demo --out $(OUT) --users $(USERS)
 
-# ruff, and the import contract in pyproject.toml: each layer imports only those below it.
+# ruff, the import contract in pyproject.toml (each layer imports only those below it),
+# and hadolint on the Dockerfile (no Docker daemon needed; tests/test_container.py checks
+# the image's and docker-compose.yaml's shape).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy dsrflow connectors pipeline tasks flows deployments entrypoints examples tests benchmarks docs/screenshots.py

@@ -45,6 +45,7 @@ from dsrflow.datamap import Column, SqlSystem
 from dsrflow.datamap import Table as TableMap
 from dsrflow.holds import Held
 from dsrflow.identities import Identity, Subject
+from dsrflow.secret_blocks import SecretBlockError, read_secret_block
 
 
 class SchemaMismatch(ValueError):
@@ -586,8 +587,16 @@ def _bump(counts: dict[str, int], key: str) -> None:
 
 # -- module helpers ---------------------------------------------------------------------
 def resolve_url(name: str, system: SqlSystem) -> str:
+    """The system's database URL: written in the data map (never with a password), read
+    from the variable `url_env` names, or from the Prefect Secret block `url_block` names
+    (read only here, when the connector is built)."""
     if system.url is not None:
         return system.url
+    if system.url_block is not None:
+        try:
+            return read_secret_block(system.url_block, f"systems.{name}.url_block")
+        except SecretBlockError as exc:
+            raise SchemaMismatch(str(exc)) from None
     assert system.url_env is not None
     url = os.environ.get(system.url_env)
     if not url:

@@ -141,6 +141,12 @@ class _Server(uvicorn.Server):
         self.ready.set()
 
 
+def run_callbacks(app: FastAPI, host: str, port: int) -> None:
+    """Run the app in the foreground until the process is stopped (SIGTERM, Ctrl-C: the
+    server finishes the callbacks in flight first)."""
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+
+
 @contextmanager
 def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Run the app on a background thread for the length of the block; yields its URL."""

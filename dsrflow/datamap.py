@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError
 
 from dsrflow.identities import IdentityType
 from dsrflow.model import POLICY_CATEGORIES, Regime
+from dsrflow.secret_blocks import BlockName
 
 NON_PERSONAL = "non_personal"
 REDACTION_MARKER = "[REDACTED]"
@@ -313,6 +314,9 @@ class SqlSystem(_Strict):
     phone_region: PhoneRegion = None
     url: str | None = Field(default=None, description="a URL without a password")
     url_env: str | None = Field(default=None, description="environment variable holding the URL")
+    url_block: BlockName | None = Field(
+        default=None, description="or: the Prefect Secret block holding the URL"
+    )
     tables: dict[Identifier, Table] = Field(min_length=1)
     retention: list[RetentionRule] = Field(
         default=[], description="retention rules: what sweeps delete or anonymize, and when"
@@ -350,13 +354,13 @@ class SqlSystem(_Strict):
                 from None
         secret_keys = [k for k in parsed.query if "password" in k.lower() or "secret" in k.lower()]
         if parsed.password or secret_keys:
-            raise ValueError("the URL holds a password: use url_env instead")
+            raise ValueError("the URL holds a password: use url_env or url_block instead")
         return value
 
     @model_validator(mode="after")
     def _graph(self) -> SqlSystem:
-        if (self.url is None) == (self.url_env is None):
-            raise ValueError("give exactly one of url or url_env")
+        if sum(v is not None for v in (self.url, self.url_env, self.url_block)) != 1:
+            raise ValueError("give exactly one of url, url_env or url_block")
         for name, table in self.tables.items():
             for ref in table.references:
                 parent = self.tables.get(ref.table)
@@ -637,7 +641,7 @@ class PartnerSystem(_Strict):
         description="environment variable holding the API token (opendsr) or the signing "
         "secret (webhook)",
     )
-    credentials_block: str | None = Field(
+    credentials_block: BlockName | None = Field(
         default=None, description="or: the name of a Prefect Secret block holding it"
     )
     callback_domains: list[str] = Field(

@@ -61,7 +61,8 @@ TRUSTED = frozenset({
     "dsrflow.model.InvalidTransition",
     "dsrflow.packages.PackageError",
     "dsrflow.report.filters.FilterError",
-    "dsrflow.settings.ConfigError",
+    "dsrflow.errors.ConfigError",
+    "dsrflow.secret_blocks.SecretBlockError",
     "connectors.base.ConnectorConfigError",
     "connectors.http.Exhausted",
     "connectors.logs.errors.LogsError",
@@ -91,6 +92,11 @@ _S3_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
 class StepFailed(RuntimeError):
     """Raised by a task in place of the original error, so Prefect never logs the values
     the original carried. Its message is built from `safe_error` results."""
+
+
+class ConfigError(ValueError):
+    """Settings, a key file or a secret that cannot be used (messages name the file and
+    the setting, never a value). `dsrflow.settings` re-exports it."""
 
 
 class NotOnRecord(LookupError):

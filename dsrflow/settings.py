@@ -1,24 +1,27 @@
 """Settings: one `dsrflow.yaml` plus `DSRFLOW_*` environment variables (which win).
 
-Secrets never live in the YAML: the token and encryption keys and the certificate signing
+Secrets never live in the YAML. The token and encryption keys and the certificate signing
 key come from the environment (`DSRFLOW_TOKEN_KEY`, `DSRFLOW_ENCRYPTION_KEY`,
-`DSRFLOW_SIGNING_KEY`) or from a key file the YAML points to.
+`DSRFLOW_SIGNING_KEY`), from Prefect Secret blocks the YAML names (`token_key_block`, ...)
+or from a key file the YAML points to. A ledger URL with a password comes from
+`DSRFLOW_LEDGER_URL` or a Secret block (`ledger_url_block`); in the YAML it is refused.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -26,21 +29,31 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from dsrflow.crypto import KeyMaterialError, Keyring, decode_key, encode_key, new_key
+from dsrflow.crypto import KeyMaterialError, Keyring, decode_key
 from dsrflow.delivery import PackageSettings
-from dsrflow.files import FILE_MODE, private_dir
+from dsrflow.errors import ConfigError as ConfigError  # its old home: many import it here
 from dsrflow.gates import DEFAULT_REPEAT_RULES, RepeatRule
+from dsrflow.keyfile import SECRET_FIELDS, VerificationKey, read_key_file, retired_signing_keys
+from dsrflow.keyfile import add_signing_key as add_signing_key  # re-exported, as above
+from dsrflow.keyfile import write_key_file as write_key_file
 from dsrflow.model import DEFAULT_PHONE_REGIONS, Regime, RequestType
 from dsrflow.queue import QueueSettings
-from dsrflow.signing import decode_signing_key, encode_signing_key, new_signing_key
+from dsrflow.secret_blocks import BlockName, SecretBlockError, read_secret_block
+from dsrflow.signing import decode_public_key, decode_signing_key
 
 CONFIG_ENV = "DSRFLOW_CONFIG"
-SECRET_FIELDS = ("token_key", "encryption_key", "signing_key")
+# The settings a Prefect Secret block may hold, each as `<name>_block: <block name>`.
+BLOCK_FIELDS = ("ledger_url", *SECRET_FIELDS)
 
 
-class ConfigError(ValueError):
-    pass
+def _public_key(text: str) -> str:
+    decode_public_key(text, "public key")  # KeyMaterialError is a ValueError: pydantic's
+    return text.strip()
+
+
+PublicKeyText = Annotated[str, AfterValidator(_public_key)]
 
 
 class TaskRunnerSettings(BaseModel):
@@ -91,6 +104,9 @@ class BatchSettings(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DSRFLOW_", extra="forbid")
 
+    # Values read from Prefect Secret blocks: private, so never in a dump, repr or schema.
+    _from_blocks: dict[str, str] = PrivateAttr(default_factory=dict)
+
     base_dir: Path = Field(default_factory=Path.cwd, description="where relative paths start")
     ledger_url: str = "sqlite:///.dsrflow/ledger.db"
     datamap: Path = Path("datamap.yaml")
@@ -105,11 +121,29 @@ class Settings(BaseSettings):
         default=Path(".dsrflow/prefect"),
         description="PREFECT_HOME for embedded runs (unless PREFECT_API_URL is set)",
     )
+    ledger_url_block: BlockName | None = Field(
+        default=None, description="or: the Prefect Secret block holding the ledger URL (one "
+        "with a password belongs there or in DSRFLOW_LEDGER_URL, never in the YAML)",
+    )
     key_file: Path | None = None
     token_key: SecretStr | None = None
     encryption_key: SecretStr | None = None
     signing_key: SecretStr | None = Field(
         default=None, description="Ed25519 private key for certificates (base64, 32 bytes)"
+    )
+    token_key_block: BlockName | None = Field(
+        default=None, description="or: the Prefect Secret block holding token_key"
+    )
+    encryption_key_block: BlockName | None = Field(
+        default=None, description="or: the Prefect Secret block holding encryption_key"
+    )
+    signing_key_block: BlockName | None = Field(
+        default=None, description="or: the Prefect Secret block holding signing_key"
+    )
+    retired_signing_keys: list[PublicKeyText] = Field(
+        default=[], description="public keys (base64) of signing keys no longer in use, "
+        "whose certificates still verify (a key file keeps its own list: `dsrflow keys "
+        "rotate-signing`); public, so they may be in the YAML",
     )
     queue: QueueSettings | None = Field(
         default=None, description="the ticket queue (SQS or compatible) that intake reads"
@@ -176,6 +210,16 @@ class Settings(BaseSettings):
             )
         return data
 
+    @model_validator(mode="after")
+    def _one_source_per_secret(self) -> Settings:
+        # Two sources for one key would leave which one wins to precedence rules nobody
+        # remembers; a wrong key cannot decrypt the ledger.
+        for name in BLOCK_FIELDS:
+            if getattr(self, f"{name}_block") is not None and name in self.model_fields_set:
+                raise ValueError(f"{name}_block: give at most one of {name} (DSRFLOW_"
+                                 f"{name.upper()}) and {name}_block")
+        return self
+
     @field_validator("repeats")
     @classmethod
     def _repeat_defaults(
@@ -227,26 +271,51 @@ class Settings(BaseSettings):
     @property
     def resolved_ledger_url(self) -> str:
         """SQLite paths in the YAML are relative to the config file, not the shell."""
-        url = make_url(self.ledger_url)
+        text = self._secret("ledger_url") if self.ledger_url_block else self.ledger_url
+        try:
+            url = make_url(text)
+        except ArgumentError:
+            # SQLAlchemy's message quotes the URL, password and all: not repeated.
+            source = "ledger_url_block" if self.ledger_url_block else "ledger_url"
+            raise ConfigError(f"{source}: not a database URL") from None
         database = url.database
         if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
-            return self.ledger_url
+            return text
         if Path(database).is_absolute():
-            return self.ledger_url
+            return text
         resolved = url.set(database=str(self.path(Path(database))))
         return resolved.render_as_string(hide_password=False)
 
+    def _secret(self, name: str) -> str:
+        """The value of `<name>_block`, read from Prefect once per settings object (a
+        worker reads its blocks at its first run; restart it after changing one)."""
+        if name not in self._from_blocks:
+            block = getattr(self, f"{name}_block")
+            try:
+                self._from_blocks[name] = read_secret_block(block, f"{name}_block")
+            except SecretBlockError as exc:
+                raise ConfigError(str(exc)) from None
+        return self._from_blocks[name]
+
+    def _given(self, name: str) -> str | None:
+        """A secret from the environment or its block, if either gives it."""
+        if getattr(self, f"{name}_block") is not None:
+            return self._secret(name)
+        value: SecretStr | None = getattr(self, name)
+        return value.get_secret_value() if value is not None else None
+
     def keyring(self) -> Keyring:
-        token = self.token_key.get_secret_value() if self.token_key else None
-        enc = self.encryption_key.get_secret_value() if self.encryption_key else None
+        token = self._given("token_key")
+        enc = self._given("encryption_key")
         if (token is None or enc is None) and self.key_file is not None:
             stored = read_key_file(self.path(self.key_file))
             token = token or stored.get("token_key")
             enc = enc or stored.get("encryption_key")
         if token is None or enc is None:
             raise ConfigError(
-                "no keys: set DSRFLOW_TOKEN_KEY and DSRFLOW_ENCRYPTION_KEY, or key_file in "
-                "dsrflow.yaml (create one with `dsrflow keys new FILE`)"
+                "no keys: set DSRFLOW_TOKEN_KEY and DSRFLOW_ENCRYPTION_KEY, token_key_block "
+                "and encryption_key_block, or key_file in dsrflow.yaml (create one with "
+                "`dsrflow keys new FILE`)"
             )
         try:
             return Keyring(
@@ -258,12 +327,13 @@ class Settings(BaseSettings):
 
     def signing_key_pair(self) -> Ed25519PrivateKey:
         """The key that signs erasure certificates (its public half verifies them)."""
-        text = self.signing_key.get_secret_value() if self.signing_key else None
+        text = self._given("signing_key")
         if text is None and self.key_file is not None:
             text = read_key_file(self.path(self.key_file)).get("signing_key")
         if text is None:
             raise ConfigError(
-                "no signing key: set DSRFLOW_SIGNING_KEY, or key_file in dsrflow.yaml; "
+                "no signing key: set DSRFLOW_SIGNING_KEY or signing_key_block, or key_file "
+                "in dsrflow.yaml; "
                 "`dsrflow keys new FILE` writes one; for an existing key file run "
                 "`dsrflow keys add-signing FILE`"
             )
@@ -272,60 +342,18 @@ class Settings(BaseSettings):
         except KeyMaterialError as exc:
             raise ConfigError(str(exc)) from exc
 
-
-def read_key_file(path: Path) -> dict[str, str]:
-    return {k: str(v) for k, v in _key_file_json(path).items() if k in SECRET_FIELDS}
-
-
-def _key_file_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: key file not found") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: key file is not JSON ({exc.msg})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: key file must hold a JSON object")
-    return data
-
-
-def write_key_file(path: Path) -> None:
-    """Fresh keys, readable by the owner only (0600; a missing folder is made 0700)."""
-    private_dir(path.parent)
-    keys = {
-        "token_key": encode_key(new_key()),
-        "encryption_key": encode_key(new_key()),
-        "signing_key": encode_signing_key(new_signing_key()),
-    }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    with os.fdopen(fd, "w") as fh:
-        os.fchmod(fh.fileno(), FILE_MODE)  # whatever the umask
-        json.dump(keys, fh, indent=2)
-
-
-def add_signing_key(path: Path) -> Ed25519PrivateKey:
-    """Give a key file written before certificates existed a signing key. Refuses a file
-    that has one: replacing it would orphan every certificate it signed."""
-    data = _key_file_json(path)
-    if "signing_key" in data:
-        raise ConfigError(f"{path} already has a signing key; refusing to replace it")
-    key = new_signing_key()
-    data["signing_key"] = encode_signing_key(key)
-    # A new file beside the old one, swapped in whole: a crash leaves the old keys intact,
-    # and the file is never readable by others, not even for a moment.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            os.fchmod(fh.fileno(), FILE_MODE)
-            json.dump(data, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return key
+    def verification_keys(self) -> list[VerificationKey]:
+        """The keys certificates are checked against: the current signing key's public
+        half, then the retired ones (the YAML's `retired_signing_keys`, the key file's)."""
+        keys = [VerificationKey(self.signing_key_pair().public_key(), None)]
+        if self.key_file is not None:  # first: its entries know when they were retired
+            keys += retired_signing_keys(self.path(self.key_file))
+        keys += [VerificationKey(decode_public_key(text), "")
+                 for text in self.retired_signing_keys]
+        unique: dict[str, VerificationKey] = {}
+        for key in keys:
+            unique.setdefault(key.key_id, key)  # the current key wins over a stale entry
+        return list(unique.values())
 
 
 def load_settings(config: Path | str | None = None) -> Settings:
@@ -344,9 +372,10 @@ def load_settings(config: Path | str | None = None) -> Settings:
         leaked = [k for k in SECRET_FIELDS if k in loaded]
         if leaked:
             raise ConfigError(
-                f"{path}: {', '.join(leaked)} must not be in the YAML; use the environment "
-                "or key_file"
+                f"{path}: {', '.join(leaked)} must not be in the YAML; use the environment, "
+                "a Prefect Secret block (<name>_block) or key_file"
             )
+        _no_password(path, loaded.get("ledger_url"))
         data = loaded
         data.setdefault("base_dir", path.resolve().parent)
     elif chosen:
@@ -356,4 +385,22 @@ def load_settings(config: Path | str | None = None) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
+        prefix = f"{path}: {where}: " if where else f"{path}: "
+        # pydantic's "Value error, " before the message of a validator adds nothing.
+        raise ConfigError(f"{prefix}{first['msg'].removeprefix('Value error, ')}") from exc
+
+
+def _no_password(path: Path, url: object) -> None:
+    """A ledger URL in the YAML may name the host and user, never a password."""
+    if not isinstance(url, str):
+        return
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{path}: ledger_url: not a database URL") from None
+    secret_keys = [k for k in parsed.query if "password" in k.lower() or "secret" in k.lower()]
+    if parsed.password or secret_keys:
+        raise ConfigError(
+            f"{path}: ledger_url: the URL holds a password; put the URL in "
+            "DSRFLOW_LEDGER_URL or a Prefect Secret block (ledger_url_block)"
+        )

@@ -560,7 +560,7 @@ def datamap_draft(
 @keys_app.command("new")
 def keys_new(file: Path) -> None:
     """Write a new key file (mode 0600); point `key_file` in dsrflow.yaml at it."""
-    from dsrflow.settings import write_key_file
+    from dsrflow.keyfile import write_key_file
 
     try:
         write_key_file(file)
@@ -573,7 +573,8 @@ def keys_new(file: Path) -> None:
 def keys_add_signing(file: Path) -> None:
     """Add a certificate signing key to a key file that has none (one written before
     certificates existed). A signing key already there is never replaced."""
-    from dsrflow.settings import ConfigError, add_signing_key
+    from dsrflow.errors import ConfigError
+    from dsrflow.keyfile import add_signing_key
     from dsrflow.signing import key_id
 
     try:
@@ -584,20 +585,57 @@ def keys_add_signing(file: Path) -> None:
                   markup=False, highlight=False)
 
 
+@keys_app.command("rotate-signing")
+def keys_rotate_signing(file: Path) -> None:
+    """Replace the certificate signing key of a key file. The old key's public half stays
+    in the file (`retired_signing_keys`), so every certificate it signed still verifies and
+    says it was signed by a retired key. Restart the workers and `dsrflow serve` so they
+    sign with the new key, and give the new public key (`dsrflow keys public-key`) to
+    whoever checks certificates."""
+    from dsrflow.errors import ConfigError
+    from dsrflow.keyfile import rotate_signing_key
+    from dsrflow.signing import encode_public_key, key_id
+
+    try:
+        retired, key = rotate_signing_key(file)
+    except ConfigError as exc:
+        raise fail(say(exc)) from None
+    public = key.public_key()
+    for line in (f"retired signing key {retired.key_id} (kept in {file} to verify the "
+                 "certificates it signed)",
+                 f"new signing key {key_id(public)}",
+                 f"new public key: {encode_public_key(public)}"):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("rotate-encryption")
+def keys_rotate_encryption(file: Path) -> None:
+    """Refused: the token and encryption keys cannot be rotated in place (says why)."""
+    from dsrflow.keyfile import NO_ROTATION
+
+    raise fail(f"refused: {NO_ROTATION} ({file} is unchanged)", 2)
+
+
 @keys_app.command("public-key")
 def keys_public_key(config: ConfigOption = None) -> None:
-    """Print the public half of the certificate signing key and its id: give them to
-    whoever checks certificates (`dsrflow certificate verify --public-key ...`)."""
+    """Print the public half of the certificate signing key and its id, and the retired
+    keys certificates are still checked against: give them to whoever checks
+    certificates (`dsrflow certificate verify --public-key ...`)."""
     from dsrflow.settings import ConfigError
-    from dsrflow.signing import encode_public_key, key_id
+    from dsrflow.signing import encode_public_key
 
     settings = load_config(config)
     try:
-        public = settings.signing_key_pair().public_key()
+        keys = settings.verification_keys()
     except ConfigError as exc:
         raise fail(f"config error: {say(exc)}", 2) from None
-    console.print(f"public key: {encode_public_key(public)}", markup=False, highlight=False)
-    console.print(f"key id: {key_id(public)}", markup=False, highlight=False)
+    current, retired = keys[0], keys[1:]
+    console.print(f"public key: {encode_public_key(current.public_key)}", markup=False,
+                  highlight=False)
+    console.print(f"key id: {current.key_id}", markup=False, highlight=False)
+    for key in retired:
+        console.print(f"retired: {key.key_id} {encode_public_key(key.public_key)} "
+                      f"({key.describe()})", markup=False, highlight=False, soft_wrap=True)
 
 
 @certificate_app.command("verify")
@@ -606,31 +644,38 @@ def certificate_verify(
     public_key: Annotated[
         list[str] | None,
         typer.Option("--public-key", help="a trusted Ed25519 public key (base64); repeat for "
-                     "several; default: the public half of the configured signing key"),
+                     "several; default: the configured signing key's public half and the "
+                     "retired signing keys"),
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Check an erasure certificate's signature against a trusted key. Exit 0 if it holds,
-    1 if it does not or the file holds anything the signature does not cover."""
+    """Check an erasure certificate's signature against a trusted key, and say which key
+    signed it. Exit 0 if it holds, 1 if it does not (a key that is neither the current
+    nor a retired signing key is not trusted) or the file holds anything the signature
+    does not cover."""
     from dsrflow.certificates import CertificateInvalid, read_certificate, verify_certificate
     from dsrflow.crypto import KeyMaterialError
+    from dsrflow.keyfile import VerificationKey
     from dsrflow.settings import ConfigError
     from dsrflow.signing import decode_public_key
 
     if public_key:
         try:
-            trusted = [decode_public_key(k, "--public-key") for k in public_key]
+            keys = [VerificationKey(decode_public_key(k, "--public-key"), "")
+                    for k in public_key]
         except KeyMaterialError as exc:
             raise fail(f"error: {say(exc)}", 2) from None
+        known: dict[str, str] = {k.key_id: "a key given with --public-key" for k in keys}
     else:
         # The certificate's own embedded key is never trusted: a forger would embed theirs.
         settings = load_config(config)
         try:
-            trusted = [settings.signing_key_pair().public_key()]
+            keys = settings.verification_keys()
         except ConfigError as exc:
             raise fail(f"config error: {say(exc)}; or pass --public-key", 2) from None
+        known = {k.key_id: k.describe() for k in keys}
     try:
-        verified = verify_certificate(read_certificate(file), trusted)
+        verified = verify_certificate(read_certificate(file), [k.public_key for k in keys])
     except OSError as exc:
         raise fail(f"error: cannot read {file}: {exc.strerror}", 2) from None
     except CertificateInvalid as exc:
@@ -640,6 +685,8 @@ def certificate_verify(
         f"{verified.outcome}, issued {verified.issued_at}, key {verified.key_id}",
         markup=False, highlight=False, soft_wrap=True,
     )
+    console.print(f"signed by {known[verified.key_id]} ({verified.key_id})",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @partner_app.command("confirm")
@@ -701,16 +748,27 @@ def serve(
                           "('<block-type-slug>/<name>' or an id)"),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="most flow runs at once")] = None,
+    callbacks_only: Annotated[
+        bool, typer.Option("--callbacks-only",
+                           help="only the callback endpoint: workers on the `dsrflow` work "
+                                "pool run the deployments (docker-compose.yaml)"),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Serve every deployment (intake, process-requests, check-partners, deadline-report,
     confirm-partner) and the OpenDSR callback endpoint, against the Prefect server at
     PREFECT_API_URL (`make ui` starts one). Intake is served only with a `queue:`."""
-    from deployments.callbacks import create_app, serving
+    from deployments.callbacks import create_app, run_callbacks, serving
     from deployments.serve import apply_automations, serve_all
     from dsrflow.settings import CONFIG_ENV
 
     rt = open_runtime(config)
+    if callbacks_only:
+        # Serving the deployments here too would take them from the workers' pool.
+        console.print(f"OpenDSR callbacks on http://{host}:{port}/opendsr/callbacks/<partner>",
+                      markup=False, highlight=False)
+        run_callbacks(create_app(rt), host=host, port=port)
+        return
     if notification_block:
         apply_automations(notification_block=notification_block)
     chosen = config or os.environ.get(CONFIG_ENV)

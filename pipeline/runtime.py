@@ -31,6 +31,7 @@ from dsrflow.deadlines import CalendarOverrides, Deadlines
 from dsrflow.files import private_dir
 from dsrflow.identities import Subject
 from dsrflow.ledger import Ledger
+from dsrflow.secret_blocks import read_secret_block
 from dsrflow.settings import Settings, load_settings
 
 
@@ -115,7 +116,7 @@ class Runtime:
             return ObjectsConnector(name, spec, keys_from=self._keys_from)
         if isinstance(spec, PartnerSystem):
             return build_partner(name, spec, base_dir=self.settings.base_dir,
-                                 secret=_secret_block(spec.credentials_block))
+                                 secret=_credentials(name, spec))
         if isinstance(spec, LogsSystem):
             from connectors.logs import LogsConnector
 
@@ -139,15 +140,12 @@ class Runtime:
             self.ledger.dispose()
 
 
-def _secret_block(name: str | None) -> str | None:
-    """A partner credential kept in a Prefect Secret block (resolved here, so connectors
-    stay free of Prefect)."""
-    if name is None:
+def _credentials(name: str, spec: PartnerSystem) -> str | None:
+    """A partner's token or signing secret from its Prefect Secret block, if it names one
+    (else its protocol reads `credentials_env`)."""
+    if spec.credentials_block is None:
         return None
-    from prefect.blocks.system import Secret
-
-    block: Any = Secret.load(name)  # sync here: this is never called from an event loop
-    return str(block.get())
+    return read_secret_block(spec.credentials_block, f"systems.{name}.credentials_block")
 
 
 _current: Runtime | None = None

@@ -739,7 +739,8 @@ def test_certificate_verify_with_the_configured_key(
     rid = signed_body["request"]["id"]
     assert result.stdout.strip() == (
         f"valid: request {rid} (ticket T-1), complete, issued 2026-11-22T08:00:00Z, "
-        f"key {key_id(key.public_key())}"
+        f"key {key_id(key.public_key())}\n"
+        f"signed by the current signing key ({key_id(key.public_key())})"
     )
 
 

@@ -314,9 +314,9 @@ def test_url_with_a_password_in_the_query_is_refused() -> None:
 def test_exactly_one_of_url_and_url_env() -> None:
     err = error_for(lambda d: d["systems"]["userdb"].update(url="sqlite:///wishe.db"))
     assert err.path == "systems.userdb"
-    assert "exactly one of url or url_env" in err.message
+    assert "exactly one of url, url_env or url_block" in err.message
     err = error_for(lambda d: d["systems"]["userdb"].pop("url_env"))
-    assert "exactly one of url or url_env" in err.message
+    assert "exactly one of url, url_env or url_block" in err.message
 
 
 def test_not_a_database_url() -> None:

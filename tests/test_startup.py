@@ -126,6 +126,8 @@ def test_commands_without_a_flow_load_no_prefect_and_the_lean_ones_no_pandas(
     lean: list[tuple[list[str], int]] = [
         (["keys", "new", key], 0),
         (["keys", "add-signing", key], 1),  # it has one already
+        (["keys", "rotate-signing", key], 0),
+        (["keys", "rotate-encryption", key], 2),  # refused, always
         (["keys", "public-key", *c], 0),
         (["certificate", "verify", key, *c], 1),  # a key file is no certificate
         (["datamap", "check", str(tmp_path / "datamap.yaml")], 0),
