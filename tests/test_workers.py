@@ -39,6 +39,7 @@ import sqlalchemy as sa
 import yaml
 
 from dsrflow.intake import submit
+from dsrflow.leakscan import files_containing
 from dsrflow.ledger.schema import audit_events, requests
 from dsrflow.model import Status, StepAction, StepStatus
 from dsrflow.settings import load_settings
@@ -109,6 +110,8 @@ class Topology:
     partner: ReferencePartner
     workers: dict[str, Process]
     gate: Gate
+    prefect_db: str
+    folder: Path
 
 
 def _database(admin_url: str, name: str) -> str:
@@ -124,8 +127,7 @@ def topology(tmp_path: Path, postgres_server: str) -> Iterator[Topology]:
     tag = uuid.uuid4().hex[:8]
     userdb = _database(postgres_server, f"w_users_{tag}")
     ledger_url = _database(postgres_server, f"w_ledger_{tag}")
-    prefect_db = _database(postgres_server, f"w_prefect_{tag}").replace(
-        "postgresql+psycopg://", "postgresql+asyncpg://")
+    prefect_db = _database(postgres_server, f"w_prefect_{tag}")
 
     world = sqlworld.loaded(userdb, 17, USERS)
     sqlworld.unfollow_among(userdb, FIRST_ACT + SECOND_ACT)  # a follow between two subjects
@@ -134,7 +136,9 @@ def topology(tmp_path: Path, postgres_server: str) -> Iterator[Topology]:
         conn.exec_driver_sql(GATE_SQL)
     engine.dispose()
 
-    with ReferencePartner() as partner, prefect_server(prefect_db, tmp_path) as api:
+    with ReferencePartner() as partner, prefect_server(
+            prefect_db.replace("postgresql+psycopg://", "postgresql+asyncpg://"), tmp_path
+    ) as api:
         (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
         doc: dict[str, Any] = sqlworld.datamap_doc(userdb)
         doc["systems"]["adnet"] = {
@@ -159,7 +163,8 @@ def topology(tmp_path: Path, postgres_server: str) -> Iterator[Topology]:
 
         try:
             with temporary_settings({PREFECT_API_URL: api}):
-                yield Topology(rt, api, userdb, world, partner, workers, gate)
+                yield Topology(rt, api, userdb, world, partner, workers, gate, prefect_db,
+                               tmp_path)
         except BaseException:
             for w in workers.values():
                 print(f"--- {w.name}\n{w.tail()}")
@@ -356,8 +361,39 @@ def test_two_workers_share_batches_under_the_system_limit_and_recover_a_killed_o
     _finish_with_partner(t, ids2)
     _assert_done_once(t, ids + ids2, FIRST_ACT + SECOND_ACT, before, rows_before)
     assert all(s.attempts <= 2 for s in t.rt.ledger.steps(ids2))
+    _assert_prefect_has_no_identity(t, FIRST_ACT + SECOND_ACT)
     act2 = time.monotonic() - started - act1
     print(f"act 1 {act1:.1f} s, act 2 {act2:.1f} s")
+
+
+def _tables_holding(t: Topology, needles: list[str]) -> list[str]:
+    """The tables of Prefect's database with a row whose text holds one of the needles."""
+    patterns = [f"%{n}%" for n in needles]
+    engine = sa.create_engine(t.prefect_db)
+    with engine.connect() as conn:
+        tables = conn.execute(sa.text(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+            "AND table_type = 'BASE TABLE'")).scalars().all()
+        hits = [table for table in tables if conn.execute(sa.text(
+            f'SELECT 1 FROM "{table}" AS r WHERE lower(r::text) LIKE ANY(:p) LIMIT 1'),
+            {"p": patterns}).first()]
+    engine.dispose()
+    return hits
+
+
+def _assert_prefect_has_no_identity(t: Topology, uids: list[int]) -> None:
+    """Invariant 1 with workers: no subject's email or phone anywhere in Prefect's database
+    (every row of every table, as text), its homes or the workers' and server's output."""
+    needles = sorted({str(v).lower() for uid in uids for v in (
+        t.world.user(uid)["email"], sqlworld.phone_for(uid))})
+    # The scan finds what is there: the batches' run names carry their first ticket id.
+    assert "flow_run" in _tables_holding(t, ["dsr-batch-w-"])
+    assert _tables_holding(t, needles) == []
+    folders = [t.folder / "home", t.folder / "server-home"]
+    logs = {str(path): path.read_text(errors="replace").lower() for path in
+            [t.folder / "server.log", *(w.log for w in t.workers.values())]}
+    assert files_containing(folders, needles) == {}
+    assert [path for path, text in logs.items() if any(n in text for n in needles)] == []
 
 
 def _pid_alive(pid: int) -> bool:
