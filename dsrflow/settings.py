@@ -101,6 +101,30 @@ class BatchSettings(BaseModel):
         return [ids[i:i + self.size] for i in range(0, len(ids), self.size)]
 
 
+SystemLimit = Annotated[int, Field(ge=1, le=1000)]
+
+
+class LimitSettings(BaseModel):
+    """`limits:` in dsrflow.yaml: how many runs at once may work on a system, across every
+    worker and `dsrflow serve` that share the Prefect server. Each limited system is a
+    Prefect global concurrency limit `dsrflow-system-<name>` (created or updated from
+    these settings when a run first needs it); a system task holds one slot of its system's
+    limit while it erases, collects or verifies. Systems not named are not limited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    systems: dict[str, SystemLimit] = Field(
+        default_factory=dict,
+        description="system name (as in the data map) -> system tasks at once, across workers",
+    )
+    # Prefect's server accepts 60 s to a day. A worker that dies holding a slot stops
+    # renewing it: the slot comes back when its lease runs out (renewed every 3/4 of it).
+    lease_seconds: float = Field(
+        default=300, ge=60, le=24 * 60 * 60,
+        description="how long a dead run keeps a system's slot before Prefect takes it back",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DSRFLOW_", extra="forbid")
 
@@ -175,6 +199,10 @@ class Settings(BaseSettings):
     )
     calendar_overrides: Path | None = None
     batches: BatchSettings = Field(default_factory=BatchSettings)
+    limits: LimitSettings = Field(
+        default_factory=LimitSettings,
+        description="per system, how many runs at once may work on it (across workers)",
+    )
     task_retries: int = Field(default=3, ge=0)
     task_runner: TaskRunnerSettings = Field(
         default_factory=TaskRunnerSettings,

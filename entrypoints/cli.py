@@ -771,6 +771,10 @@ def serve(
         return
     if notification_block:
         apply_automations(notification_block=notification_block)
+    from tasks.limits import apply_limits
+
+    for name, size in apply_limits(rt).items():  # in the UI before the first run needs one
+        console.print(f"concurrency limit {name}: {size}")
     chosen = config or os.environ.get(CONFIG_ENV)
     config_file = Path(chosen).resolve() if chosen else None
     # Intake reads the ticket queue: with none configured it would fail every 5 minutes.

@@ -22,12 +22,15 @@ from flows.request import BatchIncomplete, process_requests
 from tasks.intake import drain_once, queue_settings, start_deployment_run
 
 
-def dispatch(process_deployment: str | None, request_ids: list[str]) -> None:
+def dispatch(
+    process_deployment: str | None, request_ids: list[str], attempt: str | None = None
+) -> None:
     """Start `process-requests` for a batch: through the deployment when one is named,
-    else in this process."""
+    else in this process. `attempt` marks a start of requests that may have been started
+    before (resume-requests), so that it gets a run of its own."""
     logger = get_run_logger()
     if process_deployment:
-        run_id = start_deployment_run(process_deployment, request_ids)
+        run_id = start_deployment_run(process_deployment, request_ids, attempt)
         logger.info("batch of %d started as flow run %s", len(request_ids), run_id)
         return
     try:

@@ -23,7 +23,10 @@ again: every step is idempotent, and counts add up.
 
 from __future__ import annotations
 
+import uuid
+
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from dsrflow.errors import raises_safely
 from flows.intake import dispatch
@@ -58,8 +61,11 @@ def resume_requests(
     sizes = get_runtime().settings.batches
     batches = (sizes.model_copy(update={"size": batch_size}) if batch_size else sizes).split(
         stranded)
+    # Keyed by this run: a retried start inside it returns the same run, and a batch
+    # intake started under the same ids (whose run died) gets a new one.
+    attempt = f"resume-{flow_run.get_id() or uuid.uuid4()}"
     for batch in batches:
-        dispatch(process_deployment, batch)
+        dispatch(process_deployment, batch, attempt)
     if stranded:
         get_run_logger().info("%d verified requests were waiting; %d batches started",
                               len(stranded), len(batches))

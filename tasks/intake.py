@@ -41,9 +41,14 @@ def sqs_client(qs: QueueSettings) -> Any:
         return _clients[key]
 
 
-def batch_key(request_ids: list[str]) -> str:
-    """The same batch always gets the same key: a retried dispatch starts no second run."""
-    digest = hashlib.sha256("\n".join(sorted(request_ids)).encode()).hexdigest()
+def batch_key(request_ids: list[str], attempt: str | None = None) -> str:
+    """The same batch always gets the same key: a retried dispatch starts no second run.
+    `attempt` tells a later start of the same requests apart (resume-requests passes its
+    own flow run): Prefect answers a known key with the run it made for it, whatever
+    became of that run, so a batch whose run was killed would never run again under the
+    key intake gave it."""
+    lines = sorted(request_ids) if attempt is None else [*sorted(request_ids), attempt]
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
     return f"dsr-batch-{digest}"
 
 
@@ -69,15 +74,17 @@ def drain_once(qs: QueueSettings, max_messages: int, wait_seconds: int) -> Intak
 
 @task(name="start-batch", **_TASK)
 @raises_safely
-def start_deployment_run(deployment: str, request_ids: list[str]) -> str:
+def start_deployment_run(
+    deployment: str, request_ids: list[str], attempt: str | None = None
+) -> str:
     """One run of the process deployment for the batch; the idempotency key makes a
-    retried start return the same run."""
+    retried start return the same run (`attempt`: see `batch_key`)."""
     from prefect.deployments import run_deployment
 
     run = run_deployment(
         deployment,
         parameters={"request_ids": request_ids},
-        idempotency_key=batch_key(request_ids),
+        idempotency_key=batch_key(request_ids, attempt),
         timeout=0,
     )
     return str(getattr(run, "id", run))

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from dsrflow.errors import raises_safely
 from pipeline import retention
 from pipeline.runtime import get_runtime
+from tasks.limits import system_slot
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -27,8 +28,9 @@ def sweep_rule(system: str, name: str, at: datetime, dry_run: bool, batch_size: 
                ) -> retention.RuleOutcome:
     rt = get_runtime()
     rule = retention.find_rule(rt, system, name)
-    outcome = (retention.count(rt, system, rule, at) if dry_run
-               else retention.apply(rt, system, rule, at, batch_size))
+    with system_slot(system):  # a sweep counts against the system's limit too
+        outcome = (retention.count(rt, system, rule, at) if dry_run
+                   else retention.apply(rt, system, rule, at, batch_size))
     logger = get_run_logger()
     if outcome.skipped:
         logger.warning("%s %s not applied: %s", system, name, outcome.skipped)

@@ -1,5 +1,8 @@
 """Prefect tasks over systems. Parameters are a system name and request ids; results are
-counts. Nothing is cached or persisted: a retry must look at the system again."""
+counts. Nothing is cached or persisted: a retry must look at the system again. Each task
+holds a slot of its system's concurrency limit (`limits.systems` in the settings) while it
+works, so many workers never run more than that many batches against one system at once;
+a retry waits for a slot again, and holds none during its delay."""
 
 from __future__ import annotations
 
@@ -14,13 +17,15 @@ from dsrflow.model import StepStatus
 from pipeline import steps
 from pipeline.runtime import get_runtime
 from pipeline.steps import StepResult
+from tasks.limits import system_slot
 
 
 @task(name="apply-to-system", task_run_name="apply-{system}", cache_policy=NO_CACHE,
       persist_result=False, retry_jitter_factor=0.5)
 @raises_safely
 def apply_to_system(system: str, request_ids: list[str]) -> list[StepResult]:
-    results = steps.apply_to_system(get_runtime(), system, request_ids)
+    with system_slot(system):
+        results = steps.apply_to_system(get_runtime(), system, request_ids)
     _log(system, "applied", results)
     return results
 
@@ -29,7 +34,8 @@ def apply_to_system(system: str, request_ids: list[str]) -> list[StepResult]:
       persist_result=False, retry_jitter_factor=0.5)
 @raises_safely
 def verify_system(system: str, request_ids: list[str]) -> list[StepResult]:
-    results = steps.verify_system(get_runtime(), system, request_ids)
+    with system_slot(system):
+        results = steps.verify_system(get_runtime(), system, request_ids)
     _log(system, "verified", results)
     return results
 

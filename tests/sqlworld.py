@@ -8,6 +8,7 @@ Shapes it covers: identity columns in two tables, a two-hop chain with a composi
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 from datetime import date
@@ -282,9 +283,10 @@ def loaded(url: str, seed: int, n_users: int) -> World:
 
 
 def datamap_doc(url: str) -> dict[str, Any]:
-    """The data map with its one system pointed at `url`."""
-    doc: dict[str, Any] = {**DATAMAP_DOC}
-    doc["systems"] = {"db": {**DATAMAP_DOC["systems"]["db"], "url": url}}
+    """The data map with its one system pointed at `url`: a copy all the way down, so a
+    test that breaks its copy on purpose (test_wheel) breaks no later test's."""
+    doc: dict[str, Any] = copy.deepcopy(DATAMAP_DOC)
+    doc["systems"] = {"db": {**doc["systems"]["db"], "url": url}}
     return doc
 
 

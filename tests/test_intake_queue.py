@@ -510,3 +510,8 @@ def test_a_batch_starts_one_deployment_run_whatever_the_order_of_its_ids(
     assert call["name"] == "process-requests/process-requests"
     assert call["parameters"] == {"request_ids": ["b", "a"]} and call["timeout"] == 0
     assert call["idempotency_key"] == batch_key(["a", "b"]) != batch_key(["a", "c"])
+    # A later start of the same requests (resume-requests, after their run died) is keyed
+    # apart, or Prefect would hand back the dead run; a retry of that start is not.
+    assert batch_key(["a", "b"], "resume-1") not in (batch_key(["a", "b"]),
+                                                     batch_key(["a", "b"], "resume-2"))
+    assert batch_key(["b", "a"], "resume-1") == batch_key(["a", "b"], "resume-1")

@@ -308,3 +308,47 @@ def test_a_missing_config_file_given_explicitly_is_an_error(
     monkeypatch.setenv("DSRFLOW_CONFIG", str(missing))
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings()
+
+
+# -- limits: per-system concurrency across workers ----------------------------------------------
+def test_system_limits_are_read_and_default_to_none(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "conf", {"limits": {"systems": {"userdb": 2, "adnet": 5},
+                                                       "lease_seconds": 120}})
+    limits = load_settings(path).limits
+    assert limits.systems == {"userdb": 2, "adnet": 5} and limits.lease_seconds == 120
+    assert load_settings(write_config(tmp_path / "none", {})).limits.systems == {}
+
+
+@pytest.mark.parametrize(("limits", "where"), [
+    ({"systems": {"userdb": 0}}, r"limits\.systems\.userdb: .*greater than or equal to 1"),
+    ({"systems": {"userdb": "many"}}, r"limits\.systems\.userdb: .*valid integer"),
+    ({"systems": ["userdb"]}, r"limits\.systems: .*valid dictionary"),
+    # Prefect's server takes leases of 60 s to a day.
+    ({"lease_seconds": 10}, r"limits\.lease_seconds: .*greater than or equal to 60"),
+    ({"userdb": 1}, r"limits\.userdb: Extra inputs are not permitted"),
+])
+def test_invalid_limits_name_the_field_path(
+    tmp_path: Path, limits: dict[str, object], where: str
+) -> None:
+    with pytest.raises(ConfigError, match=where):
+        load_settings(write_config(tmp_path / "conf", {"limits": limits}))
+
+
+def test_a_limit_on_a_system_the_data_map_lacks_is_refused(tmp_path: Path) -> None:
+    """A typo in a system's name would protect nothing, silently."""
+    from pipeline.limits import limit_name, system_limits
+    from tests import sqlworld
+    from tests.helpers import make_runtime
+
+    _, url = sqlworld.sqlite_world(tmp_path, 1, 1)
+    rt = make_runtime(tmp_path, sqlworld.datamap_doc(url), limits={"systems": {"db": 1}})
+    try:
+        assert system_limits(rt) == {"db": 1} and limit_name("db") == "dsrflow-system-db"
+    finally:
+        rt.close()
+    rt = make_runtime(tmp_path, sqlworld.datamap_doc(url), limits={"systems": {"bd": 1}})
+    try:
+        with pytest.raises(ConfigError, match=r"limits\.systems\.bd: no system of that name"):
+            system_limits(rt)
+    finally:
+        rt.close()
