@@ -61,8 +61,8 @@ def screen(rt: Runtime, request_ids: Sequence[str]) -> Screened:
     stopped = _refuse_repeats(rt, records)
     # A request whose identities could not be resolved goes to no system this run (the
     # plan records why, step by step): its age is not asked of a system that just failed.
-    unresolved = {s.request_id for s in rt.ledger.steps([r.id for r in records])
-                  if s.action is StepAction.RESOLVE and s.status is StepStatus.FAILED}
+    unresolved = {s.request_id for s in rt.ledger.steps(
+        [r.id for r in records], actions=[StepAction.RESOLVE], statuses=[StepStatus.FAILED])}
     # A retention erasure is the controller's own: no guardian is asked to act for it.
     left = [r for r in records if r.id not in stopped and r.id not in unresolved
             and r.channel != RETENTION_CHANNEL]

@@ -138,8 +138,8 @@ def _hold_back(rt: Runtime, system: str, records: list[RequestRecord]) -> list[R
         return records
     failed = {
         (s.request_id, s.system)
-        for s in rt.ledger.steps([r.id for r in records])
-        if s.action == StepAction.ERASE and s.status == StepStatus.FAILED
+        for s in rt.ledger.steps([r.id for r in records], actions=[StepAction.ERASE],
+                                 statuses=[StepStatus.FAILED])
     }
     kept = []
     kind = rt.datamap.systems[system].kind
@@ -482,20 +482,24 @@ def plan_systems(rt: Runtime, request_ids: Sequence[str]) -> Plan:
 def _resolved(rt: Runtime, records: list[RequestRecord]) -> list[RequestRecord]:
     """The requests whose identity resolution succeeded; the others get a failed step, with
     the reason, in every system they concern that has not already done its part."""
-    steps = rt.ledger.steps([r.id for r in records])
-    unresolved = {s.request_id: s.system for s in steps
-                  if s.action == StepAction.RESOLVE and s.status == StepStatus.FAILED}
-    done = {(s.request_id, s.system) for s in steps
-            if s.status in (StepStatus.SUCCEEDED, StepStatus.PENDING_EXTERNAL,
-                            StepStatus.BLOCKED) and s.action != StepAction.RESOLVE}
+    unresolved = {s.request_id: s.system for s in rt.ledger.steps(
+        [r.id for r in records], actions=[StepAction.RESOLVE], statuses=[StepStatus.FAILED])}
+    if not unresolved:
+        return records
+    done = {(s.request_id, s.system) for s in rt.ledger.steps(
+                list(unresolved),
+                statuses=[StepStatus.SUCCEEDED, StepStatus.PENDING_EXTERNAL, StepStatus.BLOCKED])
+            if s.action != StepAction.RESOLVE}
+    failed: dict[tuple[str, StepAction], list[StepWrite]] = defaultdict(list)
     for record in records:
         if record.id not in unresolved or record.type is None:
             continue
-        for system, spec in rt.datamap.systems.items():
+        for system in rt.datamap.systems:
             if applies(rt, system, record) and (record.id, system) not in done:
-                rt.ledger.record_step(
-                    record.id, system, spec.kind, action_for(record.type),
-                    StepStatus.FAILED, error=f"not run: the request's identities could not "
-                    f"be resolved in {unresolved[record.id]}; rerun once they can",
-                )
+                failed[(system, action_for(record.type))].append(StepWrite(
+                    record.id, StepStatus.FAILED,
+                    error=f"not run: the request's identities could not be resolved in "
+                          f"{unresolved[record.id]}; rerun once they can"))
+    for (system, action), writes in failed.items():
+        rt.ledger.record_steps(system, rt.datamap.systems[system].kind, action, writes)
     return [r for r in records if r.id not in unresolved]

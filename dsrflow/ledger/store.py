@@ -62,6 +62,8 @@ from dsrflow.model import (
     Regime,
     RequestType,
     Status,
+    StepAction,
+    StepStatus,
     check_transition,
 )
 from dsrflow.tickets import Rejection, Ticket
@@ -788,10 +790,20 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
         return new_due
 
     # -- steps ------------------------------------------------------------------------
-    def steps(self, request_ids: Sequence[str] | None = None) -> list[StepRecord]:
+    def steps(
+        self, request_ids: Sequence[str] | None = None, *,
+        actions: Iterable[StepAction] | None = None,
+        statuses: Iterable[StepStatus] | None = None,
+    ) -> list[StepRecord]:
+        """Steps of these requests (all: None), only of these actions and statuses if given
+        (a check for failures reads the few failed rows, not the batch's every step)."""
         query = select(steps).order_by(steps.c.request_id, steps.c.system, steps.c.id)
         if request_ids is not None:
             query = query.where(steps.c.request_id.in_(list(request_ids)))
+        if actions is not None:
+            query = query.where(steps.c.action.in_(sorted(a.value for a in actions)))
+        if statuses is not None:
+            query = query.where(steps.c.status.in_(sorted(s.value for s in statuses)))
         with self.engine.connect() as conn:
             return [StepRecord.from_row(row._mapping) for row in conn.execute(query)]
 
