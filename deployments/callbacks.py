@@ -116,10 +116,12 @@ def _apply_group(rt: Runtime, group: Sequence[Callback]) -> list[int]:
         found = rt.ledger.partner_requests_by_id(
             system, [s.subject_request_id for s in statuses])
         known.update({(system, srid): row.request_id for srid, row in found.items()})
-        partners.apply_statuses(rt, system, {
-            found[s.subject_request_id].request_id: answer(s)
-            for s in statuses if s.subject_request_id in found})
-    closing.close_finished(rt, list(dict.fromkeys(known.values())))
+        if found:
+            partners.apply_statuses(rt, system, {
+                found[s.subject_request_id].request_id: answer(s)
+                for s in statuses if s.subject_request_id in found})
+    if known:
+        closing.close_finished(rt, list(dict.fromkeys(known.values())))
     return [202 if (system, status.subject_request_id) in known else 404
             for system, status in group]
 

@@ -82,7 +82,5 @@ def close_finished(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
     ready = [rid for rid in dict.fromkeys(request_ids) if rid not in waiting and rid in open_]
     if not ready:
         return {}
-    chosen = set(ready)
-    deliverables.produce(rt, ready, [s for s in steps if s.request_id in chosen])
+    deliverables.produce(rt, ready, steps)
     return close_requests(rt, ready).statuses
-

@@ -74,7 +74,8 @@ def produce(
     issued, the outcomes together after the last (a crash between leaves them running,
     and the rerun issues them anew from the ledger: the same certificate). A package is
     recorded as soon as it is handed over: its key went to the subject, and a rerun must
-    not send another. `steps`: the requests' steps, if the caller has just read them."""
+    not send another. `steps`: the requests' steps (others' may be among them), if the
+    caller has just read them."""
     if steps is None:
         steps = rt.ledger.steps(list(request_ids))
     by_request: dict[str, list[StepRecord]] = defaultdict(list)
@@ -102,10 +103,10 @@ def produce(
         if what == PACKAGE:
             # The package is the copy now; the collected records need not wait longer.
             discard_exports(rt.settings.exports_path, rid)
-    # Read for the batch at once; the signing key once (not cached when it cannot be read:
-    # then each certificate fails, named, as alone).
+    # The certificates' facts read for the batch at once (the systems' steps read above are
+    # still what they were: only deliverables moved since); the signing key read once (not
+    # cached when it cannot be read: then each certificate fails, named, as alone).
     certify = [r.id for r in todo[CERTIFICATE]]
-    # The systems' steps read above are still what they were: only deliverables moved.
     facts = read_facts(rt.ledger, certify, [s for s in steps if s.kind != KIND]) \
         if certify else {}
     signing_key = cache(rt.settings.signing_key_pair)
