@@ -210,7 +210,9 @@ def run_demo(api: str, work: Path, users: int) -> None:
     with open(log_path, "wb") as log:
         result = subprocess.run(
             [find_tool("dsrflow"), "demo", "--users", str(users), "--out", str(out)],
-            env=quiet_env(PREFECT_API_URL=api, COLUMNS="120"),
+            # The demo's world and stand-ins live in the checkout (`examples/`), not in
+            # the installed package: the checkout goes on the path.
+            env=quiet_env(PREFECT_API_URL=api, COLUMNS="120", PYTHONPATH=str(REPO)),
             cwd=work,
             stdout=log,
             stderr=subprocess.STDOUT,
