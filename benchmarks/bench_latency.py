@@ -68,6 +68,8 @@ def served_run(request_ids: list[str]) -> float:
                               timeout=ROUND_TIMEOUT, poll_interval=0.2)
     if not run.state or not run.state.is_final():
         raise RuntimeError("the served run did not finish in time")
+    if not run.state.is_completed():  # a crashed run is not a measure of a served run
+        raise RuntimeError(f"the served run ended {run.state.type.value}, not completed")
     return time.perf_counter() - started
 
 

@@ -47,7 +47,10 @@ class BatchIncomplete(RuntimeError):
 
 
 def batch_run_name() -> str:
-    ids = list(flow_run.parameters.get("request_ids") or [flow_run.parameters["request_id"]])
+    params = flow_run.parameters
+    ids = list(params["request_ids"]) if "request_ids" in params else [params["request_id"]]
+    if not ids:  # a run started with nothing to do (a served deployment's check)
+        return "dsr-batch-empty"
     records = get_runtime().ledger.get_many(ids[:1])
     first = records[0].ticket_id if records and records[0].ticket_id else ids[0]
     if len(ids) == 1 and records and records[0].type is not None:

@@ -59,3 +59,19 @@ def test_batches_split_in_order_without_repeats() -> None:
     assert sizes.split([]) == []
     with pytest.raises(ValueError, match="size"):
         BatchSettings(size=0)
+
+
+def test_an_empty_batch_completes_and_does_nothing(runtime: Runtime) -> None:
+    """A served deployment started with no request (a health check, a resume that found
+    nothing) is a completed run with nothing in it, not a crash in its name."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from flows.request import process_requests
+
+    assert process_requests([]) == {}
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=["dsr-batch-empty"])))
+    assert run.state is not None and run.state.is_completed()
+    assert runtime.ledger.steps() == []
