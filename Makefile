@@ -45,12 +45,14 @@ test-fast: $(STAMP)
 
 # Small runs of the benchmarks, each against its baseline in the same run (log redaction
 # against `grep -F`; a retention sweep against a hand-written batched DELETE on
-# PostgreSQL). docs/performance.md has the full sizes and the commands.
+# PostgreSQL; two workers against one). docs/performance.md has the full sizes and the
+# commands.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_logs
 	$(BIN)/python -m benchmarks.bench_sweep --rows 200000 --expired 40000 --batch 5000
 	$(BIN)/python -m benchmarks.bench_e2e --requests 20,80 --users 400 --log-lines 4000
 	$(BIN)/python -m benchmarks.bench_sql --users 100000 --subjects 1000
+	$(BIN)/python -m benchmarks.bench_workers --requests 200 --batch-size 50
 
 # The sizes docs/performance.md reports (an hour or more on two cores).
 bench-full: $(STAMP)
@@ -61,6 +63,7 @@ bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_latency --rounds 3 --poll 1
 	$(BIN)/python -m benchmarks.bench_startup --repeat 11
 	$(BIN)/python -m benchmarks.bench_sql --users 1000000 --subjects 10000
+	$(BIN)/python -m benchmarks.bench_workers --requests 800 --batch-size 100 --workers 1,2,1,2
 
 # A local Prefect server and UI (SQLite under .dsrflow/prefect, analytics off). Then, in
 # another shell: PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/dsrflow serve

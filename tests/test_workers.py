@@ -49,6 +49,7 @@ from pipeline.runtime import Runtime, set_runtime
 from tasks.intake import batch_key
 from tests import sqlworld
 from tests.helpers import cli_config, ticket
+from tests.postgres import create_database
 from tests.workerpool import ROOT, Process, deploy, prefect_env, prefect_server, wait_for, worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -114,20 +115,12 @@ class Topology:
     folder: Path
 
 
-def _database(admin_url: str, name: str) -> str:
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
-
-
 @pytest.fixture
 def topology(tmp_path: Path, postgres_server: str) -> Iterator[Topology]:
     tag = uuid.uuid4().hex[:8]
-    userdb = _database(postgres_server, f"w_users_{tag}")
-    ledger_url = _database(postgres_server, f"w_ledger_{tag}")
-    prefect_db = _database(postgres_server, f"w_prefect_{tag}")
+    userdb = create_database(postgres_server, f"w_users_{tag}")
+    ledger_url = create_database(postgres_server, f"w_ledger_{tag}")
+    prefect_db = create_database(postgres_server, f"w_prefect_{tag}")
 
     world = sqlworld.loaded(userdb, 17, USERS)
     sqlworld.unfollow_among(userdb, FIRST_ACT + SECOND_ACT)  # a follow between two subjects
