@@ -4,8 +4,9 @@ deployments of deployments/prefect.yaml, and an OpenDSR partner.
 
 One test, two acts (each needs the whole topology, which takes most of the time to start):
 
-1. Two batches go to the process-requests deployment at once (`run_deployment`, as intake
-   and resume-requests start them). Each worker takes one. The database is limited to one
+1. Four tickets go on the ticket queue (SQS on a moto server); the `intake` deployment,
+   run by a worker, records them and starts two process-requests batches (its batch size
+   is two). The workers take the batches. The database is limited to one
    batch at a time (`limits.systems.db: 1`): while one batch is inside the database (held
    there by a gate, see `Gate`), the other's task waits for the slot and never reaches the
    database; afterwards the two batches' database steps do not overlap in the ledger.
@@ -34,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -42,7 +44,9 @@ from dsrflow.intake import submit
 from dsrflow.leakscan import files_containing
 from dsrflow.ledger.schema import audit_events, requests
 from dsrflow.model import Status, StepAction, StepStatus
+from dsrflow.queue import put_ticket
 from dsrflow.settings import load_settings
+from entrypoints.demo import moto_server
 from examples.partner import ReferencePartner
 from pipeline import partners
 from pipeline.runtime import Runtime, set_runtime
@@ -58,6 +62,8 @@ USERS = 10
 FIRST_ACT, SECOND_ACT = [1, 2, 3, 4], [5, 6]
 GATE_KEY = 4242
 PROCESS = "process-requests/process-requests"
+AWS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
+       "region_name": "us-east-1"}
 
 
 # -- the database's gate ----------------------------------------------------------------------
@@ -113,6 +119,8 @@ class Topology:
     gate: Gate
     prefect_db: str
     folder: Path
+    sqs: Any
+    queue_url: str
 
 
 @pytest.fixture
@@ -129,9 +137,12 @@ def topology(tmp_path: Path, postgres_server: str) -> Iterator[Topology]:
         conn.exec_driver_sql(GATE_SQL)
     engine.dispose()
 
-    with ReferencePartner() as partner, prefect_server(
+    with ReferencePartner() as partner, moto_server() as sqs_endpoint, prefect_server(
             prefect_db.replace("postgresql+psycopg://", "postgresql+asyncpg://"), tmp_path
     ) as api:
+        sqs = boto3.client("sqs", endpoint_url=sqs_endpoint, **AWS)
+        queue_url = sqs.create_queue(QueueName=f"tickets-{tag}")["QueueUrl"]
+        dead_letters = sqs.create_queue(QueueName=f"dead-letters-{tag}")["QueueUrl"]
         (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
         doc: dict[str, Any] = sqlworld.datamap_doc(userdb)
         doc["systems"]["adnet"] = {
@@ -143,10 +154,18 @@ def topology(tmp_path: Path, postgres_server: str) -> Iterator[Topology]:
         config = cli_config(tmp_path, doc, ledger_url=ledger_url)
         settings = yaml.safe_load(config.read_text())
         settings["limits"] = {"systems": {"db": 1}, "lease_seconds": 60}
+        settings["queue"] = {
+            "queue_url": queue_url, "dead_letter_url": dead_letters,
+            "endpoint_url": sqs_endpoint, "region": AWS["region_name"],
+            "batch_size": 2, "batch_seconds": 1, "wait_seconds": 1,
+            "process_deployment": PROCESS,
+        }
         config.write_text(yaml.safe_dump(settings))
 
         env = prefect_env(tmp_path / "home", api, DSRFLOW_ROOT=str(ROOT),
-                          DSRFLOW_CONFIG=str(config), PREFECT_WORKER_QUERY_SECONDS="1")
+                          DSRFLOW_CONFIG=str(config), PREFECT_WORKER_QUERY_SECONDS="1",
+                          AWS_ACCESS_KEY_ID=AWS["aws_access_key_id"],
+                          AWS_SECRET_ACCESS_KEY=AWS["aws_secret_access_key"])
         deploy(env)
         workers = {name: worker(name, env, tmp_path) for name in ("worker-a", "worker-b")}
         rt = Runtime(load_settings(config))
@@ -157,7 +176,7 @@ def topology(tmp_path: Path, postgres_server: str) -> Iterator[Topology]:
         try:
             with temporary_settings({PREFECT_API_URL: api}):
                 yield Topology(rt, api, userdb, world, partner, workers, gate, prefect_db,
-                               tmp_path)
+                               tmp_path, sqs, queue_url)
         except BaseException:
             for w in workers.values():
                 print(f"--- {w.name}\n{w.tail()}")
@@ -200,6 +219,19 @@ def _final(run_id: Any) -> Any:
 def _worker_of(run: Any) -> str:
     """Prefect 3.9 records the worker that took a flow run in the run's labels."""
     return str(run.labels.get("prefect.worker.name"))
+
+
+def _process_runs() -> list[Any]:
+    """The process-requests flow runs there are, oldest first."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        return list(client.read_flow_runs(
+            deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(any_=[PROCESS.split("/")[1]])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC))
 
 
 def _start(ids: list[str]) -> Any:
@@ -288,11 +320,22 @@ def test_two_workers_share_batches_under_the_system_limit_and_recover_a_killed_o
     engine.dispose()
     rows_before = sqlworld.total_rows(t.userdb)
 
-    # -- act 1: two batches, two workers, one database slot ---------------------------------
-    ids = _submit(t, FIRST_ACT)
-    batches = [ids[:2], ids[2:]]
+    # -- act 1: tickets through the queue, two batches, two workers, one database slot ------
+    for uid in FIRST_ACT:
+        put_ticket(t.sqs, t.queue_url, ticket(
+            f"W-{uid}", "erasure", [{"type": "email", "value": t.world.user(uid)["email"]}]))
     t.gate.close()
-    runs = [_start(b).id for b in batches]
+    from prefect.deployments import run_deployment
+
+    intake: Any = run_deployment("intake/intake", timeout=0,
+                                 parameters={"max_batches": 2, "max_seconds": 120})
+    assert _final(intake.id).state.is_completed()
+    started_runs = _process_runs()
+    batches = [list(r.parameters["request_ids"]) for r in started_runs]
+    ids = [rid for b in batches for rid in b]
+    assert sorted(len(b) for b in batches) == [2, 2]
+    assert {r.ticket_id for r in t.rt.ledger.get_many(ids)} == {f"W-{u}" for u in FIRST_ACT}
+    runs = [r.id for r in started_runs]
     [first] = wait_for("a batch inside the database", lambda: [
         i for i, b in enumerate(batches) if _inside(t, b)])
     other = 1 - first
