@@ -394,6 +394,52 @@ def test_subjects_keep_the_requested_order_and_skip_closed_ones(ledger: Ledger) 
     assert [s.values(IdentityType.USER_ID) for s in got] == [["u3"], ["u0"], ["u2"]]
 
 
+def test_a_batch_learning_identities_leaves_a_request_closed_meanwhile_without_them(
+    ledger: Ledger,
+) -> None:
+    """A batch's resolve step learns identities for every request, but a callback closed
+    one of them in between: the closed request's identities are gone and stay gone (no
+    identity, no token), the others learn theirs."""
+    ids = [ledger.accept(Ticket.model_validate(ticket(
+        f"T-{i}", "erasure", [{"type": "user_id", "value": f"u{i}"}])), "dm", "pol")[0]
+        for i in range(3)]
+    run_to(ledger, ids[1], Status.IN_PROGRESS, Status.COMPLETED)
+    devices = {rid: Identity(type=IdentityType.DEVICE_ID, value=f"dev-{n}")
+               for n, rid in enumerate(ids)}
+
+    ledger.add_identities_many({rid: [device] for rid, device in devices.items()})
+
+    got = {s.request_id: s.values(IdentityType.DEVICE_ID) for s in ledger.subjects(ids)}
+    assert got == {ids[0]: ["dev-0"], ids[2]: ["dev-2"]}
+    assert ledger.find_by_identity(devices[ids[1]]) == []
+    with ledger.engine.connect() as conn:
+        assert conn.execute(sa.select(requests.c.subject_enc)
+                            .where(requests.c.id == ids[1])).scalar_one() is None
+
+
+def test_identities_learnt_for_one_request_by_batches_at_once_are_all_kept(
+    ledger: Ledger,
+) -> None:
+    """Two runs (or two systems of one run) learn identities of the same request at the
+    same moment: each adds to the encrypted list under a row lock, so none is lost to the
+    other's write."""
+    request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
+    learnt = [Identity(type=IdentityType.DEVICE_ID, value=f"dev-{n}") for n in range(12)]
+    start = threading.Barrier(4)
+
+    def learn(part: list[Identity]) -> None:
+        start.wait(timeout=30)
+        for identity in part:
+            ledger.add_identities_many({request_id: [identity]})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(learn, [learnt[n::4] for n in range(4)]))
+
+    [subject] = ledger.subjects([request_id])
+    assert sorted(subject.values(IdentityType.DEVICE_ID)) == sorted(i.value for i in learnt)
+    assert all(ledger.find_by_identity(i) == [request_id] for i in learnt)
+
+
 def test_add_identities_adds_and_deduplicates(ledger: Ledger) -> None:
     request_id, _ = ledger.accept(make_ticket("T-1"), "dm", "pol")
     device = Identity(type=IdentityType.DEVICE_ID, value="dev-1")
