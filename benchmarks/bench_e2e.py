@@ -233,9 +233,29 @@ def emails(db_url: str, skip: int, n: int) -> list[str]:
         engine.dispose()
 
 
+def tickets(rt: Any, addresses: list[str], tag: str) -> list[str]:
+    """Erasure tickets for these accounts, recorded as intake records them."""
+    from dsrflow.intake import submit
+
+    now = datetime.now(UTC)
+    ids = []
+    for i, address in enumerate(addresses):
+        body = {"ticket_id": f"{tag}-{i}", "type": "erasure", "regime": "pipl",
+                "identities": [{"type": "email", "value": address}],
+                "verification": {"method": "sms_otp",
+                                 "verified_at": (now - timedelta(minutes=5)).isoformat()},
+                "channel": "app", "received_at": (now - timedelta(minutes=10)).isoformat()}
+        submitted = submit(rt.ledger, rt.datamap, json.dumps(body).encode(),
+                           phone_regions=rt.settings.phone_regions)
+        if submitted.reason:
+            raise RuntimeError(f"ticket {tag}-{i} was {submitted.status.value}: "
+                               f"{submitted.reason}")
+        ids.append(submitted.request_id)
+    return ids
+
+
 def one_round(rt: Any, partner: Any, addresses: list[str], clock: BusyClock,
               pids: dict[str, int], tag: str) -> Round:
-    from dsrflow.intake import submit
     from dsrflow.model import OPEN_STATUSES, PartnerStatus, Status
     from entrypoints.cli import run_batch
 
@@ -259,17 +279,8 @@ def one_round(rt: Any, partner: Any, addresses: list[str], clock: BusyClock,
                         now_cpu - mark)
         mark = now_cpu
 
-    now = datetime.now(UTC)
     started = time.perf_counter()
-    ids = []
-    for i, address in enumerate(addresses):
-        body = {"ticket_id": f"{tag}-{i}", "type": "erasure", "regime": "pipl",
-                "identities": [{"type": "email", "value": address}],
-                "verification": {"method": "sms_otp",
-                                 "verified_at": (now - timedelta(minutes=5)).isoformat()},
-                "channel": "app", "received_at": (now - timedelta(minutes=10)).isoformat()}
-        ids.append(submit(rt.ledger, rt.datamap, json.dumps(body).encode(),
-                          phone_regions=rt.settings.phone_regions).request_id)
+    ids = tickets(rt, addresses, tag)
     submitted = time.perf_counter()
     phase("intake")
     run_batch(ids)

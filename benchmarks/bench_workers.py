@@ -38,7 +38,6 @@ per round:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -47,7 +46,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ import sqlalchemy as sa
 import yaml
 
 from benchmarks import machine
-from benchmarks.bench_e2e import emails, wishe_map, write_config
+from benchmarks.bench_e2e import emails, tickets, wishe_map, write_config
 from tests.postgres import create_database, postgres
 from tests.workerpool import ROOT, Process, deploy, prefect_env, prefect_server, wait_for, worker
 
@@ -154,27 +153,6 @@ def build(out: Path, userdb: str, ledger_url: str, users: int, log_lines: int,
     settings["batches"] = {"size": batch_size}
     config.write_text(yaml.safe_dump(settings))
     return config
-
-
-def tickets(rt: Any, addresses: list[str], tag: str) -> list[str]:
-    """Erasure tickets for these accounts, recorded as intake records them."""
-    from dsrflow.intake import submit
-
-    now = datetime.now(UTC)
-    ids = []
-    for i, address in enumerate(addresses):
-        body = {"ticket_id": f"{tag}-{i}", "type": "erasure", "regime": "pipl",
-                "identities": [{"type": "email", "value": address}],
-                "verification": {"method": "sms_otp",
-                                 "verified_at": (now - timedelta(minutes=5)).isoformat()},
-                "channel": "app", "received_at": (now - timedelta(minutes=10)).isoformat()}
-        submitted = submit(rt.ledger, rt.datamap, json.dumps(body).encode(),
-                           phone_regions=rt.settings.phone_regions)
-        if submitted.reason:
-            raise RuntimeError(f"ticket {tag}-{i} was {submitted.status.value}: "
-                               f"{submitted.reason}")
-        ids.append(submitted.request_id)
-    return ids
 
 
 # -- Prefect ------------------------------------------------------------------------------

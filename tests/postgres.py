@@ -43,8 +43,9 @@ def create_database(admin_url: str, name: str) -> str:
 
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        with admin.connect() as conn:  # an identifier: quoted by the dialect, not bound
+            quoted = admin.dialect.identifier_preparer.quote_identifier(name)
+            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
     finally:
         admin.dispose()
     return admin_url.rsplit("/", 1)[0] + f"/{name}"

@@ -290,6 +290,19 @@ def datamap_doc(url: str) -> dict[str, Any]:
     return doc
 
 
+def datamap_with_partner(url: str, endpoint: str, domain: str) -> dict[str, Any]:
+    """`datamap_doc` with an OpenDSR partner `adnet` beside `db` (the reference partner at
+    `endpoint`, calling back from `domain`; its certificate in `partner.pem` beside the
+    config)."""
+    doc = datamap_doc(url)
+    doc["systems"]["adnet"] = {
+        "kind": "partner", "protocol": "opendsr", "categories": ["behaviour"],
+        "endpoint": endpoint, "identities": [{"type": "email"}],
+        "callback_domains": [domain], "certificate": "partner.pem",
+    }
+    return doc
+
+
 def load(engine: sa.Engine, world: World) -> None:
     reset(engine)
     metadata.create_all(engine)

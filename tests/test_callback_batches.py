@@ -5,9 +5,7 @@ answered only once its own request is closed."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from pipeline.group_commit import GroupCommit
 from pipeline.runtime import Runtime, set_runtime
 from tests import sqlworld
 from tests.helpers import make_runtime, ticket
+from tests.workerpool import wait_for
 
 UIDS = [1, 2, 3, 4, 5]
 
@@ -34,16 +33,8 @@ def served(
     world, url = sqlworld.sqlite_world(tmp_path, 8, 5)
     with ReferencePartner() as partner:
         (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
-        doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
-        doc["systems"] = {
-            "db": {**doc["systems"]["db"], "url": url},
-            "adnet": {
-                "kind": "partner", "protocol": "opendsr", "categories": ["behaviour"],
-                "endpoint": partner.url, "identities": [{"type": "email"}],
-                "callback_domains": [partner.domain], "certificate": "partner.pem",
-            },
-        }
-        rt = make_runtime(tmp_path, doc)
+        rt = make_runtime(tmp_path, sqlworld.datamap_with_partner(
+            url, partner.url, partner.domain))
         previous = set_runtime(rt)
         app = create_app(rt)
         try:
@@ -61,16 +52,6 @@ def served(
             rt.close()
 
 
-def _until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    """Wait for a condition another thread makes true (polled: the callbacks run on the
-    server's threads), failing with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.02)
-
-
 def test_callbacks_arriving_during_a_close_are_closed_together_by_the_next(
     served: tuple[Runtime, ReferencePartner, Any, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,15 +63,15 @@ def test_callbacks_arriving_during_a_close_are_closed_together_by_the_next(
     def watched(runtime: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
         batches.append(list(request_ids))
         if len(batches) == 1:  # the first close runs while the others queue behind it
-            _until(lambda: len(request_ids) + grouped.queued() == len(ids),
-                   "the other callbacks")
+            wait_for("the other callbacks",
+                     lambda: len(request_ids) + grouped.queued() == len(ids), every=0.02)
         return real(runtime, request_ids)
 
     monkeypatch.setattr(closing, "close_finished", watched)
     for row in rt.ledger.partner_requests(ids):
         partner.complete(str(row.subject_request_id), wait=False)
-    _until(lambda: all(r.status is Status.COMPLETED for r in rt.ledger.get_many(ids)),
-           "every request completed")
+    wait_for("every request completed",
+             lambda: all(r.status is Status.COMPLETED for r in rt.ledger.get_many(ids)), every=0.02)
 
     # The first callbacks to arrive (one, or a few arriving at once) are closed first;
     # all the others, queued meanwhile, by the one close after it.
@@ -99,7 +80,8 @@ def test_callbacks_arriving_during_a_close_are_closed_together_by_the_next(
     # Each request certified once, and each callback answered 202 after its close.
     certified = [s.request_id for s in rt.ledger.steps(ids) if s.kind == DELIVERABLE_KIND]
     assert sorted(certified) == sorted(ids)
-    _until(lambda: len(partner.callbacks) >= len(ids), "the partner's record of answers")
+    wait_for("the partner's record of answers",
+             lambda: len(partner.callbacks) >= len(ids), every=0.02)
     assert {a.status_code for a in partner.callbacks} == {202}
 
 
@@ -115,8 +97,8 @@ def test_a_request_whose_close_fails_fails_only_its_own_callback(
     def failing(runtime: Runtime, request_ids: Sequence[str]) -> dict[str, Status]:
         calls.append(list(request_ids))
         if len(calls) == 1:
-            _until(lambda: len(request_ids) + grouped.queued() == len(ids),
-                   "the other callbacks")
+            wait_for("the other callbacks",
+                     lambda: len(request_ids) + grouped.queued() == len(ids), every=0.02)
         if poisoned in request_ids:
             raise RuntimeError("the certificate store is full")
         return real(runtime, request_ids)
@@ -126,9 +108,10 @@ def test_a_request_whose_close_fails_fails_only_its_own_callback(
     for srid in rows:
         partner.complete(srid, wait=False)
     others = [rid for rid in ids if rid != poisoned]
-    _until(lambda: all(r.status is Status.COMPLETED for r in rt.ledger.get_many(others)),
-           "the other requests completed")
-    _until(lambda: len(partner.callbacks) >= len(ids), "every callback answered")
+    wait_for("the other requests completed", lambda: all(
+        r.status is Status.COMPLETED for r in rt.ledger.get_many(others)), every=0.02)
+    wait_for("every callback answered",
+             lambda: len(partner.callbacks) >= len(ids), every=0.02)
 
     assert rt.ledger.get(poisoned).status is Status.IN_PROGRESS  # its answer is recorded
     answered = {rows[a.subject_request_id]: a.status_code for a in partner.callbacks

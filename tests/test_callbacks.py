@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,16 +27,8 @@ def setup(
     world, url = sqlworld.sqlite_world(tmp_path, 5, 5)
     with ReferencePartner() as partner:
         (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
-        doc: dict[str, Any] = {**sqlworld.DATAMAP_DOC}
-        doc["systems"] = {
-            "db": {**doc["systems"]["db"], "url": url},
-            "adnet": {
-                "kind": "partner", "protocol": "opendsr", "categories": ["behaviour"],
-                "endpoint": partner.url, "identities": [{"type": "email"}],
-                "callback_domains": [partner.domain], "certificate": "partner.pem",
-            },
-        }
-        rt = make_runtime(tmp_path, doc)
+        rt = make_runtime(tmp_path, sqlworld.datamap_with_partner(
+            url, partner.url, partner.domain))
         previous = set_runtime(rt)
         with serving(create_app(rt)) as base:
             rt.settings.callback_base_url = base

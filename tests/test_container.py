@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import yaml
 
 from tests import sqlworld
 from tests.helpers import cli_config
+from tests.workerpool import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,17 +188,17 @@ def test_the_images_default_command_answers_its_health_check(tmp_path: Path) -> 
     proc = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", *args, "--config",
                              str(config)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    def health() -> Any:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            assert proc.poll() is None, proc.communicate()[0]
+            return None
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    assert json.loads(r.read()) == {"status": "ok"}
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.communicate()[0]
-                assert time.monotonic() < deadline, "no answer on /health in 60 s"
-                time.sleep(0.3)
+        assert wait_for("an answer on /health", health, timeout=60, every=0.3) == {
+            "status": "ok"}
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0]

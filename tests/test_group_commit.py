@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pipeline.group_commit import GroupCommit
+from tests.workerpool import wait_for
 
 
 def test_items_queued_during_a_batch_go_together_and_each_caller_gets_its_own_result() -> None:
@@ -28,11 +29,10 @@ def test_items_queued_during_a_batch_go_together_and_each_caller_gets_its_own_re
     try:
         with ThreadPoolExecutor(8) as pool:
             first = pool.submit(group.submit, 0, 30)
-            while not batches:  # the first batch has started
-                threading.Event().wait(0.005)
+            wait_for("the first batch to start", lambda: batches, timeout=30, every=0.005)
             rest = [pool.submit(group.submit, i, 30) for i in range(1, 8)]
-            while group.queued() < 7:
-                threading.Event().wait(0.005)
+            wait_for("the others to queue", lambda: group.queued() == 7, timeout=30,
+                     every=0.005)
             release.set()
             assert first.result() == 0
             assert [f.result() for f in rest] == [i * 10 for i in range(1, 8)]

@@ -91,12 +91,12 @@ class Gate:
 
     def close(self) -> None:
         self.holder = self.engine.connect()
-        self.holder.execute(sa.text(f"SELECT pg_advisory_lock({GATE_KEY})"))
+        self.holder.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": GATE_KEY})
         self.holder.commit()
 
     def open(self) -> None:
         assert self.holder is not None
-        self.holder.execute(sa.text(f"SELECT pg_advisory_unlock({GATE_KEY})"))
+        self.holder.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": GATE_KEY})
         self.holder.close()
         self.holder = None
 
@@ -104,7 +104,7 @@ class Gate:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                f"AND objid = {GATE_KEY} AND NOT granted")).scalar_one())
+                "AND objid = :key AND NOT granted"), {"key": GATE_KEY}).scalar_one())
 
 
 # -- the topology -----------------------------------------------------------------------------
