@@ -118,3 +118,28 @@ def test_a_request_whose_close_fails_fails_only_its_own_callback(
                 if a.status_code is not None}
     assert answered[poisoned] == 500  # the partner sends it again later
     assert {answered[rid] for rid in others} == {202}
+
+
+def test_a_callback_sent_twice_into_one_group_is_recorded_and_certified_once(
+    served: tuple[Runtime, ReferencePartner, Any, list[str]],
+) -> None:
+    """A partner that retries a callback (its first send timed out on its side) can have
+    both copies in one group, beside a callback for a request it was never given: the
+    answer is recorded once, the request certified and closed once, the stranger 404."""
+    from connectors.opendsr import Status as PartnerAnswer
+    from deployments.callbacks import _apply_group
+
+    rt, _, _, ids = served
+    [row] = [r for r in rt.ledger.partner_requests(ids) if r.request_id == ids[0]]
+    done = PartnerAnswer(str(row.subject_request_id), "completed", results_count=0)
+    stranger = PartnerAnswer("not-a-request-of-ours", "completed")
+
+    codes = _apply_group(rt, [("adnet", done), ("adnet", stranger), ("adnet", done)])
+
+    assert codes == [202, 404, 202]
+    assert rt.ledger.get(ids[0]).status is Status.COMPLETED
+    steps = rt.ledger.steps([ids[0]])
+    assert [s.attempts for s in steps if s.kind == DELIVERABLE_KIND] == [1]
+    [partner_step] = [s for s in steps if s.system == "adnet"]
+    assert partner_step.status.value == "succeeded" and partner_step.attempts == 1
+    assert {r.status for r in rt.ledger.get_many(ids[1:])} == {Status.IN_PROGRESS}
