@@ -60,9 +60,9 @@ class Round:
     cpu: dict[str, float]
     busy: dict[str, float]
     statuses: dict[str, int]
-    ledger_cpu: dict[str, float]  # CPU seconds in each ledger method (its threads' own)
     # Per phase (intake, run, callbacks): the ledger's CPU seconds and this process's.
     phases: dict[str, tuple[float, float]]
+    phase_methods: dict[str, dict[str, float]]  # phase -> ledger method -> CPU s
 
 
 class BusyClock:
@@ -262,8 +262,8 @@ def one_round(rt: Any, partner: Any, addresses: list[str], clock: BusyClock,
     cpu_before = {name: cpu_of(pid) for name, pid in pids.items()}
     clock.take()
     busy: dict[str, float] = defaultdict(float)
-    used: dict[str, float] = defaultdict(float)
     phases: dict[str, tuple[float, float]] = {}
+    phase_methods: dict[str, dict[str, float]] = {}
     mark = cpu_of(pids["dsrflow"])
 
     def phase(name: str) -> None:
@@ -272,11 +272,10 @@ def one_round(rt: Any, partner: Any, addresses: list[str], clock: BusyClock,
         b, u = clock.take()
         for k, v in b.items():
             busy[k] += v
-        for k, v in u.items():
-            used[k] += v
         now_cpu = cpu_of(pids["dsrflow"])
-        phases[name] = (sum(v for k, v in u.items() if k.startswith("ledger:")),
-                        now_cpu - mark)
+        phase_methods[name] = {k.split(":", 1)[1]: v for k, v in u.items()
+                               if k.startswith("ledger:")}
+        phases[name] = (sum(phase_methods[name].values()), now_cpu - mark)
         mark = now_cpu
 
     started = time.perf_counter()
@@ -304,9 +303,8 @@ def one_round(rt: Any, partner: Any, addresses: list[str], clock: BusyClock,
     assert set(statuses) <= {Status.COMPLETED.value, Status.PARTIALLY_COMPLETED.value,
                              Status.FAILED.value}
     busy["ledger"] = sum(v for k, v in busy.items() if k.startswith("ledger:"))
-    ledger_cpu = {k.split(":", 1)[1]: v for k, v in used.items() if k.startswith("ledger:")}
     return Round(len(ids), submitted - started, ran - submitted, done - started, cpu,
-                 dict(busy), dict(statuses), ledger_cpu, phases)
+                 dict(busy), dict(statuses), phases, phase_methods)
 
 
 def main() -> None:
@@ -429,8 +427,9 @@ def report(rounds: list[Round], args: argparse.Namespace, built: float) -> None:
             print(f"| {r.requests:,} | {name} | {ledger:.1f} | {process:.1f} | "
                   f"{100 * ledger / max(process, 1e-9):.0f}% |")
     print()
-    print(f"Ledger CPU by method at N={last.requests:,}: " + ", ".join(
-        f"{k} {v:.2f} s" for k, v in sorted(last.ledger_cpu.items(), key=lambda kv: -kv[1])[:8]))
+    for name, methods in last.phase_methods.items():
+        print(f"Ledger CPU by method at N={last.requests:,}, {name}: " + ", ".join(
+            f"{k} {v:.2f} s" for k, v in sorted(methods.items(), key=lambda kv: -kv[1])[:8]))
     print()
     print("Busy seconds are summed over threads (systems run side by side, callbacks arrive "
           "on their own threads; a wait for a lock counts as busy); the floor is the "
