@@ -31,7 +31,7 @@ def close_requests(rt: Runtime, request_ids: Sequence[str]) -> Closed:
     """Each request's final status from its steps: completed when every step succeeded
     (and verification found nothing left), partial when some did, failed when none did."""
     steps_by_request: dict[str, list[StepRecord]] = defaultdict(list)
-    for step in rt.ledger.steps(request_ids):
+    for step in rt.ledger.steps(request_ids, details=False):
         steps_by_request[step.request_id].append(step)
     final: dict[str, Status] = {}
     moves: dict[str, tuple[Status, str | None]] = {}

@@ -92,7 +92,7 @@ def publish_results(request_ids: list[str]) -> None:
     rt = get_runtime()
     records = rt.ledger.get_many(request_ids)
     by_request: dict[str, list[StepRecord]] = defaultdict(list)
-    for step in rt.ledger.steps(request_ids):
+    for step in rt.ledger.steps(request_ids, details=False):
         by_request[step.request_id].append(step)
     create_table_artifact(
         key="dsr-batch",

@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -627,6 +628,10 @@ def test_record_step_counts_attempts_and_keeps_the_outcome(ledger: Ledger) -> No
     assert by_action["verify"].remaining == 0
     assert by_action["verify"].attempts == 0  # recorded without a RUNNING
     assert ledger.steps(["someone-else"]) == []
+    # A reader of statuses and counts (closing a batch, its table) skips the details and
+    # gets everything else as it is.
+    light = ledger.steps([request_id], details=False)
+    assert light == [replace(s, details={}) for s in ledger.steps([request_id])]
 
 
 def _part(deleted: int, statement: str) -> dict[str, Any]:

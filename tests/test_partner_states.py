@@ -54,3 +54,33 @@ def test_no_state_goes_backwards(ledger: Ledger, acts: list[str]) -> None:
         if act not in RESETS:
             assert RANK[now] >= RANK[state], (act, state, now)
         state = now
+
+
+TARGETS = [P.SUBMITTED, P.PENDING, P.IN_PROGRESS, P.COMPLETED, P.BLOCKED, P.CONFIRMED]
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(TARGETS),
+                          st.sampled_from(["", "refused", "timeout"])),
+                min_size=1, max_size=10))
+def test_a_batch_of_answers_ends_where_the_same_answers_one_by_one_end(
+    ledger: Ledger, changes: list[tuple[int, PartnerStatus, str]],
+) -> None:
+    """`update_partners` (a group of callbacks, a batch's acknowledgements) decides each
+    change under one lock and writes them together: every request ends in the state, with
+    the values, that the same changes applied one at a time leave, and the ones reported
+    applied are the ones that moved."""
+    tag = uuid.uuid4().hex[:10]
+    together, alone = ([ledger.accept(make_ticket(f"PB-{tag}-{side}{n}"), "dm", "pol")[0]
+                        for n in range(3)] for side in "ab")
+    for rid in [*together, *alone]:
+        ledger.partner_request_id(rid, "adnet", lambda: str(uuid.uuid4()))
+    applied = ledger.update_partners("adnet", [
+        (together[n], target, {"error": error or None}) for n, target, error in changes])
+    moved = {alone[n] for n, target, error in changes
+             if ledger.update_partner(alone[n], "adnet", target, error=error or None)}
+    rows = {r.request_id: r for r in ledger.partner_requests([*together, *alone])}
+    for a, b in zip(together, alone, strict=True):
+        assert (rows[a].status, rows[a].error) == (rows[b].status, rows[b].error)
+        assert (a in applied) == (b in moved)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    null,
     select,
     text,
     update,
@@ -363,15 +364,12 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
     def subjects(self, request_ids: Iterable[str]) -> list[Subject]:
         """Decrypt the identities of open requests. Only tasks call this, and only for the
         duration of a connector call."""
-        ids = list(request_ids)
-        regimes = {r.id: r.regime for r in self.get_many(ids)}
         out = []
-        for rid, secret in self._secrets(ids):
-            regime = regimes.get(rid)
+        for rid, regime, secret in self._secrets(request_ids):
             if "phone_region" in secret:
                 region = secret["phone_region"]
             else:  # recorded before regions were kept: the regime's default
-                region = DEFAULT_PHONE_REGIONS.get(regime) if regime is not None else None
+                region = DEFAULT_PHONE_REGIONS.get(Regime(regime)) if regime else None
             out.append(Subject(
                 request_id=rid,
                 identities=tuple(Identity.stored(i["type"], i["value"])
@@ -381,21 +379,24 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
         return out
 
     def corrections(self, request_id: str) -> dict[str, str]:
-        for _, secret in self._secrets([request_id]):
+        for _, _, secret in self._secrets([request_id]):
             return dict(secret.get("corrections") or {})
         return {}
 
-    def _secrets(self, request_ids: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _secrets(self, request_ids: Iterable[str]) -> Iterator[tuple[str, str | None,
+                                                                      dict[str, Any]]]:
+        """Each open request's id, regime and decrypted secrets, in the order asked."""
         ids = list(request_ids)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(requests.c.id, requests.c.subject_enc).where(requests.c.id.in_(ids))
+                select(requests.c.id, requests.c.regime, requests.c.subject_enc)
+                .where(requests.c.id.in_(ids))
             ).all()
         order = {rid: n for n, rid in enumerate(ids)}
         for row in sorted(rows, key=lambda r: order[r.id]):
             if row.subject_enc is None:
                 continue  # closed: the identities are gone, by design
-            yield row.id, json.loads(self.keyring.decrypt(row.subject_enc, row.id))
+            yield row.id, row.regime, json.loads(self.keyring.decrypt(row.subject_enc, row.id))
 
     def add_identities(self, request_id: str, found: Iterable[Identity]) -> None:
         """`add_identities_many` for one request."""
@@ -793,11 +794,15 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
     def steps(
         self, request_ids: Sequence[str] | None = None, *,
         actions: Iterable[StepAction] | None = None,
-        statuses: Iterable[StepStatus] | None = None,
+        statuses: Iterable[StepStatus] | None = None, details: bool = True,
     ) -> list[StepRecord]:
         """Steps of these requests (all: None), only of these actions and statuses if given
-        (a check for failures reads the few failed rows, not the batch's every step)."""
-        query = select(steps).order_by(steps.c.request_id, steps.c.system, steps.c.id)
+        (a check for failures reads the few failed rows, not the batch's every step).
+        `details=False` leaves each step's details out (read as empty): a reader of
+        statuses and counts skips decoding them, most of a batch's read."""
+        columns = list(steps.c) if details else [
+            *(c for c in steps.c if c.name != "details"), null().label("details")]
+        query = select(*columns).order_by(steps.c.request_id, steps.c.system, steps.c.id)
         if request_ids is not None:
             query = query.where(steps.c.request_id.in_(list(request_ids)))
         if actions is not None:
@@ -916,29 +921,57 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
         audited: list[dict[str, Any]] = []
         stamp = now()
         with self.engine.begin() as conn:
-            # In id order: two transactions that lock some of the same rows lock them in
-            # the same order.
+            current = self._locked_partner_statuses(
+                conn, system, sorted({request_id for request_id, _, _ in changes}))
+            # Each change is checked against the status read under the lock (and against
+            # an earlier change of the same request in this call); what applies is
+            # written in one statement per shape of change, a request's changes merged.
+            writes: dict[str, dict[str, Any]] = {}
             for request_id, status, values in sorted(changes, key=lambda c: c[0]):
                 target = PartnerStatus(status)
-                sources = sorted(s.value for s in PARTNER_TRANSITIONS[target])
-                changed = conn.execute(
-                    update(partner_requests).where(
-                        partner_requests.c.request_id == request_id,
-                        partner_requests.c.system == system,
-                        partner_requests.c.status.in_(sources),
-                    ).values(updated_at=stamp, **values, status=target.value)
-                ).rowcount > 0
                 entry = {"request_id": request_id, "status": target.value,
                          **{k: str(v) for k, v in values.items()}}
-                if changed:
+                found = current.get(request_id)
+                if found is not None and PartnerStatus(found) in PARTNER_TRANSITIONS[target]:
                     applied.add(request_id)
+                    current[request_id] = target.value
+                    writes[request_id] = {**writes.get(request_id, {}), **values,
+                                          "status": target.value, "updated_at": stamp}
                 else:
                     entry["lost"] = "the request had moved on"
                 audited.append(entry)
+            rows = [{"_request_id": rid, **{f"_{k}": v for k, v in w.items()}}
+                    for rid, w in writes.items()]
+            for shape in shapes(rows):
+                columns = [k[1:] for k in shape[0] if k != "_request_id"]
+                conn.execute(
+                    update(partner_requests).where(
+                        partner_requests.c.request_id == bindparam("_request_id"),
+                        partner_requests.c.system == system,
+                    ).values({c: bindparam(f"_{c}") for c in columns}),
+                    shape,
+                )
             single = changes[0][0] if len(changes) == 1 else None
             self._audit(conn, "partner.updates", single, {"system": system,
                                                           "updates": audited})
         return applied
+
+    def _locked_partner_statuses(
+        self, conn: Connection, system: str, request_ids: Sequence[str]
+    ) -> dict[str, str]:
+        """The status of each of these requests at one partner, their rows locked until the
+        transaction ends, in id order: two transactions that lock some of the same rows
+        lock them in the same order (PostgreSQL; SQLite's write transaction holds the
+        database)."""
+        found: dict[str, str] = {}
+        for chunk in chunks(list(request_ids)):
+            found.update(conn.execute(
+                select(partner_requests.c.request_id, partner_requests.c.status)
+                .where(partner_requests.c.system == system,
+                       partner_requests.c.request_id.in_(chunk))
+                .order_by(partner_requests.c.request_id).with_for_update()
+            ).tuples().all())
+        return found
 
     def partner_request_by_id(
         self, system: str, subject_request_id: str
