@@ -9,9 +9,19 @@ round touched, so every round does real work. For each round it reports:
   answers each request as soon as it has it and calls back; its callbacks close them);
 - CPU-seconds per request: this process (dsrflow, the partner, the callback endpoint)
   plus the Prefect server's and the moto server's processes, each shown apart;
-- where the busy thread time went: the ledger, each connector, and the rest (Prefect's
-  engine, the task runner, dsrflow's own code between them); the connectors' share is the
-  floor no orchestration can go under, and `overhead` is the busy time over it.
+- the floor: the same work done by the connectors called directly, without Prefect or
+  the ledger, in the same process just before the round, on a copy of the world's SQLite
+  database and log files (`measure_floor`). Micro-batches of `--batch-size` one after the
+  other, and in each, one call after the other as `pipeline/steps.py` makes them: the SQL
+  system's `discover` (identity resolution) and `birth_dates` (the guardian gate), then
+  `erase` in the SQL and log systems with the identities it learnt, one OpenDSR POST per
+  request to a second reference partner (`partner_concurrency` at once, as the run sends
+  them; no callbacks), then `verify` in the SQL and log systems. Its wall and CPU seconds
+  are set against the run's (target: run at most 2x the floor), and what it erased against
+  what the ledger recorded for the round, to show it did the same work. S3 is left out of
+  it (moto's cost is its own, reported apart);
+- busy thread time in the run: the ledger and each connector, summed over threads (systems
+  run side by side, partner exchanges on 8 threads: not comparable with wall seconds).
 
     .venv/bin/python -m benchmarks.bench_e2e                             # 100 and 1,000
     .venv/bin/python -m benchmarks.bench_e2e --requests 20 --users 400  # a quick look
@@ -29,6 +39,7 @@ import os
 import platform
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -37,8 +48,8 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,6 +74,36 @@ class Round:
     # Per phase (intake, run, callbacks): the ledger's CPU seconds and this process's.
     phases: dict[str, tuple[float, float]]
     phase_methods: dict[str, dict[str, float]]  # phase -> ledger method -> CPU s
+    # What the ledger recorded the round's erasures changed, per system (rows deleted or
+    # anonymized, log lines rewritten): set against what the floor changed.
+    recorded: dict[str, int]
+    floor: Floor | None = None
+
+
+@dataclass
+class Floor:
+    """The round's connector work called directly on a copy of the world (no Prefect, no
+    ledger): wall and CPU seconds, in all and per connector call, and what it changed."""
+
+    seconds: float
+    cpu: float
+    calls: dict[str, list[float]] = field(default_factory=dict)  # "sql:erase" -> [wall, CPU]
+    changed: dict[str, int] = field(default_factory=dict)  # system -> deleted + anonymized
+    remaining: dict[str, int] = field(default_factory=dict)  # system -> verify still found
+    left_out: dict[str, str] = field(default_factory=dict)  # system -> why not in it
+
+    @contextmanager
+    def timing(self, label: str) -> Iterator[None]:
+        """Wall and process CPU seconds of the block, added to `label`'s: calls are made
+        one at a time, so the process's CPU in the block is the call's (and the in-process
+        partner's, answering it)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            spent = self.calls.setdefault(label, [0.0, 0.0])
+            spent[0] += time.perf_counter() - wall
+            spent[1] += time.process_time() - cpu
 
 
 class BusyClock:
@@ -254,6 +295,159 @@ def tickets(rt: Any, addresses: list[str], tag: str) -> list[str]:
     return ids
 
 
+# -- the floor: the same work, the connectors called directly ----------------------------------
+FLOOR_TOLERANCE = 0.03  # the floor's counts may differ from the ledger's by this share
+
+
+def copy_world(world: Path, scratch: Path) -> None:
+    """The world's mutable data as it stands now, in `scratch`: the user database (through
+    SQLite's backup: consistent whatever its journal holds) and the log files."""
+    scratch.mkdir()
+    with (closing(sqlite3.connect(world / "wishe.db")) as source,
+          closing(sqlite3.connect(scratch / "wishe.db")) as target):
+        source.backup(target)
+    shutil.copytree(world / "logs", scratch / "logs", symlinks=True)
+
+
+def floor_connectors(rt: Any, world: Path, scratch: Path) -> tuple[dict[str, Any],
+                                                                    dict[str, Any]]:
+    """The SQL and log systems' connectors over the copy in `scratch`, built as the runtime
+    builds them (before the clock starts: the runtime builds its own once per process)."""
+    from connectors.logs import LogsConnector
+    from connectors.sql import SqlConnector
+    from dsrflow.datamap import LogsSystem, SqlSystem
+
+    sql: dict[str, Any] = {}
+    logs: dict[str, Any] = {}
+    for name, spec in rt.datamap.systems.items():
+        if isinstance(spec, SqlSystem):
+            assert spec.url is not None and str(world) in spec.url  # the bench's own world
+            sql[name] = SqlConnector(name, spec.model_copy(
+                update={"url": spec.url.replace(str(world), str(scratch))}))
+        elif isinstance(spec, LogsSystem):
+            # Its sources' paths are relative to the base directory: the copy's.
+            logs[name] = LogsConnector(name, spec, base_dir=scratch,
+                                       state_dir=scratch / "state" / name)
+    return sql, logs
+
+
+def floor_partners(rt: Any, reference: Any) -> dict[str, Any]:
+    """The data map's OpenDSR partners, each sending to `reference` (a reference partner of
+    the floor's own, so its requests never mix with the round's)."""
+    from connectors.opendsr import OpenDsrClient, OpenDsrPartner
+    from dsrflow.datamap import PartnerSystem
+
+    partners = {}
+    for name, spec in rt.datamap.systems.items():
+        if isinstance(spec, PartnerSystem) and spec.protocol == "opendsr":
+            client = OpenDsrClient(reference.url, reference.token,
+                                   certificate_pem=reference.certificate_pem,
+                                   allowed_domains=[reference.domain], name=name)
+            partners[name] = OpenDsrPartner(name, spec.model_copy(
+                update={"endpoint": reference.url}), client=client)
+    return partners
+
+
+def measure_floor(rt: Any, world: Path, addresses: list[str], tag: str,
+                  partners: dict[str, Any], batch_size: int) -> Floor:
+    """The round's work done by the connectors alone, on a copy of the world taken before
+    the round: no Prefect, no ledger. Micro-batches of `batch_size`, one after the other."""
+    from dsrflow.datamap import ObjectsSystem
+    from dsrflow.identities import Identity, IdentityType, Subject
+    from dsrflow.model import Regime
+
+    scratch = world / f"floor-{tag}"
+    copy_world(world, scratch)
+    sql, logs = floor_connectors(rt, world, scratch)
+    floor = Floor(0.0, 0.0, left_out={
+        name: "S3 on moto, whose cost is reported apart" for name, spec
+        in rt.datamap.systems.items() if isinstance(spec, ObjectsSystem)})
+    # As intake records a ticket's email, read in the regime's region (all tickets are PIPL).
+    region = rt.settings.phone_regions.get(Regime.PIPL)
+    subjects = [Subject(request_id=f"floor-{tag}-{i}", phone_region=region,
+                        identities=(Identity.read(IdentityType.EMAIL, address, region),))
+                for i, address in enumerate(addresses)]
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, len(subjects), batch_size):
+            floor_batch(rt, floor, subjects[start:start + batch_size], sql, logs, partners)
+        floor.seconds = time.perf_counter() - wall
+        floor.cpu = time.process_time() - cpu
+    finally:
+        for connector in sql.values():
+            connector.dispose()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return floor
+
+
+def floor_batch(rt: Any, floor: Floor, subjects: list[Any], sql: dict[str, Any],
+                logs: dict[str, Any], partners: dict[str, Any]) -> None:
+    """One micro-batch, the connectors called as `pipeline/steps.py` calls them, one at a
+    time: resolve identities in every SQL system (and read birth dates, as the screening
+    does), erase everywhere with what was learnt, then verify. No holds (the world has
+    none) and no scope (the tickets erase everything)."""
+    from dsrflow.crypto import Pseudonymizer, new_key
+    from pipeline.partners import concurrency
+
+    learnt: dict[str, set[Any]] = defaultdict(set)
+    for connector in sql.values():
+        with floor.timing("sql:discover"):
+            found = connector.discover(subjects)
+        for rid, discovery in found.items():
+            learnt[rid] |= discovery.found
+    subjects = [s.model_copy(update={"identities": (*s.identities, *sorted(
+        learnt[s.request_id] - set(s.identities), key=lambda i: (i.type.value, i.value)))})
+        for s in subjects]
+    for connector in sql.values():
+        if any(t.birth_date_column for t in connector.system.tables.values()):
+            with floor.timing("sql:birth_dates"):
+                connector.birth_dates(subjects)
+    # The ledger mints one key per request and keeps it encrypted; the connectors' work
+    # with it is the same.
+    keys = {s.request_id: Pseudonymizer(new_key()) for s in subjects}
+    for kind, connectors in (("sql", sql), ("logs", logs)):
+        for name, connector in connectors.items():
+            with floor.timing(f"{kind}:erase"):
+                outcomes = connector.erase(subjects, None, keys)
+            floor.changed[name] = floor.changed.get(name, 0) + sum(
+                o.total("deleted") + o.total("anonymized") for o in outcomes.values())
+    for name, partner in partners.items():
+        with floor.timing("partner:hand_over"):
+            hand_over_all(partner, subjects, concurrency(rt, name))
+    for kind, connectors in (("sql", sql), ("logs", logs)):
+        for name, connector in connectors.items():
+            with floor.timing(f"{kind}:verify"):
+                outcomes = connector.verify(subjects, None)
+            floor.remaining[name] = floor.remaining.get(name, 0) + sum(
+                o.total("remaining") for o in outcomes.values())
+
+
+def hand_over_all(partner: Any, subjects: list[Any], bound: int) -> None:
+    """One OpenDSR erasure request per subject, `bound` at once as the run sends them
+    (`pipeline.partners.send`), without a callback URL (the floor waits for no answer)."""
+    from connectors.partner import new_subject_request_id
+    from dsrflow.model import Regime, RequestType
+
+    def one(subject: Any) -> Any:
+        return partner.hand_over(subject, RequestType.ERASURE.value, Regime.PIPL.value,
+                                 new_subject_request_id(), None)
+
+    with ThreadPoolExecutor(min(bound, len(subjects)),
+                            thread_name_prefix="floor-hand-over") as pool:
+        list(pool.map(one, subjects))
+
+
+def recorded_changes(rt: Any, request_ids: list[str]) -> dict[str, int]:
+    """What the ledger's erasure steps say each system changed for these requests: rows
+    deleted or anonymized, log lines rewritten."""
+    from dsrflow.model import StepAction
+
+    changed: dict[str, int] = defaultdict(int)
+    for step in rt.ledger.steps(request_ids, actions=[StepAction.ERASE]):
+        changed[step.system] += (step.deleted or 0) + (step.anonymized or 0)
+    return dict(changed)
+
+
 def one_round(rt: Any, partner: Any, addresses: list[str], clock: BusyClock,
               pids: dict[str, int], tag: str) -> Round:
     from dsrflow.model import OPEN_STATUSES, PartnerStatus, Status
@@ -304,7 +498,8 @@ def one_round(rt: Any, partner: Any, addresses: list[str], clock: BusyClock,
                              Status.FAILED.value}
     busy["ledger"] = sum(v for k, v in busy.items() if k.startswith("ledger:"))
     return Round(len(ids), submitted - started, ran - submitted, done - started, cpu,
-                 dict(busy), dict(statuses), phases, phase_methods)
+                 dict(busy), dict(statuses), phases, phase_methods,
+                 recorded_changes(rt, ids))
 
 
 def main() -> None:
@@ -342,7 +537,8 @@ def main() -> None:
                              out / "prefect-server.log") as ppid,
               server_process(moto, f"http://127.0.0.1:{s3_port}/", env,
                              out / "moto.log") as mpid,
-              ReferencePartner(token=token) as partner):
+              ReferencePartner(token=token) as partner,
+              ReferencePartner(token=token) as floor_partner):
             # Before Prefect is first imported (it reads its settings then).
             os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{api_port}/api"
             os.environ["PREFECT_HOME"] = str(out / "prefect-client")
@@ -350,15 +546,15 @@ def main() -> None:
             config = build(out, args.users, args.log_lines,
                            None if args.without_s3 else f"http://127.0.0.1:{s3_port}", partner)
             built = time.perf_counter() - started
-            rounds = run_rounds(config, partner, sizes, args, {"prefect server": ppid,
-                                                                "moto (S3)": mpid})
+            rounds = run_rounds(config, partner, floor_partner, sizes, args,
+                                {"prefect server": ppid, "moto (S3)": mpid})
     finally:
         shutil.rmtree(out, ignore_errors=True)
     report(rounds, args, built)
 
 
-def run_rounds(config: Path, partner: Any, sizes: list[int], args: argparse.Namespace,
-               pids: dict[str, int]) -> list[Round]:
+def run_rounds(config: Path, partner: Any, floor_partner: Any, sizes: list[int],
+               args: argparse.Namespace, pids: dict[str, int]) -> list[Round]:
     from deployments.callbacks import create_app, serving
     from dsrflow.settings import BatchSettings, load_settings
     from pipeline.runtime import Runtime, set_runtime
@@ -370,17 +566,25 @@ def run_rounds(config: Path, partner: Any, sizes: list[int], args: argparse.Name
     clock = BusyClock()
     instrument(clock)
     rounds = []
-    db_url = config.parent / "wishe.db"
+    world = config.parent
+    partners = floor_partners(rt, floor_partner)
     try:
         with serving(create_app(rt)) as callbacks:
             rt.settings.callback_base_url = callbacks
             skip = 0
             for n in sizes:
-                addresses = emails(f"sqlite:///{db_url}", skip, n)
+                addresses = emails(f"sqlite:///{world / 'wishe.db'}", skip, n)
                 skip += n
-                rounds.append(one_round(rt, partner, addresses, clock,
-                                        {"dsrflow": os.getpid(), **pids}, f"E2E{n}"))
+                # Before the round (its clocks start afresh): on a copy of the world as the
+                # round finds it.
+                floor = measure_floor(rt, world, addresses, f"E2E{n}", partners,
+                                      args.batch_size)
+                done = one_round(rt, partner, addresses, clock,
+                                 {"dsrflow": os.getpid(), **pids}, f"E2E{n}")
+                rounds.append(replace(done, floor=floor))
     finally:
+        for floor_client in partners.values():
+            floor_client.close()
         rt.close()
     return rounds
 
@@ -403,15 +607,17 @@ def report(rounds: list[Round], args: argparse.Namespace, built: float) -> None:
               f"{ours / r.requests:.3f} | {r.cpu['moto (S3)'] / r.requests:.3f} | "
               f"{', '.join(f'{n} {s}' for s, n in sorted(r.statuses.items()))} |")
     print()
-    print("| requests | run s | ledger | sql | logs | s3 | partner | connectors (the floor) | "
-          "run / floor | ledger s/request |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    report_floor(rounds)
+    print()
+    print("Busy seconds in the run, summed over threads:")
+    print()
+    print("| requests | run s | ledger busy s | sql busy s | logs busy s | s3 busy s | "
+          "partner busy s | ledger s/request |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rounds:
-        floor = sum(r.busy.get(k, 0.0) for k in ("sql", "logs", "s3", "partner"))
         cells = " | ".join(f"{r.busy.get(k, 0.0):.1f}"
                            for k in ("ledger", "sql", "logs", "s3", "partner"))
-        print(f"| {r.requests:,} | {r.run_seconds:.1f} | {cells} | {floor:.1f} | "
-              f"{r.run_seconds / max(floor, 1e-9):.2f}x | "
+        print(f"| {r.requests:,} | {r.run_seconds:.1f} | {cells} | "
               f"{r.busy.get('ledger', 0.0) / r.requests:.3f} |")
     print()
     last = rounds[-1]
@@ -431,9 +637,10 @@ def report(rounds: list[Round], args: argparse.Namespace, built: float) -> None:
         print(f"Ledger CPU by method at N={last.requests:,}, {name}: " + ", ".join(
             f"{k} {v:.2f} s" for k, v in sorted(methods.items(), key=lambda kv: -kv[1])[:8]))
     print()
-    print("Busy seconds are summed over threads (systems run side by side, callbacks arrive "
-          "on their own threads; a wait for a lock counts as busy); the floor is the "
-          "connectors' own time in the run, what the same work costs called directly.")
+    print("Busy seconds are summed over threads (systems run side by side, partner exchanges "
+          "and callbacks on their own threads; a wait for a lock or an answer counts as "
+          "busy): they say where the run's threads were, not what the work costs; the floor "
+          "says that.")
     if len(rounds) > 1:
         a, b = rounds[-2], rounds[-1]
         per_a = (a.cpu["dsrflow"] + a.cpu["prefect server"]) / a.requests
@@ -442,6 +649,63 @@ def report(rounds: list[Round], args: argparse.Namespace, built: float) -> None:
         print(f"CPU per request at N={b.requests:,} / at N={a.requests:,}: "
               f"{per_b / per_a:.2f}x (target at most 1.2x)")
 
+
+
+FLOOR_CALLS = ("sql:discover", "sql:birth_dates", "sql:erase", "sql:verify", "logs:erase",
+               "logs:verify", "partner:hand_over")
+
+
+def report_floor(rounds: list[Round]) -> None:
+    """The run against the floor; the floor per connector call; the floor's work against
+    the ledger's record of the round's."""
+    floors = [(r, r.floor) for r in rounds if r.floor is not None]
+    if not floors:
+        return
+    print("| requests | run s | to all completed s | floor s | floor CPU s | "
+          "dsrflow CPU s in run | run / floor | (run + callbacks) / floor |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r, f in floors:
+        after_intake = r.total_seconds - r.submit_seconds  # the run and the callbacks
+        print(f"| {r.requests:,} | {r.run_seconds:.1f} | {r.total_seconds:.1f} | "
+              f"{f.seconds:.1f} | {f.cpu:.1f} | {r.phases['run'][1]:.1f} | "
+              f"{r.run_seconds / max(f.seconds, 1e-9):.2f}x | "
+              f"{after_intake / max(f.seconds, 1e-9):.2f}x |")
+    print()
+    print("Floor per connector call, wall s / CPU s:")
+    print()
+    print("| requests | " + " | ".join(FLOOR_CALLS) + " |")
+    print("|---:|" + "---:|" * len(FLOOR_CALLS))
+    for r, f in floors:
+        cells = " | ".join(f"{f.calls[k][0]:.2f} / {f.calls[k][1]:.2f}" if k in f.calls
+                           else "-" for k in FLOOR_CALLS)
+        print(f"| {r.requests:,} | {cells} |")
+    print()
+    print("Same work? Rows deleted or anonymized, log lines rewritten:")
+    print()
+    print("| requests | system | floor | ledger (the run) | floor verify: remaining |")
+    print("|---:|---|---:|---:|---:|")
+    mismatches = []
+    for r, f in floors:
+        for system, changed in sorted(f.changed.items()):
+            recorded = r.recorded.get(system, 0)
+            print(f"| {r.requests:,} | {system} | {changed:,} | {recorded:,} | "
+                  f"{f.remaining.get(system, 0):,} |")
+            if abs(changed - recorded) > FLOOR_TOLERANCE * max(changed, recorded, 1):
+                mismatches.append(f"{system} at N={r.requests:,}: floor {changed:,}, "
+                                  f"ledger {recorded:,}")
+    print()
+    print("The floor: the round's connector calls made directly, without Prefect or the "
+          "ledger, on a copy of the world taken just before the round, in this process; "
+          "micro-batches one after the other, the calls of a batch one at a time (the OpenDSR "
+          "POSTs partner_concurrency at once, as the run sends them, to a second reference "
+          "partner, with no callbacks). run / floor: `dsrflow run` against it; (run + "
+          "callbacks) / floor: to every request completed, intake left out.")
+    left_out = {k: v for _, f in floors for k, v in f.left_out.items()}
+    for system, why in sorted(left_out.items()):
+        print(f"Not in the floor: {system} ({why}).")
+    for mismatch in mismatches:
+        print(f"WARNING: the floor did not do the run's work: {mismatch} "
+              f"(more than {FLOOR_TOLERANCE:.0%} apart)")
 
 if __name__ == "__main__":
     main()
