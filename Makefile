@@ -58,7 +58,7 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_logs
 	$(BIN)/python -m benchmarks.bench_sweep --repeat 3
-	$(BIN)/python -m benchmarks.bench_e2e --requests 100,1000 --users 3000 --without-s3
+	$(BIN)/python -m benchmarks.bench_e2e --requests 100,1000,10000 --users 16000 --without-s3
 	$(BIN)/python -m benchmarks.bench_e2e --requests 40,160 --users 600 --log-lines 4000
 	$(BIN)/python -m benchmarks.bench_latency --rounds 3 --poll 1
 	$(BIN)/python -m benchmarks.bench_startup --repeat 11
