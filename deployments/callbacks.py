@@ -119,7 +119,8 @@ def _apply_group(rt: Runtime, group: Sequence[Callback]) -> list[int]:
         if found:
             partners.apply_statuses(rt, system, {
                 found[s.subject_request_id].request_id: answer(s)
-                for s in statuses if s.subject_request_id in found})
+                for s in statuses if s.subject_request_id in found},
+                rows={row.request_id: row for row in found.values()})
     if known:
         closing.close_finished(rt, list(dict.fromkeys(known.values())))
     return [202 if (system, status.subject_request_id) in known else 404

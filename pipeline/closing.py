@@ -77,10 +77,10 @@ def close_finished(rt: Runtime, request_ids: Sequence[str]) -> dict[str, Status]
         s.request_id for s in steps
         if s.status in (StepStatus.PENDING_EXTERNAL, StepStatus.RUNNING)
     }
-    open_ = {r.id for r in rt.ledger.get_many(list(dict.fromkeys(request_ids)))
-             if r.status is Status.IN_PROGRESS}
+    records = rt.ledger.get_many(list(dict.fromkeys(request_ids)))
+    open_ = {r.id for r in records if r.status is Status.IN_PROGRESS}
     ready = [rid for rid in dict.fromkeys(request_ids) if rid not in waiting and rid in open_]
     if not ready:
         return {}
-    deliverables.produce(rt, ready, steps)
+    deliverables.produce(rt, ready, steps, records)
     return close_requests(rt, ready).statuses

@@ -65,7 +65,8 @@ def now() -> datetime:
 
 
 def produce(
-    rt: Runtime, request_ids: Sequence[str], steps: Sequence[StepRecord] | None = None
+    rt: Runtime, request_ids: Sequence[str], steps: Sequence[StepRecord] | None = None,
+    records: Sequence[RequestRecord] | None = None,
 ) -> dict[str, str]:
     """Make the package or certificate of each request whose systems have all answered.
     Returns request id -> what was made (requests still waiting are left out).
@@ -74,15 +75,17 @@ def produce(
     issued, the outcomes together after the last (a crash between leaves them running,
     and the rerun issues them anew from the ledger: the same certificate). A package is
     recorded as soon as it is handed over: its key went to the subject, and a rerun must
-    not send another. `steps`: the requests' steps (others' may be among them), if the
-    caller has just read them."""
+    not send another. `steps`, `records`: the requests' steps (others' may be among them)
+    and records, if the caller has just read them."""
     if steps is None:
         steps = rt.ledger.steps(list(request_ids))
     by_request: dict[str, list[StepRecord]] = defaultdict(list)
     for step in steps:
         by_request[step.request_id].append(step)
     todo: dict[str, list[RequestRecord]] = {PACKAGE: [], CERTIFICATE: []}
-    for record in rt.ledger.get_many(list(request_ids)):
+    wanted = set(request_ids)
+    for record in (rt.ledger.get_many(list(request_ids)) if records is None
+                   else [r for r in records if r.id in wanted]):
         mine = by_request[record.id]
         work = [s for s in mine if s.kind != KIND]
         if record.type is None or any(s.status in NOT_DONE for s in work):

@@ -413,14 +413,21 @@ def apply_status(rt: Runtime, system: str, request_id: str, status: Answer) -> s
     return apply_statuses(rt, system, {request_id: status})[request_id]
 
 
-def apply_statuses(rt: Runtime, system: str, answers: Mapping[str, Answer]) -> dict[str, str]:
+def apply_statuses(
+    rt: Runtime, system: str, answers: Mapping[str, Answer],
+    rows: Mapping[str, PartnerRequest] | None = None,
+) -> dict[str, str]:
     """Record one partner's answers (polls or callbacks) for several requests: idempotent,
     and a finished step is never moved back (the partner request's state changes by
     compare-and-set). Completions, what callbacks mostly bring, are recorded for all the
     requests at once: one ledger transaction for the partner rows, one per step action.
+    `rows`: the requests' rows at this partner by request id, if the caller has just read
+    them (what they say only decides what is tried: each change is still a compare-and-set).
     Returns what each answer did, per request."""
     ids = list(answers)
-    rows = {p.request_id: p for p in rt.ledger.partner_requests(ids) if p.system == system}
+    if rows is None:
+        rows = {p.request_id: p for p in rt.ledger.partner_requests(ids)
+                if p.system == system}
     records = {r.id: r for r in rt.ledger.get_many(ids)}
     said: dict[str, str] = {}
     completed: dict[str, Answer] = {}
