@@ -62,7 +62,7 @@ def submit(
                            "erasures dsrflow's retention sweeps file")
     if isinstance(verdict, Ticket):
         try:
-            request_id, created = ledger.accept(verdict, datamap.version, datamap.policy_version)
+            accepted = ledger.record_ticket(verdict, datamap.version, datamap.policy_version)
         except OperationalError:
             raise
         except Exception as exc:  # a bug met while recording: refused, and said so
@@ -70,9 +70,8 @@ def submit(
                         type(exc).__name__)
             verdict = _refused(verdict, internal_error(exc))
         else:
-            record = ledger.get(request_id)
-            return Submitted(request_id, record.status, created, verdict.ticket_id,
-                             record.deadline_error)
+            return Submitted(accepted.request_id, accepted.status, accepted.created,
+                             verdict.ticket_id, accepted.deadline_error)
     request_id = ledger.reject(verdict, received_at or ticket_received)
     return Submitted(request_id, Status.REJECTED, True, verdict.ticket_id, verdict.reason)
 

@@ -417,7 +417,7 @@ def test_a_bug_met_while_recording_is_a_recorded_rejection(
     def boom(*_: Any) -> None:
         raise OverflowError(SECRET)
 
-    monkeypatch.setattr(ledger, "accept", boom)
+    monkeypatch.setattr(ledger, "record_ticket", boom)
     result = submit(ledger, datamap, load("03-erasure.json"))
 
     assert (result.status, result.reason) == (Status.REJECTED, "internal error: OverflowError")
@@ -433,7 +433,7 @@ def test_a_ledger_outage_is_the_callers_to_handle(
     def down(*_: Any) -> None:
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(ledger, "accept", down)
+    monkeypatch.setattr(ledger, "record_ticket", down)
     with pytest.raises(OperationalError):
         submit(ledger, datamap, load("03-erasure.json"))
     assert ledger.all() == []

@@ -150,7 +150,7 @@ def test_a_ledger_outage_leaves_the_message_on_the_queue(
     def down(*_: Any, **__: Any) -> None:
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(rt.ledger, "accept", down)
+    monkeypatch.setattr(rt.ledger, "record_ticket", down)
     monkeypatch.setattr(rt.ledger, "reject", down)
     for body in (json.dumps(_email_ticket("T-5")), "not json"):
         queue.put_ticket(sqs.client, sqs.qs.queue_url, body)

@@ -12,6 +12,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,16 @@ class ClosedRequest(ValueError):
 class ExtensionRefused(ValueError):
     """An extension the regime or the request's state does not allow; the message says
     why, with the dates involved."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A ticket recorded (or found on record) as a request."""
+
+    request_id: str
+    created: bool  # False: the ticket id was already on record (a redelivery)
+    status: Status
+    deadline_error: str | None
 
 
 def now() -> datetime:
@@ -175,9 +186,17 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
     ) -> tuple[str, bool]:
         """Record a valid ticket as a request, once per ticket id. Returns the request id
         and whether it was new (a redelivered ticket returns the existing id)."""
+        accepted = self.record_ticket(ticket, datamap_version, policy_version)
+        return accepted.request_id, accepted.created
+
+    def record_ticket(
+        self, ticket: Ticket, datamap_version: str, policy_version: str
+    ) -> Accepted:
+        """`accept`, answering also with the request's status and deadline problem, which
+        intake reports (read back only for a ticket already on record)."""
         existing = self.find_by_ticket(ticket.ticket_id)
         if existing is not None:
-            return existing, False
+            return self._accepted(existing)
         request_id = str(uuid.uuid4())
         received = ticket.received_at.astimezone(UTC)
         verified_at = (
@@ -259,8 +278,13 @@ class Ledger(StepsMixin, LeasesMixin, GatesMixin, HoldsMixin, TombstonesMixin):
             found = self.find_by_ticket(ticket.ticket_id)
             if found is None:
                 raise
-            return found, False
-        return request_id, True
+            return self._accepted(found)
+        return Accepted(request_id, True, status, deadline_error)
+
+    def _accepted(self, request_id: str) -> Accepted:
+        """A ticket found on record: its request as it stands."""
+        record = self.get(request_id)
+        return Accepted(request_id, False, record.status, record.deadline_error)
 
     def reject(self, rejection: Rejection, received_at: datetime | None = None) -> str:
         """Keep an invalid ticket on record, with its reason, so the report lists every
