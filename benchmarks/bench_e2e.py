@@ -61,6 +61,7 @@ import yaml
 ROUND_TIMEOUT = 3600.0  # seconds a round may take to complete before the bench gives up
 CALLBACK_SENDERS = 8  # threads the partner sends its callbacks from
 PARTNER_LABEL = "reference partner"  # its answers and callbacks, timed to be left out
+CPU_PARTS = ("ledger", "sql", "logs", "s3", "partner")  # what the phases' CPU is split into
 
 
 @dataclass
@@ -72,9 +73,9 @@ class Round:
     cpu: dict[str, float]
     busy: dict[str, float]
     statuses: dict[str, int]
-    # Per phase (intake, run, callbacks): the ledger's CPU seconds and dsrflow's (this
-    # process's, less the reference partner's threads).
-    phases: dict[str, tuple[float, float]]
+    # Per phase (intake, run, callbacks): CPU seconds of dsrflow (this process's, less
+    # the reference partner's threads) and of the ledger and each connector in it.
+    phases: dict[str, dict[str, float]]
     phase_methods: dict[str, dict[str, float]]  # phase -> ledger method -> CPU s
     # What the ledger recorded the round's erasures changed, per system (rows deleted or
     # anonymized, log lines rewritten): set against what the floor changed.
@@ -108,10 +109,20 @@ class Floor:
             spent[1] += time.process_time() - cpu
 
 
+@dataclass
+class _Frame:
+    """A timed call under way in a thread: its family, and its timed callees' seconds."""
+
+    family: str
+    callees_busy: float = 0.0
+    callees_cpu: float = 0.0
+
+
 class BusyClock:
-    """Busy thread time and thread CPU time per label: the outermost timed call of a
-    thread counts, so a connector calling the ledger (or another connector) is not
-    counted twice."""
+    """Busy thread time and thread CPU time per label. A call inside another of the same
+    family (`ledger:get` inside `ledger:get_many`, a connector inside itself) counts once,
+    in the outer one; a call of another family inside it (the ledger told of a log file's
+    progress from inside the logs connector's erase) counts as its own, not the outer's."""
 
     def __init__(self) -> None:
         self.busy: dict[str, float] = defaultdict(float)
@@ -126,20 +137,27 @@ class BusyClock:
                                            f"{label}:{name}" if each else label))
 
     def _timed(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
+        family = label.split(":", 1)[0]
+
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if getattr(self._local, "inside", False):
+            stack: list[_Frame] = self._local.__dict__.setdefault("stack", [])
+            if stack and stack[-1].family == family:
                 return fn(*args, **kwargs)
-            self._local.inside = True
+            frame = _Frame(family)
+            stack.append(frame)
             started, cpu = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 spent = time.perf_counter() - started
                 used = time.thread_time() - cpu
-                self._local.inside = False
+                stack.pop()
+                if stack:
+                    stack[-1].callees_busy += spent
+                    stack[-1].callees_cpu += used
                 with self._lock:
-                    self.busy[label] += spent
-                    self.cpu[label] += used
+                    self.busy[label] += spent - frame.callees_busy
+                    self.cpu[label] += used - frame.callees_cpu
         return timed
 
     def take(self) -> tuple[dict[str, float], dict[str, float]]:
@@ -460,7 +478,7 @@ def one_round(rt: Any, partner: Any, addresses: list[str], clock: BusyClock,
     cpu_before = {name: cpu_of(pid) for name, pid in pids.items()}
     clock.take()
     busy: dict[str, float] = defaultdict(float)
-    phases: dict[str, tuple[float, float]] = {}
+    phases: dict[str, dict[str, float]] = {}
     phase_methods: dict[str, dict[str, float]] = {}
     mark = cpu_of(pids["dsrflow"])
 
@@ -473,10 +491,13 @@ def one_round(rt: Any, partner: Any, addresses: list[str], clock: BusyClock,
         now_cpu = cpu_of(pids["dsrflow"])
         phase_methods[name] = {k.split(":", 1)[1]: v for k, v in u.items()
                                if k.startswith("ledger:")}
+        parts: dict[str, float] = defaultdict(float)
+        for k, v in u.items():
+            parts[k.split(":", 1)[0]] += v
         # The reference partner answers and calls back from threads of this process: its
         # CPU is the partner's work, not dsrflow's.
-        phases[name] = (sum(phase_methods[name].values()),
-                        now_cpu - mark - u.get(PARTNER_LABEL, 0.0))
+        phases[name] = {"dsrflow": now_cpu - mark - parts.pop(PARTNER_LABEL, 0.0),
+                        **{k: parts.get(k, 0.0) for k in CPU_PARTS}}
         mark = now_cpu
 
     started = time.perf_counter()
@@ -633,13 +654,19 @@ def report(rounds: list[Round], args: argparse.Namespace, built: float) -> None:
     print(f"Ledger at N={last.requests:,}: " + ", ".join(
         f"{k.split(':', 1)[1]} {v:.1f} s" for v, k in top))
     print()
-    print("| requests | phase | ledger CPU s | dsrflow CPU s (the process less the partner) | "
+    print("CPU seconds by phase: dsrflow's (this process less the reference partner's "
+          "threads), of which the ledger's, each connector's (partner: the OpenDSR client) "
+          "and the rest (Prefect's engine and client, the pipeline between the calls):")
+    print()
+    print("| requests | phase | dsrflow | " + " | ".join(CPU_PARTS) + " | the rest | "
           "ledger share |")
-    print("|---:|---|---:|---:|---:|")
+    print("|---:|---|---:|" + "---:|" * (len(CPU_PARTS) + 2))
     for r in rounds:
-        for name, (ledger, process) in r.phases.items():
-            print(f"| {r.requests:,} | {name} | {ledger:.1f} | {process:.1f} | "
-                  f"{100 * ledger / max(process, 1e-9):.0f}% |")
+        for name, cpu in r.phases.items():
+            rest = cpu["dsrflow"] - sum(cpu[k] for k in CPU_PARTS)
+            print(f"| {r.requests:,} | {name} | {cpu['dsrflow']:.1f} | "
+                  + " | ".join(f"{cpu[k]:.1f}" for k in CPU_PARTS)
+                  + f" | {rest:.1f} | {100 * cpu['ledger'] / max(cpu['dsrflow'], 1e-9):.0f}% |")
     print()
     for name, methods in last.phase_methods.items():
         print(f"Ledger CPU by method at N={last.requests:,}, {name}: " + ", ".join(
@@ -675,7 +702,7 @@ def report_floor(rounds: list[Round]) -> None:
     for r, f in floors:
         after_intake = r.total_seconds - r.submit_seconds  # the run and the callbacks
         print(f"| {r.requests:,} | {r.run_seconds:.1f} | {r.total_seconds:.1f} | "
-              f"{f.seconds:.1f} | {f.cpu:.1f} | {r.phases['run'][1]:.1f} | "
+              f"{f.seconds:.1f} | {f.cpu:.1f} | {r.phases['run']['dsrflow']:.1f} | "
               f"{r.run_seconds / max(f.seconds, 1e-9):.2f}x | "
               f"{after_intake / max(f.seconds, 1e-9):.2f}x |")
     print()
