@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Callable, Collection, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -32,13 +32,15 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     delete,
+    select,
     update,
 )
 from sqlalchemy.exc import NoSuchTableError
 
 from connectors.base import Outcome, PartOutcome, Records, Scope
+from connectors.collector import without_collection
 from connectors.sql_holds import HeldRows, held_rows
-from connectors.sql_ownership import SHARED_REASON, Key, Located, Locator, listed
+from connectors.sql_ownership import SHARED_REASON, Anchor, Key, Located, Locator, listed
 from dsrflow.anonymize import transform
 from dsrflow.crypto import Pseudonymizer
 from dsrflow.datamap import Column, SqlSystem
@@ -79,6 +81,9 @@ class SqlConnector:
             if all(self.tables[child].c[c].nullable for c in ref.columns)
         )
         self._order = erase_order(system, self._broken)
+        # Whether the rows erasure deletes can be found by the DELETE itself (RETURNING
+        # says which went): PostgreSQL, SQLite 3.35+; elsewhere they are read first.
+        self.delete_returning = bool(self.engine.dialect.delete_returning)
 
     # -- set-up -------------------------------------------------------------------------
     def _reflect(self) -> dict[str, Table]:
@@ -103,8 +108,10 @@ class SqlConnector:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def locate(self, conn: Connection, subjects: Sequence[Subject]) -> Located:
-        return self.locator.locate(conn, subjects)
+    def locate(
+        self, conn: Connection, subjects: Sequence[Subject], defer: Collection[str] = ()
+    ) -> Located:
+        return self.locator.locate(conn, subjects, defer=defer)
 
     # -- contract -----------------------------------------------------------------------
     def collect(self, subjects: Sequence[Subject], scope: Scope) -> dict[str, Records]:
@@ -127,6 +134,7 @@ class SqlConnector:
                         records[rid].setdefault(name, []).append(_jsonable(row))
         return records
 
+    @without_collection  # a batch's many live objects: see connectors/collector.py
     def erase(
         self,
         subjects: Sequence[Subject],
@@ -142,14 +150,18 @@ class SqlConnector:
         where the table has a restriction column) and counted retained, with the holds'
         notes as the reason."""
         outcomes = {s.request_id: Outcome() for s in subjects}
+        unread = self._unread(scope, held or {})
         with self.engine.begin() as conn:
-            located = self.locate(conn, subjects)
+            located = self.locate(conn, subjects, defer=unread)
             holding = held_rows(conn, self.locator, self.system, located, held or {})
             self._break_cycles(conn, located, scope, holding)
             stamp = datetime.now(UTC)
             for name in self._order:
                 mapped = self.system.tables[name]
                 if not _in_scope(mapped, scope):
+                    continue
+                if name in unread:
+                    self._delete_unread(conn, name, located, outcomes)
                     continue
                 deletes = mapped.deletes_rows(scope)
                 left = _Left.of(located, holding, name, deletes)
@@ -168,6 +180,7 @@ class SqlConnector:
                 prepared(outcomes)
         return outcomes
 
+    @without_collection  # a batch's many live objects: see connectors/collector.py
     def verify(
         self, subjects: Sequence[Subject], scope: Scope, held: Mapping[str, Held] | None = None,
     ) -> dict[str, Outcome]:
@@ -261,6 +274,7 @@ class SqlConnector:
                     _note_shared(part, len(mine) - restricted)
         return outcomes
 
+    @without_collection  # a batch's many live objects: see connectors/collector.py
     def discover(self, subjects: Sequence[Subject]) -> dict[str, Discovery]:
         """Every identity the subjects' own rows hold (the data map's identity columns:
         account ids, emails, phones, device ids, IP addresses, third-party logins) that
@@ -379,6 +393,52 @@ class SqlConnector:
         return out
 
     # -- erasing ------------------------------------------------------------------------
+    def _unread(self, scope: Scope, held: Mapping[str, Held]) -> frozenset[str]:
+        """The tables whose rows erasure need not read before deleting them
+        (`Locator.unread`: their rows decide nothing about any other row) and that it
+        deletes from, or leaves alone (out of scope). None under a legal hold: which rows a
+        hold keeps, and what they pin, is worked out from the rows read."""
+        if not self.delete_returning or held:
+            return frozenset()
+        return frozenset(
+            name for name in self.locator.unread
+            if not _in_scope(mapped := self.system.tables[name], scope)
+            or mapped.deletes_rows(scope)
+        )
+
+    def _delete_unread(
+        self, conn: Connection, name: str, located: Located, outcomes: Mapping[str, Outcome]
+    ) -> None:
+        """Delete a deferred table's rows (`Locator.unread`) by the parent rows they point
+        at, the statement returning what it deleted, so each request's counts are exact
+        without reading the rows first. A row is someone else's exactly when its parent
+        is (`Locator._leaf`): the rows under a foreign parent are only counted, kept."""
+        edge = self.locator.parents[name][0]
+        owners_at = located.deferred.get(name, {})
+        foreign = located.foreign[edge.parent]
+        table = self.tables[name]
+        probe = [table.c[c] for c in edge.columns]
+        width = len(probe)
+        gone: dict[Anchor, int] = {}
+        kept: dict[Anchor, int] = {}
+        statements: set[str] = set()
+        for anchors, into, erasing in (
+            ([a for a in owners_at if a not in foreign], gone, True),
+            ([a for a in owners_at if a in foreign], kept, False),
+        ):
+            values = [a[0] for a in anchors] if width == 1 else anchors
+            for chunk in self.locator.chunks(values):
+                where = self.locator.among(probe, chunk)
+                if erasing:
+                    stmt: Any = delete(table).where(where).returning(*probe)
+                    statements.add(_statement_hash(stmt))
+                else:
+                    stmt = select(*probe).where(where)
+                for row in conn.execute(stmt):
+                    anchor = tuple(row)
+                    into[anchor] = into.get(anchor, 0) + 1
+        _tally_unread(outcomes, name, owners_at, gone, kept, sorted(statements))
+
     def _delete(self, conn: Connection, name: str, keys: list[Key], done: _Done) -> None:
         for chunk in self.locator.chunks(keys):
             stmt = delete(self.tables[name]).where(self.locator.pk_in(name, chunk))
@@ -540,6 +600,27 @@ def _tally(
     part.retain_reasons = sorted(reasons)
     part.statements = list(statements)
     _note_shared(part, shared)
+
+
+def _tally_unread(
+    outcomes: Mapping[str, Outcome], name: str, owners_at: Mapping[Anchor, set[str]],
+    gone: Mapping[Anchor, int], kept: Mapping[Anchor, int], statements: list[str],
+) -> None:
+    """Each request's counts in a deferred table, from the rows per parent the DELETE
+    returned (`gone`) and those counted under a foreign parent (`kept`): each row counts
+    for every request whose parent row it is."""
+    deleted: dict[str, int] = defaultdict(int)
+    shared: dict[str, int] = defaultdict(int)
+    for counts, into in ((gone, deleted), (kept, shared)):
+        for anchor, count in counts.items():
+            for rid in owners_at[anchor]:
+                into[rid] += count
+    for rid, outcome in outcomes.items():
+        part = outcome.part(name)
+        part.found = deleted[rid] + shared[rid]
+        part.deleted = deleted[rid]
+        part.statements = list(statements)
+        _note_shared(part, shared[rid])
 
 
 def _note_shared(part: PartOutcome, count: int) -> None:

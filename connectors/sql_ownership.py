@@ -122,6 +122,12 @@ class Located:
     shared: dict[str, set[Key]] = field(default_factory=lambda: defaultdict(set))
     pinned: dict[str, set[Key]] = field(default_factory=lambda: defaultdict(set))
     accounts: dict[str, set[str]] = field(default_factory=dict)  # request -> its account ids
+    # Tables `locate` was told not to read (`Locator.unread`): per table, the values their
+    # one reference points at (the parent's primary key) -> the requests whose rows those
+    # are. Their rows are found by the statement that erases them.
+    deferred: dict[str, dict[Anchor, set[str]]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
     _by_request: dict[str, dict[str, list[Key]]] | None = field(default=None, repr=False)
     _by_accounts: dict[frozenset[str], frozenset[str]] | None = field(default=None, repr=False)
 
@@ -203,6 +209,23 @@ class Locator:
         self.identity_tables = self.upstream(
             name for name, mapped in system.tables.items() if mapped.identities
         )
+        self.unread = frozenset(name for name in system.tables if self._leaf(name))
+
+    def _leaf(self, name: str) -> bool:
+        """Whether whose a table's rows are, and whether they are someone else's, follows
+        from the one row each points at, and decides nothing about any other row: no
+        identity of its own, no account id, one reference, to its parent's primary key
+        (one parent row per value), and no reference pointing at it. Such a row is
+        foreign exactly when its parent is ((c): through a `keep` reference, or found only
+        by way of other people's rows), is never pinned, and makes no other row shared:
+        its rows need not be read to judge the rest (`locate(defer=…)`)."""
+        mapped = self.system.tables[name]
+        edges = self.parents.get(name, [])
+        if mapped.identities or self.account_columns.get(name) or len(edges) != 1:
+            return False
+        edge = edges[0]
+        return (not self.children.get(name) and edge.parent != name
+                and list(edge.parent_columns) == self.system.tables[edge.parent].primary_key)
 
     def touch(self, conn: Connection, tables: Iterable[str]) -> None:
         """Ask each table for the columns a look-up reads, and no row: a missing table or
@@ -227,15 +250,19 @@ class Locator:
     def locate(
         self, conn: Connection, subjects: Sequence[Subject],
         accounts: Mapping[str, set[str]] | None = None,
-        within: Collection[str] | None = None,
+        within: Collection[str] | None = None, defer: Collection[str] = (),
     ) -> Located:
         """The subjects' rows and which of them are shared. `accounts` fixes each request's
         account ids instead of reading them from the rows its identities match (identity
         discovery: a candidate identity must not vouch for the account it leads to).
         `within`: only these tables are looked at; closed under `upstream`, their rows come
-        out as a look at every table would find and judge them."""
+        out as a look at every table would find and judge them. `defer`: tables of
+        `unread` whose rows are not read; `Located.deferred` says which parent rows they
+        would have been looked for under, and for whom."""
+        if not self.unread.issuperset(defer):
+            raise ValueError(f"rows of {sorted(set(defer) - self.unread)} decide others'")
         located = Located()
-        read = self._find(conn, subjects, located, accounts, within)
+        read = self._find(conn, subjects, located, accounts, within, defer)
         self._share(conn, located, read)
         return located
 
@@ -243,6 +270,7 @@ class Locator:
     def _find(
         self, conn: Connection, subjects: Sequence[Subject], located: Located,
         accounts: Mapping[str, set[str]] | None, within: Collection[str] | None,
+        defer: Collection[str] = (),
     ) -> Points:
         """Fills `located` with the rows found; returns what they point at, as read on the
         way (not every found row's: `_outgoing` reads the rest)."""
@@ -295,6 +323,9 @@ class Locator:
                         mine = located.owners[parent][key]
                         have = anchors.get(anchor)
                         anchors[anchor] = mine if have is None else have | mine
+                if edge.child in defer:
+                    _defer(located.deferred[edge.child], anchors)
+                    continue
                 known = read[edge.child]
                 leads = bool(self.children.get(edge.child))  # else nothing to follow from it
                 for child_key, anchor, ids, points in self._rows_pointing_at(
@@ -628,6 +659,17 @@ def _own(located: Located, table: str, key: Key, owners: set[str]) -> bool:
     else:
         rows[key] = current | owners
     return True
+
+
+def _defer(slot: dict[Anchor, set[str]], anchors: Mapping[Anchor, set[str]]) -> None:
+    """Record the owners a deferred table's rows under these anchors would get: the union
+    over every look, as `_own` would record them on the rows (never changing a set)."""
+    for anchor, owners in anchors.items():
+        have = slot.get(anchor)
+        if have is None:
+            slot[anchor] = owners
+        elif not owners <= have:
+            slot[anchor] = have | owners
 
 
 def _lookup_values(identity: Identity, column: Any, phone_region: str | None) -> list[Any]:

@@ -91,10 +91,24 @@ follows = sa.Table(
     sa.Column("follower_id", sa.Integer, sa.ForeignKey("users.id"), primary_key=True),
     sa.Column("followee_id", sa.Integer, sa.ForeignKey("users.id"), primary_key=True),
 )
+# Leaves: one reference each, to a primary key, and nothing points at them (erasure
+# deletes their rows without reading them first: `Locator.unread`). A like is its photo's
+# and goes or stays with it; a note is its account's.
+likes = sa.Table(
+    "likes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("photo_id", sa.Integer, sa.ForeignKey("photos.id"), nullable=False),
+)
+notes = sa.Table(
+    "notes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("body", sa.String(128)),
+)
 
 # Insert order: parents first (the album covers are set afterwards).
 LOAD_ORDER = ["users", "addresses", "orders", "cards", "card_members", "devices", "sessions",
-              "albums", "photos", "follows"]
+              "albums", "photos", "follows", "likes", "notes"]
 
 
 def _delete_all(category: str, *columns: str) -> dict[str, Any]:
@@ -181,6 +195,16 @@ DATAMAP_DOC: dict[str, Any] = {
             "references": [_ref("follower_id", "users", "erase"),
                            _ref("followee_id", "users", "erase")],
             "columns": _delete_all("behaviour", "follower_id", "followee_id"),
+        },
+        "likes": {
+            "primary_key": ["id"],
+            "references": [_ref("photo_id", "photos")],
+            "columns": _delete_all("media", "id", "photo_id"),
+        },
+        "notes": {
+            "primary_key": ["id"],
+            "references": [_ref("user_id", "users")],
+            "columns": _delete_all("profile", "id", "user_id", "body"),
         },
     }}},
 }
@@ -312,6 +336,13 @@ def generate(rng: random.Random, n_users: int) -> World:
     pairs = sorted({(a, b) for a in people for b in people if a != b})
     for a, b in rng.sample(pairs, min(len(pairs), n_users)):
         world.add("follows", {"follower_id": a, "followee_id": b}, {a, b})
+    # Drawn last, so that the rest of a seed's world stays as it was.
+    for photo_id, its_album in photo_album.items():
+        for _ in range(rng.randint(0, 2)):
+            world.add("likes", {"id": next(ids), "photo_id": photo_id}, {its_album["user_id"]})
+    for uid in people:
+        for _ in range(rng.randint(0, 2)):
+            world.add("notes", {"id": next(ids), "user_id": uid, "body": f"by {uid}"}, {uid})
     return world
 
 

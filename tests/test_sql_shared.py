@@ -29,7 +29,7 @@ from tests.sharedworld import OFFICE_IP, World
 
 Key = tuple[Any, ...]
 DELETING = {"addresses", "cards", "card_members", "devices", "sessions", "albums", "photos",
-            "follows"}
+            "follows", "likes", "notes"}
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -394,6 +394,73 @@ def test_property_shared_rows_of_anyone_outside_the_batch_stay_byte_identical(
             reasons = {r for o in outcomes.values() for p in o.parts.values()
                        for r in p.retain_reasons}
             assert SHARED_REASON in reasons
+    finally:
+        connector.dispose()
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), n_users=st.integers(2, 12), data=st.data())
+def test_property_rows_deleted_unread_are_the_rows_a_read_finds(
+    db_url: str, seed: int, n_users: int, data: st.DataObject
+) -> None:
+    """Erasure deletes the rows of the leaf tables (`Locator.unread`: likes, notes) by
+    the parent rows they point at, without reading them first (`DELETE … RETURNING`): the
+    data it leaves and every request's counts are those of reading them first."""
+    world = sharedworld.generate(random.Random(seed), n_users)
+    chosen = data.draw(st.sets(st.integers(1, n_users), min_size=1, max_size=n_users))
+    kinds = [IdentityType.EMAIL, IdentityType.PHONE, IdentityType.USER_ID]
+    subjects = [world.subject(uid, f"r{uid}", data.draw(st.sampled_from(kinds)))
+                for uid in sorted(chosen)]
+    keys = keys_for(subjects)  # the same pseudonyms both ways
+    results = []
+    for returning in (False, True):
+        connector = build(db_url, world)  # loaded afresh
+        try:
+            assert connector.locator.unread == {"likes", "notes"}
+            connector.delete_returning = returning
+            outcomes = connector.erase(subjects, None, keys)
+            counts = {rid: {t: (p.found, p.deleted, p.anonymized, p.retained, p.remaining,
+                                sorted(p.retain_reasons)) for t, p in o.parts.items()}
+                      for rid, o in outcomes.items()}
+            results.append((sharedworld.snapshot(connector.engine), counts))
+        finally:
+            connector.dispose()
+    assert results[1] == results[0]
+
+
+def test_a_like_of_a_photo_kept_for_someone_else_is_kept_and_counted(db_url: str) -> None:
+    """A photo found for the subject that turns out to be someone else's too (its album's
+    cover is another person's photo) keeps its likes, unread: counted, retained."""
+    w = World()
+    for uid in (1, 2):
+        w.add("users", {"id": uid, "email": f"user{uid}@example.com",
+                        "phone": f"1380013{uid:04d}", "last_ip": f"203.0.113.{uid}",
+                        "referrer_id": None, "nickname": f"n{uid}"}, {uid})
+    w.add("albums", {"id": 400, "user_id": 1, "cover_photo_id": 502}, {1, 2})
+    w.add("photos", {"id": 501, "album_id": 400, "caption": "1's cat"}, {1})
+    w.add("albums", {"id": 401, "user_id": 2, "cover_photo_id": None}, {2})
+    w.add("photos", {"id": 502, "album_id": 401, "caption": "2's beach"}, {1, 2})
+    w.add("likes", {"id": 600, "photo_id": 501}, {1})
+    w.add("likes", {"id": 601, "photo_id": 501}, {1})
+    w.add("likes", {"id": 602, "photo_id": 502}, {2})
+    w.add("notes", {"id": 700, "user_id": 1, "body": "mine"}, {1})
+    w.add("notes", {"id": 701, "user_id": 2, "body": "theirs"}, {2})
+    connector = build(db_url, w)
+    try:
+        subject = w.subject(1, "r1")
+        before = sharedworld.snapshot(connector.engine)
+        outcome = connector.erase([subject], None, keys_for([subject]))["r1"]
+        after = sharedworld.snapshot(connector.engine)
+        assert after["likes"] == before["likes"]  # the album, so its photo, is kept
+        likes = outcome.parts["likes"]
+        assert (likes.found, likes.deleted, likes.retained) == (2, 0, 2)
+        assert likes.retain_reasons == [SHARED_REASON]
+        notes = outcome.parts["notes"]
+        assert (notes.found, notes.deleted, notes.retained) == (1, 1, 0)
+        assert set(after["notes"]) == {(701,)}
+        assert all(o.total("remaining") == 0
+                   for o in connector.verify([subject], None).values())
     finally:
         connector.dispose()
 
