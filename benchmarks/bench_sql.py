@@ -142,15 +142,17 @@ PER_USER: dict[str, tuple[int, Callable[[str], str]]] = {
 GENDERS = ["'male'", "'female'", "NULL"]
 
 
-def _columns(n: int) -> dict[str, dict[str, str]]:
+def _columns() -> dict[str, dict[str, str]]:
     """Per table, each column's SQL over `u` (the user's id), `c` (their created_at) and
     `k` (the row's number for that user, from 1); `x` is one number per row. Row ids are
     (k - 1) * N + u: a user's rows are spread over the table, as years of other users'
-    activity spread them in a real one."""
-    x = f"(k::bigint * {n} + u)"
+    activity spread them in a real one. N is the bound parameter `:n`, and `:stride` the
+    followees' largest stride (`_sizes`)."""
+    x = "(k::bigint * :n + u)"
+    row_id = "(k - 1) * :n + u"
     nat = "(13000000000 + u)::text"  # every user's own mobile number: 130…, unique
     # A comment on an upload: a random user's upload, if they have any (ids as above).
-    v = f"(1 + floor({_r(x, 40)} * {n})::bigint)"
+    v = f"(1 + floor({_r(x, 40)} * :n)::bigint)"
     v_uploads = PER_USER["uploads"][1](v)
     tpl_provider = ("(ARRAY['wechat','qq','weibo','apple'])"
                     f"[1 + ((floor({_r('u', 13)} * 4)::int + k - 1) % 4)]")
@@ -173,7 +175,7 @@ def _columns(n: int) -> dict[str, dict[str, str]]:
                            f"TIMESTAMPTZ '{FIRST_SIGNUP.isoformat()}')"),
         },
         "third_party_logins": {
-            "id": f"(k - 1) * {n} + u", "user_id": "u", "provider": tpl_provider,
+            "id": row_id, "user_id": "u", "provider": tpl_provider,
             # Unique per (user, k), so per (provider, openid) too.
             "openid": (f"CASE {tpl_provider} WHEN 'wechat' THEN 'o' || substr({md5.format('w')}"
                        f", 1, 27) WHEN 'qq' THEN upper({md5.format('q')}) WHEN 'weibo' THEN "
@@ -191,7 +193,7 @@ def _columns(n: int) -> dict[str, dict[str, str]]:
                      f"'user' || u || '@example.com' END",
         },
         "trusted_devices": {
-            "id": f"(k - 1) * {n} + u", "user_id": "u",
+            "id": row_id, "user_id": "u",
             # identifierForVendor (a UUID) for iOS, ANDROID_ID (16 hex) otherwise: unique.
             "device_id": (f"CASE WHEN {_r(x, 45)} < 0.4 THEN upper(({md5.format('i')})::uuid"
                           f"::text) ELSE substr({md5.format('i')}, 1, 16) END"),
@@ -201,23 +203,23 @@ def _columns(n: int) -> dict[str, dict[str, str]]:
             "last_used_at": _between("c", x, 48),
         },
         "location_history": {
-            "id": f"(k - 1) * {n} + u", "user_id": "u",
+            "id": row_id, "user_id": "u",
             "latitude": f"round((22 + {_r('u', 49)} * 18 + {_r(x, 50)} * 0.16)::numeric, 6)",
             "longitude": f"round((104 + {_r('u', 51)} * 17 + {_r(x, 52)} * 0.16)::numeric, 6)",
             "recorded_at": _between("c", x, 53),
         },
         "contacts": {
-            "id": f"(k - 1) * {n} + u", "user_id": "u", "contact_name": _name(x, 54),
+            "id": row_id, "user_id": "u", "contact_name": _name(x, 54),
             "contact_phone": _spelled(_other_phone(x, 56), x, 57),
         },
         "face_templates": {
-            "id": f"(k - 1) * {n} + u", "user_id": "u",
+            "id": row_id, "user_id": "u",
             "template": f"decode(repeat({md5.format('f')}, 32), 'hex')",  # 512 bytes
             "object_key": f"'faces/' || u || '/' || ({md5.format('g')})::uuid || '.jpg'",
             "created_at": _between("c", x, 58),
         },
         "uploads": {
-            "id": f"(k - 1) * {n} + u", "user_id": "u",
+            "id": row_id, "user_id": "u",
             "s3_key": (f"'uploads/' || u || '/' || to_char({_between('c', x, 59)}, "
                        f"'YYYY/MM') || '/' || substr({md5.format('s')}, 1, 16) || "
                        f"{_pick(_q(['.jpg', '.jpg', '.heic', '.mp4']), x, 60)}"),
@@ -226,15 +228,15 @@ def _columns(n: int) -> dict[str, dict[str, str]]:
             "created_at": _between("c", x, 59),
         },
         "comments": {
-            "id": f"(k - 1) * {n} + u", "user_id": "u",
+            "id": row_id, "user_id": "u",
             "upload_id": (f"CASE WHEN {_r(x, 61)} < 0.9 AND {v_uploads} > 0 THEN "
-                          f"floor({_r(x, 62)} * {v_uploads})::int * {n} + {v} END"),
+                          f"floor({_r(x, 62)} * {v_uploads})::int * :n + {v} END"),
             "body": _pick(_q(["好看！", "太美了", "在哪里拍的？", "求链接", "哈哈哈哈哈", "赞👍",
                               "下次一起去", "这个颜色绝了", "收藏了", "同款！"]), x, 63),
             "created_at": _between("c", x, 64),
         },
         "browsing_history": {
-            "id": f"(k - 1) * {n} + u", "user_id": "u",
+            "id": row_id, "user_id": "u",
             "url": (f"'https://www.wishe.example.com/' || "
                     f"{_pick(_q(['item', 'topic', 'user', 'live', 'collection']), x, 65)} "
                     f"|| '/' || floor({_r(x, 66)} * 1000000)::int"),
@@ -252,11 +254,11 @@ def _columns(n: int) -> dict[str, dict[str, str]]:
             # the follower.
             "follower_id": "u",
             "followee_id": (f"1 + (u - 1 + k * (1 + floor({_r('u', 75)} * "
-                            f"{max((n - 1) // 12 - 1, 0)})::bigint)) % {n}"),
+                            f":stride)::bigint)) % :n"),
             "created_at": _between("c", x, 76),
         },
         "orders": {
-            "id": f"(k - 1) * {n} + u", "user_id": "u",
+            "id": row_id, "user_id": "u",
             "amount": f"(990 + floor({_r(x, 77)} * 258910))::numeric / 100",
             # One order in seven is a gift, shipped to somebody else.
             "buyer_name": f"CASE WHEN {_r(x, 78)} < 0.15 THEN {_name(x, 79)} "
@@ -298,6 +300,13 @@ def _constraints_later(conn: sa.Connection, tables: Sequence[str]) -> Iterator[N
         conn.execute(sa.text(definition))
 
 
+def _sizes(users: int) -> dict[str, int]:
+    """The values `_columns`' SQL binds: the number of users, and the largest stride of a
+    user's followees over the ids (k * stride < N: distinct followees, never the
+    follower)."""
+    return {"n": users, "stride": max((users - 1) // 12 - 1, 0)}
+
+
 def load(admin: str, users: int) -> tuple[str, dict[str, int]]:
     """The source database, filled; returns its URL and the row count of each table."""
     if users < 1000:
@@ -306,22 +315,24 @@ def load(admin: str, users: int) -> tuple[str, dict[str, int]]:
     url = _url(admin, SOURCE)
     engine = sa.create_engine(url)
     schema.metadata.create_all(engine)
-    columns = _columns(users)
+    columns = _columns()
+    sizes = _sizes(users)
     with engine.begin() as conn:
         conn.execute(sa.text(HASH_FUNCTION))
         with _constraints_later(conn, list(schema.metadata.tables)):
             users_cols = columns["users"]
             conn.execute(sa.text(
                 f"INSERT INTO users ({', '.join(users_cols)}) SELECT "  # noqa: S608
-                f"{', '.join(users_cols.values())} FROM generate_series(1, {users}) u"))
+                f"{', '.join(users_cols.values())} FROM generate_series(1, :n) u"), sizes)
             for table, (most, count) in PER_USER.items():
                 cols = columns[table]
                 # k outermost, one pass over the users per k (OFFSET 0 keeps the planner
                 # from turning the loop inside out), so a user's rows are spread.
                 conn.execute(sa.text(
                     f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols.values())}"  # noqa: S608
-                    f" FROM generate_series(1, {most}) k CROSS JOIN LATERAL (SELECT id AS u, "
-                    f"created_at AS c FROM users WHERE k <= {count('id')} OFFSET 0) s"))
+                    " FROM generate_series(1, :most) k CROSS JOIN LATERAL (SELECT id AS u, "
+                    f"created_at AS c FROM users WHERE k <= {count('id')} OFFSET 0) s"),
+                    {**sizes, "most": most})
         conn.execute(sa.text("DROP FUNCTION h(bigint)"))
     counts = _counts(engine)
     engine.dispose()
