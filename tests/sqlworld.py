@@ -290,14 +290,21 @@ def datamap_doc(url: str) -> dict[str, Any]:
     return doc
 
 
-def datamap_with_partner(url: str, endpoint: str, domain: str) -> dict[str, Any]:
+def datamap_with_partner(
+    url: str, endpoint: str, domain: str, *, category: str = "behaviour",
+    email_format: str | None = None,
+) -> dict[str, Any]:
     """`datamap_doc` with an OpenDSR partner `adnet` beside `db` (the reference partner at
     `endpoint`, calling back from `domain`; its certificate in `partner.pem` beside the
-    config)."""
+    config), holding data of `category`, sent the subject's email (as `email_format`
+    says, if given)."""
     doc = datamap_doc(url)
+    email: dict[str, str] = {"type": "email"}
+    if email_format is not None:
+        email["format"] = email_format
     doc["systems"]["adnet"] = {
-        "kind": "partner", "protocol": "opendsr", "categories": ["behaviour"],
-        "endpoint": endpoint, "identities": [{"type": "email"}],
+        "kind": "partner", "protocol": "opendsr", "categories": [category],
+        "endpoint": endpoint, "identities": [email],
         "callback_domains": [domain], "certificate": "partner.pem",
     }
     return doc

@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import boto3
 import pytest
@@ -69,13 +68,8 @@ def _setup(tmp_path: Path, partner: ReferencePartner, endpoint: str) -> tuple[Pa
     _, url = sqlworld.sqlite_world(tmp_path, 12, 5)
     sqlworld.unfollow_among(url, UIDS)
     (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
-    doc: dict[str, Any] = sqlworld.datamap_doc(url)
-    doc["systems"]["adnet"] = {
-        "kind": "partner", "protocol": "opendsr", "categories": ["contact"],
-        "endpoint": partner.url, "certificate": "partner.pem",
-        "identities": [{"type": "email", "format": "sha256"}],
-        "callback_domains": [partner.domain],
-    }
+    doc = sqlworld.datamap_with_partner(url, partner.url, partner.domain,
+                                        category="contact", email_format="sha256")
     doc["systems"]["media"] = {"kind": "objects", "endpoint_url": endpoint, "buckets": {
         BUCKET: {"category": "media", "action": "delete",
                  "ownership": [{"key_template": "uploads/{user_id}/"}]}}}

@@ -144,13 +144,8 @@ def topology(tmp_path: Path, postgres_server: str) -> Iterator[Topology]:
         queue_url = sqs.create_queue(QueueName=f"tickets-{tag}")["QueueUrl"]
         dead_letters = sqs.create_queue(QueueName=f"dead-letters-{tag}")["QueueUrl"]
         (tmp_path / "partner.pem").write_bytes(partner.certificate_pem)
-        doc: dict[str, Any] = sqlworld.datamap_doc(userdb)
-        doc["systems"]["adnet"] = {
-            "kind": "partner", "protocol": "opendsr", "categories": ["contact"],
-            "endpoint": partner.url, "certificate": "partner.pem",
-            "identities": [{"type": "email", "format": "sha256"}],
-            "callback_domains": [partner.domain],
-        }
+        doc = sqlworld.datamap_with_partner(userdb, partner.url, partner.domain,
+                                            category="contact", email_format="sha256")
         config = cli_config(tmp_path, doc, ledger_url=ledger_url)
         settings = yaml.safe_load(config.read_text())
         settings["limits"] = {"systems": {"db": 1}, "lease_seconds": 60}
